@@ -1,0 +1,113 @@
+"""The backend contract every provider implements.
+
+A backend turns chat messages into completions (`generate`) and, where the provider can, scores
+a fixed set of answer options by log-probability (`option_logprobs`), which the judge uses for
+soft labels. API backends are async and concurrent; the local backend batches concurrent calls.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field, asdict
+from typing import Any
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass
+class Usage:
+    """Token counts of one request (or a sum of requests)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from a provider cache (read)
+    cache_write_tokens: int = 0  # prompt tokens written to a provider cache (Anthropic)
+    requests: int = 0
+
+    def add(self, other: "Usage") -> "Usage":
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.requests += other.requests
+        return self
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Usage":
+        d = d or {}
+        return cls(**{k: int(d.get(k, 0) or 0) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Completion:
+    """One sampled answer."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" | "length" | provider-specific
+    usage: Usage = field(default_factory=Usage)  # usage of the whole request, on the first completion only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Completion":
+        return cls(text=d["text"], finish_reason=d.get("finish_reason"), usage=Usage.from_dict(d.get("usage")))
+
+
+class BackendError(Exception):
+    """A request failed for good (after retries). `retryable` says whether a later rerun may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class LogprobsUnsupported(BackendError):
+    """The provider cannot return option log-probabilities (e.g. Anthropic): use votes instead."""
+
+    def __init__(self, message: str = "this backend cannot return log-probabilities"):
+        super().__init__(message, retryable=False)
+
+
+class Backend(abc.ABC):
+    """A chat model behind some transport."""
+
+    name: str = "base"
+    supports_logprobs: bool = False
+
+    def __init__(self, model: str):
+        self.model = model
+
+    @abc.abstractmethod
+    async def generate(
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """Return `n` completions for one conversation. Raises BackendError when it fails for good."""
+
+    async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
+        """Log-probability of each option string as the next assistant tokens (e.g. "A", "B").
+
+        Values are unnormalised log-probs; options the provider did not rank get -inf.
+        """
+        raise LogprobsUnsupported()
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into records and reports: never secrets."""
+        return {"backend": self.name, "model": self.model}
+
+    async def aclose(self) -> None:
+        """Release connections / threads."""

