@@ -139,3 +139,34 @@ def save_config(cfg: Any, path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
     tmp.replace(path)
+
+
+@dataclasses.dataclass
+class BackendOptions:
+    """Which model answers, and how hard we may push its API. Shared by generate, judge and eval."""
+
+    backend: str = option("local", help="model provider: openai | anthropic | local",
+                          metadata={"choices": ["openai", "anthropic", "local"]})
+    model: str = option("", help="model name (default per backend: gpt-4o-mini, claude-3-5-haiku-latest, smollm2)")
+    base_url: str = option("", help="API base URL for OpenAI-compatible servers (vLLM, llama.cpp, Ollama) or an Anthropic proxy")
+    concurrency: int = option(16, help="max requests in flight (API) / max batch size (local)")
+    rpm: float = option(0.0, help="client-side requests-per-minute limit (0: none)")
+    tpm: float = option(0.0, help="client-side tokens-per-minute limit, estimated then corrected by usage (0: none)")
+    timeout: float = option(60.0, help="seconds before a request is abandoned and retried")
+    max_retries: int = option(6, help="attempts per request (429/5xx/timeouts/malformed bodies) before a failure row")
+    device: str = option("", help="local backend device: cpu | cuda | cuda:1 (default: cuda if available)")
+    prices: str = option("", help="YAML/JSON price table overriding built-in USD per 1M tokens {model: {input, output}}")
+
+    def make_backend(self):
+        from caikit.backends.factory import make_backend
+
+        return make_backend(self.backend, self.model or None, base_url=self.base_url or None,
+                            concurrency=self.concurrency, rpm=self.rpm or None, tpm=self.tpm or None,
+                            timeout=self.timeout, max_retries=self.max_retries, batch_size=self.concurrency,
+                            device=self.device or None)
+
+    def validate(self) -> None:
+        if self.concurrency < 1:
+            raise UserError("--concurrency must be >= 1")
+        if self.max_retries < 1:
+            raise UserError("--max-retries must be >= 1")

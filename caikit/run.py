@@ -1,0 +1,181 @@
+"""`caikit run CONFIG.yaml` and `caikit demo`: the whole loop from one file, resumable stage by stage.
+
+The run file names a constitution, a prompt source and a `stages:` mapping; each stage's options are
+those of its own command (`caikit generate --help`, `caikit train dpo --help`, ...). Stages run in the
+fixed order below, each in RUN_DIR/<stage>/, wired to the outputs of the ones before it. A stage is
+skipped when state.json records it done with the same config hash (which folds in the hashes of the
+stages it reads), so a rerun resumes and a changed stage reruns from there on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from caikit.config import from_dict, load_yaml, option, save_config
+from caikit.errors import UserError
+from caikit.records import canonical_json
+from caikit.store import read_json, write_json_atomic
+
+# stage name -> (module, config class, entry function)
+STAGES: dict[str, tuple[str, str, str]] = {
+    "generate": ("caikit.pipeline", "GenerateConfig", "run_generate"),
+    "judge": ("caikit.judging", "JudgeConfig", "run_judge"),
+    "sft": ("caikit.train.sft", "SFTConfig", "train"),
+    "reward": ("caikit.train.reward", "RewardConfig", "train"),
+    "dpo": ("caikit.train.dpo", "DPOConfig", "train"),
+    "ppo": ("caikit.train.ppo", "PPOConfig", "train"),
+    "eval": ("caikit.eval.compare", "EvalConfig", "run_eval"),
+}
+TOP_LEVEL_KEYS = {"name", "out", "constitution", "prompts", "eval_prompts", "policy", "seed", "stages", "description"}
+
+BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    config_file: str = option("", help="run config YAML (see configs/ for examples)")
+    out: str = option("", help="override the run directory named in the file")
+    force: str = option("", help="rerun this stage (and all after it) even if its outputs are up to date")
+    report: bool = option(True, help="write RUN_DIR/report.html at the end")
+
+    def validate(self) -> None:
+        if not self.config_file:
+            raise UserError("usage: caikit run CONFIG.yaml")
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    out: str = option("outputs/demo", help="run directory")
+    config: str = option("", help="run config to use instead of the bundled configs/demo-cpu.yaml")
+    force: str = option("", help="rerun this stage (and all after it)")
+
+
+def _stage_inputs(name: str, spec: dict[str, Any], run: dict[str, Any], run_dir: Path, done: list[str]) -> dict:
+    """The options a stage gets from the run file and from the stages before it (its own keys win)."""
+    policy = run.get("policy", "smollm2")
+    seed = run.get("seed", 0)
+    prior = {s: str(run_dir / s) for s in done}
+    last_model = next((prior[s] for s in ("dpo", "ppo", "sft") if s in prior and s != name), None)
+    sft_model = prior.get("sft", policy)
+    wired: dict[str, Any] = {"out": str(run_dir / name)}
+    if name == "generate":
+        wired |= {"constitution": run.get("constitution", "anthropic-cai"), "prompts": run.get("prompts", ""),
+                  "seed": seed}
+    elif name == "judge":
+        wired |= {"constitution": run.get("constitution", "anthropic-cai"), "seed": seed}
+        if "generate" in prior:
+            wired |= {"pairs": "revision", "from_dir": prior["generate"]}
+        else:
+            wired |= {"pairs": "samples", "prompts": run.get("prompts", "")}
+    elif name == "sft":
+        wired |= {"model": policy, "data": prior.get("generate", ""), "seed": seed}
+    elif name == "reward":
+        wired |= {"model": policy, "data": prior.get("judge", ""), "seed": seed}
+    elif name == "dpo":
+        wired |= {"model": sft_model, "data": prior.get("judge", ""), "seed": seed}
+    elif name == "ppo":
+        wired |= {"policy": sft_model, "reward_model": prior.get("reward", ""), "prompts": run.get("prompts", ""),
+                  "seed": seed}
+    elif name == "eval":
+        wired |= {"before": policy, "after": last_model or policy, "constitution": run.get("constitution", "hhh"),
+                  "prompts": run.get("eval_prompts", ""), "seed": seed}
+        if "reward" in prior:
+            wired["reward_model"] = prior["reward"]
+    return wired | dict(spec or {})
+
+
+def _load_run_file(path: str) -> dict[str, Any]:
+    run = load_yaml(path)
+    unknown = set(run) - TOP_LEVEL_KEYS
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})",
+                        path=path)
+    stages = run.get("stages") or {}
+    if not isinstance(stages, dict) or not stages:
+        raise UserError("'stages' must map stage names to their options", path=path)
+    bad = set(stages) - set(STAGES)
+    if bad:
+        raise UserError(f"unknown stage(s) {', '.join(sorted(bad))} (known: {', '.join(STAGES)})", path=path)
+    for name, spec in stages.items():
+        if spec is not None and not isinstance(spec, dict):
+            raise UserError(f"stage '{name}' options must be a mapping", path=path)
+    return run
+
+
+def _build_stage_configs(run: dict[str, Any], run_dir: Path, source: str) -> list[tuple[str, Any, Callable]]:
+    """Resolve every stage's typed config up front, so a typo fails before hours of work."""
+    planned, done = [], []
+    for name in STAGES:
+        if name not in run["stages"]:
+            continue
+        module_name, cls_name, func_name = STAGES[name]
+        module = importlib.import_module(module_name)
+        cls = getattr(module, cls_name)
+        cfg = from_dict(cls, _stage_inputs(name, run["stages"][name], run, run_dir, done),
+                        source=f"{source}: stages.{name}")
+        check = getattr(cfg, "validate", None)
+        if callable(check):
+            check()
+        planned.append((name, cfg, getattr(module, func_name)))
+        done.append(name)
+    return planned
+
+
+def execute(run_file: str, *, out: str = "", force: str = "", report: bool = True) -> Path:
+    run = _load_run_file(run_file)
+    run_dir = Path(out or run.get("out") or f"outputs/{run.get('name', 'run')}")
+    planned = _build_stage_configs(run, run_dir, run_file)
+    if force and force not in {name for name, _, _ in planned}:
+        raise UserError(f"--force names stage '{force}', which this run does not have")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config_dict(run, run_dir / "config.yaml")
+    state_path = run_dir / "state.json"
+    state = read_json(state_path, {"stages": {}})
+    upstream, forcing = "", False
+    for name, cfg, func in planned:
+        stage_hash = hashlib.sha256(canonical_json([upstream, dataclasses.asdict(cfg)]).encode()).hexdigest()[:16]
+        upstream = stage_hash
+        forcing = forcing or name == force
+        previous = state["stages"].get(name, {})
+        if not forcing and previous.get("status") == "done" and previous.get("config_hash") == stage_hash:
+            print(f"caikit run: {name}: up to date, skipped", file=sys.stderr)
+            continue
+        print(f"caikit run: {name} -> {run_dir / name}", file=sys.stderr)
+        state["stages"][name] = {"status": "running", "config_hash": stage_hash}
+        write_json_atomic(state_path, state)
+        start = time.time()
+        func(cfg)
+        save_config(cfg, run_dir / name / "config.yaml")
+        state["stages"][name] = {"status": "done", "config_hash": stage_hash, "seconds": round(time.time() - start, 1)}
+        write_json_atomic(state_path, state)
+    if report:
+        from caikit.report.html import build_report
+
+        path = build_report(run_dir)
+        print(f"caikit run: report -> {path}", file=sys.stderr)
+    return run_dir
+
+
+def save_config_dict(data: dict[str, Any], path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def run_pipeline(cfg: RunConfig) -> int:
+    execute(cfg.config_file, out=cfg.out, force=cfg.force, report=cfg.report)
+    return 0
+
+
+def run_demo(cfg: DemoConfig) -> int:
+    config = cfg.config or str(BUNDLED_CONFIGS / "demo-cpu.yaml")
+    start = time.time()
+    run_dir = execute(config, out=cfg.out, force=cfg.force)
+    print(f"caikit demo: finished in {time.time() - start:.0f} s; open {run_dir / 'report.html'}")
+    return 0

@@ -1,0 +1,126 @@
+"""Append-only JSONL files that survive kill -9, and the run directory that holds them.
+
+Writes are one `write()` of a whole line, flushed (and fsync'd) per record. A process killed mid-write
+leaves at most one torn last line: readers drop it (and `JsonlFile.repair` truncates it away) instead
+of failing. Derived files (sft.jsonl, failures.jsonl, usage.json) are rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from caikit.errors import UserError
+
+
+class JsonlFile:
+    """One append-only JSONL file."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = True):
+        self.path = Path(path)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._fh = None
+
+    def repair(self) -> int:
+        """Drop a torn (unterminated or unparseable) last line left by a crash. Returns bytes dropped."""
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data:
+                return 0
+            end = len(data)
+            if not data.endswith(b"\n"):
+                end = data.rfind(b"\n") + 1  # 0 when the only line is torn
+            else:
+                last_start = data.rfind(b"\n", 0, end - 1) + 1
+                try:
+                    json.loads(data[last_start:end])
+                except ValueError:
+                    end = last_start
+            if end < len(data):
+                fh.truncate(end)
+            return len(data) - end
+
+    def read(self) -> list[dict[str, Any]]:
+        return list(self.iter())
+
+    def iter(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+        for lineno, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield json.loads(raw)
+            except ValueError:
+                if lineno >= len(lines) - 1:  # torn tail from a crash: not an error
+                    return
+                raise UserError("corrupt JSON line (not the last one; the file was edited?)",
+                                path=str(self.path), line=lineno) from None
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.repair()
+                self._fh = open(self.path, "ab")
+            self._fh.write(line)
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Replace `path` with `rows` in one rename: readers see the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    return n
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"invalid JSON: {e.msg}", path=str(path), line=e.lineno) from None
+
+
+def latest_by_id(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Last record per id (appends may repeat an id only when a record was superseded)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        out[row["id"]] = row
+    return out
