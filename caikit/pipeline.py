@@ -29,7 +29,7 @@ from caikit.stages.base import ParseError
 from caikit.store import JsonlFile, latest_by_id, read_json, write_json_atomic, write_jsonl_atomic
 
 # Settings that change what a trace contains: a run directory holds traces of one setting only.
-IDENTITY_FIELDS = ("constitution_hash", "backend", "model", "base_url", "rounds", "seed", "temperature",
+IDENTITY_FIELDS = ("constitution_hash", "backend", "model", "rounds", "seed", "temperature",
                    "max_tokens", "few_shot", "system_prompt")
 
 

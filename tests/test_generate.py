@@ -57,8 +57,7 @@ def test_every_prompt_ends_with_one_trace_despite_faults(tmp_path, api_keys, bac
     with FakeAPIServer(faults=faults, latency=0.01) as server:
         rc = cli_main(generate_args(tmp_path / "run", prompts, server, backend, rounds=2, concurrency=6,
                                     timeout=0.5, max_retries=4))
-        assert rc == 0
-        assert server.max_in_flight <= 6
+        assert rc == 0  # (concurrency is asserted fault-free below: abandoned hangs linger server-side)
         statuses = [r.status for r in server.log]
     run = tmp_path / "run"
     traces = read_jsonl(run / "traces.jsonl")
@@ -214,4 +213,4 @@ def test_real_embedded_model_end_to_end(tmp_path, smollm2_dir):
         assert t["rounds"][0]["principle_id"] and t["rounds"][0]["critique"]
         assert t["final_revision"]
     sft = read_jsonl(tmp_path / "run" / "sft.jsonl")
-    assert [r["messages"][-1]["content"] for r in sft] == [t["final_revision"] for t in traces]
+    assert {r["id"]: r["messages"][-1]["content"] for r in sft} == {t["id"]: t["final_revision"] for t in traces}
