@@ -147,7 +147,7 @@ class BackendOptions:
 
     backend: str = option("local", help="model provider: openai | anthropic | local",
                           metadata={"choices": ["openai", "anthropic", "local"]})
-    model: str = option("", help="model name (default per backend: gpt-4o-mini, claude-3-5-haiku-latest, smollm2)")
+    model: str = option("", help="model name (default per backend: gpt-4o-mini, claude-haiku-4-5, smollm2)")
     base_url: str = option("", help="API base URL for OpenAI-compatible servers (vLLM, llama.cpp, Ollama) or an Anthropic proxy")
     concurrency: int = option(16, help="max requests in flight (API) / max batch size (local)")
     rpm: float = option(0.0, help="client-side requests-per-minute limit (0: none)")

@@ -53,7 +53,7 @@ def test_every_prompt_ends_with_one_trace_despite_faults(tmp_path, api_keys, bac
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, 24, poison={3, 17})
     faults = FaultPlan(rates={"429": 0.1, "500": 0.1, "truncated": 0.08, "hang": 0.04}, retry_after=0.01,
-                       max_faults_per_key=2, always_fail_keys=_poisoned, seed=1)
+                       max_faults_per_key=2, always_fail_keys=_poisoned, seed=1, hang_seconds=0.8)
     with FakeAPIServer(faults=faults, latency=0.01) as server:
         rc = cli_main(generate_args(tmp_path / "run", prompts, server, backend, rounds=2, concurrency=6,
                                     timeout=0.5, max_retries=4))

@@ -44,7 +44,7 @@ class UsageMeter:
             "total_tokens": self.usage.total_tokens,
             "requests_served_from_cache": self.cached_requests,
             "cost_usd": round(self.cost_usd, 6),
-            "price_known": bool(getattr(price_for(self.model), "known", True)) or bool(self.price_overrides),
+            "price_known": price_for(self.model, overrides=self.price_overrides).known,
         }
 
 

@@ -1,0 +1,177 @@
+"""Anthropic messages API. No log-probabilities: the judge falls back to sampled / parsed votes.
+
+Differences from the chat-completions shape handled here: system messages travel in `system`,
+`n` samples are `n` concurrent requests, temperature lives in [0, 1] and is deprecated from
+Claude 4.7 on (recent SDKs no longer take it as an argument: it goes in `extra_body`), and usage
+reports cache reads and writes beside (not inside) `input_tokens`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from typing import Any
+
+from caikit.backends.base import Backend, BackendError, Completion, LogprobsUnsupported, Message, Usage
+from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
+                                    estimate_tokens, public_url, retry_after_of_error)
+from caikit.errors import UserError
+
+RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx, 529 "overloaded" included
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+def _import_sdk():
+    try:
+        import anthropic
+    except ImportError:
+        raise UserError("--backend anthropic needs the anthropic package: pip install 'anthropic>=0.34'") from None
+    return anthropic
+
+
+def accepts_temperature(model: str) -> bool:
+    """Claude models before 4.7 take `temperature`; later ones answer 400 "`temperature` is deprecated",
+    and so may models we cannot date, so those are sent none (the model's default applies)."""
+    name = model.split("/")[-1].removeprefix("anthropic.")
+    if re.match(r"claude-(instant|2|3)", name):
+        return True
+    m = re.match(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?=$|[-@:.])", name)
+    return bool(m) and (int(m.group(1)), int(m.group(2) or 0)) < (4, 7)
+
+
+def split_system(messages: list[Message]) -> tuple[str | None, list[dict[str, str]]]:
+    """(system prompt, the rest): system messages join into `system`; same-role neighbours merge,
+    since the API wants user and assistant turns to alternate."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    turns: list[dict[str, str]] = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if turns and turns[-1]["role"] == m["role"]:
+            turns[-1] = {"role": m["role"], "content": turns[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            turns.append({"role": m["role"], "content": m["content"]})
+    return ("\n\n".join(system) if system else None), turns
+
+
+class AnthropicBackend(Backend):
+    """Claude over the official `anthropic` SDK, rate-limited and retried by caikit."""
+
+    name = "anthropic"
+    supports_logprobs = False
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "ANTHROPIC_API_KEY",
+                 timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None):
+        super().__init__(model)
+        api_key = os.environ.get(api_key_env, "").strip()
+        if not api_key:
+            raise UserError(f"{api_key_env} is not set (needed for --backend anthropic)")
+        self._sdk = _import_sdk()
+        self._api_key = api_key
+        self.base_url = base_url or None
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.limiter = limiter or RateLimiter(16)
+        self.last_usage: Usage | None = None
+        self.total_usage = Usage()
+        self.send_temperature = accepts_temperature(model)
+        self._client_obj = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _client(self):
+        loop = asyncio.get_running_loop()  # one SDK client (connection pool) per event loop
+        if self._client_obj is None or self._client_loop is not loop:
+            self._client_obj = self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url,
+                                                        timeout=self.timeout, max_retries=0)
+            self._client_loop = loop
+        return self._client_obj
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        sdk = self._sdk
+        if isinstance(exc, sdk.APIStatusError):
+            return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, json.JSONDecodeError)):
+            return True
+        try:
+            import pydantic
+        except ImportError:  # pragma: no cover - the SDK depends on it
+            return False
+        return isinstance(exc, pydantic.ValidationError)
+
+    @staticmethod
+    def _usage(message) -> Usage:
+        """Anthropic's input_tokens exclude cache reads/writes; ours include them (see cost.py)."""
+        u = getattr(message, "usage", None)
+        if u is None:
+            return Usage(requests=1)
+        read = getattr(u, "cache_read_input_tokens", 0) or 0
+        written = getattr(u, "cache_creation_input_tokens", 0) or 0
+        return Usage(prompt_tokens=(u.input_tokens or 0) + read + written, completion_tokens=u.output_tokens or 0,
+                     cached_tokens=read, cache_write_tokens=written, requests=1)
+
+    async def _one(self, params: dict[str, Any], estimated: int) -> tuple[Completion, Usage]:
+        async def attempt():
+            async with self.limiter.slot(estimated):
+                return await self._client().messages.create(**params)
+
+        try:
+            message = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
+                                              retry_after_of=retry_after_of_error, describe=describe_api_error,
+                                              secrets=(self._api_key,))
+        except BackendError as e:
+            text = str(e).lower()
+            if e.retryable or "temperature" not in text or "temperature" not in params.get("extra_body", {}) \
+                    or not any(w in text for w in ("deprecated", "not supported", "unsupported")):
+                raise
+            self.send_temperature = False  # a model newer than accepts_temperature knows: ask again without
+            params = {k: v for k, v in params.items() if k != "extra_body"}
+            return await self._one(params, estimated)
+        usage = self._usage(message)
+        self.limiter.record_actual(estimated, usage.total_tokens or estimated)
+        self.total_usage.add(usage)
+        text = "".join(getattr(b, "text", "") for b in (message.content or []) if getattr(b, "type", "") == "text")
+        reason = message.stop_reason
+        return Completion(text=text, finish_reason=FINISH_REASONS.get(reason, reason)), usage
+
+    async def generate(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7,
+                       max_tokens: int = 256, stop: list[str] | None = None,
+                       seed: int | None = None) -> list[Completion]:
+        """`seed` is ignored: the API has none."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        system, turns = split_system(messages)
+        params: dict[str, Any] = {"model": self.model, "messages": turns, "max_tokens": max_tokens}
+        if self.send_temperature:
+            params["extra_body"] = {"temperature": min(1.0, max(0.0, temperature))}
+        if system:
+            params["system"] = system
+        if stop:
+            params["stop_sequences"] = list(stop)
+        estimated = estimate_tokens(messages, max_tokens)
+        tasks = [asyncio.ensure_future(self._one(params, estimated)) for _ in range(n)]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:  # one sample failed for good: don't leave the others running
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        usage = Usage()
+        for _, u in results:
+            usage.add(u)
+        completions = [c for c, _ in results]
+        completions[0].usage = usage  # the usage of all n requests, on the first completion
+        return completions
+
+    async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
+        raise LogprobsUnsupported("the Anthropic API returns no log-probabilities: use sampled or parsed votes")
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model, "base_url": public_url(self.base_url)}
+
+    async def aclose(self) -> None:
+        client, self._client_obj = self._client_obj, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            await client.close()

@@ -1,0 +1,168 @@
+"""What a run costs: USD per 1M tokens for current OpenAI and Anthropic models.
+
+Usage convention (see `Usage`): `prompt_tokens` counts every prompt token, cached ones included;
+`cached_tokens` of them were cache reads and `cache_write_tokens` were cache writes. OpenAI bills
+cache writes at the plain input price; Anthropic charges 1.25x input for a 5-minute cache write.
+Dated snapshots ("gpt-4o-mini-2024-07-18", "claude-3-5-haiku-20241022") match by prefix; local models
+cost nothing; anything else costs 0 with `known=False`, so the UI can say "unknown price".
+Prices change: check the providers' pricing pages and pass `--prices FILE` to override.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from caikit.backends.base import Usage
+from caikit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+    cached_input: float  # cache read
+    cache_write: float
+    known: bool = True  # False: not in the table, counted as free
+    local: bool = False
+
+
+def _openai(input: float, output: float, cached: float) -> Price:  # noqa: A002
+    return Price(input, output, cached, input)
+
+
+def _anthropic(input: float, output: float) -> Price:  # noqa: A002
+    return Price(input, output, round(input * 0.1, 6), round(input * 1.25, 6))  # cache read 0.1x, 5-minute write 1.25x
+
+
+# As published by OpenAI and Anthropic (standard tier, 2025).
+PRICES: dict[str, Price] = {
+    "gpt-5": _openai(1.25, 10.00, 0.125),
+    "gpt-5-mini": _openai(0.25, 2.00, 0.025),
+    "gpt-5-nano": _openai(0.05, 0.40, 0.005),
+    "gpt-5-pro": _openai(15.00, 120.00, 15.00),
+    "gpt-4.1": _openai(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": _openai(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": _openai(0.10, 0.40, 0.025),
+    "gpt-4o": _openai(2.50, 10.00, 1.25),
+    "gpt-4o-mini": _openai(0.15, 0.60, 0.075),
+    "gpt-4-turbo": _openai(10.00, 30.00, 10.00),
+    "gpt-3.5-turbo": _openai(0.50, 1.50, 0.50),
+    "o1": _openai(15.00, 60.00, 7.50),
+    "o1-mini": _openai(1.10, 4.40, 0.55),
+    "o1-pro": _openai(150.00, 600.00, 150.00),
+    "o3": _openai(2.00, 8.00, 0.50),
+    "o3-mini": _openai(1.10, 4.40, 0.55),
+    "o3-pro": _openai(20.00, 80.00, 20.00),
+    "o4-mini": _openai(1.10, 4.40, 0.275),
+    "claude-3-haiku": _anthropic(0.25, 1.25),
+    "claude-3-5-haiku": _anthropic(0.80, 4.00),
+    "claude-haiku-4-5": _anthropic(1.00, 5.00),
+    "claude-3-5-sonnet": _anthropic(3.00, 15.00),
+    "claude-3-7-sonnet": _anthropic(3.00, 15.00),
+    "claude-sonnet-4": _anthropic(3.00, 15.00),
+    "claude-sonnet-4-5": _anthropic(3.00, 15.00),
+    "claude-3-opus": _anthropic(15.00, 75.00),
+    "claude-opus-4": _anthropic(15.00, 75.00),
+    "claude-opus-4-1": _anthropic(15.00, 75.00),
+    "claude-opus-4-5": _anthropic(5.00, 25.00),
+}
+
+FREE = Price(0.0, 0.0, 0.0, 0.0, known=True, local=True)
+UNKNOWN = Price(0.0, 0.0, 0.0, 0.0, known=False)
+PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
+BATCH_DISCOUNT = 0.5  # OpenAI Batch API and Anthropic Message Batches: half price
+
+_PROVIDER_PREFIXES = ("openai/", "anthropic/")
+_MINOR_VERSION = re.compile(r"-\d{1,2}(?=$|[-@:])")
+
+
+def _is_local(model: str) -> bool:
+    """The embedded model, a filesystem path, or a Hugging Face id ("org/name")."""
+    return model == "smollm2" or model.startswith(("/", ".", "~")) or "/" in model
+
+
+def _lookup(model: str, table: dict) -> str | None:
+    """Longest table key equal to `model` or a prefix of it ending at a '-', '@' or ':' boundary, where
+    the rest is not a minor version: "gpt-4o" prices "gpt-4o-2024-08-06" and "claude-opus-4" prices
+    "claude-opus-4-20250514", but neither "gpt-5.1" nor "claude-opus-4-6" is taken for its elder."""
+    best = None
+    for key in table:
+        rest = model[len(key):]
+        if model == key or (model.startswith(key) and rest[0] in "-@:" and not _MINOR_VERSION.match(rest)):
+            if best is None or len(key) > len(best):
+                best = key
+    return best
+
+
+def price_for(model: str, *, overrides: dict | None = None, backend: str | None = None) -> Price:
+    """The price of `model`: overrides first, then the built-in table; local models are free."""
+    name = model.strip()
+    for prefix in _PROVIDER_PREFIXES:
+        name = name.removeprefix(prefix)
+    if overrides:
+        key = _lookup(name, overrides) or _lookup(model, overrides)
+        if key is not None:
+            entry = overrides[key]
+            base_key = _lookup(name, PRICES)
+            base = PRICES[base_key] if base_key else None
+            inp = float(entry["input"])
+            return Price(inp, float(entry["output"]),
+                         float(entry.get("cached_input", base.cached_input if base else inp)),
+                         float(entry.get("cache_write", base.cache_write if base else inp)))
+    if backend == "local" or _is_local(name):
+        return FREE
+    key = _lookup(name, PRICES)
+    return PRICES[key] if key else UNKNOWN
+
+
+def cost_usd(model: str, usage: Usage, *, overrides: dict | None = None, batch: bool = False,
+             backend: str | None = None) -> float:
+    """USD for `usage` on `model` (0.0 for local and unknown models; check `price_for(model).known`)."""
+    p = price_for(model, overrides=overrides, backend=backend)
+    cached, written = usage.cached_tokens, usage.cache_write_tokens
+    uncached = max(0, usage.prompt_tokens - cached - written)
+    usd = (uncached * p.input + cached * p.cached_input + written * p.cache_write
+           + usage.completion_tokens * p.output) / 1_000_000
+    return usd * BATCH_DISCOUNT if batch else usd
+
+
+def load_price_overrides(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read {model: {input, output[, cached_input, cache_write]}} (USD per 1M tokens) from YAML or JSON."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise UserError(f"cannot read price table: {e.strerror}", path=str(path)) from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"invalid JSON: {e.msg}", path=str(path), line=e.lineno) from None
+    else:
+        from caikit.config import load_yaml
+
+        data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError("expected a mapping of model: {input: USD, output: USD}", path=str(path))
+    table: dict[str, dict[str, float]] = {}
+    for model, entry in data.items():
+        if not isinstance(entry, dict):
+            raise UserError(f"model '{model}': expected {{input: USD, output: USD}} per 1M tokens", path=str(path))
+        unknown = sorted(set(entry) - set(PRICE_FIELDS))
+        if unknown:
+            raise UserError(f"model '{model}': unknown field(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(PRICE_FIELDS)})", path=str(path))
+        missing = [f for f in ("input", "output") if f not in entry]
+        if missing:
+            raise UserError(f"model '{model}': missing {' and '.join(missing)} (USD per 1M tokens)", path=str(path))
+        row = {}
+        for f, value in entry.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"model '{model}': {f} must be a number >= 0 (USD per 1M tokens), got {value!r}",
+                                path=str(path))
+            row[f] = float(value)
+        table[str(model)] = row
+    return table

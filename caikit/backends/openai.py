@@ -1,0 +1,219 @@
+"""OpenAI chat completions, and any server that speaks them (vLLM, llama.cpp, Ollama via `base_url`).
+
+The SDK's own retries are off (`max_retries=0`): `limits.call_with_retries` owns retrying, so
+Retry-After, backoff and the attempt budget behave the same for every provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+from typing import Any
+
+from caikit.backends.base import Backend, BackendError, Completion, LogprobsUnsupported, Message, Usage
+from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
+                                    estimate_tokens, public_url, retry_after_of_error)
+from caikit.errors import UserError
+
+RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
+TOP_LOGPROBS = 20  # the most the API returns
+
+
+class MalformedResponse(ValueError):
+    """A 200 whose body is not a usable completion (no choices, missing message). Retryable."""
+
+
+def _import_sdk():
+    try:
+        import openai
+    except ImportError:
+        raise UserError("--backend openai needs the openai package: pip install 'openai>=1.40'") from None
+    return openai
+
+
+def normalise_option(token: str) -> str:
+    """" A", "A", "(A" and " (A" all name option "A"."""
+    return token.strip().removeprefix("(").strip()
+
+
+def option_logprobs_from_top(top: dict[str, float], options: list[str]) -> dict[str, float]:
+    """log sum_{t in top, t names option} p(t) for each option; -inf where no top token names it."""
+    scores = {}
+    for option in options:
+        matches = [lp for token, lp in top.items() if normalise_option(token) == normalise_option(option)]
+        if not matches:
+            scores[option] = float("-inf")
+            continue
+        peak = max(matches)  # log-sum-exp, stable
+        scores[option] = peak + math.log(sum(math.exp(lp - peak) for lp in matches))
+    return scores
+
+
+def _is_reasoning_model(model: str) -> bool:
+    """o-series and gpt-5+ reasoning models take max_completion_tokens and only their default temperature."""
+    name = model.removeprefix("openai/")
+    return bool(re.match(r"(o\d|gpt-[5-9])", name)) and "chat" not in name
+
+
+def _rejected(message: str, param: str) -> bool:
+    """Does a 400 say this request parameter is unsupported / deprecated for the model?"""
+    text = message.lower()
+    return param in text and any(w in text for w in ("unsupported", "not supported", "deprecated", "does not support"))
+
+
+class OpenAIBackend(Backend):
+    """Chat completions over the official `openai` SDK, rate-limited and retried by caikit."""
+
+    name = "openai"
+    supports_logprobs = True
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None):
+        super().__init__(model)
+        api_key = os.environ.get(api_key_env, "").strip()
+        if not api_key:
+            raise UserError(f"{api_key_env} is not set (needed for --backend openai)")
+        self._sdk = _import_sdk()
+        self._api_key = api_key
+        self.base_url = base_url or None
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.limiter = limiter or RateLimiter(16)
+        self.last_usage: Usage | None = None  # of the latest option_logprobs call (read by CachingBackend)
+        self.total_usage = Usage()  # every request this backend sent
+        # what this model accepts; a 400 naming an unsupported parameter updates these (see _create)
+        self.token_param = "max_completion_tokens" if _is_reasoning_model(model) else "max_tokens"
+        self.send_temperature = not _is_reasoning_model(model)
+        self._client_obj = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _client(self):
+        # The SDK's connection pool belongs to one event loop; a later asyncio.run() gets a new client.
+        loop = asyncio.get_running_loop()
+        if self._client_obj is None or self._client_loop is not loop:
+            self._client_obj = self._sdk.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url,
+                                                     timeout=self.timeout, max_retries=0)
+            self._client_loop = loop
+        return self._client_obj
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        sdk = self._sdk
+        if isinstance(exc, sdk.APIStatusError):
+            return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, MalformedResponse,
+                            json.JSONDecodeError)):  # APITimeoutError is an APIConnectionError
+            return True
+        try:
+            import pydantic
+        except ImportError:  # pragma: no cover - the SDK depends on it
+            return False
+        return isinstance(exc, pydantic.ValidationError)
+
+    async def _create(self, params: dict[str, Any], estimated: int):
+        """One chat.completions call under the rate limiter, retried; returns (response, usage).
+
+        A 400 that names an unsupported parameter (max_tokens or temperature on reasoning models)
+        is answered once more without it, and remembered; one that names logprobs means the model
+        cannot score options."""
+        try:
+            return await self._create_retried(params, estimated)
+        except BackendError as e:
+            if e.retryable:
+                raise
+            message = str(e)
+            if "logprobs" in params and _rejected(message, "logprobs"):
+                raise LogprobsUnsupported(f"{self.model} returns no logprobs: use sampled or parsed votes") from None
+            if "max_tokens" in params and _rejected(message, "max_tokens"):
+                self.token_param = "max_completion_tokens"
+                params = {("max_completion_tokens" if k == "max_tokens" else k): v for k, v in params.items()}
+            elif "temperature" in params and _rejected(message, "temperature"):
+                self.send_temperature = False
+                params = {k: v for k, v in params.items() if k != "temperature"}
+            else:
+                raise
+        return await self._create(params, estimated)
+
+    async def _create_retried(self, params: dict[str, Any], estimated: int):
+
+        async def attempt():
+            async with self.limiter.slot(estimated):
+                response = await self._client().chat.completions.create(**params)
+            choices = getattr(response, "choices", None)
+            if not isinstance(choices, list) or not choices or any(getattr(c, "message", None) is None
+                                                                   for c in choices):
+                raise MalformedResponse("the response had no usable choices")
+            return response
+
+        response = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
+                                           retry_after_of=retry_after_of_error, describe=describe_api_error,
+                                           secrets=(self._api_key,))
+        usage = self._usage(response)
+        self.limiter.record_actual(estimated, usage.total_tokens or estimated)
+        self.total_usage.add(usage)
+        return response, usage
+
+    @staticmethod
+    def _usage(response) -> Usage:
+        u = getattr(response, "usage", None)
+        if u is None:  # some compatible servers send none
+            return Usage(requests=1)
+        details = getattr(u, "prompt_tokens_details", None)
+        return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0,
+                     cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0, requests=1)
+
+    def _params(self, messages: list[Message], *, n: int, temperature: float, max_tokens: int,
+                stop: list[str] | None, seed: int | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": self.model, "messages": messages, "n": n, self.token_param: max_tokens}
+        if self.send_temperature:
+            params["temperature"] = temperature
+        if stop:
+            params["stop"] = list(stop)
+        if seed is not None:
+            params["seed"] = seed
+        return params
+
+    async def generate(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7,
+                       max_tokens: int = 256, stop: list[str] | None = None,
+                       seed: int | None = None) -> list[Completion]:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        params = self._params(messages, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed)
+        response, usage = await self._create(params, estimate_tokens(messages, max_tokens, n))
+        choices = sorted(response.choices, key=lambda c: c.index or 0)
+        completions = [Completion(text=c.message.content or "", finish_reason=c.finish_reason) for c in choices]
+        if len(completions) < n:  # servers that ignore `n` (llama.cpp): ask for the rest one by one
+            more = await asyncio.gather(*[
+                self.generate(messages, n=1, temperature=temperature, max_tokens=max_tokens, stop=stop,
+                              seed=None if seed is None else seed + i)
+                for i in range(1, n - len(completions) + 1)])
+            for (extra,) in more:
+                usage.add(extra.usage)
+                completions.append(Completion(extra.text, extra.finish_reason))
+        completions = completions[:n]
+        completions[0].usage = usage
+        return completions
+
+    async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
+        """One greedy token with its top-20 alternatives; each option sums the tokens that name it."""
+        params = {**self._params(messages, n=1, temperature=0.0, max_tokens=1, stop=None, seed=None),
+                  "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        response, usage = await self._create(params, estimate_tokens(messages, 1))
+        self.last_usage = usage
+        content = getattr(getattr(response.choices[0], "logprobs", None), "content", None)
+        if not content:
+            raise LogprobsUnsupported(f"{self.model} returned no logprobs (the server may not support them)")
+        first = content[0]
+        top = {t.token: t.logprob for t in (first.top_logprobs or [])}
+        top.setdefault(first.token, first.logprob)
+        return option_logprobs_from_top(top, options)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model, "base_url": public_url(self.base_url)}
+
+    async def aclose(self) -> None:
+        client, self._client_obj = self._client_obj, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            await client.close()
