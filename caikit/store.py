@@ -1,7 +1,9 @@
 """Append-only JSONL files that survive kill -9, and the run directory that holds them.
 
-Writes are one `write()` of a whole line, flushed (and fsync'd) per record. A process killed mid-write
-leaves at most one torn last line: readers drop it (and `JsonlFile.repair` truncates it away) instead
+Writes are one `write()` of a whole line, flushed to the OS per record (which is what survives a
+kill -9 of the process), and fsync'd to disk at most every `fsync_interval` seconds and on close (what
+survives a power cut), so the event loop is not stalled by one disk sync per record. A process killed
+mid-write leaves at most one torn last line: readers drop it (and `JsonlFile.repair` truncates it away) instead
 of failing. Derived files (sft.jsonl, failures.jsonl, usage.json) are rewritten atomically.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -19,11 +22,12 @@ from caikit.errors import UserError
 class JsonlFile:
     """One append-only JSONL file."""
 
-    def __init__(self, path: str | Path, *, fsync: bool = True):
+    def __init__(self, path: str | Path, *, fsync_interval: float = 1.0):
         self.path = Path(path)
-        self.fsync = fsync
+        self.fsync_interval = fsync_interval
         self._lock = threading.Lock()
         self._fh = None
+        self._last_sync = 0.0
 
     def repair(self) -> int:
         """Drop a torn (unterminated or unparseable) last line left by a crash. Returns bytes dropped."""
@@ -74,12 +78,16 @@ class JsonlFile:
                 self._fh = open(self.path, "ab")
             self._fh.write(line)
             self._fh.flush()
-            if self.fsync:
+            now = time.monotonic()
+            if now - self._last_sync >= self.fsync_interval:
                 os.fsync(self._fh.fileno())
+                self._last_sync = now
 
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
                 self._fh.close()
                 self._fh = None
 

@@ -11,13 +11,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from caikit.cli import main as cli_main
 from caikit.testing.fake_api import FakeAPIServer, FaultPlan
+
+
+def _serve(latency: float, fault_rate: float, ready, stop, peak) -> None:
+    share = fault_rate / 4
+    faults = FaultPlan(rates={"429": share, "500": share, "hang": share, "truncated": share}, retry_after=0.05,
+                       hang_seconds=2.0, max_faults_per_key=3, seed=0) if fault_rate else None
+    with FakeAPIServer(latency=latency, faults=faults) as server:
+        ready.put(server.openai_base_url)
+        stop.wait()
+        peak.value = server.max_in_flight
+
+
+@contextmanager
+def server_process(latency: float, fault_rate: float):
+    """The fake API in its own process, as a real API is: it must not share our interpreter's GIL."""
+    ready, stop, peak = mp.Queue(), mp.Event(), mp.Value("i", 0)
+    proc = mp.Process(target=_serve, args=(latency, fault_rate, ready, stop, peak), daemon=True)
+    proc.start()
+    info = {"url": ready.get(timeout=60)}
+    try:
+        yield info
+    finally:
+        stop.set()
+        proc.join(timeout=30)
+        info["peak"] = peak.value
 
 
 def main() -> None:
@@ -33,17 +60,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"prompt": f"bench prompt {i}"}) + "\n" for i in range(args.prompts)))
-        share = args.fault_rate / 4
-        faults = FaultPlan(rates={"429": share, "500": share, "hang": share, "truncated": share}, retry_after=0.05,
-                           max_faults_per_key=3, seed=0) if args.fault_rate else None
-        with FakeAPIServer(latency=args.latency, faults=faults) as server:
+        with server_process(args.latency, args.fault_rate) as server:
             start = time.perf_counter()
-            rc = cli_main(["generate", "--backend", "openai", "--model", "bench", "--base-url", server.openai_base_url,
+            rc = cli_main(["generate", "--backend", "openai", "--model", "bench", "--base-url", server["url"],
                            "--constitution", "hhh", "--prompts", str(prompts), "--out", str(Path(tmp) / "run"),
                            "--rounds", str(args.rounds), "--concurrency", str(args.concurrency), "--few-shot", "0",
                            "--timeout", str(max(1.0, 5 * args.latency)), "--max-retries", "8", "--no-progress"])
             elapsed = time.perf_counter() - start
-            peak = server.max_in_flight
+        peak = server["peak"]
         traces = sum(1 for _ in open(Path(tmp) / "run" / "traces.jsonl"))
     useful = args.prompts * (1 + 2 * args.rounds)  # successful requests a fault-free run needs
     achieved = useful / elapsed

@@ -10,7 +10,7 @@ from caikit.store import JsonlFile, latest_by_id, write_jsonl_atomic
 
 
 def test_append_then_read_roundtrip(tmp_path):
-    f = JsonlFile(tmp_path / "a.jsonl", fsync=False)
+    f = JsonlFile(tmp_path / "a.jsonl")
     for i in range(3):
         f.append({"id": f"k{i}", "x": i})
     f.close()
