@@ -1,0 +1,406 @@
+"""Local transformers backend: concurrent calls are batched into one `model.generate` / forward pass.
+
+The pipeline awaits `generate` (or `option_logprobs`) once per prompt from many coroutines. Each call
+tokenises its prompt and joins a queue keyed by its sampling parameters; one worker per event loop
+waits up to `max_wait_ms` for a batch to fill, sorts the group by prompt length (less padding),
+left-pads it and runs one `model.generate` with the KV cache on a dedicated thread, so the event
+loop stays responsive. Model and tokenizer load once, lazily, on that same thread.
+
+Seeds: a batch is seeded with the first seed among its requests (`torch.manual_seed`) before it
+runs, so sampled outputs depend on which requests happened to share the batch. Greedy decoding
+(temperature 0) does not depend on batch composition: left padding is masked and HF derives
+position ids from the attention mask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+from caikit.backends.base import Backend, BackendError, Completion, Message, Usage
+from caikit.errors import UserError
+from caikit.models import load_causal_lm, load_tokenizer
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What requests must share to be generated in one batch (the queue key)."""
+
+    temperature: float
+    max_tokens: int
+    n: int
+    stop: tuple[str, ...]
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    future: asyncio.Future
+    seed: int | None = None
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _LoopQueue:
+    """Pending requests of one event loop, grouped by key ("generate", params) / ("score", options)."""
+
+    pending: dict[Hashable, list[_Request]] = field(default_factory=dict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task | None = None
+    in_flight: list[_Request] = field(default_factory=list)  # the batch now on the worker thread
+
+
+def _length_sorted_chunks(indices: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices sorted by length and cut into batches, so each batch pads to similar lengths."""
+    ordered = sorted(indices, key=lambda i: lengths[i])
+    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
+def _option_variants(option: str) -> list[str]:
+    """"A" and " A": chat models put either after the assistant header; we sum over both."""
+    return [option] if option[:1].isspace() else [option, " " + option]
+
+
+class LocalBackend(Backend):
+    """A Hugging Face causal LM in this process (alias `smollm2`, an HF id, or a local path)."""
+
+    name = "local"
+    supports_logprobs = True
+
+    def __init__(
+        self,
+        model: str = "smollm2",
+        *,
+        batch_size: int = 16,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_wait_ms: float = 5.0,
+    ):
+        super().__init__(model)
+        if batch_size < 1:
+            raise UserError(f"local backend: batch_size must be >= 1, got {batch_size}")
+        if dtype is not None and dtype not in DTYPES:
+            raise UserError(f"local backend: dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype is None:
+            dtype = "fp32"
+            if device.startswith("cuda"):
+                import torch
+
+                dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.batch_size, self.device, self.dtype = batch_size, device, dtype
+        self.max_wait_ms = max_wait_ms
+        self.stats = dict.fromkeys(
+            ("generate_calls", "forward_calls", "sequences", "scored_sequences", "prompt_tokens",
+             "completion_tokens", "truncated_prompts"), 0)  # fmt: skip
+        self._model = self._tokenizer = None
+        self._load_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
+
+    # ---- loading and prompts -------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load tokenizer (left padding, pad != EOS) and model once; safe to call from any thread."""
+        with self._load_lock:
+            if self._model is not None:
+                return
+            self._tokenizer = load_tokenizer(self.model, padding_side="left")
+            self._model = load_causal_lm(self.model, dtype=self.dtype, device=self.device)  # eval(): dropout off
+            ids = self._model.generation_config.eos_token_id
+            ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+            self._eos_ids = sorted({self._tokenizer.eos_token_id, *ids} - {None})
+            limits = [getattr(self._model.config, "max_position_embeddings", None), self._tokenizer.model_max_length]
+            self.context_length = min(x for x in limits if isinstance(x, int) and 0 < x < 10**7)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="caikit-local")
+        return self._pool
+
+    async def _ensure_loaded(self) -> None:
+        if self._model is None:
+            await asyncio.get_running_loop().run_in_executor(self._executor(), self.load)
+
+    def prompt_text(self, messages: list[Message]) -> str:
+        """The conversation as the model sees it, ending where the assistant's answer starts."""
+        if getattr(self._tokenizer, "chat_template", None):
+            return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]  # no template: plain layout
+        return "\n".join(lines) + "\nAssistant:"
+
+    def encode_prompt(self, messages: list[Message], *, reserve: int) -> list[int]:
+        """Token ids of the prompt, left-truncated (keep the end) so `reserve` new tokens still fit."""
+        text = self.prompt_text(messages)
+        ids = self._tokenizer(text, add_special_tokens=not self._tokenizer.chat_template)["input_ids"]
+        limit = self.context_length - reserve
+        if limit <= 0:
+            raise UserError(
+                f"local backend: {reserve} new tokens leave no room for the prompt in the "
+                f"{self.context_length}-token context of '{self.model}'"
+            )
+        if len(ids) > limit:
+            self.stats["truncated_prompts"] += 1
+            ids = ids[-limit:]
+        return ids
+
+    def _left_pad(self, prompts: list[list[int]]):
+        import torch
+
+        width = max(len(p) for p in prompts)
+        pad = self._tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._model.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=input_ids.device)
+        return input_ids, attention_mask
+
+    # ---- batch kernels (run on the worker thread) ----------------------------------------------
+
+    def _generate_chunk(
+        self, prompts: list[list[int]], params: SamplingParams, seed: int | None
+    ) -> list[list[Completion]]:
+        """One `model.generate` over a batch of prompts; `n` completions per prompt."""
+        import torch
+
+        input_ids, attention_mask = self._left_pad(prompts)
+        sampling = {"do_sample": params.temperature > 0}
+        copies = params.n if params.temperature > 0 else 1  # greedy: n identical answers, decoded once
+        if params.temperature > 0:  # plain temperature sampling, as the API providers do by default
+            sampling.update(temperature=params.temperature, top_p=1.0, top_k=0)
+        if params.stop:
+            sampling.update(stop_strings=list(params.stop), tokenizer=self._tokenizer)
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            # (B * n, width + T): HF repeats each prompt n times, in order, and takes position ids from the mask
+            out = self._model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=params.max_tokens,
+                num_return_sequences=copies,
+                pad_token_id=self._tokenizer.pad_token_id,
+                eos_token_id=self._eos_ids,
+                use_cache=True,
+                **sampling,
+            )
+        new_tokens = out[:, input_ids.shape[1] :].repeat_interleave(params.n // copies, dim=0).tolist()
+        self.stats["generate_calls"] += 1
+        self.stats["sequences"] += out.shape[0]  # generated, before greedy copies
+        results = []
+        for i, prompt in enumerate(prompts):
+            completions, completion_tokens = [], 0
+            for tokens in new_tokens[i * params.n : (i + 1) * params.n]:
+                completion, count = self._finish(tokens, params)
+                completions.append(completion)
+                completion_tokens += count
+            completions[0].usage = Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens, requests=1)
+            self.stats["prompt_tokens"] += len(prompt)
+            self.stats["completion_tokens"] += completion_tokens
+            results.append(completions)
+        return results
+
+    def _finish(self, tokens: list[int], params: SamplingParams) -> tuple[Completion, int]:
+        """Decoded text cut at EOS / the first stop string, its finish reason and its token count."""
+        eos_at = next((k for k, t in enumerate(tokens) if t in self._eos_ids), None)
+        if eos_at is not None:
+            count, kept = eos_at + 1, tokens[:eos_at]
+        else:
+            count = len(tokens)
+            while count and tokens[count - 1] == self._tokenizer.pad_token_id:  # rows finished early are padded
+                count -= 1
+            kept = tokens[:count]
+        text = self._tokenizer.decode(kept, skip_special_tokens=True)
+        cuts = [text.find(s) for s in params.stop if s and s in text]
+        if cuts:
+            text = text[: min(cuts)]
+        stopped = eos_at is not None or bool(cuts) or count < params.max_tokens
+        return Completion(text=text, finish_reason="stop" if stopped else "length"), count
+
+    def _score_chunk(self, prompts: list[list[int]], options: tuple[str, ...]) -> list[dict[str, float]]:
+        """log p(option | prompt) by teacher forcing, for every prompt x option x variant, in one forward."""
+        import torch
+
+        variants = {o: [] for o in options}  # option -> distinct token-id sequences of its variants
+        for option in options:
+            for text in _option_variants(option):
+                ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+                if ids and ids not in variants[option]:
+                    variants[option].append(ids)
+        rows = [(i, o, v) for i in range(len(prompts)) for o in options for v in variants[o]]
+        input_ids, attention_mask = self._left_pad([prompts[i] + v for i, o, v in rows])
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+        k_max = max(len(v) for _, _, v in rows)
+        with torch.inference_mode():
+            # Left padding right-aligns every option, so only the last k_max + 1 logits are needed: (R, k_max + 1, V)
+            logits = self._model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=k_max + 1, use_cache=False,
+            ).logits[:, -(k_max + 1) :]  # fmt: skip
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+        self.stats["forward_calls"] += 1
+        self.stats["scored_sequences"] += len(rows)
+        self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
+        per_variant: dict[tuple[int, str], list[torch.Tensor]] = {}
+        for r, (i, option, ids) in enumerate(rows):
+            k = len(ids)
+            # the logit at position t predicts token t + 1: option token j sits at kept index k_max - k + j + 1
+            steps = logprobs[r, k_max - k : k_max].gather(-1, torch.tensor(ids, device=logprobs.device)[:, None])
+            per_variant.setdefault((i, option), []).append(steps.sum())
+        return [
+            {o: torch.logsumexp(torch.stack(per_variant[(i, o)]), 0).item() for o in options}
+            for i in range(len(prompts))
+        ]  # fmt: skip
+
+    # ---- dynamic batching ----------------------------------------------------------------------
+
+    async def _submit(self, key: Hashable, prompt_ids: list[int], seed: int | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _LoopQueue()
+        request = _Request(prompt_ids, loop.create_future(), seed)
+        group = queue.pending.setdefault(key, [])
+        group.append(request)
+        if len(group) >= self.batch_size:
+            queue.wakeup.set()
+        if queue.worker is None or queue.worker.done():
+            queue.worker = loop.create_task(self._worker(queue))
+        return await request.future
+
+    async def _worker(self, queue: _LoopQueue) -> None:
+        loop = asyncio.get_running_loop()
+        while queue.pending:
+            # Let the oldest request's batch fill for up to max_wait_ms, unless some group is already full.
+            oldest_key = min(queue.pending, key=lambda k: queue.pending[k][0].enqueued_at)
+            deadline = queue.pending[oldest_key][0].enqueued_at + self.max_wait_ms / 1000
+            while max(len(g) for g in queue.pending.values()) < self.batch_size:
+                queue.wakeup.clear()
+                try:
+                    await asyncio.wait_for(queue.wakeup.wait(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    break
+            full = [k for k, g in queue.pending.items() if len(g) >= self.batch_size]
+            group_key = full[0] if full else oldest_key
+            group = queue.pending.pop(group_key)
+            kind, arg = group_key
+            kernel: Callable = self._generate_chunk if kind == "generate" else self._score_chunk
+            lengths = [len(r.prompt_ids) for r in group]
+            for chunk in _length_sorted_chunks(range(len(group)), lengths, self.batch_size):
+                requests = [group[i] for i in chunk]
+                requests = [r for r in requests if not r.future.done()]  # callers may have given up
+                if not requests:
+                    continue
+                extra = ()
+                if kind == "generate":  # the batch takes the seed of its earliest request that has one
+                    seeds = [r.seed for r in sorted(requests, key=lambda r: r.enqueued_at) if r.seed is not None]
+                    extra = (seeds[0] if seeds else None,)
+                prompts = [r.prompt_ids for r in requests]
+                queue.in_flight = requests
+                try:
+                    results = await loop.run_in_executor(self._executor(), kernel, prompts, arg, *extra)
+                except Exception as e:  # noqa: BLE001 — hand the failure to every caller in the batch
+                    error = e if isinstance(e, (UserError, BackendError)) else BackendError(
+                        f"local {kind} failed: {type(e).__name__}: {e}", retryable=False)  # fmt: skip
+                    results = [error] * len(requests)
+                for request, result in zip(requests, results):
+                    if request.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        request.future.set_exception(result)
+                    else:
+                        request.future.set_result(result)
+
+    async def generate(
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        await self._ensure_loaded()
+        params = self._sampling_params(n, temperature, max_tokens, stop)
+        prompt_ids = self.encode_prompt(messages, reserve=params.max_tokens)
+        return await self._submit(("generate", params), prompt_ids, seed)
+
+    async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
+        await self._ensure_loaded()
+        options_key = self._check_options(options)
+        prompt_ids = self.encode_prompt(messages, reserve=self._max_option_tokens(options_key))
+        return await self._submit(("score", options_key), prompt_ids)
+
+    def _sampling_params(self, n: int, temperature: float, max_tokens: int, stop: list[str] | None) -> SamplingParams:
+        if n < 1 or max_tokens < 1 or temperature < 0:
+            raise UserError(
+                f"local backend: need n >= 1, max_tokens >= 1, temperature >= 0 (got {n}, {max_tokens}, {temperature})"
+            )
+        return SamplingParams(float(temperature), int(max_tokens), int(n), tuple(s for s in stop or () if s))
+
+    def _check_options(self, options: list[str]) -> tuple[str, ...]:
+        if not options or any(not o for o in options):
+            raise UserError(f"local backend: options must be non-empty strings, got {options!r}")
+        return tuple(options)
+
+    def _max_option_tokens(self, options: tuple[str, ...]) -> int:
+        variants = [v for o in options for v in _option_variants(o)]
+        return max(len(self._tokenizer(v, add_special_tokens=False)["input_ids"]) for v in variants)
+
+    # ---- synchronous helpers (eval, benchmarks) ------------------------------------------------
+
+    def _run_sorted(self, kernel: Callable, prompts: list[list[int]], *args: Any) -> list[Any]:
+        results: list[Any] = [None] * len(prompts)
+        for chunk in _length_sorted_chunks(range(len(prompts)), [len(p) for p in prompts], self.batch_size):
+            for i, result in zip(chunk, kernel([prompts[i] for i in chunk], *args)):
+                results[i] = result
+        return results
+
+    def generate_batch(
+        self,
+        list_of_messages: list[list[Message]],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """Generate for many conversations now, in length-sorted batches of `batch_size` (blocking)."""
+        self.load()
+        params = self._sampling_params(n, temperature, max_tokens, stop)
+        prompts = [self.encode_prompt(m, reserve=params.max_tokens) for m in list_of_messages]
+        return self._executor().submit(self._run_sorted, self._generate_chunk, prompts, params, seed).result()
+
+    def score_options_batch(self, list_of_messages: list[list[Message]], options: list[str]) -> list[dict[str, float]]:
+        """`option_logprobs` for many conversations now, one forward pass per batch (blocking)."""
+        self.load()
+        options_key = self._check_options(options)
+        reserve = self._max_option_tokens(options_key)
+        prompts = [self.encode_prompt(m, reserve=reserve) for m in list_of_messages]
+        return self._executor().submit(self._run_sorted, self._score_chunk, prompts, options_key).result()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model, "device": self.device, "dtype": self.dtype}
+
+    async def aclose(self) -> None:
+        queue = self._queues.pop(asyncio.get_running_loop(), None)
+        if queue is not None:
+            if queue.worker is not None:
+                queue.worker.cancel()
+            for group in [*queue.pending.values(), queue.in_flight]:
+                for request in group:
+                    if not request.future.done():
+                        request.future.set_exception(BackendError("local backend closed", retryable=True))
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
