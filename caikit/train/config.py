@@ -15,7 +15,9 @@ class CommonTrainConfig:
     out: str = option("", help="output directory (checkpoints, metrics.jsonl, plots/, config.yaml)")
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run --epochs)")
     epochs: float = option(1.0, help="passes over the training data when --max-steps is -1")
-    lr: float = option(5e-6, help="peak learning rate (AdamW), linear warm-up then linear decay")
+    lr: float = option(5e-6, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
+    lr_schedule: str = option("linear", help="after warm-up: linear (decay to 0 at the last step) | constant",
+                              metadata={"choices": ["linear", "constant"]})
     warmup_steps: int = option(0, help="linear warm-up steps")
     weight_decay: float = option(0.0, help="AdamW weight decay")
     max_grad_norm: float = option(1.0, help="gradient clipping norm (0 disables)")

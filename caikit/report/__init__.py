@@ -1,0 +1,1 @@
+"""Run reports: PNG training curves (`plots`) and the HTML report of a run directory."""

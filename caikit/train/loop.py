@@ -1,0 +1,172 @@
+"""Set-up shared by the trainers: accelerate, optimizer and schedule, LoRA, batching, resume, final save.
+
+The training loops themselves stay in sft.py / reward.py / dpo.py (and ppo.py), flat and top to bottom;
+this module only holds the pieces they would otherwise repeat.
+
+Multi-GPU: run the same command under `accelerate launch --config_file configs/accelerate/<x>.yaml -m
+caikit.cli train ...`; each process takes every num_processes-th micro-batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from caikit.errors import UserError
+
+PEFT_HINT = "--lora needs peft: pip install 'caikit[lora]' (or pip install peft)"
+
+
+def note(command: str, message: str) -> None:
+    """One informational line on stderr (stdout stays for results)."""
+    print(f"caikit {command}: {message}", file=sys.stderr, flush=True)
+
+
+def make_accelerator(cfg):
+    """Accelerator with bf16 autocast when asked (GPU), fp32 otherwise; seeds every RNG."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if cfg.bf16 and not torch.cuda.is_available():
+        raise UserError("--bf16 needs a GPU with bfloat16 support; drop it on CPU")
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def load_train_tokenizer(model_name: str):
+    """Right-padding tokenizer (training batches), pad token distinct from EOS where possible."""
+    from caikit.models import load_tokenizer
+
+    try:
+        return load_tokenizer(model_name, padding_side="right")
+    except OSError as e:
+        raise UserError(f"cannot load tokenizer for '{model_name}': {str(e).splitlines()[0]}") from None
+
+
+def load_pretrained(auto_class, model_name: str, **kwargs):
+    """`auto_class.from_pretrained` on the resolved path, with a one-line error for bad names.
+
+    Keyword arguments that are None are left out (transformers' own defaults apply).
+    """
+    from caikit.models import resolve_model_path
+
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        return auto_class.from_pretrained(resolve_model_path(model_name), **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load model '{model_name}': {str(e).splitlines()[0]}") from None
+
+
+def prepare_model(model, cfg, task_type: str = "CAUSAL_LM"):
+    """Gradient checkpointing and LoRA adapters, as configured. task_type: CAUSAL_LM | SEQ_CLS."""
+    if cfg.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise UserError(PEFT_HINT) from None
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, task_type=task_type,
+                          target_modules="all-linear")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def make_optimizer(model, cfg) -> torch.optim.Optimizer:
+    """AdamW over trainable weights; no weight decay on biases and norms (1-D tensors)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available() and all(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), fused=fused or None)
+
+
+def lr_multiplier(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warm-up over `warmup` steps, then constant or linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def make_scheduler(optimizer, cfg, total_steps: int):
+    # a partial (not a lambda) pickles, and carries no state: a resumed run follows its own --max-steps
+    multiplier = functools.partial(lr_multiplier, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.lr_schedule)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def count_steps(cfg, n_examples: int, num_processes: int = 1) -> int:
+    """Optimizer steps in the run: --max-steps, or --epochs over the data."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    micro_per_epoch = math.ceil(n_examples / (cfg.batch_size * num_processes))
+    return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+
+
+def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dict], start_step: int = 0,
+                  process_index: int = 0, num_processes: int = 1) -> Iterator[dict]:
+    """Endless stream of collated micro-batches over seeded epochs, resuming after start_step optimizer steps."""
+    from caikit.train.data import batches
+
+    skip = start_step * cfg.grad_accum
+    epoch = 0
+    while True:
+        mine = batches(examples, cfg.batch_size, cfg.seed, epoch)[process_index::num_processes]
+        if not mine:
+            raise UserError("not enough training examples for one batch per process")
+        for micro in mine:
+            if skip:
+                skip -= 1
+                continue
+            yield collate(micro)
+        epoch += 1
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def resume_or_start(cfg, command: str, model, optimizer, scheduler) -> tuple[int, dict]:
+    """(step, extra) from out/checkpoint when --resume, else (0, {})."""
+    from caikit.train.checkpoint import load_checkpoint
+
+    if not cfg.resume:
+        return 0, {}
+    loaded = load_checkpoint(cfg.out, model, optimizer, scheduler)
+    if loaded is None:
+        note(command, f"--resume: no checkpoint in {cfg.out}, starting from step 0")
+        return 0, {}
+    note(command, f"resuming from step {loaded[0]} ({cfg.out}/checkpoint)")
+    return loaded
+
+
+def finish(accelerator, model, tokenizer, cfg, plot_groups: dict[str, list[str]] | None) -> str:
+    """Final save (merged weights, tokenizer, config.yaml) and PNG curves; returns the output dir."""
+    from caikit.report.plots import plot_metrics
+    from caikit.train.checkpoint import save_pretrained
+
+    accelerator.wait_for_everyone()
+    out = Path(cfg.out)
+    # sharded runs (ZeRO-3 / FSDP) gather the full weights on every process; plain runs need no copy
+    sharded = accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
+    state_dict = accelerator.get_state_dict(model) if sharded else None
+    if accelerator.is_main_process:
+        save_pretrained(accelerator.unwrap_model(model), tokenizer, cfg, out, state_dict=state_dict)
+        if (out / "metrics.jsonl").exists():
+            plot_metrics(out / "metrics.jsonl", out / "plots", plot_groups)
+    return str(out)

@@ -1,0 +1,76 @@
+"""Per-step training metrics as JSON lines: `{"step": int, "time": unix seconds, <name>: number, ...}`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy scalars -> Python numbers; NaN/inf -> None (JSON has no NaN)."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Appends one JSON object per `log` call to `out_dir/metrics.jsonl`, flushed at once.
+
+    resume=False starts a fresh file; resume=True keeps rows up to the resumed step (later rows, from a
+    run that went past its last checkpoint, are dropped on the first `log`).
+    """
+
+    def __init__(self, out_dir: str | Path, resume: bool = False):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._resume = resume
+        self._file = None
+        if not resume:
+            self.path.write_text("", encoding="utf-8")
+
+    def _open(self, first_step: int):
+        if self._resume and self.path.exists():
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) < first_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log(self, step: int, **metrics: Any) -> dict:
+        if self._file is None:
+            self._open(step)
+        row = {"step": int(step), "time": round(time.time(), 3), **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        return row
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All rows of a metrics.jsonl (skipping a torn last line)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

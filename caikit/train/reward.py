@@ -1,0 +1,266 @@
+"""`caikit train reward`: a Bradley-Terry reward model; `caikit score`: its 0-1 scores for responses.
+
+The model is the causal LM backbone with a scalar head (`AutoModelForSequenceClassification`,
+num_labels=1); the score is read at the last non-pad token, the EOS that ends every response, so the
+pad token must differ from EOS (`caikit.models.load_tokenizer` sees to that). Soft labels
+(P(chosen preferred) from the judge) and margins are used when the rows carry them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from caikit.config import option, save_config
+from caikit.errors import UserError
+from caikit.train.config import CommonTrainConfig
+
+COMMAND = "train reward"
+PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_accuracy"],
+               "score_margin": ["score_margin", "eval_score_margin"], "learning_rate": ["lr"],
+               "grad_norm": ["grad_norm"]}
+
+
+@dataclass
+class RewardConfig(CommonTrainConfig):
+    """Reward model on preference pairs (RLAIF)."""
+
+    lr: float = option(1e-5, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
+    use_soft_labels: bool = option(True, help="train on the judge's P(chosen preferred) where rows carry one "
+                                              "(p_chosen, or score_chosen/score_rejected); hard labels otherwise")
+    use_margin: bool = option(False, help="subtract each row's `margin` from the score difference (Llama 2 margin loss)")
+
+
+@dataclass
+class ScoreConfig:
+    """Score responses with a trained reward model."""
+
+    model: str = option("", help="reward model directory written by `caikit train reward`")
+    input: str = option("", help="JSONL/parquet/datasets rows with `prompt` (string or messages) and `response` "
+                                 "(string, or `messages` ending with the assistant reply)")
+    prompt: str = option("", help="a single prompt (with --response)")
+    response: list[str] = option([], help="one or more responses to --prompt")
+    batch_size: int = option(8, help="sequences per forward pass")
+    max_length: int = option(1024, help="max tokens per sequence (prompt left-truncated)")
+    device: str = option("", help="cpu | cuda | cuda:1 (default: cuda if available)")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UserError("--model is required (a directory written by `caikit train reward`)")
+        if not self.input and not (self.prompt and self.response):
+            raise UserError("give --input FILE, or --prompt TEXT with --response TEXT [TEXT ...]")
+
+
+def pair_scores(model, batch: dict, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over chosen+rejected: (chosen_scores (B,), rejected_scores (B,)) raw rewards."""
+    from caikit.train.logprobs import concatenate_pairs
+
+    both = concatenate_pairs(batch, pad_token_id)
+    scores = model(input_ids=both["input_ids"], attention_mask=both["attention_mask"], use_cache=False).logits
+    scores = scores.squeeze(-1).float()  # (2B,)
+    B = batch["chosen_input_ids"].size(0)
+    return scores[:B], scores[B:]
+
+
+def soft_labels_and_margin(batch: dict, cfg: RewardConfig) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    p = batch["p_chosen"]
+    soft = torch.where(torch.isnan(p), torch.ones_like(p), p) if cfg.use_soft_labels and not torch.isnan(p).all() else None
+    margin = batch["margin"] if cfg.use_margin else None
+    return soft, margin
+
+
+def evaluate(model, examples: list[dict], cfg: RewardConfig, pad_token_id: int, device) -> dict[str, float]:
+    """Held-out pairwise accuracy (chosen scored above rejected), mean loss and mean score gap."""
+    from caikit.train.data import batches, collate_preferences
+    from caikit.train.losses import bradley_terry_loss
+    from caikit.train.loop import to_device
+
+    if not examples:
+        return {}
+    model.eval()
+    correct, loss_sum, gap_sum = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False):
+            b = to_device(collate_preferences(micro, pad_token_id), device)
+            chosen, rejected = pair_scores(model, b, pad_token_id)
+            soft, margin = soft_labels_and_margin(b, cfg)
+            loss_sum += float(bradley_terry_loss(chosen, rejected, margin, soft).sum())
+            correct += float((chosen > rejected).float().sum())
+            gap_sum += float((chosen - rejected).sum())
+    model.train()
+    n = len(examples)
+    return {"eval_loss": loss_sum / n, "eval_accuracy": correct / n, "eval_score_margin": gap_sum / n}
+
+
+def train(cfg: RewardConfig) -> str:
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification
+
+    from caikit.train.checkpoint import save_checkpoint
+    from caikit.train.data import collate_preferences, load_rows, preference_triples, split_rows, tokenize_preferences
+    from caikit.train.losses import bradley_terry_loss
+    from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
+                                   make_optimizer, make_scheduler, micro_batches, note, prepare_model,
+                                   resume_or_start, to_device)
+    from caikit.train.metrics import MetricsLogger
+
+    accelerator = make_accelerator(cfg)
+    tokenizer = load_train_tokenizer(cfg.model)
+
+    # data: preference rows -> held-out split -> chosen / rejected token ids (prompt + response + EOS)
+    triples = preference_triples(load_rows(cfg.data, "preference"), cfg.data)
+    train_triples, eval_triples = split_rows(triples, cfg.eval_fraction, cfg.seed)
+    train_examples, train_count = tokenize_preferences(tokenizer, train_triples, cfg.max_length, cfg.max_prompt_length)
+    eval_examples, eval_count = tokenize_preferences(tokenizer, eval_triples, cfg.max_length, cfg.max_prompt_length)
+    if (train_count + eval_count).message(cfg.max_length):
+        note(COMMAND, (train_count + eval_count).message(cfg.max_length))
+    if not train_examples:
+        raise UserError("no training pairs left after the held-out split and truncation", path=cfg.data)
+
+    # scalar head on the backbone; the head reads the last non-pad token, so the config must know the pad id
+    model = load_pretrained(AutoModelForSequenceClassification, cfg.model, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = prepare_model(model, cfg, "SEQ_CLS")
+    optimizer = make_optimizer(model, cfg)
+    total_steps = count_steps(cfg, len(train_examples), accelerator.num_processes)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    save_config(cfg, f"{cfg.out}/config.yaml")
+    metrics = MetricsLogger(cfg.out, resume=step > 0)
+
+    stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, tokenizer.pad_token_id), step,
+                           accelerator.process_index, accelerator.num_processes)
+    bar = tqdm(total=total_steps, initial=step, desc="reward", unit="step",
+               disable=not accelerator.is_local_main_process)
+    model.train()
+    while step < total_steps:
+        started, losses_seen, correct, gaps, tokens, grad_norm = time.perf_counter(), [], [], [], 0, None
+        for _ in range(cfg.grad_accum):
+            batch = to_device(next(stream), accelerator.device)
+            with accelerator.accumulate(model):
+                chosen, rejected = pair_scores(model, batch, tokenizer.pad_token_id)
+                soft, margin = soft_labels_and_margin(batch, cfg)
+                loss = bradley_terry_loss(chosen, rejected, margin, soft).mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses_seen.append(loss.item())
+            correct.append(float((chosen > rejected).float().mean()))
+            gaps.append(float((chosen - rejected).detach().mean()))
+            tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+        scheduler.step()
+        step += 1
+
+        row = {"loss": sum(losses_seen) / len(losses_seen), "accuracy": sum(correct) / len(correct),
+               "score_margin": sum(gaps) / len(gaps), "lr": scheduler.get_last_lr()[0],
+               "tokens_per_s": tokens / (time.perf_counter() - started)}
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+            row.update(evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device))
+        if step % cfg.log_every == 0 or step == total_steps:
+            metrics.log(step, **row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.update(1)
+        if cfg.save_every and step % cfg.save_every == 0 and accelerator.is_main_process:
+            save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
+    bar.close()
+
+    final_eval = evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device)
+    if final_eval:
+        metrics.log(step, **final_eval)
+        note(COMMAND, f"held-out pairwise accuracy {final_eval['eval_accuracy']:.3f} on {len(eval_examples)} pairs")
+    metrics.close()
+    if accelerator.is_main_process:
+        save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler, final_eval)
+    out = finish(accelerator, model, tokenizer, cfg, PLOT_GROUPS)
+    note(COMMAND, f"saved reward model to {out}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+def load_reward_model(model_dir: str, device: str | None = None):
+    """(model, tokenizer) of a saved reward model, in eval mode; the tokenizer pads on the right."""
+    from transformers import AutoModelForSequenceClassification
+
+    from caikit.models import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(model_dir)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load reward model: {str(e).splitlines()[0]}", path=model_dir) from None
+    tokenizer = load_tokenizer(path, padding_side="right")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def reward_input_ids(tokenizer, prompt, response: str, max_length: int) -> list[int]:
+    """Token ids the reward model scores: chat-templated prompt + response + EOS, as in training."""
+    from caikit.train.data import TruncationCount, _as_messages, encode_prompt_response, fit
+
+    prompt_ids, response_ids = encode_prompt_response(tokenizer, _as_messages(prompt, "user"),
+                                                      [{"role": "assistant", "content": response}])
+    kept = fit(prompt_ids, response_ids, max_length, max_length, TruncationCount())
+    return (kept[0] + kept[1]) if kept else (prompt_ids + response_ids)[-max_length:]
+
+
+def score(model_dir, prompts_and_responses: list[tuple], batch_size: int = 8, max_length: int = 1024,
+          device: str | None = None) -> list[float]:
+    """σ(reward) in 0-1 for each (prompt, response); prompt is a string or chat messages.
+
+    model_dir: a reward model directory, or a (model, tokenizer) pair from `load_reward_model`.
+    """
+    from caikit.train.data import collate_sft
+
+    model, tokenizer = model_dir if isinstance(model_dir, tuple) else load_reward_model(model_dir, device)
+    device = next(model.parameters()).device
+    ids = [reward_input_ids(tokenizer, p, r, max_length) for p, r in prompts_and_responses]
+    out: list[float] = []
+    with torch.no_grad():
+        for k in range(0, len(ids), batch_size):
+            batch = collate_sft([{"input_ids": s, "labels_mask": [1] * len(s)} for s in ids[k:k + batch_size]],
+                                tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+            out.extend(torch.sigmoid(logits.squeeze(-1).float()).tolist())
+    return out
+
+
+def _score_rows(path: str) -> list[tuple]:
+    from caikit.train.data import load_rows
+
+    rows = load_rows(path)
+    if not rows:
+        raise UserError("no rows to score", path=path)
+    pairs = []
+    for i, row in enumerate(rows, start=1):
+        if "response" in row and "prompt" in row:
+            pairs.append((row["prompt"], row["response"]))
+        elif "messages" in row and row["messages"] and row["messages"][-1].get("role") == "assistant":
+            pairs.append((row["messages"][:-1], row["messages"][-1]["content"]))
+        else:
+            raise UserError(f"row {i} is missing column 'response' (or 'messages' ending with an assistant reply)",
+                            path=path)
+    return pairs
+
+
+def score_command(cfg: ScoreConfig) -> int:
+    """Print one score (0-1) per response, in input order; for --input, JSON lines {"index", "score"}."""
+    if not Path(cfg.model).expanduser().exists():
+        raise UserError("reward model directory does not exist", path=cfg.model)
+    pairs = _score_rows(cfg.input) if cfg.input else [(cfg.prompt, r) for r in cfg.response]
+    scores = score(cfg.model, pairs, cfg.batch_size, cfg.max_length, cfg.device or None)
+    for i, s in enumerate(scores):
+        print(json.dumps({"index": i, "score": round(s, 6)}) if cfg.input else f"{s:.4f}")
+    return 0
