@@ -52,7 +52,7 @@ class RunConfig:
 @dataclasses.dataclass
 class DemoConfig:
     out: str = option("outputs/demo", help="run directory")
-    config: str = option("", help="run config to use instead of the bundled configs/demo-cpu.yaml")
+    run_config: str = option("", help="run config to use instead of the bundled configs/demo-cpu.yaml")
     force: str = option("", help="rerun this stage (and all after it)")
 
 
@@ -174,7 +174,7 @@ def run_pipeline(cfg: RunConfig) -> int:
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    config = cfg.config or str(BUNDLED_CONFIGS / "demo-cpu.yaml")
+    config = cfg.run_config or str(BUNDLED_CONFIGS / "demo-cpu.yaml")
     start = time.time()
     run_dir = execute(config, out=cfg.out, force=cfg.force)
     print(f"caikit demo: finished in {time.time() - start:.0f} s; open {run_dir / 'report.html'}")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from caikit.cli import main as cli_main
+from caikit.cli import COMMANDS, main as cli_main
 from caikit.config import resolve
 from caikit.pipeline import GenerateConfig
 
@@ -34,6 +34,11 @@ def test_command_help_documents_each_flag():
     for flag in ("--constitution", "--prompts", "--out", "--backend", "--model", "--base-url", "--rounds",
                  "--concurrency", "--limit", "--seed", "--rpm", "--tpm"):
         assert flag in r.stdout
+
+
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
+def test_every_command_has_working_help(command):
+    assert run_cli(*command.split(), "--help").returncode == 0
 
 
 def test_yaml_config_then_flags_win(tmp_path):
