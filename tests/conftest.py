@@ -13,6 +13,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # One de-quantised copy of the embedded model for the whole test run (and across runs).
 os.environ.setdefault("CAIKIT_CACHE", str(REPO / ".cache"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see caikit/cli.py: spinning OpenMP threads thrash
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
