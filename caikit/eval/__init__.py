@@ -1,0 +1,1 @@
+"""Evaluation: diversity of responses, judge-vs-human agreement, before/after comparisons."""

@@ -1,0 +1,241 @@
+"""PPO rollouts: the policy with its value head, sampling responses, and scoring them.
+
+Layout of a rollout batch (B prompts, P prompt tokens after left padding, R response tokens):
+  query_responses (B, P+R)  prompt ids left-padded with the pad token, then the sampled response
+  responses       (B, R)    response ids; tokens after the first EOS are replaced by pad
+  response_mask   (B, R)    True up to and including the first EOS (all R when there is none)
+Masks come from positions, never from token values, so a sampled pad/EOS-like token is still seen.
+Per-token tensors (log-probs, values, KL, rewards, advantages) are (B, R), aligned with `responses`:
+column t belongs to the response token t, predicted from position P+t-1.
+Position ids are `cumsum(attention_mask) - 1`, the same ones `generate` uses for left-padded prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from caikit.train.logprobs import selective_log_softmax
+from caikit.train.losses import entropy_from_logits
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal LM plus a scalar value head on its last hidden state (one model, one forward).
+
+    The head is Linear(hidden, 1) initialised to zero, so the first value estimates are 0 and do not
+    inject noise into the first advantages ("The N implementation details of RLHF with PPO", §value head).
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.hidden_size
+        self.v_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.v_head.weight)
+        nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                logits_to_keep: int) -> tuple[Tensor, Tensor]:
+        """Returns (logits (B, K, V) of the last K positions, values (B, T) at every position)."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      logits_to_keep=logits_to_keep, output_hidden_states=True, use_cache=False)
+        hidden = out.hidden_states[-1]  # (B, T, H), after the final norm
+        values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
+        return out.logits, values
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability to 0 (nn.Dropout modules and float `*dropout*` attributes such as
+    Llama's `attention_dropout`), so train mode (needed by gradient checkpointing) computes the same
+    log-probs as the eval-mode rollout: PPO's ratio π/π_old must be 1 before the first update."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    return model
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """(B, T) positions counting only attended tokens; left padding gets 0 (as in `generate`)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def response_forward(model: nn.Module, query_responses: Tensor, attention_mask: Tensor, context_length: int,
+                     temperature: float, *, with_values: bool, with_entropy: bool = False):
+    """Per-token log-probs (B, R) of the response under logits / temperature, with values and entropy.
+
+    `model` is a PolicyWithValueHead (with_values=True) or a plain causal LM (the reference).
+    Returns (logprobs, values or None, entropy or None), all (B, R) float32.
+    """
+    R = query_responses.size(1) - context_length
+    position_ids = position_ids_from_mask(attention_mask)
+    keep = R + 1  # logits at positions P-1 .. P+R-1; the last one predicts nothing in the response
+    if with_values:
+        logits, all_values = model(query_responses, attention_mask, position_ids, keep)
+        values = all_values[:, context_length - 1:-1]  # V(state before response token t), (B, R)
+    else:
+        logits = model(input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=keep, use_cache=False).logits
+        values = None
+    logits = logits[:, :-1] / temperature  # (B, R, V): log-probs under the sampling distribution
+    responses = query_responses[:, context_length:]
+    logprobs = selective_log_softmax(logits, responses)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, values, entropy
+
+
+def truncate_after_eos(responses: Tensor, eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut each response after its first EOS. responses (B, R) -> (responses, response_mask, has_eos).
+
+    response_mask (B, R) bool is True up to and including the first EOS; has_eos (B,) bool.
+    """
+    R = responses.size(1)
+    is_eos = responses == eos_token_id
+    has_eos = is_eos.any(1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, R - 1, dtype=torch.long))
+    response_mask = torch.arange(R, device=responses.device)[None, :] <= first_eos[:, None]
+    return responses.masked_fill(~response_mask, pad_token_id), response_mask, has_eos
+
+
+def sampling_config(max_new_tokens: int, temperature: float, pad_token_id: int, eos_token_id: int,
+                    greedy: bool = False):
+    """A GenerationConfig that samples from softmax(logits / T) and nothing else.
+
+    Every processor the model's own generation_config might switch on (top-k, top-p, repetition
+    penalty...) is set to its neutral value: PPO's log-probs must be those of the sampling distribution.
+    """
+    from transformers import GenerationConfig
+
+    neutral = dict(top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                   repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_repetition_penalty=1.0,
+                   min_new_tokens=0, suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None,
+                   use_cache=True)  # also under --gradient-checkpointing, which turns the config's cache off
+    if greedy:
+        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id,
+                                eos_token_id=eos_token_id, **neutral)
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                            pad_token_id=pad_token_id, eos_token_id=eos_token_id, **neutral)
+
+
+@torch.no_grad()
+def generate_responses(lm: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, response_length: int,
+                       temperature: float, pad_token_id: int, eos_token_id: int, greedy: bool = False):
+    """Sample (or greedily decode) up to `response_length` tokens after left-padded prompts.
+
+    prompt_ids, prompt_mask: (B, P). Returns (query_responses (B, P+R), responses (B, R),
+    response_mask (B, R), has_eos (B,)), R = response_length (shorter generations are padded).
+    """
+    config = sampling_config(response_length, temperature, pad_token_id, eos_token_id, greedy)
+    out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    P = prompt_ids.size(1)
+    responses = out[:, P:]
+    if responses.size(1) < response_length:
+        responses = nn.functional.pad(responses, (0, response_length - responses.size(1)), value=pad_token_id)
+    responses, response_mask, has_eos = truncate_after_eos(responses, eos_token_id, pad_token_id)
+    return torch.cat([prompt_ids, responses], 1), responses, response_mask, has_eos
+
+
+def rollout_attention_mask(prompt_mask: Tensor, response_mask: Tensor) -> Tensor:
+    """(B, P+R): prompt padding and post-EOS positions are not attended."""
+    return torch.cat([prompt_mask.long(), response_mask.long()], 1)
+
+
+# --- rewards -----------------------------------------------------------------------------------------
+
+
+def per_token_rewards(scores: Tensor, kl: Tensor, response_mask: Tensor, kl_coef: float) -> tuple[Tensor, Tensor]:
+    """PPO reward per response token: −β·KL_t everywhere, plus the sequence score at its last token.
+
+    scores (B,), kl (B, R) per-token KL estimate, response_mask (B, R). Returns (rewards (B, R),
+    non_score_reward (B, R)); both 0 outside the mask. The last token is the EOS, or the last
+    sampled token of a response cut at --response-length (Ziegler et al. 2019, eq. 2: r = s − β·KL).
+    """
+    mask = response_mask.to(kl.dtype)
+    non_score_reward = -kl_coef * kl * mask
+    last = response_mask.long().sum(1).clamp_min(1) - 1  # (B,)
+    rewards = non_score_reward.clone()
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores.to(rewards.dtype)
+    return rewards, non_score_reward
+
+
+def apply_missing_eos_penalty(scores: Tensor, has_eos: Tensor, penalty: float) -> Tensor:
+    """Subtract `penalty` from the score of every response that never emitted EOS (B,) -> (B,)."""
+    return scores - penalty * (~has_eos).to(scores.dtype)
+
+
+@dataclass
+class RewardScorer:
+    """A trained reward model scoring (conversation, response) pairs: sigmoid(logit) in 0-1.
+
+    Pairs are encoded by `caikit.train.reward.score` exactly as the reward trainer encodes its training
+    pairs (chat template, response ending at EOS), so the score is read at the EOS closing the response.
+    """
+
+    model: nn.Module
+    tokenizer: object
+    batch_size: int = 8
+    max_length: int = 1024
+
+    @classmethod
+    def from_dir(cls, path: str, device: str = "cpu", what: str = "--reward-model") -> "RewardScorer":
+        from pathlib import Path
+
+        from caikit.errors import UserError
+        from caikit.train.reward import load_reward_model
+
+        if not path:
+            raise UserError(f"{what} is required: a reward model directory from `caikit train reward`")
+        if not Path(path).is_dir():
+            raise UserError(f"{what}: reward model directory does not exist", path=path)
+        if not (Path(path) / "config.json").exists():
+            raise UserError(f"{what}: not a reward model directory (no config.json)", path=path)
+        model, tokenizer = load_reward_model(path, device=device)
+        return cls(model=model, tokenizer=tokenizer)
+
+    def score(self, conversations: list[list[dict]], responses: list[str]) -> list[float]:
+        from caikit.train.reward import score
+
+        return score((self.model, self.tokenizer), list(zip(conversations, responses)), self.batch_size,
+                     self.max_length)
+
+
+# --- prompts -----------------------------------------------------------------------------------------
+
+
+def encode_prompt(tokenizer, conversation: list[dict], max_prompt_length: int) -> list[int]:
+    """Prompt ids in the layout the SFT and reward trainers use (chat template + generation cue),
+    left-truncated to the last `max_prompt_length` tokens."""
+    from caikit.train.data import encode_prompt_response
+
+    prompt_ids, _ = encode_prompt_response(tokenizer, conversation, [{"role": "assistant", "content": ""}])
+    return prompt_ids[-max_prompt_length:]
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """Left-pad id lists -> (ids (B, P), attention_mask (B, P))."""
+    P = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad_token_id] * (P - len(s)) + s for s in sequences], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (P - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long, device=device)
+    return ids, mask
+
+
+def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Prompts of rollout `step` (0-based): a window over seeded per-epoch shuffles, so a resumed run
+    draws the same prompts as an uninterrupted one without storing any order."""
+    out, position = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(position, n_prompts)
+        order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        take = order[offset:offset + batch_size - len(out)]
+        out += take
+        position += len(take)
+    return out
+
+
+def last_user_text(conversation: list[dict]) -> str:
+    """The prompt as one string, for reward functions and samples.jsonl: the last user turn."""
+    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
