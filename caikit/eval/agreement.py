@@ -1,0 +1,167 @@
+"""Judge-vs-human agreement: `caikit eval judge --pairs FILE --out DIR [backend options]`.
+
+Every human-labelled pair (hh-rlhf `chosen`/`rejected` transcripts, or prompt/chosen/rejected) is
+judged with response_a = the human-chosen response, so p_a = P(judge agrees with the human).
+Writes, in --out: judgments.jsonl, failures.jsonl, requests.jsonl (resumable like `caikit judge`),
+usage.json, report.json, calibration.png (reliability diagram), config.yaml, run.json.
+
+Calibration is top-label: confidence = max(p, 1 - p) in [0.5, 1], a prediction is correct when it
+picks the human-chosen response (an exact tie counts half), ECE = sum_b n_b / N * |acc_b - conf_b|
+(Guo et al. 2017, Eq. 3) over `bins` equal-width confidence bins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from caikit.config import BackendOptions, option
+from caikit.errors import UserError
+from caikit.judging import JudgeOptions, judge_all, judge_stats, open_session, pair_id, planned_judgments, Pair
+from caikit.runner import run_sync
+from caikit.soft_labels import mean
+from caikit.store import write_json_atomic, write_jsonl_atomic
+
+
+@dataclasses.dataclass
+class AgreementConfig(JudgeOptions, BackendOptions):
+    pairs: str = option("", help="human-labelled pairs: hh-rlhf JSONL(.gz) with chosen/rejected transcripts, or "
+                                 "prompt/chosen/rejected rows")
+    out: str = option("outputs/eval-judge", help="output directory")
+    limit: int = option(0, help="use only the first N pairs (0: all)")
+    bins: int = option(10, help="confidence bins of the calibration table and reliability diagram")
+
+    def validate(self) -> None:
+        BackendOptions.validate(self)
+        self.validate_judge()
+        if not self.pairs:
+            raise UserError("--pairs FILE is required (e.g. hh-rlhf harmless-base-test.jsonl.gz)")
+        if self.limit < 0 or self.bins < 1:
+            raise UserError("--limit must be >= 0 and --bins >= 1")
+
+
+def correctness(p_chosen: float) -> float:
+    """1 when the judge prefers the human-chosen response, 0 when the rejected one, 1/2 for a tie."""
+    return 1.0 if p_chosen > 0.5 else 0.0 if p_chosen < 0.5 else 0.5
+
+
+def calibration_table(p_chosen: Sequence[float], bins: int = 10) -> tuple[list[dict[str, Any]], float | None]:
+    """Top-label reliability table over confidence max(p, 1-p) in [0.5, 1], and the ECE."""
+    rows = [{"low": 0.5 + 0.5 * b / bins, "high": 0.5 + 0.5 * (b + 1) / bins, "n": 0, "confidence": [], "correct": []}
+            for b in range(bins)]
+    for p in p_chosen:
+        confidence = max(p, 1.0 - p)
+        b = min(int((confidence - 0.5) * 2 * bins + 1e-9), bins - 1)  # 1e-9: 0.6 is in [0.6, 0.7), not below
+        rows[b]["confidence"].append(confidence)
+        rows[b]["correct"].append(correctness(p))
+    total = len(p_chosen)
+    ece = 0.0
+    for row in rows:
+        row["n"] = len(row["correct"])
+        row["confidence"], row["accuracy"] = mean(row["confidence"]), mean(row.pop("correct"))
+        if row["n"]:
+            ece += row["n"] / total * abs(row["accuracy"] - row["confidence"])  # Eq. 3, Guo et al. 2017
+    return rows, (ece if total else None)
+
+
+def agreement_report(judgments: list[dict[str, Any]], bins: int = 10) -> dict[str, Any]:
+    """Accuracy vs the human label, position consistency, confidence and calibration of judgments."""
+    p_chosen = [j["p_a"] for j in judgments]
+    table, ece = calibration_table(p_chosen, bins)
+    orders = [r for j in judgments for r in j.get("raw", []) if "p_shown_a" in r]
+
+    def order_accuracy(key: str) -> float | None:
+        return mean(correctness(j[key]) for j in judgments if j.get(key) is not None)
+
+    return {
+        "n": len(judgments),
+        "accuracy": mean(map(correctness, p_chosen)),
+        "ties": sum(p == 0.5 for p in p_chosen),
+        "position_consistency_rate": judge_stats(judgments)["position_consistency_rate"],
+        "accuracy_first_order": order_accuracy("p_a_first"),  # human-chosen shown as (A)
+        "accuracy_swapped_order": order_accuracy("p_a_swapped"),  # human-chosen shown as (B)
+        "share_choosing_shown_a": mean(float(r["p_shown_a"] > 0.5) for r in orders),  # position bias: 0.5 is none
+        "mean_confidence": mean(max(p, 1.0 - p) for p in p_chosen),
+        "mean_p_chosen": mean(p_chosen),
+        "ece": ece,
+        "calibration": table,
+    }
+
+
+def plot_reliability(table: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    filled = [r for r in table if r["n"]]
+    width = table[0]["high"] - table[0]["low"]
+    ax.bar([r["low"] for r in filled], [r["accuracy"] for r in filled], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0.5, 1.0], [0.5, 1.0], "k--", label="perfect calibration")
+    ax.plot([r["confidence"] for r in filled], [r["accuracy"] for r in filled], "o-", color="tab:red",
+            label="mean confidence")
+    for r in filled:
+        ax.annotate(str(r["n"]), (r["low"] + width / 2, r["accuracy"]), ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0.5, 1.0), ylim=(0.0, 1.0), xlabel="judge confidence max(p, 1-p)",
+           ylabel="agreement with human label", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    lines = [f"judge agreement on {report['n']} human-labelled pairs ({report['failures']} failed)",
+             f"  accuracy vs human       {pct(report['accuracy'])}  (ties: {report['ties']})",
+             f"  accuracy, human shown A {pct(report['accuracy_first_order'])}",
+             f"  accuracy, human shown B {pct(report['accuracy_swapped_order'])}",
+             f"  position consistency    {pct(report['position_consistency_rate'])}",
+             f"  picks option (A)        {pct(report['share_choosing_shown_a'])}",
+             f"  mean confidence         {pct(report['mean_confidence'])}",
+             f"  ECE                     {'n/a' if report['ece'] is None else format(report['ece'], '.3f')}",
+             "  confidence bin      n   mean conf  accuracy"]
+    for r in report["calibration"]:
+        conf = "" if r["confidence"] is None else f"{r['confidence']:.3f}"
+        acc = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        lines.append(f"  [{r['low']:.2f}, {r['high']:.2f})  {r['n']:5d}  {conf:>9}  {acc:>8}")
+    return "\n".join(lines)
+
+
+def run_agreement(cfg: AgreementConfig) -> int:
+    from caikit.prompts import load_labelled_pairs
+
+    rows = load_labelled_pairs(cfg.pairs, limit=cfg.limit or None)
+    pairs = [Pair(pair_id(r.id, 0, 1), r.messages, r.chosen, r.rejected) for r in rows]
+    out = Path(cfg.out)
+    session = open_session(cfg, out, "eval-judge", {})
+
+    async def main() -> None:
+        try:
+            await judge_all(session, pairs, concurrency=cfg.concurrency, progress=cfg.progress)
+        finally:
+            await session.cached.aclose()
+
+    try:
+        run_sync(main())
+    finally:
+        judgments, outstanding = planned_judgments(session, pairs)
+        write_jsonl_atomic(out / "failures.jsonl", outstanding)
+        write_json_atomic(out / "usage.json", {**session.meter.summary(), "pairs": len(pairs), "judged": len(judgments)})
+    judge = session.judge
+    report = {"pairs_file": str(cfg.pairs), "judge": session.cached.describe(), "method": judge.method,
+              "swap": cfg.swap, "principles": cfg.principles, "constitution": judge.constitution.name,
+              "constitution_hash": judge.constitution.hash, "failures": len(outstanding),
+              **agreement_report(judgments, cfg.bins), "usage": session.meter.summary()}
+    write_json_atomic(out / "report.json", report)
+    plot_reliability(report["calibration"], out / "calibration.png",
+                     f"{session.cached.describe().get('model')} judge ({judge.method}), n={report['n']}")
+    print(format_report(report))
+    print(f"caikit eval judge: -> {out}/report.json, {out}/calibration.png", file=sys.stderr)
+    return 0
