@@ -73,7 +73,8 @@ def _run(cmd: Command, rest: list[str]):
     cls = getattr(module, cmd.config)
     parser = argparse.ArgumentParser(prog=f"caikit {cmd.name}", description=cmd.help)
     if "config_file" not in cmd.positional:
-        parser.add_argument("--config", dest="_config_file", default=None, help="YAML file with options")
+        parser.add_argument("--config", dest="_config_file", metavar="FILE", default=None,
+                            help="YAML file with options (flags on the command line win)")
     if cmd.positional == ("files",):
         parser.add_argument("files", nargs="+", help="constitution YAML files")
         add_dataclass_args(parser, cls, positional=())
