@@ -235,6 +235,8 @@ class LocalBackend(Backend):
                 ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
                 if ids and ids not in variants[option]:
                     variants[option].append(ids)
+        if all(len(v) == 1 for vs in variants.values() for v in vs):
+            return self._score_next_token(prompts, variants)
         rows = [(i, o, v) for i in range(len(prompts)) for o in options for v in variants[o]]
         input_ids, attention_mask = self._left_pad([prompts[i] + v for i, o, v in rows])
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
@@ -259,6 +261,23 @@ class LocalBackend(Backend):
             {o: torch.logsumexp(torch.stack(per_variant[(i, o)]), 0).item() for o in options}
             for i in range(len(prompts))
         ]  # fmt: skip
+
+    def _score_next_token(self, prompts: list[list[int]], variants: dict[str, list[list[int]]]) -> list[dict[str, float]]:
+        """Every option variant is one token (" A", "A", ...): one row per prompt, one next-token softmax."""
+        import torch
+
+        input_ids, attention_mask = self._left_pad(prompts)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self._model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 logits_to_keep=1, use_cache=False).logits[:, -1]  # (P, V)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+        self.stats["forward_calls"] += 1
+        self.stats["scored_sequences"] += len(prompts)
+        self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
+        token_ids = {o: torch.tensor([v[0] for v in vs], device=logprobs.device) for o, vs in variants.items()}
+        return [{o: torch.logsumexp(logprobs[i, ids], 0).item() for o, ids in token_ids.items()}
+                for i in range(len(prompts))]
 
     # ---- dynamic batching ----------------------------------------------------------------------
 
