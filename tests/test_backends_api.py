@@ -349,7 +349,7 @@ def test_missing_key_is_a_one_line_user_error(monkeypatch):
 def test_factory_defaults():
     b = make_backend("openai", concurrency=3, max_retries=2)
     assert (b.model, b.limiter.concurrency, b.retry.max_attempts) == ("gpt-4o-mini", 3, 2)
-    assert make_backend("anthropic").model == DEFAULT_MODELS["anthropic"] == "claude-3-5-haiku-latest"
+    assert make_backend("anthropic").model == DEFAULT_MODELS["anthropic"] == "claude-haiku-4-5"
     local = make_backend("local", batch_size=4, device="cpu")  # lazy: nothing loads until first use
     assert (local.name, local.model, local.batch_size) == ("local", "smollm2", 4)
     assert public_url("http://user:sk-pass@proxy.example:8000/v1") == "http://proxy.example:8000/v1"
