@@ -140,7 +140,11 @@ class OpenAIBackend(Backend):
 
         async def attempt():
             async with self.limiter.slot(estimated):
-                response = await self._client().chat.completions.create(**params)
+                # The SDK's low-level post: same auth, errors and response parsing, but it skips
+                # `chat.completions.create`'s recursive TypedDict transform of the messages, which
+                # cost ~2 ms of CPU per request and capped throughput at high concurrency.
+                response = await self._client().post("/chat/completions", body=params,
+                                                     cast_to=self._sdk.types.chat.ChatCompletion)
             choices = getattr(response, "choices", None)
             if not isinstance(choices, list) or not choices or any(getattr(c, "message", None) is None
                                                                    for c in choices):
