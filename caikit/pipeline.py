@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 import sys
@@ -23,7 +22,7 @@ from caikit.backends.cache import CachingBackend, UsageMeter
 from caikit.config import BackendOptions, option, save_config
 from caikit.errors import UserError
 from caikit.records import Failure, SFTExample, Trace, canonical_json, idempotency_key
-from caikit.runner import run_all, run_sync
+from caikit.runner import run_all, run_then_close
 from caikit.stages import critique, generate, revise
 from caikit.stages.base import ParseError
 from caikit.store import JsonlFile, latest_by_id, read_json, write_json_atomic, write_jsonl_atomic
@@ -184,15 +183,9 @@ def run_generate(cfg: GenerateConfig) -> int:
         traces_file.append(trace.to_dict())
         return True
 
-    async def main() -> None:
-        try:
-            await run_all(todo, work, concurrency=cfg.concurrency, desc="generate", meter=meter,
-                          progress=cfg.progress)
-        finally:
-            await cached.aclose()
-
     try:
-        run_sync(main())
+        run_then_close(run_all(todo, work, concurrency=cfg.concurrency, desc="generate", meter=meter,
+                               progress=cfg.progress), cached)
     finally:
         traces_file.close()
         failures_file.close()

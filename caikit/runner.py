@@ -64,3 +64,16 @@ async def run_all(items: Iterable[T], work: Callable[[T], Awaitable[bool]], *, c
 def run_sync(coro: Awaitable[T]) -> T:
     """asyncio.run that turns Ctrl-C into KeyboardInterrupt after in-flight writes finished."""
     return asyncio.run(coro)
+
+
+def run_then_close(work: Awaitable[T], *backends: Any) -> T:
+    """Run `work` to the end, then close `backends` (flushing their request logs) even if it failed."""
+
+    async def main() -> T:
+        try:
+            return await work
+        finally:
+            for backend in backends:
+                await backend.aclose()
+
+    return asyncio.run(main())

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from caikit.config import BackendOptions, option
 from caikit.errors import UserError
 from caikit.judging import JudgeOptions, judge_all, judge_stats, open_session, pair_id, planned_judgments, Pair
-from caikit.runner import run_sync
+from caikit.runner import run_then_close
 from caikit.soft_labels import mean
 from caikit.store import write_json_atomic, write_jsonl_atomic
 
@@ -142,14 +142,8 @@ def run_agreement(cfg: AgreementConfig) -> int:
     out = Path(cfg.out)
     session = open_session(cfg, out, "eval-judge", {})
 
-    async def main() -> None:
-        try:
-            await judge_all(session, pairs, concurrency=cfg.concurrency, progress=cfg.progress)
-        finally:
-            await session.cached.aclose()
-
     try:
-        run_sync(main())
+        run_then_close(judge_all(session, pairs, concurrency=cfg.concurrency, progress=cfg.progress), session.cached)
     finally:
         judgments, outstanding = planned_judgments(session, pairs)
         write_jsonl_atomic(out / "failures.jsonl", outstanding)

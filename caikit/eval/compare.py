@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import random
 import sys
 import time
 from pathlib import Path
@@ -236,7 +235,7 @@ def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, out: Path) -> 
     from caikit.backends.cost import load_price_overrides
     from caikit.backends.factory import make_backend
     from caikit.judging import JudgeOptions, Pair, PairJudge, resolve_method
-    from caikit.runner import run_all, run_sync
+    from caikit.runner import run_all, run_then_close
     from caikit.stages.base import ParseError
 
     backend_name, model, base_url = parse_judge_spec(cfg.judge)
@@ -277,15 +276,9 @@ def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, out: Path) -> 
         pair["judge_p_after"] = done[key]["p_a"]  # response_a is the trained model's answer
         return True
 
-    async def main() -> None:
-        try:
-            await run_all(pairs, work, concurrency=cfg.concurrency, desc="eval judge", meter=meter,
-                          progress=cfg.progress)
-        finally:
-            await cached.aclose()
-
     try:
-        run_sync(main())
+        run_then_close(run_all(pairs, work, concurrency=cfg.concurrency, desc="eval judge", meter=meter,
+                               progress=cfg.progress), cached)
     finally:
         store.close()
     write_json_atomic(out / "usage.json", meter.summary())
