@@ -31,7 +31,8 @@ from caikit.soft_labels import (best_and_worst, clamp, mean, position_consistent
                                 swap_average, vote_share, win_scores)
 from caikit.stages import generate, judge
 from caikit.stages.base import ParseError, render
-from caikit.store import JsonlFile, latest_by_id, read_json, write_json_atomic, write_jsonl_atomic
+from caikit.store import (JsonlFile, check_same_run, latest_by_id, write_json_atomic,
+                          write_jsonl_atomic)
 
 METHODS = ("auto", "logprob", "cot", "vote")
 ORDERS = ("first", "swapped")  # first: response_a shown as (A); swapped: response_a shown as (B)
@@ -201,18 +202,6 @@ class PairJudge:
                         per_principle=per_principle, method=self.method,
                         position_consistent=position_consistent(p_a_first, p_a_swapped), raw=results,
                         backend=self.backend.describe(), usage=usage.to_dict())
-
-
-def check_same_run(out: Path, stage: str, identity: dict[str, Any]) -> None:
-    """Refuse to mix records of another stage or other settings in one run directory."""
-    old = read_json(out / "run.json") or {}
-    if old.get("stage") not in (None, stage):
-        raise UserError(f"holds a '{old['stage']}' run; use a new --out directory", path=str(out))
-    previous = old.get("identity") or {}
-    changed = [k for k in identity if k in previous and previous[k] != identity[k]]
-    if changed:
-        raise UserError(f"holds a run with other settings ({', '.join(changed)} changed); "
-                        "use a new --out directory", path=str(out))
 
 
 @dataclasses.dataclass

@@ -25,7 +25,8 @@ from caikit.records import Failure, SFTExample, Trace, canonical_json, idempoten
 from caikit.runner import run_all, run_then_close
 from caikit.stages import critique, generate, revise
 from caikit.stages.base import ParseError
-from caikit.store import JsonlFile, latest_by_id, read_json, write_json_atomic, write_jsonl_atomic
+from caikit.store import (JsonlFile, check_same_run, latest_by_id, write_json_atomic,
+                          write_jsonl_atomic)
 
 # Settings that change what a trace contains: a run directory holds traces of one setting only.
 IDENTITY_FIELDS = ("constitution_hash", "backend", "model", "rounds", "seed", "temperature",
@@ -59,15 +60,6 @@ class GenerateConfig(BackendOptions):
 def _identity(cfg: GenerateConfig, constitution_hash: str) -> dict[str, Any]:
     values = dataclasses.asdict(cfg) | {"constitution_hash": constitution_hash}
     return {k: values[k] for k in IDENTITY_FIELDS}
-
-
-def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
-    """Refuse to mix traces of different settings in one directory (a changed --limit is fine)."""
-    old = (read_json(out / "run.json") or {}).get("identity") or {}
-    changed = [k for k in IDENTITY_FIELDS if k in old and old[k] != identity[k]]
-    if changed:
-        raise UserError(f"holds a run with other settings ({', '.join(changed)} changed); "
-                        "use a new --out directory", path=str(out))
 
 
 class TraceBuilder:
@@ -151,7 +143,7 @@ def run_generate(cfg: GenerateConfig) -> int:
     prompts = load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None)
     out = Path(cfg.out)
     identity = _identity(cfg, constitution.hash)
-    _check_same_run(out, identity)
+    check_same_run(out, "generate", identity)
     backend = cfg.make_backend()  # a missing API key fails here, before any work
 
     out.mkdir(parents=True, exist_ok=True)

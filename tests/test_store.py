@@ -66,3 +66,15 @@ def test_sft_example_from_trace():
     ex = SFTExample.from_trace(t)
     assert ex.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}]
     assert json.loads(json.dumps(ex.to_dict()))["id"] == "t1"
+
+
+def test_check_same_run_refuses_other_stage_or_settings(tmp_path):
+    from caikit.store import check_same_run, write_json_atomic
+
+    check_same_run(tmp_path, "generate", {"rounds": 1})  # an empty dir is fine
+    write_json_atomic(tmp_path / "run.json", {"stage": "generate", "identity": {"rounds": 1, "seed": 0}})
+    check_same_run(tmp_path, "generate", {"rounds": 1, "seed": 0})
+    with pytest.raises(UserError, match=r"rounds changed"):
+        check_same_run(tmp_path, "generate", {"rounds": 2, "seed": 0})
+    with pytest.raises(UserError, match=r"holds a 'generate' run"):
+        check_same_run(tmp_path, "judge", {"rounds": 1})
