@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from typing import Any
 
-from caikit.backends.base import Backend, BackendError, Completion, LogprobsUnsupported, Message, Usage
+from caikit.backends.api import APIBackend
+from caikit.backends.base import BackendError, Completion, LogprobsUnsupported, Message, Usage
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
-                                    estimate_tokens, public_url, retry_after_of_error)
+                                    estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx, 529 "overloaded" included
@@ -56,7 +56,7 @@ def split_system(messages: list[Message]) -> tuple[str | None, list[dict[str, st
     return ("\n\n".join(system) if system else None), turns
 
 
-class AnthropicBackend(Backend):
+class AnthropicBackend(APIBackend):
     """Claude over the official `anthropic` SDK, rate-limited and retried by caikit."""
 
     name = "anthropic"
@@ -64,29 +64,13 @@ class AnthropicBackend(Backend):
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "ANTHROPIC_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None):
-        super().__init__(model)
-        api_key = os.environ.get(api_key_env, "").strip()
-        if not api_key:
-            raise UserError(f"{api_key_env} is not set (needed for --backend anthropic)")
-        self._sdk = _import_sdk()
-        self._api_key = api_key
-        self.base_url = base_url or None
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.limiter = limiter or RateLimiter(16)
-        self.last_usage: Usage | None = None
-        self.total_usage = Usage()
+        super().__init__(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, retry=retry,
+                         limiter=limiter)
         self.send_temperature = accepts_temperature(model)
-        self._client_obj = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+    import_sdk = staticmethod(_import_sdk)
 
-    def _client(self):
-        loop = asyncio.get_running_loop()  # one SDK client (connection pool) per event loop
-        if self._client_obj is None or self._client_loop is not loop:
-            self._client_obj = self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url,
-                                                        timeout=self.timeout, max_retries=0)
-            self._client_loop = loop
-        return self._client_obj
+    def make_client(self):
+        return self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
     def is_retryable(self, exc: BaseException) -> bool:
         sdk = self._sdk
@@ -167,11 +151,3 @@ class AnthropicBackend(Backend):
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
         raise LogprobsUnsupported("the Anthropic API returns no log-probabilities: use sampled or parsed votes")
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "base_url": public_url(self.base_url)}
-
-    async def aclose(self) -> None:
-        client, self._client_obj = self._client_obj, None
-        if client is not None and self._client_loop is asyncio.get_running_loop():
-            await client.close()

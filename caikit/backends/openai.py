@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 from typing import Any
 
-from caikit.backends.base import Backend, BackendError, Completion, LogprobsUnsupported, Message, Usage
+from caikit.backends.api import APIBackend
+from caikit.backends.base import BackendError, Completion, LogprobsUnsupported, Message, Usage
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
-                                    estimate_tokens, public_url, retry_after_of_error)
+                                    estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
@@ -64,7 +64,7 @@ def _rejected(message: str, param: str) -> bool:
     return param in text and any(w in text for w in ("unsupported", "not supported", "deprecated", "does not support"))
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(APIBackend):
     """Chat completions over the official `openai` SDK, rate-limited and retried by caikit."""
 
     name = "openai"
@@ -72,32 +72,15 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None):
-        super().__init__(model)
-        api_key = os.environ.get(api_key_env, "").strip()
-        if not api_key:
-            raise UserError(f"{api_key_env} is not set (needed for --backend openai)")
-        self._sdk = _import_sdk()
-        self._api_key = api_key
-        self.base_url = base_url or None
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.limiter = limiter or RateLimiter(16)
-        self.last_usage: Usage | None = None  # of the latest option_logprobs call (read by CachingBackend)
-        self.total_usage = Usage()  # every request this backend sent
+        super().__init__(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, retry=retry,
+                         limiter=limiter)
         # what this model accepts; a 400 naming an unsupported parameter updates these (see _create)
         self.token_param = "max_completion_tokens" if _is_reasoning_model(model) else "max_tokens"
         self.send_temperature = not _is_reasoning_model(model)
-        self._client_obj = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+    import_sdk = staticmethod(_import_sdk)
 
-    def _client(self):
-        # The SDK's connection pool belongs to one event loop; a later asyncio.run() gets a new client.
-        loop = asyncio.get_running_loop()
-        if self._client_obj is None or self._client_loop is not loop:
-            self._client_obj = self._sdk.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url,
-                                                     timeout=self.timeout, max_retries=0)
-            self._client_loop = loop
-        return self._client_obj
+    def make_client(self):
+        return self._sdk.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
     def is_retryable(self, exc: BaseException) -> bool:
         sdk = self._sdk
@@ -213,11 +196,3 @@ class OpenAIBackend(Backend):
         top = {t.token: t.logprob for t in (first.top_logprobs or [])}
         top.setdefault(first.token, first.logprob)
         return option_logprobs_from_top(top, options)
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "base_url": public_url(self.base_url)}
-
-    async def aclose(self) -> None:
-        client, self._client_obj = self._client_obj, None
-        if client is not None and self._client_loop is asyncio.get_running_loop():
-            await client.close()
