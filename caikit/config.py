@@ -156,6 +156,14 @@ class BackendOptions:
     max_retries: int = option(6, help="attempts per request (429/5xx/timeouts/malformed bodies) before a failure row")
     device: str = option("", help="local backend device: cpu | cuda | cuda:1 (default: cuda if available)")
     prices: str = option("", help="YAML/JSON price table overriding built-in USD per 1M tokens {model: {input, output}}")
+    api_key_file: str = option("", help="file holding the API key (a bare key, or NAME=value lines as in .env); "
+                                        "default: the OPENAI_API_KEY / ANTHROPIC_API_KEY environment variable")
+    batch_api: bool = option(False, help="send requests through the provider's batch API (OpenAI Batch, Anthropic "
+                                         "Message Batches): half price, results within 24 h; one batch per round")
+    batch_poll_interval: float = option(30.0, help="seconds between polls of a running batch job (--batch-api)")
+    max_cost: float = option(0.0, help="USD this run may spend (0: no limit): above the estimate it asks first, "
+                                       "and it stops before a request that could exceed it; rerun to go on")
+    yes: bool = option(False, help="don't ask for confirmation when the estimated cost exceeds --max-cost")
 
     def make_backend(self):
         from caikit.backends.factory import make_backend
@@ -163,10 +171,16 @@ class BackendOptions:
         return make_backend(self.backend, self.model or None, base_url=self.base_url or None,
                             concurrency=self.concurrency, rpm=self.rpm or None, tpm=self.tpm or None,
                             timeout=self.timeout, max_retries=self.max_retries, batch_size=self.concurrency,
-                            device=self.device or None)
+                            device=self.device or None, api_key_file=self.api_key_file or None)
 
     def validate(self) -> None:
         if self.concurrency < 1:
             raise UserError("--concurrency must be >= 1")
         if self.max_retries < 1:
             raise UserError("--max-retries must be >= 1")
+        if self.max_cost < 0:
+            raise UserError("--max-cost must be >= 0 (USD; 0: no limit)")
+        if self.batch_poll_interval <= 0:
+            raise UserError("--batch-poll-interval must be > 0 seconds")
+        if self.batch_api and self.backend == "local":
+            raise UserError("--batch-api needs --backend openai or anthropic (a local model batches by itself)")

@@ -23,10 +23,13 @@ from typing import Any
 
 from caikit.backends.base import BackendError, LogprobsUnsupported, Usage
 from caikit.backends.cache import CachingBackend, UsageMeter
+from caikit.backends.factory import run_backend
 from caikit.config import BackendOptions, option, save_config
 from caikit.errors import UserError
+from caikit.estimate import confirm_cost, estimate_judge
 from caikit.records import Failure, Judgment, PreferencePair, canonical_json, idempotency_key
 from caikit.runner import run_all, run_sync
+from caikit.shard import select_shard
 from caikit.soft_labels import (best_and_worst, clamp, mean, position_consistent, round_robin_pairs, soft_label,
                                 swap_average, vote_share, win_scores)
 from caikit.stages import generate, judge
@@ -218,7 +221,6 @@ class JudgeSession:
 
 def open_session(cfg, out: Path, stage: str, extra_identity: dict[str, Any]) -> JudgeSession:
     """Validate inputs, make the backend (a missing key fails here), check and record the run settings."""
-    from caikit.backends.cost import load_price_overrides
     from caikit.constitution import load_constitution
 
     constitution = load_constitution(cfg.constitution)
@@ -239,8 +241,7 @@ def open_session(cfg, out: Path, stage: str, extra_identity: dict[str, Any]) -> 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     write_json_atomic(out / "run.json", {"stage": stage, "identity": identity})
-    meter = UsageMeter(backend.model, price_overrides=load_price_overrides(cfg.prices) if cfg.prices else None)
-    cached = CachingBackend(backend, JsonlFile(out / "requests.jsonl"), meter)
+    cached, meter = run_backend(backend, cfg, out)
     run_id = idempotency_key("run", canonical_json(identity))[-12:]
     return JudgeSession(out, run_id, PairJudge(cached, constitution, cfg, method, identity), cached, meter, stage)
 
@@ -253,6 +254,10 @@ async def judge_all(session: JudgeSession, pairs: list[Pair], *, concurrency: in
     todo = [(pair, key) for pair in pairs if (key := session.judge.key(pair)) not in done]
     print(f"caikit {session.stage}: {len(pairs)} pairs, {len(pairs) - len(todo)} already judged, {len(todo)} to go "
           f"({session.judge.method}) -> {session.out}", file=sys.stderr)
+    opts = session.judge.opts
+    confirm_cost(estimate_judge(opts, session.judge.constitution, [p for p, _ in todo], session.judge.method), opts)
+    if getattr(opts, "batch_api", False):  # every pair in flight at once: each round of requests is one batch
+        concurrency = max(1, len(todo))
 
     async def work(item) -> bool:
         pair, key = item
@@ -356,6 +361,8 @@ class JudgeConfig(JudgeOptions, BackendOptions):
     policy_max_tokens: int = option(256, help="max new tokens per policy response")
     limit: int = option(0, help="use only the first N traces / prompts (0: all)")
     min_margin: float = option(0.0, help="drop preference pairs whose |p - 0.5| is below this")
+    shard: str = option("", help="i/n: judge shard i of n (split by prompt / trace id hash), so n machines can "
+                                 "share one run; combine with caikit merge")
     out: str = option("outputs/judge", help="run directory")
 
     def validate(self) -> None:
@@ -417,11 +424,13 @@ def run_judge(cfg: JudgeConfig) -> int:
     extra: dict[str, Any] = {"pairs": cfg.pairs}
     prompts, pairs, skipped = [], [], {}
     if cfg.pairs == "samples":
-        prompts = load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None)
+        prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
+                               cfg.shard, lambda row: row.id)
         extra |= {k: getattr(cfg, k) for k in ("n", "round_robin", "policy_backend", "policy_model",
                                                 "policy_base_url", "policy_temperature", "policy_max_tokens")}
     else:
         pairs, skipped["revision_unchanged"] = revision_pairs(cfg.from_dir, cfg.limit)
+        pairs = select_shard(pairs, cfg.shard, lambda pair: split_pair_id(pair.id)[0])
     session = open_session(cfg, out, "judge", extra)
     sample_failures: list[dict[str, Any]] = []
     policy_meter = None

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from caikit.backends.base import BackendError, Usage
-from caikit.backends.cache import CachingBackend, UsageMeter
+from caikit.backends.cache import UsageMeter
+from caikit.backends.factory import run_backend
 from caikit.config import BackendOptions, option, save_config
 from caikit.errors import UserError
+from caikit.estimate import confirm_cost, estimate_generate
 from caikit.records import Failure, SFTExample, Trace, canonical_json, idempotency_key
 from caikit.runner import run_all, run_then_close
+from caikit.shard import select_shard
 from caikit.stages import critique, generate, revise
 from caikit.stages.base import ParseError
 from caikit.store import (JsonlFile, check_same_run, latest_by_id, write_json_atomic,
@@ -47,6 +50,8 @@ class GenerateConfig(BackendOptions):
     few_shot: int = option(1, help="few-shot critique/revision demonstrations prepended (-1: all in the constitution)")
     system_prompt: str = option("", help="system prompt for every request")
     parse_retries: int = option(2, help="resamples of an empty/unusable answer before it becomes a failure row")
+    shard: str = option("", help="i/n: work on shard i of n of the prompts (split by prompt id hash), so n "
+                                 "machines can share one prompt set; combine with caikit merge")
     progress: bool = option(True, help="show a progress bar")
 
     def validate(self) -> None:
@@ -140,7 +145,8 @@ def run_generate(cfg: GenerateConfig) -> int:
     constitution = load_constitution(cfg.constitution)
     if not constitution.critique_principles:
         raise UserError("has no critique/revision principles", path=str(constitution.path))
-    prompts = load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None)
+    prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
+                           cfg.shard, lambda row: row.id)
     out = Path(cfg.out)
     identity = _identity(cfg, constitution.hash)
     check_same_run(out, "generate", identity)
@@ -155,10 +161,8 @@ def run_generate(cfg: GenerateConfig) -> int:
     done = set(latest_by_id(traces_file.iter()))
     todo = [(row, trace_key(row, cfg, constitution.hash)) for row in prompts]
     todo = [(row, key) for row, key in todo if key not in done]
-    from caikit.backends.cost import load_price_overrides
-
-    meter = UsageMeter(backend.model, price_overrides=load_price_overrides(cfg.prices) if cfg.prices else None)
-    cached = CachingBackend(backend, JsonlFile(out / "requests.jsonl"), meter)
+    confirm_cost(estimate_generate(cfg, constitution, [row for row, _ in todo]), cfg)
+    cached, meter = run_backend(backend, cfg, out)
     builder = TraceBuilder(cached, constitution, cfg, run_id)
     print(f"caikit generate: {len(prompts)} prompts, {len(prompts) - len(todo)} already done, "
           f"{len(todo)} to go -> {out}", file=sys.stderr)
@@ -176,7 +180,9 @@ def run_generate(cfg: GenerateConfig) -> int:
         return True
 
     try:
-        run_then_close(run_all(todo, work, concurrency=cfg.concurrency, desc="generate", meter=meter,
+        # with --batch-api every prompt is in flight at once, so each round's requests go in one batch
+        concurrency = max(1, len(todo)) if cfg.batch_api else cfg.concurrency
+        run_then_close(run_all(todo, work, concurrency=concurrency, desc="generate", meter=meter,
                                progress=cfg.progress), cached)
     finally:
         traces_file.close()

@@ -338,7 +338,7 @@ def test_missing_key_is_a_one_line_user_error(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(UserError) as err:
         make_backend("openai")
-    assert str(err.value) == "OPENAI_API_KEY is not set (needed for --backend openai)"
+    assert str(err.value) == "OPENAI_API_KEY is not set (needed for --backend openai; or pass --api-key-file)"
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     with pytest.raises(UserError, match="^ANTHROPIC_API_KEY is not set"):
         make_backend("anthropic")

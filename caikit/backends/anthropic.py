@@ -63,9 +63,10 @@ class AnthropicBackend(APIBackend):
     supports_logprobs = False
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "ANTHROPIC_API_KEY",
-                 timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None):
+                 timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None,
+                 api_key_file: str | None = None):
         super().__init__(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, retry=retry,
-                         limiter=limiter)
+                         limiter=limiter, api_key_file=api_key_file)
         self.send_temperature = accepts_temperature(model)
     import_sdk = staticmethod(_import_sdk)
 
@@ -85,7 +86,7 @@ class AnthropicBackend(APIBackend):
         return isinstance(exc, pydantic.ValidationError)
 
     @staticmethod
-    def _usage(message) -> Usage:
+    def usage_of(message) -> Usage:
         """Anthropic's input_tokens exclude cache reads/writes; ours include them (see cost.py)."""
         u = getattr(message, "usage", None)
         if u is None:
@@ -112,19 +113,14 @@ class AnthropicBackend(APIBackend):
             self.send_temperature = False  # a model newer than accepts_temperature knows: ask again without
             params = {k: v for k, v in params.items() if k != "extra_body"}
             return await self._one(params, estimated)
-        usage = self._usage(message)
+        usage = self.usage_of(message)
         self.limiter.record_actual(estimated, usage.total_tokens or estimated)
         self.total_usage.add(usage)
-        text = "".join(getattr(b, "text", "") for b in (message.content or []) if getattr(b, "type", "") == "text")
-        reason = message.stop_reason
-        return Completion(text=text, finish_reason=FINISH_REASONS.get(reason, reason)), usage
+        return completion_from_message(message), usage
 
-    async def generate(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7,
-                       max_tokens: int = 256, stop: list[str] | None = None,
-                       seed: int | None = None) -> list[Completion]:
-        """`seed` is ignored: the API has none."""
-        if n < 1:
-            raise ValueError("n must be >= 1")
+    def request_params(self, messages: list[Message], *, temperature: float, max_tokens: int,
+                       stop: list[str] | None) -> dict[str, Any]:
+        """Keyword arguments of one `messages.create` (one sample; the batch path sends the same)."""
         system, turns = split_system(messages)
         params: dict[str, Any] = {"model": self.model, "messages": turns, "max_tokens": max_tokens}
         if self.send_temperature:
@@ -133,6 +129,15 @@ class AnthropicBackend(APIBackend):
             params["system"] = system
         if stop:
             params["stop_sequences"] = list(stop)
+        return params
+
+    async def generate(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7,
+                       max_tokens: int = 256, stop: list[str] | None = None,
+                       seed: int | None = None) -> list[Completion]:
+        """`seed` is ignored: the API has none."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        params = self.request_params(messages, temperature=temperature, max_tokens=max_tokens, stop=stop)
         estimated = estimate_tokens(messages, max_tokens)
         tasks = [asyncio.ensure_future(self._one(params, estimated)) for _ in range(n)]
         try:
@@ -151,3 +156,10 @@ class AnthropicBackend(APIBackend):
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
         raise LogprobsUnsupported("the Anthropic API returns no log-probabilities: use sampled or parsed votes")
+
+
+def completion_from_message(message) -> Completion:
+    """The text blocks of a Message, with the stop reason in chat-completions terms."""
+    text = "".join(getattr(b, "text", "") for b in (message.content or []) if getattr(b, "type", "") == "text")
+    reason = message.stop_reason
+    return Completion(text=text, finish_reason=FINISH_REASONS.get(reason, reason))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 from caikit.backends.base import Backend, Usage
@@ -11,15 +12,47 @@ from caikit.backends.limits import RateLimiter, RetryPolicy, public_url
 from caikit.errors import UserError
 
 
+def load_api_key(env_name: str, key_file: str | None, backend: str) -> str:
+    """The API key: from `key_file` when given (a bare key, or NAME=value lines as in a .env or
+    keyring-style file, where `env_name` picks the line), else from the environment variable.
+    Errors say where the key was looked for, never what was found there."""
+    if not key_file:
+        key = os.environ.get(env_name, "").strip()
+        if not key:  # fail before any work, and never echo a key
+            raise UserError(f"{env_name} is not set (needed for --backend {backend}; or pass --api-key-file)")
+        return key
+    path = Path(key_file).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read the API key file: {getattr(e, 'strerror', None) or type(e).__name__}",
+                        path=str(path)) from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    named = {}
+    for ln in lines:
+        name, sep, value = ln.removeprefix("export ").partition("=")
+        if sep and name.strip().replace("_", "").isalnum():
+            named[name.strip()] = value.strip().strip("'\"")
+    if named:
+        key = named.get(env_name, "")
+        if not key:
+            raise UserError(f"no {env_name}=... line in the API key file", path=str(path))
+    elif len(lines) == 1:
+        key = lines[0]
+    else:
+        raise UserError(f"expected one key, or NAME=value lines naming {env_name}", path=str(path))
+    if not key or any(c.isspace() for c in key):
+        raise UserError(f"the {env_name} value in the API key file is empty or has spaces in it", path=str(path))
+    return key
+
+
 class APIBackend(Backend):
     """A provider reached through its SDK. Subclasses give `import_sdk` and `make_client`."""
 
     def __init__(self, model: str, *, base_url: str | None, api_key_env: str, timeout: float,
-                 retry: RetryPolicy | None, limiter: RateLimiter | None):
+                 retry: RetryPolicy | None, limiter: RateLimiter | None, api_key_file: str | None = None):
         super().__init__(model)
-        api_key = os.environ.get(api_key_env, "").strip()
-        if not api_key:  # fail before any work, and never echo a key
-            raise UserError(f"{api_key_env} is not set (needed for --backend {self.name})")
+        api_key = load_api_key(api_key_env, api_key_file, self.name)
         self._sdk = self.import_sdk()
         self._api_key = api_key
         self.base_url = base_url or None

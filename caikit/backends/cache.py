@@ -51,13 +51,15 @@ class UsageMeter:
 class CachingBackend(Backend):
     """Answer repeated requests from the run's request log; record new ones as they complete."""
 
-    def __init__(self, inner: Backend, log: JsonlFile, meter: UsageMeter | None = None):
+    def __init__(self, inner: Backend, log: JsonlFile, meter: UsageMeter | None = None, *,
+                 max_cost: float | None = None):
         super().__init__(inner.model)
         self.inner = inner
         self.name = inner.name
         self.supports_logprobs = inner.supports_logprobs
         self.log = log
         self.meter = meter or UsageMeter(inner.model)
+        self.max_cost = max_cost  # USD; enforced before each new request (see caikit.estimate)
         self._done: dict[str, dict[str, Any]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         for row in log.iter():

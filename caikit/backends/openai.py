@@ -71,9 +71,10 @@ class OpenAIBackend(APIBackend):
     supports_logprobs = True
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None):
+                 timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None,
+                 api_key_file: str | None = None):
         super().__init__(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, retry=retry,
-                         limiter=limiter)
+                         limiter=limiter, api_key_file=api_key_file)
         # what this model accepts; a 400 naming an unsupported parameter updates these (see _create)
         self.token_param = "max_completion_tokens" if _is_reasoning_model(model) else "max_tokens"
         self.send_temperature = not _is_reasoning_model(model)
@@ -137,13 +138,13 @@ class OpenAIBackend(APIBackend):
         response = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
                                            retry_after_of=retry_after_of_error, describe=describe_api_error,
                                            secrets=(self._api_key,))
-        usage = self._usage(response)
+        usage = self.usage_of(response)
         self.limiter.record_actual(estimated, usage.total_tokens or estimated)
         self.total_usage.add(usage)
         return response, usage
 
     @staticmethod
-    def _usage(response) -> Usage:
+    def usage_of(response) -> Usage:
         u = getattr(response, "usage", None)
         if u is None:  # some compatible servers send none
             return Usage(requests=1)
@@ -151,7 +152,7 @@ class OpenAIBackend(APIBackend):
         return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0,
                      cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0, requests=1)
 
-    def _params(self, messages: list[Message], *, n: int, temperature: float, max_tokens: int,
+    def request_params(self, messages: list[Message], *, n: int, temperature: float, max_tokens: int,
                 stop: list[str] | None, seed: int | None) -> dict[str, Any]:
         params: dict[str, Any] = {"model": self.model, "messages": messages, "n": n, self.token_param: max_tokens}
         if self.send_temperature:
@@ -167,10 +168,9 @@ class OpenAIBackend(APIBackend):
                        seed: int | None = None) -> list[Completion]:
         if n < 1:
             raise ValueError("n must be >= 1")
-        params = self._params(messages, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed)
+        params = self.request_params(messages, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed)
         response, usage = await self._create(params, estimate_tokens(messages, max_tokens, n))
-        choices = sorted(response.choices, key=lambda c: c.index or 0)
-        completions = [Completion(text=c.message.content or "", finish_reason=c.finish_reason) for c in choices]
+        completions = completions_from_response(response)
         if len(completions) < n:  # servers that ignore `n` (llama.cpp): ask for the rest one by one
             more = await asyncio.gather(*[
                 self.generate(messages, n=1, temperature=temperature, max_tokens=max_tokens, stop=stop,
@@ -185,14 +185,29 @@ class OpenAIBackend(APIBackend):
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
         """One greedy token with its top-20 alternatives; each option sums the tokens that name it."""
-        params = {**self._params(messages, n=1, temperature=0.0, max_tokens=1, stop=None, seed=None),
-                  "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        params = self.option_logprobs_params(messages)
         response, usage = await self._create(params, estimate_tokens(messages, 1))
         self.last_usage = usage
-        content = getattr(getattr(response.choices[0], "logprobs", None), "content", None)
-        if not content:
-            raise LogprobsUnsupported(f"{self.model} returned no logprobs (the server may not support them)")
-        first = content[0]
-        top = {t.token: t.logprob for t in (first.top_logprobs or [])}
-        top.setdefault(first.token, first.logprob)
-        return option_logprobs_from_top(top, options)
+        return logprobs_from_response(response, options, self.model)
+
+    def option_logprobs_params(self, messages: list[Message]) -> dict[str, Any]:
+        """The request body `option_logprobs` sends (the batch path sends the same)."""
+        return {**self.request_params(messages, n=1, temperature=0.0, max_tokens=1, stop=None, seed=None),
+                "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+
+
+def completions_from_response(response) -> list[Completion]:
+    """The choices of a ChatCompletion, in index order (usage is the caller's business)."""
+    choices = sorted(response.choices, key=lambda c: c.index or 0)
+    return [Completion(text=c.message.content or "", finish_reason=c.finish_reason) for c in choices]
+
+
+def logprobs_from_response(response, options: list[str], model: str) -> dict[str, float]:
+    """Option log-probs from the first generated token's top_logprobs."""
+    content = getattr(getattr(response.choices[0], "logprobs", None), "content", None)
+    if not content:
+        raise LogprobsUnsupported(f"{model} returned no logprobs (the server may not support them)")
+    first = content[0]
+    top = {t.token: t.logprob for t in (first.top_logprobs or [])}
+    top.setdefault(first.token, first.logprob)
+    return option_logprobs_from_top(top, options)
