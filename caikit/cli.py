@@ -33,6 +33,10 @@ COMMANDS = [
     Command("generate", "caikit.pipeline", "GenerateConfig", "run_generate",
             "SL-CAI: answer -> critique -> revise; writes traces.jsonl and sft.jsonl"),
     Command("judge", "caikit.judging", "JudgeConfig", "run_judge", "RLAIF: AI-judged preference pairs"),
+    Command("estimate", "caikit.estimate", "EstimateConfig", "run_estimate",
+            "expected requests, tokens and cost of a generate or judge run (online and --batch-api)", ("stage",)),
+    Command("merge", "caikit.merge", "MergeConfig", "run_merge",
+            "combine the run dirs of --shard i/n runs into one, dropping duplicates", ("dirs",)),
     Command("export", "caikit.export", "ExportConfig", "export_command",
             "export a run dir as datasets / parquet / jsonl", ("run_dir",)),
     Command("train sft", "caikit.train.sft", "SFTConfig", "train", "supervised fine-tuning on revisions"),
@@ -75,11 +79,7 @@ def _run(cmd: Command, rest: list[str]):
     if "config_file" not in cmd.positional:
         parser.add_argument("--config", dest="_config_file", metavar="FILE", default=None,
                             help="YAML file with options (flags on the command line win)")
-    if cmd.positional == ("files",):
-        parser.add_argument("files", nargs="+", help="constitution YAML files")
-        add_dataclass_args(parser, cls, positional=())
-    else:
-        add_dataclass_args(parser, cls, positional=cmd.positional)
+    add_dataclass_args(parser, cls, positional=cmd.positional)
     args = parser.parse_args(rest)
     config_file = vars(args).pop("_config_file", None)
     cfg = resolve(cls, args, config_file=config_file)

@@ -47,7 +47,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
     """Add one flag per dataclass field. Defaults are SUPPRESS so we can tell typed from defaulted."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
+        if f.metadata.get("cli") is False and f.name not in positional:
             continue
         tp = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
@@ -59,6 +59,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         if f.name in positional:
+            if typing.get_origin(tp) is list:  # one or more values: `caikit merge DIR DIR ...`
+                (inner,) = typing.get_args(tp) or (str,)
+                parser.add_argument(f.name, help=help_text, type=inner, nargs="+", default=argparse.SUPPRESS)
+                continue
             parser.add_argument(f.name, help=help_text, type=tp if tp in (int, float) else str,
                                 nargs="?" if default is not None else None, default=argparse.SUPPRESS)
             continue

@@ -430,7 +430,7 @@ def _parse_file(path: Path, label: str) -> tuple[Constitution | None, list[str]]
 
 @dataclass
 class ValidateConfig:
-    # Positional FILES on the command line (cli.py adds them), so no `--files` flag as well.
+    # Positional FILES on the command line, so no `--files` flag as well.
     files: list[str] = option([], help="constitution YAML files (or bundled names such as hhh) to check",
                               metadata={"cli": False})
 
