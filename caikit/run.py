@@ -34,7 +34,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
 }
 TOP_LEVEL_KEYS = {"name", "out", "constitution", "prompts", "eval_prompts", "policy", "seed", "stages", "description"}
 
-BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# caikit/configs links to the repo-level configs/, so the same path works in a checkout and in a wheel
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @dataclasses.dataclass
