@@ -247,3 +247,90 @@ def test_max_n_and_a_broken_responder():
         assert [c.message.content for c in r.choices] == ["fine"]
         with pytest.raises(openai.InternalServerError, match="RuntimeError: responder bug"):
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "boom"}])
+
+
+# -- batch endpoints ----------------------------------------------------------------------------------
+
+def batch_line(custom_id: str, content: str, **body) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **body}}
+
+
+def test_openai_batch_files_and_jobs_parse_in_the_sdk_and_answer_as_online():
+    from caikit.testing.fake_batch import BatchFaultPlan
+
+    faults = BatchFaultPlan(always_fail_keys=lambda r: "FAIL" in r.last_user_message)
+    line_fault = lambda r: "expired" if "LATE" in r.last_user_message else None  # noqa: E731
+    with FakeAPIServer(batch_latency=0.3, batch_faults=faults, batch_line_fault=line_fault) as server:
+        client = oai(server)
+        lines = [batch_line("r-0", USER[0]["content"], seed=7), batch_line("r-1", "FAIL me"),
+                 batch_line("r-2", "LATE one")]
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        file = client.files.create(file=("in.jsonl", data, "application/jsonl"), purpose="batch")
+        assert file.purpose == "batch" and file.bytes == len(data)
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert batch.status == "in_progress" and batch.request_counts.total == 3 and batch.output_file_id is None
+        assert client.batches.retrieve(batch.id).status == "in_progress"  # before batch_latency
+        time.sleep(0.35)
+        done = client.batches.retrieve(batch.id)
+        assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (1, 2)
+        (out,) = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+        assert out["custom_id"] == "r-0" and out["response"]["status_code"] == 200
+        assert out["response"]["body"]["choices"][0]["message"]["content"] == answer(USER, 7)  # as online
+        error_lines = client.files.content(done.error_file_id).text.splitlines()
+        errors = {e["custom_id"]: e for e in map(json.loads, error_lines)}
+        assert errors["r-1"]["response"]["status_code"] == 500 and errors["r-1"]["response"]["body"]["error"]
+        assert errors["r-2"]["response"] is None and errors["r-2"]["error"]["code"] == "batch_expired"
+        (job,) = server.batches.jobs
+        assert job.custom_ids == ["r-0", "r-1", "r-2"] and job.polls == 2 and job.line_faults == {"r-1": "500",
+                                                                                                 "r-2": "expired"}
+        # validation as the service does it: duplicate custom_ids fail the whole batch
+        dup = client.files.create(file=("d.jsonl", data + data, "application/jsonl"), purpose="batch")
+        failed = client.batches.create(input_file_id=dup.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert failed.status == "failed" and "duplicate" in failed.errors.data[0].message
+
+
+def test_anthropic_message_batches_parse_in_the_sdk_with_every_result_type():
+    from caikit.testing.fake_batch import BatchFaultPlan
+
+    with FakeAPIServer(batch_faults=BatchFaultPlan(jobs=["expired"]),
+                       batch_line_fault=lambda r: "500" if "FAIL" in r.last_user_message else None) as server:
+        client = claude(server)
+        params = lambda text: {"model": "claude-haiku-4-5", "max_tokens": 50, "system": "Be brief.",  # noqa: E731
+                               "messages": [{"role": "user", "content": text}]}
+        server.batches.hold()
+        batch = client.messages.batches.create(requests=[{"custom_id": "a", "params": params("Hello")},
+                                                         {"custom_id": "b", "params": params("FAIL")},
+                                                         {"custom_id": "c", "params": params("x")},
+                                                         {"custom_id": "d", "params": params("y")}])
+        assert batch.processing_status == "in_progress" and batch.request_counts.processing == 4
+        assert client.messages.batches.retrieve(batch.id).results_url is None  # held
+        server.batches.release()
+        ended = client.messages.batches.retrieve(batch.id)
+        assert ended.processing_status == "ended" and ended.results_url.startswith(server.url)
+        assert (ended.request_counts.succeeded, ended.request_counts.errored, ended.request_counts.expired) == (1, 1, 2)
+        results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+        assert results["a"].type == "succeeded"
+        assert results["a"].message.content[0].text == answer([{"role": "system", "content": "Be brief."},
+                                                                {"role": "user", "content": "Hello"}])
+        assert results["b"].type == "errored" and results["b"].error.error.type == "api_error"
+        assert results["c"].type == results["d"].type == "expired"  # the second half of an expired batch
+        with pytest.raises(anthropic.BadRequestError, match="unique"):
+            client.messages.batches.create(requests=[{"custom_id": "a", "params": params("1")},
+                                                     {"custom_id": "a", "params": params("2")}])
+
+
+def test_batch_endpoint_faults_and_limits():
+    faults = FaultPlan(script=["429", None, "500"], retry_after=0.01)
+    with FakeAPIServer(batch_endpoint_faults=faults, anthropic_batch_limits=(1, 10**6)) as server:
+        client = claude(server)
+        request = {"custom_id": "a", "params": {"model": "m", "max_tokens": 5, "messages": USER}}
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.batches.create(requests=[request])
+        batch = client.messages.batches.create(requests=[request])
+        with pytest.raises(anthropic.InternalServerError):
+            client.messages.batches.retrieve(batch.id)
+        with pytest.raises(anthropic.BadRequestError, match="at most 1"):
+            client.messages.batches.create(requests=[request, {**request, "custom_id": "b"}])
+        with pytest.raises(anthropic.NotFoundError):
+            client.messages.batches.retrieve("msgbatch_nope")

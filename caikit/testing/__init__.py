@@ -5,5 +5,7 @@ SDKs, retries and rate limits without a network or a key that costs money.
 """
 
 from caikit.testing.fake_api import FakeAPIServer, FakeRequest, FaultPlan, LoggedRequest, default_responder
+from caikit.testing.fake_batch import BatchFaultPlan, FakeBatchJob
 
-__all__ = ["FakeAPIServer", "FakeRequest", "FaultPlan", "LoggedRequest", "default_responder"]
+__all__ = ["BatchFaultPlan", "FakeAPIServer", "FakeBatchJob", "FakeRequest", "FaultPlan", "LoggedRequest",
+           "default_responder"]

@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 that speaks the OpenAI chat-completions and Anthropic messages APIs.
+"""A real HTTP server on 127.0.0.1 that speaks the OpenAI chat-completions and Anthropic messages APIs,
+and their batch APIs (OpenAI Files + Batches, Anthropic Message Batches: see caikit.testing.fake_batch).
 
 Exactly enough of both wire formats for the official `openai` and `anthropic` SDKs to parse its
 answers, plus scripted or seeded faults (429 with Retry-After, 500, 503, hangs, truncated bodies,
@@ -25,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+
+from caikit.testing.fake_batch import ANTHROPIC_LIMITS, OPENAI_LIMITS, BatchFaultPlan, FakeBatches
 
 FAULT_KINDS = ("429", "500", "503", "hang", "truncated", "disconnect")
 
@@ -163,11 +166,18 @@ class FakeAPIServer:
                  cache_usage: Callable[[FakeRequest], tuple[int, int]] | None = None,
                  require_key: str | None = None,
                  reject: Callable[[FakeRequest], tuple[int, str] | None] | None = None,
-                 max_n: int | None = None):
+                 max_n: int | None = None, batch_latency: float = 0.0, batch_faults: BatchFaultPlan | None = None,
+                 batch_line_fault: Callable[[FakeRequest], str | None] | None = None,
+                 batch_endpoint_faults: FaultPlan | None = None,
+                 openai_batch_limits: tuple[int, int] = OPENAI_LIMITS,
+                 anthropic_batch_limits: tuple[int, int] = ANTHROPIC_LIMITS):
         """`cache_usage(request) -> (cache_read_tokens, cache_write_tokens)` to report prompt caching;
         `require_key`: accept only this key (any non-empty key otherwise); `reject(request) ->
         (status, message)` answers a request with that error, as provider-side validation would;
-        `max_n`: answer at most this many choices, as servers that ignore `n` do (llama.cpp, Ollama)."""
+        `max_n`: answer at most this many choices, as servers that ignore `n` do (llama.cpp, Ollama).
+        Batch endpoints (see caikit.testing.fake_batch, reached as `server.batches`): a job takes
+        `batch_latency` seconds; `batch_faults` / `batch_line_fault(request) -> kind | None` fail lines
+        or jobs; `batch_endpoint_faults` fault the batch HTTP calls; `*_batch_limits` = (requests, bytes)."""
         self.responder = responder or default_responder
         self.latency = latency
         self.logprobs = logprobs
@@ -183,6 +193,9 @@ class FakeAPIServer:
         self._in_flight = 0
         self.max_in_flight = 0
         self.set_faults(faults)
+        self.batches = FakeBatches(self, latency=batch_latency, faults=batch_faults, line_fault=batch_line_fault,
+                                   endpoint_faults=batch_endpoint_faults, openai_limits=openai_batch_limits,
+                                   anthropic_limits=anthropic_batch_limits)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "FakeAPIServer":
@@ -280,7 +293,8 @@ class FakeAPIServer:
 
     # -- one request -------------------------------------------------------------------------------
     def _handle(self, h: _Handler) -> None:
-        provider = "anthropic" if h.path.split("?")[0].rstrip("/").endswith("/messages") else "openai"
+        path = h.path.split("?")[0].rstrip("/")
+        provider = "anthropic" if path.endswith("/messages") or path.startswith("/v1/messages/") else "openai"
         entry = LoggedRequest(time.monotonic(), provider, h.path)
         status = 0
         with self._lock:
@@ -290,8 +304,8 @@ class FakeAPIServer:
         try:
             length = int(h.headers.get("Content-Length") or 0)
             raw_body = h.rfile.read(length) if length else b""
-            path = h.path.split("?")[0].rstrip("/")
-            if h.command != "POST" or path not in ("/v1/chat/completions", "/v1/messages"):
+            batch_route = self.batches.routes(path)
+            if not batch_route and (h.command != "POST" or path not in ("/v1/chat/completions", "/v1/messages")):
                 status = self._send_error(h, provider, 404, f"no route for {h.command} {h.path}")
                 return
             api_key = (h.headers.get("x-api-key") if provider == "anthropic" else None) or \
@@ -302,6 +316,9 @@ class FakeAPIServer:
             if self.require_key is not None and api_key != self.require_key:
                 # echoes the key, as real APIs do (partly masked): clients must scrub it
                 status = self._send_error(h, provider, 401, f"Incorrect API key provided: {api_key}")
+                return
+            if batch_route:
+                status = self.batches.handle(h, provider, h.command, path, raw_body)
                 return
             try:
                 body = json.loads(raw_body or b"{}")
@@ -425,9 +442,10 @@ class FakeAPIServer:
         }
 
     # -- wire helpers ------------------------------------------------------------------------------
-    def _send(self, h: _Handler, status: int, data: bytes, headers: dict[str, str] | None = None) -> int:
+    def _send(self, h: _Handler, status: int, data: bytes, headers: dict[str, str] | None = None, *,
+              content_type: str = "application/json") -> int:
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             h.send_header(name, value)

@@ -1,0 +1,369 @@
+"""`--batch-api`: requests go through the provider's batch API (OpenAI Batch, Anthropic Message Batches), at half price.
+
+`BatchBackend` wraps an OpenAI or Anthropic backend and sits inside CachingBackend (which persists
+every answer to requests.jsonl). A request's journey:
+
+  generate() / option_logprobs()  -> a row: custom_id = hash(kind, model, body), and a future to await
+  -> waits until no request has arrived for `quiet_window` seconds (every worker of the stage is then
+     blocked on us), so a stage's rounds come out as one batch each: answers, critiques, revisions...
+  -> split by the provider's request-count and size limits into jobs; each job id is appended to
+     batches.jsonl (flushed) before it is polled
+  -> its watcher polls the job, downloads the results and resolves the rows; a row that failed inside
+     the batch goes into the next batch, up to `inner.retry.max_attempts` attempts, then raises BackendError.
+
+On a rerun, a request whose custom_id is in a stored job that did not fail for it is answered by polling
+that job again: nothing is submitted (or paid for) twice after a crash mid-poll.
+The request bodies are the online path's (`request_params`, `option_logprobs_params`), and so are the
+parsers, so a batch run and an online run of the same command give the same records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
+
+from caikit.backends.base import Backend, BackendError, Completion, Message, Usage
+from caikit.backends.limits import call_with_retries, describe_api_error, one_line, redact, retry_after_of_error
+from caikit.records import canonical_json, now_iso
+from caikit.store import JsonlFile
+
+QUIET_WINDOW = 0.2  # seconds without a new request before the pending ones are submitted
+MAX_GATHER = 30.0  # ...unless requests keep trickling in: then submit what waited this long anyway
+
+
+@dataclass
+class RowResult:
+    """What a batch said about one request: the provider's parsed response, or why there is none."""
+
+    response: Any = None  # ChatCompletion (OpenAI) / Message (Anthropic) when the request succeeded
+    error: str = ""
+    retryable: bool = True  # False: the provider rejected the request itself (4xx); a retry would fail alike
+
+
+@dataclass
+class JobState:
+    """One poll of a batch job."""
+
+    job_id: str
+    done: bool  # results can be downloaded (ended, completed, failed, expired or cancelled)
+    status: str  # the provider's word for it
+    counts: dict[str, int] = field(default_factory=dict)
+    raw: Any = None  # the provider's batch object
+
+
+class IncompleteResults(ValueError):
+    """A download held fewer result lines than the job reports: fetched again (retryable)."""
+
+
+@dataclass
+class _Row:
+    """A request waiting for its answer."""
+
+    custom_id: str
+    body: dict[str, Any]
+    future: asyncio.Future
+    attempts: int = 0  # batches that returned no usable answer for it
+
+
+def check_readable(completions: list[Completion], usage: Usage) -> None:
+    """Raise ValueError unless an answer reads as the online path would use it (texts, counts)."""
+    if not all(isinstance(c.text, str) and isinstance(c.finish_reason, (str, type(None))) for c in completions):
+        raise ValueError("a completion's text is not a string")
+    if not all(isinstance(v, int) and v >= 0 for v in usage.to_dict().values()):
+        raise ValueError("usage counts are not whole numbers")
+
+
+def custom_id(kind: str, model: str, body: dict[str, Any]) -> str:
+    """Stable id of one request (<= 64 chars of [A-Za-z0-9_-], as both providers require)."""
+    digest = hashlib.sha256(canonical_json([kind, model, body]).encode("utf-8")).hexdigest()
+    return f"ck-{kind}-{digest[:48]}"
+
+
+class JobLog:
+    """batches.jsonl: the jobs submitted (job id, provider, custom ids) and what each returned.
+
+    `usable[custom_id]` is the latest stored job that may still answer that request: submitted, and
+    not collected as failed for it."""
+
+    def __init__(self, path: Path, provider: str):
+        self.file = JsonlFile(path)
+        self.provider = provider
+        self.usable: dict[str, str] = {}
+        self.custom_ids: dict[str, list[str]] = {}  # job id -> its requests
+        for row in self.file.iter():
+            self._apply(row)
+
+    def _apply(self, row: dict[str, Any]) -> None:
+        job_id = row.get("job_id")
+        if row.get("provider") != self.provider or not isinstance(job_id, str):
+            return
+        if row.get("event") == "submitted":
+            ids = row.get("custom_ids") if isinstance(row.get("custom_ids"), list) else []
+            ids = [c for c in ids if isinstance(c, str)]
+            self.custom_ids[job_id] = ids
+            self.usable.update(dict.fromkeys(ids, job_id))
+        elif row.get("event") == "collected":
+            failed = self.custom_ids.get(job_id, []) if row.get("status") == "unavailable" \
+                else row.get("failed_custom_ids")
+            for cid in failed if isinstance(failed, list) else []:
+                if self.usable.get(cid) == job_id:
+                    del self.usable[cid]
+
+    def submitted(self, job_id: str, ids: list[str], **info: Any) -> None:
+        row = {"event": "submitted", "job_id": job_id, "provider": self.provider, "requests": len(ids),
+               "submitted_at": now_iso(), **info, "custom_ids": ids}
+        self.file.append(row)  # flushed: a kill -9 from here on polls this job again instead of paying twice
+        self._apply(row)
+
+    def collected(self, job_id: str, status: str, counts: dict[str, int], failed: list[str]) -> None:
+        row = {"event": "collected", "job_id": job_id, "provider": self.provider, "status": status,
+               "counts": counts, "collected_at": now_iso(), "failed_custom_ids": failed}
+        self.file.append(row)
+        self._apply(row)
+
+
+def make_provider(inner: Backend, call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]):
+    """The batch API of `inner`'s provider (see batch_openai.py / batch_anthropic.py for the interface)."""
+    if inner.name == "openai":
+        from caikit.backends.batch_openai import OpenAIBatches
+
+        return OpenAIBatches(inner, call)
+    if inner.name == "anthropic":
+        from caikit.backends.batch_anthropic import AnthropicBatches
+
+        return AnthropicBatches(inner, call)
+    raise ValueError(f"the {inner.name} backend has no batch API")
+
+
+class BatchBackend(Backend):
+    """Every request of a stage goes out in provider batch jobs; answers come back as from the online backend."""
+
+    def __init__(self, inner: Backend, jobs_path: str | Path, *, poll_interval: float,
+                 quiet_window: float = QUIET_WINDOW, max_requests: int | None = None, max_bytes: int | None = None):
+        super().__init__(inner.model)
+        self.inner = inner
+        self.name = inner.name
+        self.supports_logprobs = inner.supports_logprobs
+        self.provider = make_provider(inner, self._call)
+        self.poll_interval = poll_interval
+        self.quiet_window = quiet_window
+        self.max_requests = max_requests or self.provider.MAX_REQUESTS
+        self.max_bytes = max_bytes or self.provider.MAX_BYTES
+        self.max_attempts = max(1, inner.retry.max_attempts)
+        self.jobs = JobLog(Path(jobs_path), inner.name)
+        self.last_usage: Usage | None = None  # of the latest option_logprobs call (read by CachingBackend)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rows: dict[str, _Row] = {}  # custom_id -> waiting row (identical requests share it)
+        self._unsent: dict[str, _Row] = {}  # rows for the next batch
+        self._last_arrival = self._first_arrival = 0.0
+        self._collector: asyncio.Task | None = None
+        self._job_rows: dict[str, dict[str, _Row]] = {}  # job id -> rows waiting on it
+        self._watchers: dict[str, asyncio.Task] = {}
+        self._collected: dict[str, dict[str, RowResult]] = {}  # answers of finished jobs nobody claimed yet
+
+    # -- the Backend contract ----------------------------------------------------------------------
+    async def generate(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7,
+                       max_tokens: int = 256, stop: list[str] | None = None,
+                       seed: int | None = None) -> list[Completion]:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        bodies = self.provider.generate_bodies(messages, n=n, temperature=temperature, max_tokens=max_tokens,
+                                               stop=stop, seed=seed)
+        responses = await asyncio.gather(*[self._request(f"g{i}", body) for i, body in enumerate(bodies)])
+        usage, completions = Usage(), []
+        for response in responses:
+            usage.add(self.provider.usage_of(response))
+            completions.extend(self.provider.completions_of(response))
+        if len(completions) < n:  # servers that ignore `n`: ask for the rest one by one, as online
+            more = await asyncio.gather(*[
+                self.generate(messages, n=1, temperature=temperature, max_tokens=max_tokens, stop=stop,
+                              seed=None if seed is None else seed + i)
+                for i in range(1, n - len(completions) + 1)])
+            for (extra,) in more:
+                usage.add(extra.usage)
+                completions.append(Completion(extra.text, extra.finish_reason))
+        completions = completions[:n]
+        completions[0].usage = usage
+        return completions
+
+    async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
+        if not self.supports_logprobs:
+            return await self.inner.option_logprobs(messages, options)  # raises LogprobsUnsupported
+        response = await self._request("lp", self.provider.logprobs_body(messages))
+        self.last_usage = self.provider.usage_of(response)
+        try:
+            return self.provider.logprobs_of(response, options)
+        except (TypeError, ValueError, AttributeError) as e:  # LogprobsUnsupported is none of these
+            raise BackendError(f"malformed logprobs in the batch result ({type(e).__name__})") from None
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "batch_api": True}
+
+    async def aclose(self) -> None:
+        tasks = [t for t in [self._collector, *self._watchers.values()] if t is not None]
+        for task in tasks:  # jobs still running stay in batches.jsonl: a rerun polls them
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.jobs.file.close()
+        await self.inner.aclose()
+
+    # -- rows --------------------------------------------------------------------------------------
+    async def _request(self, kind: str, body: dict[str, Any]) -> Any:
+        """The provider's parsed response to `body`, once a batch has answered it."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # futures and tasks belong to one event loop
+            self._loop = loop
+            self._reset()
+        cid = custom_id(kind, self.model, body)
+        row = self._rows.get(cid)
+        if row is None:
+            row = self._rows[cid] = _Row(cid, body, loop.create_future())
+            self._enqueue(row)
+        return await asyncio.shield(row.future)
+
+    def _enqueue(self, row: _Row) -> None:
+        """To the stored job that can answer it, else into the next batch."""
+        job_id = self.jobs.usable.get(row.custom_id)
+        if job_id is not None:
+            if job_id not in self._collected:
+                self._job_rows.setdefault(job_id, {})[row.custom_id] = row
+                if job_id not in self._watchers:  # a job of an earlier run: poll it, submit nothing
+                    self._watchers[job_id] = asyncio.ensure_future(self._watch(job_id, fresh=False))
+                return
+            answer = self._collected[job_id].pop(row.custom_id, None)
+            if answer is not None:
+                self._settle(row, answer)
+                return
+        now = asyncio.get_running_loop().time()
+        if not self._unsent:
+            self._first_arrival = now
+        self._unsent[row.custom_id] = row
+        self._last_arrival = now
+        if self._collector is None:
+            self._collector = asyncio.ensure_future(self._collect())
+
+    def _settle(self, row: _Row, result: RowResult) -> None:
+        if row.future.done():  # pragma: no cover - a row waits in one place only
+            return
+        if result.response is not None:
+            self._rows.pop(row.custom_id, None)
+            row.future.set_result(result.response)
+            return
+        row.attempts += 1
+        if not result.retryable or row.attempts >= self.max_attempts:
+            self._fail(row, f"batch request failed after {row.attempts} attempt(s): {result.error}",
+                       retryable=result.retryable)
+        else:
+            self._enqueue(row)  # into a follow-up batch
+
+    def _fail(self, row: _Row, message: str, *, retryable: bool = True) -> None:
+        self._rows.pop(row.custom_id, None)
+        if not row.future.done():
+            secrets = (getattr(self.inner, "_api_key", ""),)
+            row.future.set_exception(BackendError(redact(one_line(message, 500), secrets), retryable=retryable))
+            row.future.exception()  # retrieved: every waiter re-raises it itself
+
+    # -- submitting --------------------------------------------------------------------------------
+    async def _collect(self) -> None:
+        """Submit the waiting rows once no request has arrived for `quiet_window` seconds (or a full batch
+        is waiting, or the first has waited MAX_GATHER seconds)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._unsent:
+                wait = min(self._last_arrival + self.quiet_window, self._first_arrival + MAX_GATHER) - loop.time()
+                if wait > 0 and len(self._unsent) < self.max_requests:
+                    await asyncio.sleep(min(wait, self.quiet_window))
+                    continue
+                rows, self._unsent = list(self._unsent.values()), {}
+                for chunk in self._chunks(rows):
+                    await self._submit(chunk)
+        finally:
+            self._collector = None
+
+    def _chunks(self, rows: list[_Row]) -> Iterator[list[_Row]]:
+        """Consecutive runs of rows within the provider's request-count and size limits."""
+        chunk: list[_Row] = []
+        size = self.provider.envelope_bytes
+        for row in rows:
+            n = self.provider.line_size(row.custom_id, row.body)
+            if self.provider.envelope_bytes + n > self.max_bytes:
+                self._fail(row, f"the request ({n:,} bytes) is larger than one batch may be "
+                                f"({self.max_bytes:,} bytes)", retryable=False)
+                continue
+            if chunk and (len(chunk) >= self.max_requests or size + n > self.max_bytes):
+                yield chunk
+                chunk, size = [], self.provider.envelope_bytes
+            chunk.append(row)
+            size += n
+        if chunk:
+            yield chunk
+
+    async def _submit(self, chunk: list[_Row]) -> None:
+        ids = [row.custom_id for row in chunk]
+        try:
+            job_id = await self.provider.submit([(row.custom_id, row.body) for row in chunk])
+            self.jobs.submitted(job_id, ids)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every waiting row gets one clean line, never a hang
+            retryable = getattr(e, "retryable", True)
+            reason = str(e) if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
+            for row in chunk:
+                self._fail(row, f"batch submission failed: {reason}", retryable=retryable)
+            return
+        print(f"caikit batch: submitted {self.name} batch {job_id} ({len(ids)} requests)", file=sys.stderr)
+        self._job_rows.setdefault(job_id, {}).update({row.custom_id: row for row in chunk})
+        self._watchers[job_id] = asyncio.ensure_future(self._watch(job_id, fresh=True))
+
+    # -- collecting --------------------------------------------------------------------------------
+    async def _watch(self, job_id: str, *, fresh: bool) -> None:
+        """Poll one job to its end, download its results, and settle the rows waiting on it."""
+        try:
+            if fresh:
+                await asyncio.sleep(self.poll_interval)
+            while True:
+                state = await self.provider.poll(job_id)
+                if state.done:
+                    break
+                await asyncio.sleep(self.poll_interval)
+            results = await self.provider.results(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            self._watchers.pop(job_id, None)
+            rows = self._job_rows.pop(job_id, {})
+            reason = str(e) if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
+            if isinstance(e, BackendError) and not e.retryable:  # e.g. 404: the job is gone; submit anew
+                self.jobs.collected(job_id, "unavailable", {}, self.jobs.custom_ids.get(job_id, []))
+                for row in rows.values():
+                    self._settle(row, RowResult(error=f"batch {job_id} is unavailable: {reason}"))
+            else:  # still running for all we know: a rerun polls it again
+                for row in rows.values():
+                    self._fail(row, f"could not collect batch {job_id} ({reason}); rerun to resume it")
+            return
+        ok = {cid: r for cid, r in results.items() if r.response is not None}
+        failed = [cid for cid in self.jobs.custom_ids.get(job_id, []) if cid not in ok]
+        self.jobs.collected(job_id, state.status, state.counts, failed)
+        print(f"caikit batch: {self.name} batch {job_id} {state.status}: {len(ok)} succeeded, {len(failed)} failed",
+              file=sys.stderr)
+        self._watchers.pop(job_id, None)
+        rows = self._job_rows.pop(job_id, {})
+        self._collected[job_id] = ok
+        for cid, row in rows.items():
+            self._settle(row, ok.pop(cid, None) or results.get(cid)
+                         or RowResult(error=f"batch {job_id} ({state.status}) returned no result for it"))
+
+    async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """One batch API call (upload, create, poll, download), retried like an online request."""
+        inner = self.inner
+        return await call_with_retries(
+            fn, inner.retry, is_retryable=lambda e: isinstance(e, IncompleteResults) or inner.is_retryable(e),
+            retry_after_of=retry_after_of_error, describe=describe_api_error,
+            secrets=(getattr(inner, "_api_key", ""),))

@@ -1,0 +1,105 @@
+"""Anthropic Message Batches: `messages.batches.create(requests=[{custom_id, params}])`, poll until
+`processing_status == "ended"`, then stream `results()` (JSONL) and read each result by custom_id.
+
+`params` are the online path's `messages.create` arguments (`AnthropicBackend.request_params`), with
+`extra_body` (where temperature travels) merged in, since a batch request is the bare body. The API
+has no `n`: n samples are n requests, told apart by their custom_id.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable
+
+from caikit.backends.anthropic import AnthropicBackend, completion_from_message
+from caikit.backends.base import Completion, LogprobsUnsupported, Message, Usage
+from caikit.backends.batch import IncompleteResults, JobState, RowResult, check_readable
+from caikit.backends.limits import one_line
+
+NOT_RETRYABLE = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error"}
+
+
+class AnthropicBatches:
+    """The batch half of an AnthropicBackend: its key, base URL, timeout and client."""
+
+    MAX_REQUESTS = 100_000  # per batch (Anthropic limit)
+    MAX_BYTES = 256 * 1024 * 1024  # per create request
+    envelope_bytes = len('{"requests":[]}')
+
+    def __init__(self, inner: AnthropicBackend, call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]):
+        self.inner = inner
+        self.call = call  # runs one API call with the backend's retry policy
+
+    # -- request bodies and answers (the online path's) --------------------------------------------
+    def generate_bodies(self, messages: list[Message], *, n: int, temperature: float, max_tokens: int,
+                        stop: list[str] | None, seed: int | None) -> list[dict[str, Any]]:
+        """`seed` is ignored, as online: the API has none."""
+        params = self.inner.request_params(messages, temperature=temperature, max_tokens=max_tokens, stop=stop)
+        body = {k: v for k, v in params.items() if k != "extra_body"} | params.get("extra_body", {})
+        return [body] * n
+
+    def logprobs_body(self, messages: list[Message]) -> dict[str, Any]:
+        raise LogprobsUnsupported("the Anthropic API returns no log-probabilities: use sampled or parsed votes")
+
+    def completions_of(self, message) -> list[Completion]:
+        return [completion_from_message(message)]
+
+    def usage_of(self, message) -> Usage:
+        return self.inner.usage_of(message)
+
+    def logprobs_of(self, message, options: list[str]) -> dict[str, float]:
+        raise LogprobsUnsupported()
+
+    # -- the batch API -----------------------------------------------------------------------------
+    def line_size(self, custom_id: str, body: dict[str, Any]) -> int:
+        """Bytes of one request in the create body, as the SDK serialises it (compact, UTF-8), plus a comma."""
+        text = json.dumps({"custom_id": custom_id, "params": body}, ensure_ascii=False, separators=(",", ":"))
+        return len(text.encode()) + 1
+
+    async def submit(self, items: list[tuple[str, dict[str, Any]]]) -> str:
+        client = self.inner._client()
+        requests = [{"custom_id": cid, "params": body} for cid, body in items]
+        batch = await self.call(lambda: client.messages.batches.create(requests=requests))
+        return batch.id
+
+    async def poll(self, job_id: str) -> JobState:
+        client = self.inner._client()
+        batch = await self.call(lambda: client.messages.batches.retrieve(job_id))
+        counts = batch.request_counts.model_dump() if batch.request_counts is not None else {}
+        return JobState(job_id, batch.processing_status == "ended", batch.processing_status, counts, batch)
+
+    async def results(self, state: JobState) -> dict[str, RowResult]:
+        return await self.call(lambda: self._download(state))
+
+    async def _download(self, state: JobState) -> dict[str, RowResult]:
+        # a cut-off line raises JSONDecodeError mid-stream: the whole download is retried by self.call
+        decoder = await self.inner._client().messages.batches.results(state.job_id)
+        out = {}
+        try:
+            async for item in decoder:
+                if isinstance(getattr(item, "custom_id", None), str):
+                    out[item.custom_id] = self.row_result(getattr(item, "result", None))
+        finally:
+            await decoder.close()
+        expected = sum(v for k, v in state.counts.items() if k != "processing")
+        if len(out) < expected:
+            raise IncompleteResults(f"batch {state.job_id}: {len(out)} results for {expected} requests")
+        return out
+
+    def row_result(self, result) -> RowResult:
+        kind = getattr(result, "type", None)
+        if kind == "succeeded":
+            message = getattr(result, "message", None)
+            try:  # read as the online path reads it; a body it cannot read is malformed (retried)
+                if not isinstance(getattr(message, "content", None), list) or getattr(message, "usage", None) is None:
+                    raise ValueError("no content or usage")
+                check_readable(self.completions_of(message), self.usage_of(message))
+            except (TypeError, ValueError, AttributeError) as e:
+                return RowResult(error=f"malformed message ({one_line(e, 80)})")
+            return RowResult(response=message)
+        if kind == "errored":
+            err = getattr(getattr(result, "error", None), "error", None)
+            err_type = getattr(err, "type", None) or "api_error"
+            return RowResult(error=f"{err_type}: {one_line(getattr(err, 'message', '') or '')}",
+                             retryable=err_type not in NOT_RETRYABLE)
+        return RowResult(error=f"the request was {kind or 'lost'} before it ran")  # expired / canceled
