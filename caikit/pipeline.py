@@ -154,7 +154,7 @@ def run_generate(cfg: GenerateConfig) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    write_json_atomic(out / "run.json", {"stage": "generate", "identity": identity})
+    write_json_atomic(out / "run.json", {"stage": "generate", "identity": identity, "shard": cfg.shard})
     run_id = idempotency_key("run", canonical_json(identity))[-12:]
     traces_file = JsonlFile(out / "traces.jsonl")
     failures_file = JsonlFile(out / "failures.log.jsonl")

@@ -44,3 +44,20 @@ def select_shard(items: Iterable[T], shard: str, id_of: Callable[[T], str]) -> l
         return items
     i, n = parsed
     return [item for item in items if shard_of(id_of(item), n) == i]
+
+
+def missing_shards(shards: Iterable[str]) -> list[str] | None:
+    """The 'i/n' shards absent from `shards` (labels of the runs at hand; '' = an unsharded run).
+
+    [] when the runs cover everything (all n shards present, or an unsharded run among them);
+    None when they split the items in different ways (1/2 beside 1/3): coverage cannot be told.
+    """
+    parsed = [parse_shard(s) for s in shards]
+    if not parsed or any(p is None for p in parsed):
+        return []
+    counts = {n for _, n in parsed}
+    if len(counts) != 1:
+        return None
+    (n,) = counts
+    present = {i for i, _ in parsed}
+    return [f"{i}/{n}" for i in range(1, n + 1) if i not in present]

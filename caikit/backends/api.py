@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,37 +14,79 @@ from caikit.backends.limits import RateLimiter, RetryPolicy, public_url
 from caikit.errors import UserError
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_warned_readable: set[str] = set()
+
+
 def load_api_key(env_name: str, key_file: str | None, backend: str) -> str:
-    """The API key: from `key_file` when given (a bare key, or NAME=value lines as in a .env or
-    keyring-style file, where `env_name` picks the line), else from the environment variable.
-    Errors say where the key was looked for, never what was found there."""
+    """The API key: from `key_file` when given, else from the environment variable `env_name`.
+
+    The file holds a bare key on one line, or NAME=value lines as in a .env or keyring-style file
+    (`export NAME="value"`, '#' comments), where `env_name` picks the line. Errors say where the key
+    was looked for and what is wrong, never what was found there. A key file that other users may
+    read gets a warning on stderr (as ssh refuses such a private key; here the user may have a reason).
+    """
     if not key_file:
         key = os.environ.get(env_name, "").strip()
         if not key:  # fail before any work, and never echo a key
             raise UserError(f"{env_name} is not set (needed for --backend {backend}; or pass --api-key-file)")
-        return key
+        return _checked(key, f"the {env_name} environment variable", None)
     path = Path(key_file).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read the API key file: {getattr(e, 'strerror', None) or type(e).__name__}",
-                        path=str(path)) from None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    named = {}
-    for ln in lines:
+        reason = getattr(e, "strerror", None) or ("not UTF-8 text" if isinstance(e, UnicodeDecodeError)
+                                                  else type(e).__name__)
+        raise UserError(f"cannot read the API key file: {reason}", path=str(path)) from None
+    if mode & 0o077 and os.name == "posix" and str(path) not in _warned_readable:
+        _warned_readable.add(str(path))
+        print(f"caikit: warning: {path}: the API key file can be read by other users (chmod 600 {path})",
+              file=sys.stderr)
+    lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1)
+             if ln.strip() and not ln.strip().startswith("#")]
+    named: dict[str, tuple[int, str]] = {}
+    for n, ln in lines:
         name, sep, value = ln.removeprefix("export ").partition("=")
-        if sep and name.strip().replace("_", "").isalnum():
-            named[name.strip()] = value.strip().strip("'\"")
+        if sep and _ENV_NAME.match(name.strip()):
+            named[name.strip()] = (n, value)
     if named:
-        key = named.get(env_name, "")
-        if not key:
+        if env_name not in named:
             raise UserError(f"no {env_name}=... line in the API key file", path=str(path))
-    elif len(lines) == 1:
-        key = lines[0]
-    else:
-        raise UserError(f"expected one key, or NAME=value lines naming {env_name}", path=str(path))
-    if not key or any(c.isspace() for c in key):
-        raise UserError(f"the {env_name} value in the API key file is empty or has spaces in it", path=str(path))
+        n, value = named[env_name]
+        try:
+            key = _dotenv_value(value)
+        except ValueError as e:
+            raise UserError(f"the {env_name} value: {e}", path=str(path), line=n) from None
+        return _checked(key, f"the {env_name} value", (str(path), n))
+    if len(lines) == 1:
+        n, key = lines[0]
+        return _checked(key, "the key", (str(path), n))
+    raise UserError(f"expected one key, or NAME=value lines naming {env_name}", path=str(path))
+
+
+def _dotenv_value(raw: str) -> str:
+    """The value of a NAME=value line: quoted ('..' / "..") or bare, with a trailing ' # comment' dropped."""
+    raw = raw.strip()
+    if raw[:1] in ("'", '"'):
+        end = raw.find(raw[0], 1)
+        if end < 0:
+            raise ValueError("an opening quote is never closed")
+        rest = raw[end + 1:].strip()
+        if rest and not rest.startswith("#"):
+            raise ValueError("text after the closing quote")
+        return raw[1:end]
+    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+
+
+def _checked(key: str, what: str, where: tuple[str, int] | None) -> str:
+    """A key must fit in an HTTP header; the error names the place, not the key."""
+    path, line = where if where else (None, None)
+    if not key:
+        raise UserError(f"{what} is empty", path=path, line=line)
+    if any(c.isspace() for c in key) or not key.isascii() or not key.isprintable():
+        raise UserError(f"{what} has spaces or characters an HTTP header cannot carry (a stray quote "
+                        "or a pasted line break?)", path=path, line=line)
     return key
 
 

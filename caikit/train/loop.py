@@ -58,7 +58,7 @@ def load_pretrained(auto_class, model_name: str, **kwargs):
 
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
-        return auto_class.from_pretrained(resolve_model_path(model_name), **kwargs)
+        return auto_class.from_pretrained(resolve_model_path(model_name), use_safetensors=True, **kwargs)
     except OSError as e:
         raise UserError(f"cannot load model '{model_name}': {str(e).splitlines()[0]}") from None
 

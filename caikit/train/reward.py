@@ -195,7 +195,7 @@ def load_reward_model(model_dir: str, device: str | None = None):
 
     path = resolve_model_path(model_dir)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, use_safetensors=True)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load reward model: {str(e).splitlines()[0]}", path=model_dir) from None
     tokenizer = load_tokenizer(path, padding_side="right")

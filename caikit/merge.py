@@ -1,0 +1,388 @@
+"""`caikit merge DIR [DIR ...] --out OUT`: the run directories of `--shard i/n` runs, put back together.
+
+The inputs are run directories of one `caikit generate` or `caikit judge` run, split with `--shard`:
+same stage and same identity in run.json (the settings that make the records; the shard itself is
+not one of them, and is read from run.json or config.yaml). OUT becomes an ordinary run directory of
+that stage, so `caikit judge --from OUT`, `caikit export OUT` and `caikit train` read it, and the same
+stage rerun on OUT (without --shard) requests nothing that is already done:
+
+  append-only logs   traces.jsonl | judgments.jsonl, failures.log.jsonl, requests.jsonl
+                     (+ policy_requests.jsonl): their union, one row per id (per request key)
+  derived files      rebuilt by the stage's own functions: sft.jsonl + failures.jsonl
+                     (pipeline.finalize_generate), or preferences.jsonl + failures.jsonl + stats.json
+                     (judging.build_preferences / judge_stats)
+  usage.json         summed over the inputs: what the whole run cost, duplicated work included
+  run.json, config.yaml   the shared identity; the config of the first input, without --shard
+  merge.json         inputs, counts, duplicates, conflicts, missing shards
+
+One record id in two inputs is a duplicate: kept once and counted when both copies say the same
+(timestamps, backend address and token counts aside), else a conflict: the first input's copy is
+kept and both directories are named. batches.jsonl (batch-API job ids) is not carried over: finish
+a shard (rerun it) before merging it. OUT is built in a temporary directory beside it and renamed
+into place, so it is either the old OUT or the whole new one; a non-empty OUT that is not an
+earlier merge is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from caikit.config import load_yaml, option
+from caikit.errors import UserError
+from caikit.records import canonical_json, idempotency_key
+from caikit.shard import missing_shards, parse_shard
+from caikit.store import JsonlFile, read_json, write_json_atomic, write_jsonl_atomic
+
+STAGES = ("generate", "judge")
+RECORD_FILES = {"generate": "traces.jsonl", "judge": "judgments.jsonl"}
+REQUEST_LOGS = ("requests.jsonl", "policy_requests.jsonl")
+# How a record was made rather than what it says: ignored when two copies of one id are compared.
+VOLATILE_FIELDS = ("created_at", "backend", "usage")
+SHOWN_CONFLICTS = 5  # conflict lines printed; merge.json lists them all
+_NUMBER = (int, float)
+# What the rebuild reads from each record, with its JSON type: anything else is a one-line error.
+RECORD_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "traces.jsonl": {"prompt_id": str, "prompt": list, "initial_response": str, "final_revision": str},
+    "judgments.jsonl": {"pair_id": str, "prompt": list, "response_a": str, "response_b": str, "p_a": _NUMBER,
+                        "principle_ids": list, "position_consistent": (bool, type(None))},
+}
+_PAIR_ID = re.compile(r".+#\d+-\d+")
+
+
+@dataclasses.dataclass
+class MergeConfig:
+    dirs: list[str] = option([], help="run directories of one caikit generate or caikit judge run, each made "
+                                      "with --shard i/n")
+    out: str = option("", help="the merged run directory (built beside it, then renamed into place; an earlier "
+                               "merge there is replaced)")
+
+    def validate(self) -> None:
+        if not self.dirs:
+            raise UserError("give the shard run directories: caikit merge DIR [DIR ...] --out OUT")
+        if not self.out:
+            raise UserError("--out is required: the directory the merged run is written to")
+
+
+@dataclasses.dataclass
+class ShardRun:
+    """One input run directory: its stage, identity, shard label ('' = unsharded) and config."""
+
+    path: Path
+    stage: str
+    identity: dict[str, Any]
+    shard: str
+    config: dict[str, Any]
+
+    def json(self, name: str) -> dict[str, Any]:
+        data = read_json(self.path / name)
+        return data if isinstance(data, dict) else {}
+
+    def rows(self, name: str, key: str = "id") -> Iterator[dict[str, Any]]:
+        """Rows of a JSONL file, each checked for `key` and the fields the merge reads from it."""
+        path = self.path / name
+        fields = RECORD_FIELDS.get(name, {})
+        for row in JsonlFile(path).iter():
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                raise UserError(f"a row without a '{key}' (not written by caikit?)", path=str(path))
+            for field, kind in fields.items():
+                value = row.get(field)
+                if not isinstance(value, kind) or (kind is _NUMBER and isinstance(value, bool)):
+                    raise UserError(f"record {_short(row[key])}: '{field}' is missing or of the wrong type",
+                                    path=str(path))
+            if name == "judgments.jsonl" and (not _PAIR_ID.fullmatch(row["pair_id"])
+                                              or not all(isinstance(p, str) for p in row["principle_ids"])):
+                raise UserError(f"record {_short(row[key])}: malformed pair_id or principle_ids", path=str(path))
+            yield row
+
+    def count(self, name: str, field: str) -> int:
+        value = self.json(name).get(field)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+@dataclasses.dataclass
+class MergedRows:
+    """Rows of one file across the inputs: first copy of each id kept, in input order."""
+
+    rows: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    origin: dict[str, Path] = dataclasses.field(default_factory=dict)
+    duplicates: int = 0
+    conflicts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def open_run(path_text: str) -> ShardRun:
+    path = Path(path_text)
+    if not path.is_dir():
+        raise UserError("not a directory", path=path_text)
+    run = read_json(path / "run.json")
+    if not isinstance(run, dict) or run.get("stage") not in STAGES:
+        raise UserError("not a caikit generate or judge run directory (no run.json naming either)", path=path_text)
+    if not isinstance(run.get("identity"), dict):
+        raise UserError("run.json has no identity mapping (not written by caikit?)", path=path_text)
+    config = load_yaml(path / "config.yaml") if (path / "config.yaml").exists() else {}
+    shard = str(run.get("shard", config.get("shard", "")) or "")
+    try:
+        parse_shard(shard)
+    except UserError:
+        raise UserError(f"unreadable shard {shard!r} in run.json / config.yaml", path=path_text) from None
+    return ShardRun(path, run["stage"], run["identity"], shard, config)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_one_run(runs: list[ShardRun]) -> None:
+    """Every input holds the same stage with the same identity, and no directory is given twice."""
+    first = runs[0]
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        real = run.path.resolve()
+        if real in seen:
+            raise UserError(f"given twice (also as {seen[real]})", path=str(run.path))
+        seen[real] = run.path
+        if run.stage != first.stage:
+            raise UserError(f"holds a '{run.stage}' run but {first.path} a '{first.stage}' run: "
+                            "merge the shards of one run", path=str(run.path))
+        changed = [k for k in dict.fromkeys([*first.identity, *run.identity])
+                   if first.identity.get(k) != run.identity.get(k)]
+        if changed:
+            k = changed[0]
+            more = f", and {len(changed) - 1} more setting(s)" if len(changed) > 1 else ""
+            raise UserError(f"was run with other settings than {first.path}: {k} = {_short(run.identity.get(k))} vs "
+                            f"{_short(first.identity.get(k))}{more}; merge the shards of one run", path=str(run.path))
+
+
+def check_out(out: Path, runs: list[ShardRun]) -> None:
+    """OUT may be new, empty or an earlier merge; never an input, inside one or holding one."""
+    real = out.resolve()
+    for run in runs:
+        src = run.path.resolve()
+        if real == src or src in real.parents or real in src.parents:
+            raise UserError(f"--out overlaps the input {run.path}: choose a directory of its own", path=str(out))
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "merge.json").exists())):
+        raise UserError("exists and is not empty, nor an earlier caikit merge output: choose a new --out",
+                        path=str(out))
+
+
+def differing_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in {*a, *b} if k not in VOLATILE_FIELDS and a.get(k) != b.get(k))
+
+
+def union(runs: list[ShardRun], name: str, *, key: str = "id", compare: bool = False) -> MergedRows:
+    """The rows of `name` over all inputs. Within one input the last row per id wins (a superseded
+    record); across inputs the first input's copy is kept, and with `compare` differing copies are
+    reported as conflicts."""
+    merged = MergedRows()
+    for run in runs:
+        latest: dict[str, dict[str, Any]] = {}
+        for row in run.rows(name, key):
+            latest[row[key]] = row
+        for k, row in latest.items():
+            if k not in merged.rows:
+                merged.rows[k], merged.origin[k] = row, run.path
+                continue
+            merged.duplicates += 1
+            differs = differing_fields(merged.rows[k], row) if compare else []
+            if differs:
+                merged.conflicts.append({"id": k, "kept": str(merged.origin[k]), "dropped": str(run.path),
+                                         "fields": differs})
+    return merged
+
+
+def sum_summaries(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Field-wise sum of usage summaries: numbers add, flags AND, nested summaries recurse, equal values stay."""
+    out: dict[str, Any] = {}
+    for k in dict.fromkeys(k for d in items for k in d):
+        values = [d[k] for d in items if k in d]
+        if all(isinstance(v, bool) for v in values):
+            out[k] = all(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            total = sum(values)
+            out[k] = round(total, 6) if isinstance(total, float) else total
+        elif all(isinstance(v, dict) for v in values):
+            out[k] = sum_summaries(values)
+        else:
+            distinct = list({canonical_json(v): v for v in values}.values())
+            out[k] = distinct[0] if len(distinct) == 1 else distinct
+    return out
+
+
+def planned_total(runs: list[ShardRun], name: str, field: str) -> int:
+    """How many items (prompts / pairs) the inputs set out to do: one count per distinct shard, so a
+    shard run twice is not counted twice; an unsharded input stands for the whole set."""
+    whole = [r.count(name, field) for r in runs if not r.shard]
+    if whole:
+        return max(whole)
+    per_shard: dict[str, int] = {}
+    for r in runs:
+        per_shard[r.shard] = max(per_shard.get(r.shard, 0), r.count(name, field))
+    return sum(per_shard.values())
+
+
+def agreed(runs: list[ShardRun], label: str, value_of) -> Any:
+    """A setting outside the identity that must still agree (e.g. judge --min-margin)."""
+    first = value_of(runs[0])
+    for run in runs[1:]:
+        if value_of(run) != first:
+            raise UserError(f"was run with other settings than {runs[0].path}: {label} = {value_of(run)!r} vs "
+                            f"{first!r}; rerun it with the same {label} (nothing is requested again)",
+                            path=str(run.path))
+    return first
+
+
+def min_margin_of(run: ShardRun) -> float:
+    """The judge's --min-margin: from stats.json (what was applied), else config.yaml."""
+    value = run.json("stats.json").get("min_margin", run.config.get("min_margin", 0.0))
+    if not isinstance(value, _NUMBER) or isinstance(value, bool) or not 0 <= value <= 0.5:
+        raise UserError(f"unreadable min_margin {_short(value)} in stats.json / config.yaml", path=str(run.path))
+    return float(value)
+
+
+def write_logs(tmp: Path, runs: list[ShardRun], records: str) -> tuple[MergedRows, MergedRows, int]:
+    """The append-only files: records, failure log and request logs. Returns (records, failures,
+    duplicate requests)."""
+    merged = union(runs, records, compare=True)
+    write_jsonl_atomic(tmp / records, merged.rows.values())
+    failures = union(runs, "failures.log.jsonl")
+    write_jsonl_atomic(tmp / "failures.log.jsonl", failures.rows.values())
+    request_duplicates = 0
+    for name in REQUEST_LOGS:
+        if any((r.path / name).exists() for r in runs):
+            requests = union(runs, name, key="key")
+            write_jsonl_atomic(tmp / name, requests.rows.values())
+            request_duplicates += requests.duplicates
+    return merged, failures, request_duplicates
+
+
+def write_generate(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
+    from caikit.pipeline import finalize_generate
+
+    traces, _, request_duplicates = write_logs(tmp, runs, "traces.jsonl")
+    counts = finalize_generate(tmp, [t.get("prompt_id", "") for t in traces.rows.values()])  # sft + failures
+    counts["prompts"] = max(planned_total(runs, "usage.json", "prompts"), counts["traces"] + counts["failures"])
+    usage = sum_summaries([r.json("usage.json") for r in runs])
+    write_json_atomic(tmp / "usage.json", {**usage, **counts})
+    return traces, {**counts, "duplicate_requests": request_duplicates}
+
+
+def planned_order(judgments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Judgments in the order `caikit judge` plans its pairs (a group's pairs by (i, j), as
+    round_robin_pairs lists them), not in the order they finished: preference provenance lists them."""
+    from caikit.judging import split_pair_id
+
+    groups: dict[str, int] = {}
+    for j in judgments:
+        groups.setdefault(split_pair_id(j["pair_id"])[0], len(groups))
+
+    def planned(j: dict[str, Any]) -> tuple[int, int, int]:
+        group, a, b = split_pair_id(j["pair_id"])
+        return groups[group], a, b
+
+    return sorted(judgments, key=planned)
+
+
+def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
+    from caikit.judging import build_preferences, judge_stats
+
+    min_margin = agreed(runs, "min_margin", min_margin_of)
+    judgments, failures, request_duplicates = write_logs(tmp, runs, "judgments.jsonl")
+    rows = planned_order(list(judgments.rows.values()))
+    outstanding = [f for k, f in failures.rows.items() if k not in judgments.rows]
+    sample_failures: dict[str, dict[str, Any]] = {}  # the policy's failed samples live in failures.jsonl only
+    for run in runs:
+        for f in run.rows("failures.jsonl"):
+            if f.get("stage") == "sample":
+                sample_failures.setdefault(f["id"], f)
+    write_jsonl_atomic(tmp / "failures.jsonl", [*outstanding, *sample_failures.values()])
+
+    identity = runs[0].identity
+    revision = identity.get("pairs", "revision") == "revision"
+    source = "revision-vs-initial" if revision else "judged-samples"
+    run_id = next((j["run_id"] for j in rows if j.get("run_id")),
+                  idempotency_key("run", canonical_json(identity))[-12:])
+    provenance = {"method": identity.get("method"), "judge": next((j["backend"] for j in rows if j.get("backend")), {}),
+                  "constitution": identity.get("constitution"), "constitution_hash": identity.get("constitution_hash")}
+    preferences, counts = build_preferences(rows, source=source, min_margin=min_margin, run_id=run_id,
+                                            provenance=provenance)
+    write_jsonl_atomic(tmp / "preferences.jsonl", (p.to_dict() for p in preferences))
+    pairs = max(planned_total(runs, "stats.json", "pairs"), len(rows) + len(outstanding))
+    stats = {"source": source, "method": identity.get("method"), "swap": identity.get("swap"),
+             "principles": identity.get("principles"), "pairs": pairs, **judge_stats(rows),
+             "failures": len(outstanding) + len(sample_failures), "preferences": len(preferences),
+             **{k: v for k, v in counts.items() if k != "chosen_first"}, "min_margin": min_margin,
+             "skipped": sum_summaries([r.json("stats.json").get("skipped") or {} for r in runs])}
+    if revision:
+        stats["revision_preferred_rate"] = counts["chosen_first"] / len(preferences) if preferences else None
+    write_json_atomic(tmp / "stats.json", stats)
+    usage = sum_summaries([r.json("usage.json") for r in runs])
+    write_json_atomic(tmp / "usage.json", {**usage, "pairs": pairs, "judged": len(rows)})
+    return judgments, {"pairs": pairs, "judged": len(rows), "failures": stats["failures"],
+                       "preferences": len(preferences), "duplicate_requests": request_duplicates}
+
+
+def install(tmp: Path, out: Path, runs: list[ShardRun]) -> None:
+    """Put the finished `tmp` at `out`: a rename, after moving an earlier merge out of the way."""
+    check_out(out, runs)  # again: something may have appeared there while we worked
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_merge(cfg: MergeConfig) -> int:
+    runs = [open_run(d) for d in cfg.dirs]
+    check_one_run(runs)
+    out = Path(cfg.out)
+    check_out(out, runs)
+    stage = runs[0].stage
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        records, counts = (write_generate if stage == "generate" else write_judge)(tmp, runs)
+        missing = missing_shards([r.shard for r in runs])
+        write_json_atomic(tmp / "run.json", {"stage": stage, "identity": runs[0].identity, "shard": ""})
+        if runs[0].config:
+            config = {**runs[0].config, "shard": "", "out": str(out)}
+            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+                                             encoding="utf-8")
+        per_input = {str(r.path): 0 for r in runs}
+        for origin in records.origin.values():
+            per_input[str(origin)] += 1
+        write_json_atomic(tmp / "merge.json", {
+            "stage": stage,
+            "inputs": [{"dir": str(r.path), "shard": r.shard, "records_kept": per_input[str(r.path)]} for r in runs],
+            "counts": {RECORD_FILES[stage].removesuffix(".jsonl"): len(records.rows), **counts},
+            "duplicates": records.duplicates, "conflicts": records.conflicts, "missing_shards": missing})
+        install(tmp, out, runs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    kind = RECORD_FILES[stage].removesuffix(".jsonl")
+    print(f"caikit merge: {len(runs)} {stage} runs -> {out}: {len(records.rows)} {kind}, {records.duplicates} "
+          f"duplicates kept once, {len(records.conflicts)} conflicts, {counts['failures']} failures", file=sys.stderr)
+    for c in records.conflicts[:SHOWN_CONFLICTS]:
+        print(f"caikit merge: conflict: {c['id']} differs ({', '.join(c['fields'])}) between {c['kept']} (kept) and "
+              f"{c['dropped']}", file=sys.stderr)
+    if len(records.conflicts) > SHOWN_CONFLICTS:
+        print(f"caikit merge: ... {len(records.conflicts) - SHOWN_CONFLICTS} more conflicts in {out}/merge.json",
+              file=sys.stderr)
+    if missing is None:
+        print("caikit merge: the inputs split the work in different ways (different n in i/n): "
+              "coverage not checked", file=sys.stderr)
+    elif missing:
+        print(f"caikit merge: missing shards {', '.join(missing)}: run them and merge again", file=sys.stderr)
+    return 0
