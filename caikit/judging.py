@@ -24,6 +24,7 @@ from typing import Any
 from caikit.backends.base import BackendError, LogprobsUnsupported, Usage
 from caikit.backends.cache import CachingBackend, UsageMeter
 from caikit.backends.factory import run_backend
+from caikit.backends.limits import public_url
 from caikit.config import BackendOptions, option, save_config
 from caikit.errors import UserError
 from caikit.estimate import confirm_cost, estimate_judge
@@ -428,7 +429,8 @@ def run_judge(cfg: JudgeConfig) -> int:
         prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
                                cfg.shard, lambda row: row.id)
         extra |= {k: getattr(cfg, k) for k in ("n", "round_robin", "policy_backend", "policy_model",
-                                                "policy_base_url", "policy_temperature", "policy_max_tokens")}
+                                                "policy_temperature", "policy_max_tokens")}
+        extra["policy_base_url"] = public_url(cfg.policy_base_url) or ""  # never user:password@ in run.json
     else:
         pairs, skipped["revision_unchanged"] = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard)
     session = open_session(cfg, out, "judge", extra)
