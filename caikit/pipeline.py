@@ -180,8 +180,10 @@ def run_generate(cfg: GenerateConfig) -> int:
         return True
 
     try:
-        # with --batch-api every prompt is in flight at once, so each round's requests go in one batch
-        concurrency = max(1, len(todo)) if cfg.batch_api else cfg.concurrency
+        # with --batch-api every prompt is in flight at once, so each round's requests go in one batch;
+        # online, twice --concurrency prompts are worked on, so one waiting out a retry backoff leaves its
+        # place to another (the rate limiter still holds requests in flight to --concurrency)
+        concurrency = max(1, len(todo)) if cfg.batch_api else cfg.concurrency * (1 if cfg.backend == "local" else 2)
         run_then_close(run_all(todo, work, concurrency=concurrency, desc="generate", meter=meter,
                                progress=cfg.progress), cached)
     finally:

@@ -11,11 +11,12 @@ import traceback
 
 import pytest
 
-from caikit.backends.anthropic import AnthropicBackend, split_system
-from caikit.backends.base import BackendError, LogprobsUnsupported, Usage
+from caikit.backends.anthropic import AnthropicBackend, cached_turns
+from caikit.backends.base import CACHE_PREFIX_END, BackendError, LogprobsUnsupported, Usage
 from caikit.backends.cost import cost_usd, load_price_overrides, price_for
 from caikit.backends.factory import DEFAULT_MODELS, make_backend
-from caikit.backends.limits import RateLimiter, RetryPolicy, call_with_retries, parse_retry_after, public_url
+from caikit.backends.limits import (Admission, RateLimiter, RetryPolicy, call_with_retries, estimate_tokens,
+                                   parse_retry_after, public_url)
 from caikit.backends.openai import OpenAIBackend, option_logprobs_from_top
 from caikit.errors import UserError
 from caikit.testing import FakeAPIServer, FaultPlan
@@ -251,7 +252,9 @@ def test_anthropic_moves_system_messages_and_fans_out_n():
         assert len(server.log) == 3
     assert [c.text for c in out] == ["Kind words here."] * 3 and out[0].finish_reason == "stop"
     body = seen[0]
-    assert body["system"] == "Be brief.\n\nBe kind." and body["messages"] == [{"role": "user", "content": "Hi there"}]
+    # the system prompt is constant: one text block marked for the prompt cache
+    assert body["system"] == [{"type": "text", "text": "Be brief.\n\nBe kind.", "cache_control": {"type": "ephemeral"}}]
+    assert body["messages"] == [{"role": "user", "content": "Hi there"}]
     assert body["temperature"] == 1.0 and body["stop_sequences"] == ["END"] and body["max_tokens"] == 50
     # each request: prompt 6 words (2 cache reads + 1 cache write included), 3 output words
     assert out[0].usage == Usage(prompt_tokens=18, completion_tokens=9, cached_tokens=6, cache_write_tokens=3,
@@ -291,8 +294,8 @@ def test_anthropic_truncation_and_retry():
     assert out[0].text == "Answer " + answer(USER).split()[1] and out[0].finish_reason == "length"
 
 
-def test_split_system_merges_same_role_neighbours():
-    system, turns = split_system([{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+def test_same_role_neighbours_merge():
+    system, turns = cached_turns([{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
                                   {"role": "assistant", "content": "c"}])
     assert system is None and turns == [{"role": "user", "content": "a\n\nb"}, {"role": "assistant", "content": "c"}]
 
@@ -395,3 +398,198 @@ def test_a_backend_survives_a_second_event_loop():
         first = asyncio.run(backend.generate(USER))
         second = asyncio.run(backend.generate(USER, seed=5))
     assert first[0].text == answer(USER) and second[0].text == answer(USER, 5)
+
+
+# -- adaptive limits: AIMD on 429s, Retry-After for everyone, buckets held ---------------------------
+
+def in_flight_at_arrival(log) -> list[int]:
+    """How many requests the server was serving when each request arrived (itself included)."""
+    return [sum(1 for o in log if o.arrival <= r.arrival < (o.finish or math.inf)) for r in log]
+
+
+def test_aimd_halves_the_cap_on_repeated_429s_once_per_burst_and_adds_one_per_window():
+    limiter = RateLimiter(concurrency=16)
+
+    async def succeed(k: int) -> None:
+        for _ in range(k):
+            async with limiter.slot():
+                pass
+
+    async def main():
+        # stray 429s among successes (1 in 5) are noise: 2 of the last 10 outcomes is under half
+        for i in range(200):
+            async with limiter.slot() as admission:
+                pass
+            if i % 5 == 0:
+                limiter.record_rate_limit(admission)
+        assert (limiter.cap, limiter.stats["cuts"]) == (16, 0)
+        # a burst: 16 requests let in together all come back 429 -> one cut, not four
+        burst = [Admission(limiter.generation) for _ in range(16)]
+        for admission in burst:
+            limiter.record_rate_limit(admission)
+        assert (limiter.cap, limiter.stats["cuts"]) == (8, 1)
+        # still limited after the cut: three 429s of requests let in since then cut again
+        again = Admission(limiter.generation)
+        for _ in range(3):
+            limiter.record_rate_limit(again)
+        assert (limiter.cap, limiter.stats["cuts"]) == (4, 2)
+        # additive increase: one slot per `cap` successes, 4+5+...+15 = 114 of them back to 16
+        await succeed(113)
+        assert limiter.cap == 15
+        await succeed(1)
+        assert limiter.cap == 16
+        await succeed(50)
+        assert limiter.cap == 16 and limiter.stats["lowest_cap"] == 4
+        for _ in range(8):  # never below 1
+            for _ in range(3):
+                limiter.record_rate_limit(Admission(limiter.generation))
+        assert limiter.cap == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_429_burst_lowers_peak_in_flight_then_it_recovers(provider):
+    script = [None] * 24 + ["429"] * 8  # requests 25-32 hit a rate limit
+    with FakeAPIServer(latency=0.05, faults=FaultPlan(script=script, retry_after="0.05")) as server:
+        limiter = RateLimiter(concurrency=8)
+        backend = (openai_backend(server, limiter=limiter) if provider == "openai"
+                   else anthropic_backend(server, limiter=limiter))
+
+        async def burst(b):
+            return await asyncio.gather(*[b.generate([{"role": "user", "content": f"q{i}"}]) for i in range(110)])
+
+        out = run(backend, burst)
+        server.wait_idle()
+        log = server.log
+    assert len(out) == 110 and [r.status for r in log].count(429) == 8
+    in_flight = in_flight_at_arrival(log)
+    burst_over = max(r.finish for r in log if r.status == 429)
+    after = [n for r, n in zip(log, in_flight) if r.arrival > burst_over]
+    assert max(in_flight[:24]) == 8  # at the limit before the burst
+    assert max(after[:8]) <= 4  # halved once (not to 1: the 8 429s were one burst)
+    assert max(after[-20:]) == 8  # +1 per window of successes: back to --concurrency
+    assert limiter.stats["cuts"] == 1 and limiter.cap == 8
+
+
+def test_repeated_429s_pause_every_new_request_not_just_the_retried_ones():
+    with FakeAPIServer(latency=0.3) as server:
+        limiter = RateLimiter(concurrency=4)
+        backend = openai_backend(server, limiter=limiter)
+
+        async def main(b):
+            await b.generate(USER)  # the SDK client and its connections are up
+            server.set_faults(FaultPlan(script=["429"] * 3, retry_after="0.4"))
+            first = [asyncio.ensure_future(b.generate([{"role": "user", "content": f"first{i}"}])) for i in range(3)]
+            await asyncio.sleep(0.03)  # they arrive first: they get the 429s
+            rest = [asyncio.ensure_future(b.generate([{"role": "user", "content": f"q{i}"}])) for i in range(6)]
+            return await asyncio.gather(*first, *rest)
+
+        run(backend, main)
+        server.wait_idle()
+        log = server.log[1:]
+    first_limited = min(r.finish for r in log if r.status == 429)
+    last_limited = max(r.finish for r in log if r.status == 429)
+    later = sorted(r.arrival - last_limited for r in log if r.arrival > first_limited)
+    # 1 of the 6 got the 4th slot at once; 5 waited. The first two 429s were lone ones: each freed
+    # slot went to a waiter at once. The third made it repeated: nothing else started until
+    # Retry-After (0.4 s) had passed, the 3 retried requests and the 3 waiting ones alike.
+    assert len(later) == 8
+    assert sum(t < 0.39 for t in later) <= 2 and sum(t >= 0.39 for t in later) >= 6
+    assert [r.status for r in log].count(200) == 9 and limiter.stats["pauses"] == 1
+
+
+def test_a_lone_429_delays_only_its_own_retry():
+    with FakeAPIServer(latency=0.3) as server:
+        limiter = RateLimiter(concurrency=4)
+        backend = openai_backend(server, limiter=limiter)
+
+        async def main(b):
+            await b.generate(USER)
+            server.set_faults(FaultPlan(script=["429"], retry_after="0.4"))
+            first = asyncio.ensure_future(b.generate([{"role": "user", "content": "first"}]))
+            await asyncio.sleep(0.03)
+            rest = [asyncio.ensure_future(b.generate([{"role": "user", "content": f"q{i}"}])) for i in range(6)]
+            return await asyncio.gather(first, *rest)
+
+        run(backend, main)
+        server.wait_idle()
+        log = server.log[1:]
+    limited = next(r for r in log if r.status == 429)
+    retried = max(r.arrival for r in log if r.arrival > limited.finish and r.key == limited.key)
+    others = [r.arrival - limited.finish for r in log if r.arrival > limited.finish and r.key != limited.key]
+    assert others and min(others) < 0.1  # the waiting requests took the freed slot at once
+    assert retried - limited.finish >= 0.39 and limiter.stats["pauses"] == 0
+
+
+def test_tpm_is_held_by_the_bucket_maths_and_corrected_by_actual_usage():
+    # tpm 6000 = 100 tokens/s, bucket of 100. Each request is estimated at 48 tokens (3 for "qNN"
+    # + max_tokens 45); after it, the bucket gets back what the response says went unused.
+    def arrivals(responder, n):
+        with FakeAPIServer(responder) as server:
+            limiter = RateLimiter(concurrency=1, tpm=6000)
+            backend = openai_backend(server, limiter=limiter)
+            messages = [[{"role": "user", "content": f"q{i:02d}"}] for i in range(n)]
+
+            async def one_by_one(b):
+                return [await b.generate(m, max_tokens=45) for m in messages]
+
+            start = time.monotonic()
+            out = run(backend, one_by_one)
+            times = [r.arrival - start for r in server.log]
+        assert all(estimate_tokens(m, 45) == 48 for m in messages)
+        used = [c[0].usage.total_tokens for c in out]
+        # request k is let in once 100 + 100 t >= (tokens used by requests before it) + 48
+        predicted = [max(0.0, (sum(used[:k]) + 48 - 100) / 100) for k in range(n)]
+        return times, predicted, used
+
+    times, predicted, used = arrivals(lambda req: "word " * 100, 6)  # answers fill max_tokens
+    assert used == [46] * 6  # 1 prompt word + 45 completion tokens
+    for t, p in zip(times[2:], predicted[2:]):
+        assert p - 0.01 <= t <= p + 0.25, (times, predicted)
+    assert predicted[-1] == pytest.approx(1.78)
+    times, predicted, used = arrivals(lambda req: "ok", 30)  # short answers: 46 of 48 come back each time
+    assert used == [2] * 30 and predicted[-1] == pytest.approx(0.06)
+    assert times[-1] < 0.6  # uncorrected, the 30th would wait (29 * 48 + 48 - 100) / 100 = 13.4 s
+
+
+# -- prompt caching: marks become cache_control (Anthropic) or nothing at all (OpenAI) --------------
+
+def test_cache_marks_become_anthropic_breakpoints_at_most_four():
+    marked = lambda role, text: {"role": role, "content": text, CACHE_PREFIX_END: True}  # noqa: E731
+    messages = [{"role": "system", "content": "Rules."},
+                marked("user", "demo 1"), marked("assistant", "answer 1"), marked("user", "demo 2"),
+                marked("assistant", "answer 2"), {"role": "user", "content": "real question"},
+                {"role": "user", "content": "and more"}]
+    system, turns = cached_turns(messages)
+    assert system == [{"type": "text", "text": "Rules.", "cache_control": {"type": "ephemeral"}}]
+    cc = {"type": "ephemeral"}
+    # the system block + the 3 latest marks = 4; the earliest mark is dropped; unmarked turns stay strings
+    assert turns == [{"role": "user", "content": "demo 1"},
+                     {"role": "assistant", "content": [{"type": "text", "text": "answer 1", "cache_control": cc}]},
+                     {"role": "user", "content": [{"type": "text", "text": "demo 2", "cache_control": cc}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": "answer 2", "cache_control": cc}]},
+                     {"role": "user", "content": "real question\n\nand more"}]
+    # a marked turn merging with its same-role neighbour keeps the breakpoint where it was marked
+    _, merged = cached_turns([marked("user", "shared"), {"role": "user", "content": "own"}])
+    assert merged == [{"role": "user", "content": [{"type": "text", "text": "shared", "cache_control": cc},
+                                                   {"type": "text", "text": "\n\nown"}]}]
+    assert cached_turns([{"role": "user", "content": "hi"}]) == (None, [{"role": "user", "content": "hi"}])
+
+
+def test_openai_bodies_carry_no_cache_marks_and_cached_tokens_are_counted():
+    bodies = []
+
+    def responder(req):
+        bodies.append(req.raw)
+        return "fine"
+
+    messages = [{"role": "user", "content": "demo", CACHE_PREFIX_END: True}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "now you"}]
+    with FakeAPIServer(responder, cache_usage=lambda req: (2, 0)) as server:
+        out = run(openai_backend(server), lambda b: b.generate(messages, seed=1))
+    assert bodies[0]["messages"] == [{"role": "user", "content": "demo"}, {"role": "assistant", "content": "ok"},
+                                     {"role": "user", "content": "now you"}]
+    # prompt 4 words, 2 of them read from the cache (prompt_tokens_details.cached_tokens)
+    assert out[0].usage == Usage(prompt_tokens=4, completion_tokens=1, cached_tokens=2, requests=1)
+    assert messages[0][CACHE_PREFIX_END] is True  # the caller's messages are left alone

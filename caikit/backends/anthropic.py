@@ -2,8 +2,10 @@
 
 Differences from the chat-completions shape handled here: system messages travel in `system`,
 `n` samples are `n` concurrent requests, temperature lives in [0, 1] and is deprecated from
-Claude 4.7 on (recent SDKs no longer take it as an argument: it goes in `extra_body`), and usage
-reports cache reads and writes beside (not inside) `input_tokens`.
+Claude 4.7 on (recent SDKs no longer take it as an argument: it goes in `extra_body`), prompt
+caching is asked for with `cache_control` breakpoints (on the system prompt and on the last turn
+of each prefix a stage marked constant, see `base.mark_prefix_end`), and usage reports cache reads
+and writes beside (not inside) `input_tokens`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import re
 from typing import Any
 
 from caikit.backends.api import APIBackend
-from caikit.backends.base import BackendError, Completion, LogprobsUnsupported, Message, Usage
+from caikit.backends.base import BackendError, Completion, LogprobsUnsupported, Message, Usage, prefix_ends
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx, 529 "overloaded" included
+MAX_CACHE_BREAKPOINTS = 4  # the API's limit per request
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
 
@@ -41,19 +44,39 @@ def accepts_temperature(model: str) -> bool:
     return bool(m) and (int(m.group(1)), int(m.group(2) or 0)) < (4, 7)
 
 
-def split_system(messages: list[Message]) -> tuple[str | None, list[dict[str, str]]]:
-    """(system prompt, the rest): system messages join into `system`; same-role neighbours merge,
-    since the API wants user and assistant turns to alternate."""
+def cached_turns(messages: list[Message]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """(system blocks, turns) for `messages.create`: system messages join into `system`, same-role
+    neighbours merge (the API wants user and assistant turns to alternate), and prompt-cache
+    breakpoints are set.
+
+    The system prompt is one text block marked `cache_control`; so is the last content block of
+    each marked message (the latest ones, up to 4 breakpoints in all). Unmarked turns keep plain
+    string content; a marked turn becomes a list of text blocks, also when it merges with a
+    same-role neighbour (which then follows in a block of its own, so the cached prefix ends
+    exactly at the mark)."""
     system = [m["content"] for m in messages if m["role"] == "system"]
-    turns: list[dict[str, str]] = []
-    for m in messages:
+    marks = [i for i in prefix_ends(messages) if messages[i]["role"] != "system" and messages[i]["content"]]
+    room = MAX_CACHE_BREAKPOINTS - (1 if system else 0)
+    marked = set(marks[-room:]) if room > 0 else set()
+    turns: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
         if m["role"] == "system":
             continue
-        if turns and turns[-1]["role"] == m["role"]:
-            turns[-1] = {"role": m["role"], "content": turns[-1]["content"] + "\n\n" + m["content"]}
-        else:
-            turns.append({"role": m["role"], "content": m["content"]})
-    return ("\n\n".join(system) if system else None), turns
+        block: dict[str, Any] = {"type": "text", "text": m["content"]}
+        if i in marked:
+            block["cache_control"] = {"type": "ephemeral"}
+        if not turns or turns[-1]["role"] != m["role"]:
+            turns.append({"role": m["role"], "content": [block] if i in marked else m["content"]})
+            continue
+        previous = turns[-1]["content"]
+        if isinstance(previous, str) and i not in marked:
+            turns[-1] = {"role": m["role"], "content": previous + "\n\n" + m["content"]}
+        else:  # same text as the string merge, in blocks: the breakpoint stays where it was marked
+            blocks = previous if isinstance(previous, list) else [{"type": "text", "text": previous}]
+            turns[-1] = {"role": m["role"], "content": [*blocks, {**block, "text": "\n\n" + m["content"]}]}
+    system_blocks = ([{"type": "text", "text": "\n\n".join(system), "cache_control": {"type": "ephemeral"}}]
+                     if system else None)
+    return system_blocks, turns
 
 
 class AnthropicBackend(APIBackend):
@@ -97,13 +120,17 @@ class AnthropicBackend(APIBackend):
                      cached_tokens=read, cache_write_tokens=written, requests=1)
 
     async def _one(self, params: dict[str, Any], estimated: int) -> tuple[Completion, Usage]:
+        admission = None  # the limiter's ticket for the latest attempt: tells its 429 apart from older ones
+
         async def attempt():
-            async with self.limiter.slot(estimated):
+            nonlocal admission
+            async with self.limiter.slot(estimated) as admission:
                 return await self._client().messages.create(**params)
 
         try:
             message = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
                                               retry_after_of=retry_after_of_error, describe=describe_api_error,
+                                              on_retry=lambda n, exc, wait: self.limiter.after_failure(exc, admission),
                                               secrets=(self._api_key,))
         except BackendError as e:
             text = str(e).lower()
@@ -121,7 +148,7 @@ class AnthropicBackend(APIBackend):
     def request_params(self, messages: list[Message], *, temperature: float, max_tokens: int,
                        stop: list[str] | None) -> dict[str, Any]:
         """Keyword arguments of one `messages.create` (one sample; the batch path sends the same)."""
-        system, turns = split_system(messages)
+        system, turns = cached_turns(messages)
         params: dict[str, Any] = {"model": self.model, "messages": turns, "max_tokens": max_tokens}
         if self.send_temperature:
             params["extra_body"] = {"temperature": min(1.0, max(0.0, temperature))}

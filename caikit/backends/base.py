@@ -13,6 +13,31 @@ from typing import Any
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
+# Prompt caching. A stage marks the last message of a conversation's constant prefix (few-shot
+# demonstrations, instructions shared by every request) with this key; a system prompt counts as
+# constant without a mark. The Anthropic backend turns marks into `cache_control` breakpoints;
+# OpenAI caches prefixes by itself, so the OpenAI and local backends just drop the key.
+CACHE_PREFIX_END = "cache_prefix_end"
+
+
+def mark_prefix_end(messages: list[Message]) -> list[Message]:
+    """`messages` (copied) with the last one marked as the end of a cacheable constant prefix."""
+    if not messages:
+        return list(messages)
+    return [*messages[:-1], {**messages[-1], CACHE_PREFIX_END: True}]
+
+
+def prefix_ends(messages: list[Message]) -> list[int]:
+    """Indices of the messages marked as the end of a cacheable prefix."""
+    return [i for i, m in enumerate(messages) if m.get(CACHE_PREFIX_END)]
+
+
+def without_cache_marks(messages: list[Message]) -> list[Message]:
+    """`messages` as plain {role, content} turns: the same list when nothing is marked."""
+    if not any(CACHE_PREFIX_END in m for m in messages):
+        return messages
+    return [{k: v for k, v in m.items() if k != CACHE_PREFIX_END} for m in messages]
+
 
 @dataclass
 class Usage:

@@ -4,6 +4,11 @@
 in `requests.jsonl` is answered from there, so a rerun after a crash never pays for, nor waits on,
 work that already finished, and reproduces the same answers. Usage is counted only for requests that
 really went out; `usage.json` is the sum over this file, so nothing is counted twice.
+
+With `max_cost`, the log is also the budget: what it holds was spent (by this run directory, over
+all reruns), and a new request starts only if its worst case, added to that and to the worst cases
+of the requests in flight, stays within `max_cost`. The first one that would not stops the run with
+BudgetExceeded once the requests in flight have landed in the log, so nothing paid for is lost.
 """
 
 from __future__ import annotations
@@ -12,8 +17,14 @@ import asyncio
 from typing import Any
 
 from caikit.backends.base import Backend, Completion, Message, Usage
+from caikit.backends.limits import estimate_tokens
+from caikit.errors import UserError
 from caikit.records import canonical_json, idempotency_key
 from caikit.store import JsonlFile
+
+
+class BudgetExceeded(UserError):
+    """The next request could take spending past --max-cost: the run stops (rerun with more to go on)."""
 
 
 class UsageMeter:
@@ -31,19 +42,31 @@ class UsageMeter:
 
     @property
     def cost_usd(self) -> float:
+        return self.cost_of(self.usage)
+
+    def cost_of(self, usage: Usage) -> float:
         from caikit.backends.cost import cost_usd
 
-        return cost_usd(self.model, self.usage, overrides=self.price_overrides, batch=self.batch)
+        return cost_usd(self.model, usage, overrides=self.price_overrides, batch=self.batch)
+
+    def worst_case_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        from caikit.backends.cost import worst_case_usd
+
+        return worst_case_usd(self.model, prompt_tokens, completion_tokens, overrides=self.price_overrides,
+                              batch=self.batch)
 
     def summary(self) -> dict[str, Any]:
         from caikit.backends.cost import price_for
 
+        uncached = Usage(prompt_tokens=self.usage.prompt_tokens, completion_tokens=self.usage.completion_tokens)
         return {
             "model": self.model,
-            **self.usage.to_dict(),
+            **self.usage.to_dict(),  # cached_tokens: prompt-cache reads, cache_write_tokens: writes
             "total_tokens": self.usage.total_tokens,
             "requests_served_from_cache": self.cached_requests,
             "cost_usd": round(self.cost_usd, 6),
+            "prompt_cache_saved_usd": round(self.cost_of(uncached) - self.cost_usd, 6),  # < 0: writes not yet read
+            "batch_api": self.batch,
             "price_known": price_for(self.model, overrides=self.price_overrides).known,
         }
 
@@ -59,9 +82,11 @@ class CachingBackend(Backend):
         self.supports_logprobs = inner.supports_logprobs
         self.log = log
         self.meter = meter or UsageMeter(inner.model)
-        self.max_cost = max_cost  # USD; enforced before each new request (see caikit.estimate)
+        self.max_cost = max_cost  # USD for the whole run directory; None: no limit
         self._done: dict[str, dict[str, Any]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
+        self._reserved: dict[str, float] = {}  # worst-case USD of each request in flight
+        self._over_budget: BudgetExceeded | None = None  # once set, no new request starts
         for row in log.iter():
             self._done[row["key"]] = row
             self.meter.add(Usage.from_dict(row.get("usage")))
@@ -69,13 +94,17 @@ class CachingBackend(Backend):
     def _key(self, kind: str, payload: dict[str, Any]) -> str:
         return idempotency_key(kind, self.inner.describe().get("model"), canonical_json(payload))
 
-    async def _once(self, key: str, call):
-        """Run `call` at most once per key, also across concurrent identical requests."""
+    async def _once(self, key: str, call, worst_case: tuple[int, int] = (0, 0)):
+        """Run `call` at most once per key, also across concurrent identical requests.
+
+        `worst_case` = (prompt tokens, completion tokens) the request may bill, for --max-cost."""
         if key in self._done:
             self.meter.cached_requests += 1
             return self._done[key]
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
+        if self.max_cost is not None:
+            await self._reserve(key, self.meter.worst_case_usd(*worst_case))
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
@@ -92,6 +121,25 @@ class CachingBackend(Backend):
             raise
         finally:
             self._inflight.pop(key, None)
+            self._reserved.pop(key, None)
+
+    async def _reserve(self, key: str, worst_usd: float) -> None:
+        """Hold `worst_usd` of the budget for this request, or stop the run: BudgetExceeded is raised
+        after every request in flight has finished and been logged (a rerun finds them there)."""
+        spent = self.meter.cost_usd
+        if self._over_budget is None and spent + sum(self._reserved.values()) + worst_usd <= self.max_cost:
+            self._reserved[key] = worst_usd
+            return
+        if self._over_budget is None:
+            from caikit.backends.cost import format_usd
+
+            self._over_budget = BudgetExceeded(
+                f"--max-cost {format_usd(self.max_cost)} reached: this run directory has spent {format_usd(spent)} "
+                f"(usage.json) and the next request could cost up to {format_usd(worst_usd)}; finished work is "
+                "kept: rerun with a higher --max-cost to go on")
+        while self._inflight:
+            await asyncio.gather(*[asyncio.shield(f) for f in list(self._inflight.values())], return_exceptions=True)
+        raise BudgetExceeded(str(self._over_budget))
 
     async def generate(self, messages: list[Message], *, n=1, temperature=0.7, max_tokens=256, stop=None,
                        seed=None) -> list[Completion]:
@@ -104,7 +152,9 @@ class CachingBackend(Backend):
                 usage.add(c.usage)
             return {"kind": "generate", "completions": [c.to_dict() for c in completions], "usage": usage.to_dict()}
 
-        row = await self._once(self._key("generate", {"messages": messages, **params}), call)
+        prompt_copies = n if self.name == "anthropic" else 1  # Anthropic samples n times: n requests
+        worst_case = (estimate_tokens(messages) * prompt_copies, max_tokens * n)
+        row = await self._once(self._key("generate", {"messages": messages, **params}), call, worst_case)
         return [Completion.from_dict(c) for c in row["completions"]]
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
@@ -114,7 +164,8 @@ class CachingBackend(Backend):
             return {"kind": "logprobs", "logprobs": {k: _finite(v) for k, v in lp.items()},
                     "usage": (usage or Usage(requests=1)).to_dict()}
 
-        row = await self._once(self._key("logprobs", {"messages": messages, "options": options}), call)
+        row = await self._once(self._key("logprobs", {"messages": messages, "options": options}), call,
+                               (estimate_tokens(messages), 1))
         return {k: (float("-inf") if v is None else v) for k, v in row["logprobs"].items()}
 
     def describe(self) -> dict[str, Any]:

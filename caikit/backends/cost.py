@@ -131,6 +131,42 @@ def cost_usd(model: str, usage: Usage, *, overrides: dict | None = None, batch: 
     return usd * BATCH_DISCOUNT if batch else usd
 
 
+# Prompt caching: the shortest prefix a provider caches (tokens). OpenAI caches any prompt of 1024+
+# tokens by itself, in steps of 128; Anthropic caches up to each `cache_control` breakpoint, from a
+# per-model minimum (shorter marked prefixes are simply not cached).
+OPENAI_CACHE_MIN, OPENAI_CACHE_STEP = 1024, 128
+ANTHROPIC_CACHE_MIN = {"claude-haiku-4-5": 4096, "claude-opus-4-5": 4096, "claude-opus-4-6": 4096,
+                       "claude-sonnet-4-6": 2048, "claude-3-5-haiku": 2048, "claude-3-haiku": 2048}
+ANTHROPIC_CACHE_MIN_DEFAULT = 1024  # Sonnet 3.7 / 4 / 4.5, Opus 4 / 4.1
+
+
+def cached_prefix_tokens(backend: str, model: str, prefix_tokens: int) -> int:
+    """How many tokens of a shared `prefix_tokens`-long prefix the provider serves from its cache."""
+    name = model.split("/")[-1]
+    if backend == "openai":
+        if prefix_tokens < OPENAI_CACHE_MIN:
+            return 0
+        return OPENAI_CACHE_MIN + (prefix_tokens - OPENAI_CACHE_MIN) // OPENAI_CACHE_STEP * OPENAI_CACHE_STEP
+    if backend == "anthropic":
+        key = _lookup(name, ANTHROPIC_CACHE_MIN)
+        return prefix_tokens if prefix_tokens >= ANTHROPIC_CACHE_MIN.get(key, ANTHROPIC_CACHE_MIN_DEFAULT) else 0
+    return 0  # a local model keeps its own KV cache; nothing to price
+
+
+def worst_case_usd(model: str, prompt_tokens: int, completion_tokens: int, *, overrides: dict | None = None,
+                   batch: bool = False) -> float:
+    """The most a request may cost: every prompt token at the dearer of the input and cache-write
+    prices, every allowed completion token at the output price (what --max-cost reserves)."""
+    p = price_for(model, overrides=overrides)
+    usd = (prompt_tokens * max(p.input, p.cache_write) + completion_tokens * p.output) / 1_000_000
+    return usd * BATCH_DISCOUNT if batch else usd
+
+
+def format_usd(usd: float) -> str:
+    """$12.35, $0.0123, $0.000042: enough digits to tell a test run's cost from zero."""
+    return f"${usd:,.2f}" if usd >= 10 else (f"${usd:.4f}" if usd >= 0.01 or usd == 0 else f"${usd:.6f}")
+
+
 def load_price_overrides(path: str | Path) -> dict[str, dict[str, float]]:
     """Read {model: {input, output[, cached_input, cache_write]}} (USD per 1M tokens) from YAML or JSON."""
     path = Path(path)

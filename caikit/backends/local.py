@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
-from caikit.backends.base import Backend, BackendError, Completion, Message, Usage
+from caikit.backends.base import Backend, BackendError, Completion, Message, Usage, without_cache_marks
 from caikit.errors import UserError
 from caikit.models import load_causal_lm, load_tokenizer
 
@@ -134,8 +134,9 @@ class LocalBackend(Backend):
 
     def prompt_text(self, messages: list[Message]) -> str:
         """The conversation as the model sees it, ending where the assistant's answer starts."""
-        if getattr(self._tokenizer, "chat_template", None):
-            return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if getattr(self._tokenizer, "chat_template", None):  # (prompt-cache marks are no business of a template)
+            return self._tokenizer.apply_chat_template(without_cache_marks(messages), add_generation_prompt=True,
+                                                       tokenize=False)
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]  # no template: plain layout
         return "\n".join(lines) + "\nAssistant:"
 

@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 from caikit.backends.api import APIBackend
-from caikit.backends.base import BackendError, Completion, LogprobsUnsupported, Message, Usage
+from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, Message, Usage,
+                                  without_cache_marks)
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
@@ -121,9 +122,11 @@ class OpenAIBackend(APIBackend):
         return await self._create(params, estimated)
 
     async def _create_retried(self, params: dict[str, Any], estimated: int):
+        admission = None  # the limiter's ticket for the latest attempt: tells its 429 apart from older ones
 
         async def attempt():
-            async with self.limiter.slot(estimated):
+            nonlocal admission
+            async with self.limiter.slot(estimated) as admission:
                 # The SDK's low-level post: same auth, errors and response parsing, but it skips
                 # `chat.completions.create`'s recursive TypedDict transform of the messages, which
                 # cost ~2 ms of CPU per request and capped throughput at high concurrency.
@@ -137,6 +140,7 @@ class OpenAIBackend(APIBackend):
 
         response = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
                                            retry_after_of=retry_after_of_error, describe=describe_api_error,
+                                           on_retry=lambda n, exc, wait: self.limiter.after_failure(exc, admission),
                                            secrets=(self._api_key,))
         usage = self.usage_of(response)
         self.limiter.record_actual(estimated, usage.total_tokens or estimated)
@@ -153,8 +157,11 @@ class OpenAIBackend(APIBackend):
                      cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0, requests=1)
 
     def request_params(self, messages: list[Message], *, n: int, temperature: float, max_tokens: int,
-                stop: list[str] | None, seed: int | None) -> dict[str, Any]:
-        params: dict[str, Any] = {"model": self.model, "messages": messages, "n": n, self.token_param: max_tokens}
+                       stop: list[str] | None, seed: int | None) -> dict[str, Any]:
+        """The chat.completions body (the batch path sends the same). OpenAI caches long prompt
+        prefixes by itself, so the stages' cache marks are simply dropped."""
+        params: dict[str, Any] = {"model": self.model, "messages": without_cache_marks(messages), "n": n,
+                                  self.token_param: max_tokens}
         if self.send_temperature:
             params["temperature"] = temperature
         if stop:

@@ -7,6 +7,7 @@ critique request, critique, revision request, revision), as in the CAI paper's f
 
 from __future__ import annotations
 
+from caikit.backends.base import mark_prefix_end
 from caikit.constitution import FewShotExample
 from caikit.records import Messages
 from caikit.stages.base import ParseError, render, strip_label, with_system
@@ -31,7 +32,11 @@ def few_shot_turns(demos: list[FewShotExample]) -> Messages:
 
 def build_prompt(prompt: Messages, response: str, critique_request: str, *, few_shot: Messages = (),
                  system_prompt: str = "") -> Messages:
-    conversation = [*few_shot, *prompt, {"role": "assistant", "content": response},
+    """Few-shot exchanges, then the conversation, the response and the critique request.
+
+    The demonstrations are the same for every prompt: their last turn is marked as the end of a
+    cacheable prefix (the revision request, which extends this conversation, shares it too)."""
+    conversation = [*mark_prefix_end(list(few_shot)), *prompt, {"role": "assistant", "content": response},
                     {"role": "user", "content": render("critique", critique_request=critique_request)}]
     return with_system(conversation, system_prompt)
 

@@ -17,7 +17,9 @@ assistant turn and we want the same prompt on every backend (the template asks f
 from __future__ import annotations
 
 import re
+import unicodedata
 
+from caikit.backends.base import mark_prefix_end
 from caikit.records import Messages
 from caikit.soft_labels import OPTIONS
 from caikit.stages.base import ParseError, render, with_system
@@ -25,13 +27,37 @@ from caikit.stages.base import ParseError, render, with_system
 reads = ("prompt", "response_a", "response_b", "principle")
 writes = ("choice",)
 
-_TAGS = re.compile(r"<(\s*/?\s*(?:conversation|response_a|response_b)\s*)>", re.I)
+_TAG = re.compile(r"<\s*/?\s*(?:conversation|response_a|response_b)\s*>")
+# What a reader may take for our tags' brackets, slash and letters beyond what NFKC folds (fullwidth
+# and small forms): angle quotes and brackets, Cyrillic / Greek letters that look Latin; and invisibles.
+_LOOKS_LIKE = str.maketrans({
+    "\u2039": "<", "\u2329": "<", "\u3008": "<", "\u27e8": "<", "\u276e": "<",
+    "\u203a": ">", "\u232a": ">", "\u3009": ">", "\u27e9": ">", "\u276f": ">",
+    "\u2044": "/", "\u2215": "/", "\u29f8": "/",
+    "\u0430": "a", "\u0441": "c", "\u0435": "e", "\u0456": "i", "\u043e": "o", "\u0440": "p", "\u0455": "s",
+    "\u0442": "t", "\u044c": "b", "\u03b1": "a", "\u03b5": "e", "\u03b9": "i", "\u03bf": "o", "\u03c1": "p",
+    "\u03c4": "t", "\u03bd": "v", "\u0475": "v", "\u0578": "n",
+})
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u180e\u200b\u200c\u200d\u2060\ufeff"))
+_OPEN, _CLOSE = "<\uff1c\ufe64\u2039\u2329\u3008\u27e8\u276e", ">\uff1e\ufe65\u203a\u232a\u3009\u27e9\u276f"
+_TAG_LIKE = re.compile(f"[{_OPEN}][^{_OPEN}{_CLOSE}\\n]{{1,60}}[{_CLOSE}]")  # a bracketed span on one line
 _SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
 
+def reads_as(text: str) -> str:
+    """`text` as a reader may take it: compatibility forms folded, look-alike letters Latin, invisibles gone."""
+    return unicodedata.normalize("NFKC", text).casefold().translate(_LOOKS_LIKE).translate(_INVISIBLE)
+
+
 def escape_untrusted(text: str) -> str:
-    """Neutralise our delimiter tags inside untrusted text: '</response_a>' -> '&lt;/response_a&gt;'."""
-    return _TAGS.sub(lambda m: f"&lt;{m.group(1)}&gt;", text)
+    """Neutralise our delimiter tags inside untrusted text, however spelled: '</response_a>' ->
+    '&lt;/response_a&gt;', and likewise '＜/rеsponse_a＞' (fullwidth brackets, a Cyrillic е) or a tag
+    with a zero-width space in it, which a model may read as the same tag."""
+    def neutralise(m: re.Match) -> str:
+        span = m.group(0)
+        return f"&lt;{span[1:-1]}&gt;" if _TAG.fullmatch(reads_as(span)) else span
+
+    return _TAG_LIKE.sub(neutralise, text)
 
 
 def render_conversation(messages: Messages) -> str:
@@ -40,12 +66,15 @@ def render_conversation(messages: Messages) -> str:
 
 def build_prompt(prompt: Messages, response_a: str, response_b: str, instruction: str, *, cot: bool = False,
                  few_shot: Messages = (), system_prompt: str = "") -> Messages:
-    """The multiple-choice judge request as chat messages (few-shot exchanges first, then one user turn)."""
+    """The multiple-choice judge request as chat messages (few-shot exchanges first, then one user turn).
+
+    The demonstrations depend only on the principle: their last turn is marked as the end of a
+    cacheable prefix, shared by every pair judged under that principle."""
     question = render("judge", conversation=escape_untrusted(render_conversation(prompt)),
                       instruction=instruction.strip(), response_a=escape_untrusted(response_a.strip()),
                       response_b=escape_untrusted(response_b.strip()),
                       answer_request=render("judge_cot_answer" if cot else "judge_answer"))
-    return with_system([*few_shot, {"role": "user", "content": question}], system_prompt)
+    return with_system([*mark_prefix_end(list(few_shot)), {"role": "user", "content": question}], system_prompt)
 
 
 def few_shot_turns(examples, instruction: str) -> Messages:
