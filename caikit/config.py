@@ -84,8 +84,15 @@ def load_yaml(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"cannot read config: {e.strerror}", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text", path=str(path)) from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML recurses per nesting level
+        raise UserError("invalid YAML: nested too deeply", path=str(path), line=1) from None
+    except (ValueError, TypeError, AttributeError, KeyError) as e:  # the safe constructors' own errors
+        raise UserError(f"invalid YAML: a value its tag (!!int, !!timestamp, ...) does not fit: {e}"[:200],
+                        path=str(path)) from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         msg = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -94,24 +101,77 @@ def load_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError("expected a mapping of option: value", path=str(path), line=1)
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:
+        raise UserError(f"option names must be text, got {_shown(odd[0])}", path=str(path))
     return data
 
 
+def _shown(value: Any) -> str:
+    """A value for a one-line error message: repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _coerce(key: str, value: Any, tp: Any, field: dataclasses.Field, source: str) -> Any:
+    """`value` as the field's declared type (str, int, float, bool, list[str]), or a UserError.
+
+    YAML gives numbers where text was meant (`model: 4`) and text where numbers were (`lr: "1e-5"`):
+    those convert; anything else of the wrong type (a list for a path, "no" for a flag, null for a
+    number) is refused here, so no command ever sees it."""
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(tp, "a list of names")
+
+    def wrong() -> UserError:
+        return UserError(f"option '{key}' must be {kind}, got {_shown(value)}", path=source)
+
+    if value is None:
+        if field.default is None:  # declared "unset" (positional run_dir, ...)
+            return None
+        raise wrong()
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise wrong()
+        try:
+            number = float(value)  # "1e-5" and 1.0e+3 alike
+            if tp is int:
+                exact = int(value) if isinstance(value, int) else None  # no float detour for big integers
+                if exact is None and not number.is_integer():
+                    raise ValueError
+                number = exact if exact is not None else int(number)
+        except (ValueError, OverflowError):  # "abc", 2.5 or .inf for an integer, 10**400
+            raise wrong() from None
+        return number
+    if typing.get_origin(tp) is list:
+        items = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+        if not isinstance(items, list) or any(isinstance(v, (bool, list, dict)) or v is None for v in items):
+            raise wrong()
+        return [str(v) for v in items]
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise wrong()
+        return str(value)
+    return value
+
+
 def from_dict(cls: type[T], data: dict, *, source: str = "config") -> T:
-    """Build `cls` from a plain dict, rejecting unknown keys and coercing simple types."""
+    """Build `cls` from a plain dict, rejecting unknown keys, values of the wrong type and values
+    outside a field's `choices`, and coercing numbers given as text (and the reverse)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in names:
-            raise UserError(f"unknown option '{key}' (known: {', '.join(sorted(names))})", path=source)
-        tp = _base_type(hints[name])
-        if value is not None and tp in (int, float) and not isinstance(value, bool):
-            try:
-                value = tp(value)
-            except (TypeError, ValueError):
-                raise UserError(f"option '{key}' must be {tp.__name__}, got {value!r}", path=source) from None
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise UserError(f"unknown option {_shown(key)} (known: {', '.join(sorted(fields))})", path=source)
+        value = _coerce(str(key), value, _base_type(hints[name]), fields[name], source)
+        choices = fields[name].metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"option '{key}' must be one of {', '.join(map(str, choices))}, got {_shown(value)}",
+                            path=source)
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -137,11 +197,16 @@ def to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (never contains secrets: keys come from the environment)."""
+    """Write the resolved config as YAML. It holds no secrets: keys come from the environment or a key
+    file (whose path, not content, is saved), and `user:password@` is dropped from any *base_url."""
+    from caikit.backends.limits import public_url
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    values = {k: (public_url(v) if k.endswith("base_url") and isinstance(v, str) and v else v)
+              for k, v in to_dict(cfg).items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -166,7 +231,8 @@ class BackendOptions:
                                          "Message Batches): half price, results within 24 h; one batch per round")
     batch_poll_interval: float = option(30.0, help="seconds between polls of a running batch job (--batch-api)")
     max_cost: float = option(0.0, help="USD this run may spend (0: no limit): above the estimate it asks first, "
-                                       "and it stops before a request that could exceed it; rerun to go on")
+                                       "and it stops before a request that could exceed it; it counts all the run "
+                                       "directory has spent (usage.json): rerun with a higher --max-cost to go on")
     yes: bool = option(False, help="don't ask for confirmation when the estimated cost exceeds --max-cost")
 
     def make_backend(self):

@@ -33,6 +33,8 @@ MESSAGE_KEYS = ("role", "content")
 ROLES = ("system", "user", "assistant")
 STR_TAG = "tag:yaml.org,2002:str"
 NULL_TAG = "tag:yaml.org,2002:null"
+INT_TAG = "tag:yaml.org,2002:int"
+NUMBER_TAGS = (INT_TAG, "tag:yaml.org,2002:float")
 
 
 @dataclass
@@ -200,10 +202,31 @@ def _check(path_or_name: str | Path) -> tuple[Constitution | None, list[str]]:
 # --- validation --------------------------------------------------------------------------------------
 
 
+def _number(node: Node) -> int | float | None:
+    """The int or float a scalar node holds; None for any other node, and for text under an explicit
+    `!!int` / `!!float` tag that is no number (the constructor would raise). Other tags, `!!python/...`
+    included, are never constructed."""
+    if not isinstance(node, ScalarNode) or node.tag not in NUMBER_TAGS:
+        return None
+    try:
+        return SafeConstructor().construct_object(node)
+    except (yaml.YAMLError, ValueError, TypeError):
+        return None
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    """`text` for a one-line message: control characters escaped, cut at `limit`."""
+    text = text if text.isprintable() else json.dumps(text, ensure_ascii=False)[1:-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _kind(node: Node) -> str:
     if isinstance(node, (MappingNode, SequenceNode)):
         return "a mapping" if isinstance(node, MappingNode) else "a list"
-    return {NULL_TAG: "nothing", STR_TAG: "text"}.get(node.tag, node.value)
+    if node.tag in (NULL_TAG, STR_TAG):
+        return {NULL_TAG: "nothing", STR_TAG: "text"}[node.tag]
+    value = _one_line(" ".join(str(node.value).split()), 40)  # however the scalar was written
+    return value if node.tag in NUMBER_TAGS else f"{node.tag.replace('tag:yaml.org,2002:', '!!')} {value}".strip()
 
 
 class _Reader:
@@ -227,9 +250,9 @@ class _Reader:
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, ScalarNode) else None
             if key in fields:
-                self.problem(key_node, f"{where}: duplicate key '{key}'")
+                self.problem(key_node, f"{where}: duplicate key '{_one_line(str(key))}'")
             elif key not in known:
-                name = key if key else _kind(key_node)
+                name = _one_line(key) if key else ("" if key == "" else _kind(key_node))
                 self.problem(key_node, f"{where}: unknown key '{name}' (known: {', '.join(known)})")
             else:
                 fields[key] = value_node
@@ -278,10 +301,10 @@ class _Reader:
 
     def principle(self, node: Node, position: int, seen: dict[str, int]) -> Principle | None:
         # Name the principle by its id in every message when it has a usable one.
-        id_node = next((v for k, v in getattr(node, "value", []) if isinstance(node, MappingNode)
-                        and isinstance(k, ScalarNode) and k.value == "id"), None)
+        pairs = node.value if isinstance(node, MappingNode) else []  # a scalar's value is its text
+        id_node = next((v for k, v in pairs if isinstance(k, ScalarNode) and k.value == "id"), None)
         has_id = isinstance(id_node, ScalarNode) and id_node.tag == STR_TAG and bool(id_node.value.strip())
-        where = f"principle '{id_node.value.strip()}'" if has_id else f"principle #{position}"
+        where = f"principle '{_one_line(id_node.value.strip())}'" if has_id else f"principle #{position}"
         fields = self.mapping(node, PRINCIPLE_KEYS, where, required=("id",))
         if fields is None or "id" not in fields:
             return None
@@ -290,7 +313,7 @@ class _Reader:
             self.problem(id_node, f"{where}: 'id' must be non-empty text, got {_kind(id_node)}"
                          + (" (quote it)" if id_node.tag != NULL_TAG and isinstance(id_node, ScalarNode) else ""))
         elif id_node.value.strip() in seen:
-            self.problem(id_node, f"duplicate principle id '{id_node.value.strip()}' "
+            self.problem(id_node, f"duplicate principle id '{_one_line(id_node.value.strip())}' "
                                   f"(first on line {seen[id_node.value.strip()]})")
             ok = False
         else:
@@ -308,7 +331,7 @@ class _Reader:
             ok = False
         weight, weight_node = 1.0, fields.get("weight")
         if weight_node is not None:
-            value = SafeConstructor().construct_object(weight_node) if isinstance(weight_node, ScalarNode) else None
+            value = _number(weight_node)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 self.problem(weight_node, f"{where}: 'weight' must be a positive number, got {_kind(weight_node)}")
                 ok = False
@@ -379,10 +402,11 @@ class _Reader:
         version: int | str = 1
         if "version" in fields:
             node = fields["version"]
-            if not isinstance(node, ScalarNode) or node.tag not in (STR_TAG, "tag:yaml.org,2002:int"):
+            value = node.value if isinstance(node, ScalarNode) and node.tag == STR_TAG else _number(node)
+            if value is None or isinstance(value, float):
                 self.problem(node, f"'version' must be a number or text, got {_kind(node)}")
             else:
-                version = SafeConstructor().construct_object(node)
+                version = value
         principles = []
         node = fields.get("principles")
         if isinstance(node, (SequenceNode, ScalarNode)) and not node.value:
@@ -414,6 +438,9 @@ def _parse_file(path: Path, label: str) -> tuple[Constitution | None, list[str]]
     reader = _Reader(label)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # PyYAML's composer recurses per nesting level (~500 deep is enough)
+        reader.problem(1, "invalid YAML: nested too deeply")
+        return None, reader.sorted_problems()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]

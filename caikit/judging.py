@@ -383,7 +383,8 @@ def revision_pairs(from_dir: str, limit: int, shard: str = "") -> tuple[list[Pai
     path = Path(from_dir) / "traces.jsonl"
     if not path.exists():
         raise UserError("no traces.jsonl here (run caikit generate first)", path=from_dir)
-    traces = list(latest_by_id(JsonlFile(path).iter()).values())
+    # by id, not file order: traces.jsonl is in completion order, which differs from run to run
+    traces = sorted(latest_by_id(JsonlFile(path).iter()).values(), key=lambda trace: trace["id"])
     traces = select_shard(traces[:limit] if limit else traces, shard, lambda trace: trace["id"])
     pairs, unchanged = [], 0
     for trace in traces:

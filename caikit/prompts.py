@@ -124,32 +124,66 @@ def _read_rows(path: str | Path) -> Iterator[tuple[int | str, Any]]:
         for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON may hold U+2028
             if line.strip():
                 try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"invalid JSON: {e.msg}", path=label, line=number) from None
+                    yield number, _loads(line)
+                except ValueError as e:
+                    raise UserError(f"invalid JSON: {e}", path=label, line=number) from None
     elif suffix == ".json":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"invalid JSON: {e.msg}", path=label, line=e.lineno) from None
+            data = _loads(text)
+        except ValueError as e:
+            raise UserError(f"invalid JSON: {e}", path=label, line=getattr(e, "lineno", None)) from None
         if not isinstance(data, list):
             raise UserError(f"expected a JSON list of objects or strings, got {type(data).__name__}", path=label)
         yield from ((f"item {i}", row) for i, row in enumerate(data, 1))
     else:
+        # The file is in memory already: let a cell be as long as the file (csv's default cap is 128 KiB).
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        columns = reader.fieldnames or []
-        if not {"prompt", "messages", "chosen"} & set(columns):
-            raise UserError("no 'prompt' or 'messages' column", path=label)
-        for row in reader:
-            yield reader.line_num, row
+        try:
+            columns = reader.fieldnames or []
+            if not {"prompt", "messages", "chosen"} & set(columns):
+                raise UserError("no 'prompt' or 'messages' column", path=label)
+            for row in reader:
+                yield reader.line_num, row
+        except csv.Error as e:
+            raise UserError(f"invalid CSV: {e}", path=label, line=reader.line_num or 1) from None
+
+
+class _JSONError(ValueError):
+    """One line saying why a JSON text is unusable; `lineno` where the decoder knows it."""
+
+    def __init__(self, message: str, lineno: int | None = None):
+        super().__init__(message)
+        self.lineno = lineno
+
+
+def _loads(text: str) -> Any:
+    """json.loads whose every failure is a _JSONError: syntax, integers longer than Python converts
+    (ValueError, not JSONDecodeError), nesting deeper than the decoder's stack (RecursionError), and
+    lone UTF-16 surrogates ("\\ud800"), which decode but can never be written back as UTF-8."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _JSONError(e.msg, e.lineno) from None
+    except RecursionError:
+        raise _JSONError("nested too deeply") from None
+    except ValueError as e:
+        raise _JSONError(str(e).split(":")[0]) from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _JSONError("a string holds an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)") from None
+    except (ValueError, RecursionError):  # nesting the encoder cannot walk back
+        raise _JSONError("nested too deeply") from None
+    return value
 
 
 def _messages(value: Any, what: str) -> Messages:
     """Validate a list of {role, content} chat messages (extra keys are dropped)."""
     if isinstance(value, str) and value.lstrip().startswith("["):  # CSV cells hold JSON
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
+            value = _loads(value)
+        except ValueError:
             raise _RowError(f"'{what}' is not a JSON list of messages") from None
     if not isinstance(value, list) or not value:
         raise _RowError(f"'{what}' must be a non-empty list of {{role, content}} messages")

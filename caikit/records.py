@@ -81,6 +81,7 @@ class SFTExample(Record):
         return cls(
             id=trace.id,
             run_id=trace.run_id,
+            created_at=trace.created_at,  # derived, not new: a rerun rewrites sft.jsonl byte for byte
             prompt_id=trace.prompt_id,
             messages=[*trace.prompt, {"role": "assistant", "content": trace.final_revision}],
         )

@@ -102,7 +102,10 @@ def _load_run_file(path: str) -> dict[str, Any]:
         raise UserError("'stages' must map stage names to their options", path=path)
     bad = set(stages) - set(STAGES)
     if bad:
-        raise UserError(f"unknown stage(s) {', '.join(sorted(bad))} (known: {', '.join(STAGES)})", path=path)
+        raise UserError(f"unknown stage(s) {', '.join(sorted(map(str, bad)))} (known: {', '.join(STAGES)})", path=path)
+    for key in ("name", "out"):
+        if run.get(key) is not None and not isinstance(run[key], str):
+            raise UserError(f"'{key}' must be text, got {run[key]!r}"[:120], path=path)
     for name, spec in stages.items():
         if spec is not None and not isinstance(spec, dict):
             raise UserError(f"stage '{name}' options must be a mapping", path=path)

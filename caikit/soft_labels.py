@@ -86,7 +86,7 @@ def position_consistent(p_a_first: float | None, p_a_swapped: float | None) -> b
 
 def mean(values: Iterable[float]) -> float | None:
     values = list(values)
-    return sum(values) / len(values) if values else None
+    return math.fsum(values) / len(values) if values else None  # exact sum: the same whatever the order
 
 
 def win_scores(comparisons: Iterable[tuple[int, int, float]], n: int) -> list[float | None]:

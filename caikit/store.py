@@ -62,12 +62,16 @@ class JsonlFile:
             if not raw.strip():
                 continue
             try:
-                yield json.loads(raw)
-            except ValueError:
+                row = json.loads(raw)
+            except (ValueError, RecursionError):
                 if lineno >= len(lines) - 1:  # torn tail from a crash: not an error
                     return
                 raise UserError("corrupt JSON line (not the last one; the file was edited?)",
                                 path=str(self.path), line=lineno) from None
+            if not isinstance(row, dict):
+                raise UserError(f"expected a JSON object per line, got {type(row).__name__} (the file was edited?)",
+                                path=str(self.path), line=lineno)
+            yield row
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -122,15 +126,22 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise UserError(f"invalid JSON: {e.msg}", path=str(path), line=e.lineno) from None
+    except (ValueError, RecursionError):  # not UTF-8, an over-long integer, nesting too deep
+        raise UserError("invalid JSON (the file was edited?)", path=str(path)) from None
+    except OSError as e:
+        raise UserError(f"cannot read: {e.strerror}", path=str(path)) from None
 
 
 def latest_by_id(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Last record per id (appends may repeat an id only when a record was superseded)."""
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
-        out[row["id"]] = row
+        key = row.get("id") if isinstance(row, dict) else None
+        if not isinstance(key, str) or not key:
+            raise UserError(f"a record has no 'id' (the file was edited?): {str(row)[:60]}")
+        out[key] = row
     return out
 
 

@@ -195,6 +195,7 @@ def test_max_faults_per_key_lets_retries_through_and_always_fail_keys_never_does
     for _ in range(4):
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="m", messages=doomed)
+    server.wait_idle()  # the client can read an answer before the handler has logged its finish
     counts = server.requests_by_key()
     assert sorted(counts.values()) == [3, 4]
     server.reset_log()

@@ -16,7 +16,8 @@ import re
 from typing import Any
 
 from caikit.backends.api import APIBackend
-from caikit.backends.base import BackendError, Completion, LogprobsUnsupported, Message, Usage, prefix_ends
+from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
+                                  is_text, prefix_ends, token_count)
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
@@ -100,7 +101,8 @@ class AnthropicBackend(APIBackend):
         sdk = self._sdk
         if isinstance(exc, sdk.APIStatusError):
             return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
-        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, json.JSONDecodeError)):
+        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, json.JSONDecodeError,
+                            MalformedResponse)):
             return True
         try:
             import pydantic
@@ -114,9 +116,10 @@ class AnthropicBackend(APIBackend):
         u = getattr(message, "usage", None)
         if u is None:
             return Usage(requests=1)
-        read = getattr(u, "cache_read_input_tokens", 0) or 0
-        written = getattr(u, "cache_creation_input_tokens", 0) or 0
-        return Usage(prompt_tokens=(u.input_tokens or 0) + read + written, completion_tokens=u.output_tokens or 0,
+        read = token_count(getattr(u, "cache_read_input_tokens", 0))
+        written = token_count(getattr(u, "cache_creation_input_tokens", 0))
+        return Usage(prompt_tokens=token_count(getattr(u, "input_tokens", 0)) + read + written,
+                     completion_tokens=token_count(getattr(u, "output_tokens", 0)),
                      cached_tokens=read, cache_write_tokens=written, requests=1)
 
     async def _one(self, params: dict[str, Any], estimated: int) -> tuple[Completion, Usage]:
@@ -125,7 +128,9 @@ class AnthropicBackend(APIBackend):
         async def attempt():
             nonlocal admission
             async with self.limiter.slot(estimated) as admission:
-                return await self._client().messages.create(**params)
+                message = await self._client().messages.create(**params)
+            check_message(message)
+            return message
 
         try:
             message = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
@@ -183,6 +188,16 @@ class AnthropicBackend(APIBackend):
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
         raise LogprobsUnsupported("the Anthropic API returns no log-probabilities: use sampled or parsed votes")
+
+
+def check_message(message) -> None:
+    """Raise MalformedResponse unless `message` is a usable Message: a list of typed content blocks,
+    text blocks holding text, a text (or null) stop reason."""
+    content = getattr(message, "content", None)
+    if not isinstance(content, list) or not is_text(getattr(message, "stop_reason", None)) or any(
+            not isinstance(getattr(b, "type", None), str)
+            or (b.type == "text" and not isinstance(getattr(b, "text", None), str)) for b in content):
+        raise MalformedResponse("the response had no usable message")
 
 
 def completion_from_message(message) -> Completion:

@@ -94,6 +94,24 @@ class BackendError(Exception):
         self.retryable = retryable
 
 
+class MalformedResponse(ValueError):
+    """A 2xx whose body is not a usable answer (no choices, wrong types). Retryable.
+
+    The SDKs build their response objects from any JSON without validating it, so each provider
+    checks the shape inside its retried attempt: a broken body is retried, then becomes a
+    BackendError, never an AttributeError deep in a stage."""
+
+
+def token_count(value: Any) -> int:
+    """A token count read from a response: a non-negative int, else 0 (broken usage is not worth a retry)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def is_text(value: Any) -> bool:
+    """None or a string: what an optional text field of a response may hold."""
+    return value is None or isinstance(value, str)
+
+
 class LogprobsUnsupported(BackendError):
     """The provider cannot return option log-probabilities (e.g. Anthropic): use votes instead."""
 

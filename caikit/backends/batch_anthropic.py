@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable
 
-from caikit.backends.anthropic import AnthropicBackend, completion_from_message
+from caikit.backends.anthropic import AnthropicBackend, check_message, completion_from_message
 from caikit.backends.base import Completion, LogprobsUnsupported, Message, Usage
 from caikit.backends.batch import IncompleteResults, JobState, RowResult, check_readable
 from caikit.backends.limits import one_line
@@ -91,8 +91,9 @@ class AnthropicBatches:
         if kind == "succeeded":
             message = getattr(result, "message", None)
             try:  # read as the online path reads it; a body it cannot read is malformed (retried)
-                if not isinstance(getattr(message, "content", None), list) or getattr(message, "usage", None) is None:
-                    raise ValueError("no content or usage")
+                if getattr(message, "usage", None) is None:
+                    raise ValueError("no usage")
+                check_message(message)  # the online path's checks (MalformedResponse is a ValueError)
                 check_readable(self.completions_of(message), self.usage_of(message))
             except (TypeError, ValueError, AttributeError) as e:
                 return RowResult(error=f"malformed message ({one_line(e, 80)})")

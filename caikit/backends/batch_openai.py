@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 from caikit.backends.base import Completion, Message, Usage
 from caikit.backends.batch import IncompleteResults, JobState, RowResult, check_readable
 from caikit.backends.limits import one_line
-from caikit.backends.openai import (RETRYABLE_STATUS, OpenAIBackend, completions_from_response,
+from caikit.backends.openai import (RETRYABLE_STATUS, OpenAIBackend, check_response, completions_from_response,
                                     logprobs_from_response)
 
 ENDPOINT = "/v1/chat/completions"
@@ -112,10 +112,7 @@ class OpenAIBatches:
                              retryable=retryable)
         try:  # leniently, as the SDK parses online answers, then read as the online path reads them
             parsed = self.inner._sdk.types.chat.ChatCompletion.construct(**body)
-            choices = getattr(parsed, "choices", None)
-            if not isinstance(choices, list) or not choices or any(getattr(c, "message", None) is None
-                                                                   for c in choices):
-                raise ValueError("no usable choices")
+            check_response(parsed, logprobs=True)  # the online path's checks (MalformedResponse is a ValueError)
             check_readable(self.completions_of(parsed), self.usage_of(parsed))
         except (TypeError, ValueError, AttributeError) as e:
             return RowResult(error=f"malformed response body ({one_line(e, 80)})")

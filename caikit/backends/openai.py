@@ -13,18 +13,14 @@ import re
 from typing import Any
 
 from caikit.backends.api import APIBackend
-from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, Message, Usage,
-                                  without_cache_marks)
+from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
+                                  is_text, token_count, without_cache_marks)
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 TOP_LOGPROBS = 20  # the most the API returns
-
-
-class MalformedResponse(ValueError):
-    """A 200 whose body is not a usable completion (no choices, missing message). Retryable."""
 
 
 def _import_sdk():
@@ -132,10 +128,7 @@ class OpenAIBackend(APIBackend):
                 # cost ~2 ms of CPU per request and capped throughput at high concurrency.
                 response = await self._client().post("/chat/completions", body=params,
                                                      cast_to=self._sdk.types.chat.ChatCompletion)
-            choices = getattr(response, "choices", None)
-            if not isinstance(choices, list) or not choices or any(getattr(c, "message", None) is None
-                                                                   for c in choices):
-                raise MalformedResponse("the response had no usable choices")
+            check_response(response, logprobs=bool(params.get("logprobs")))
             return response
 
         response = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
@@ -153,8 +146,9 @@ class OpenAIBackend(APIBackend):
         if u is None:  # some compatible servers send none
             return Usage(requests=1)
         details = getattr(u, "prompt_tokens_details", None)
-        return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0,
-                     cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0, requests=1)
+        return Usage(prompt_tokens=token_count(getattr(u, "prompt_tokens", 0)),
+                     completion_tokens=token_count(getattr(u, "completion_tokens", 0)),
+                     cached_tokens=token_count(getattr(details, "cached_tokens", 0)), requests=1)
 
     def request_params(self, messages: list[Message], *, n: int, temperature: float, max_tokens: int,
                        stop: list[str] | None, seed: int | None) -> dict[str, Any]:
@@ -201,6 +195,33 @@ class OpenAIBackend(APIBackend):
         """The request body `option_logprobs` sends (the batch path sends the same)."""
         return {**self.request_params(messages, n=1, temperature=0.0, max_tokens=1, stop=None, seed=None),
                 "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+
+
+def _is_logprob(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def check_response(response, *, logprobs: bool = False) -> None:
+    """Raise MalformedResponse unless `response` is a usable ChatCompletion: choices with text (or
+    null) messages and, for a logprobs request, well-formed first-token logprobs where any came
+    back (none at all is LogprobsUnsupported, later, not a retry)."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise MalformedResponse("the response had no choices")
+    for c in choices:
+        message, index = getattr(c, "message", None), getattr(c, "index", None)
+        if (not hasattr(message, "content") or not is_text(message.content)
+                or not is_text(getattr(c, "finish_reason", None))
+                or not (index is None or (isinstance(index, int) and not isinstance(index, bool)))):
+            raise MalformedResponse("a choice had no usable message")
+    content = getattr(getattr(choices[0], "logprobs", None), "content", None) if logprobs else None
+    if content is None or content == []:
+        return
+    tops = getattr(content[0], "top_logprobs", None) if isinstance(content, list) else None
+    if not isinstance(content, list) or not isinstance(tops if tops is not None else [], list) or any(
+            not isinstance(getattr(t, "token", None), str) or not _is_logprob(getattr(t, "logprob", None))
+            for t in [content[0], *(tops or [])]):
+        raise MalformedResponse("the response had malformed logprobs")
 
 
 def completions_from_response(response) -> list[Completion]:
