@@ -154,3 +154,23 @@ class Backend(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections / threads."""
+
+
+async def fill_to_n(backend: Backend, messages: list[Message], completions: list[Completion], usage: Usage, *,
+                    n: int, temperature: float, max_tokens: int, stop: list[str] | None,
+                    seed: int | None) -> list[Completion]:
+    """`n` completions, the first carrying `usage` of all requests. Servers that ignore `n` (llama.cpp,
+    Ollama) answer one: the missing samples are asked for one by one, with seeds seed+1, seed+2, ..."""
+    import asyncio
+
+    if len(completions) < n:
+        more = await asyncio.gather(*[
+            backend.generate(messages, n=1, temperature=temperature, max_tokens=max_tokens, stop=stop,
+                             seed=None if seed is None else seed + i)
+            for i in range(1, n - len(completions) + 1)])
+        for (extra,) in more:
+            usage.add(extra.usage)
+            completions.append(Completion(extra.text, extra.finish_reason))
+    completions = completions[:n]
+    completions[0].usage = usage
+    return completions

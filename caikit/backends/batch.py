@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
-from caikit.backends.base import Backend, BackendError, Completion, Message, Usage
+from caikit.backends.base import Backend, BackendError, Completion, Message, Usage, fill_to_n
 from caikit.backends.limits import call_with_retries, describe_api_error, one_line, redact, retry_after_of_error
 from caikit.records import canonical_json, now_iso
 from caikit.store import JsonlFile
@@ -181,17 +181,8 @@ class BatchBackend(Backend):
         for response in responses:
             usage.add(self.provider.usage_of(response))
             completions.extend(self.provider.completions_of(response))
-        if len(completions) < n:  # servers that ignore `n`: ask for the rest one by one, as online
-            more = await asyncio.gather(*[
-                self.generate(messages, n=1, temperature=temperature, max_tokens=max_tokens, stop=stop,
-                              seed=None if seed is None else seed + i)
-                for i in range(1, n - len(completions) + 1)])
-            for (extra,) in more:
-                usage.add(extra.usage)
-                completions.append(Completion(extra.text, extra.finish_reason))
-        completions = completions[:n]
-        completions[0].usage = usage
-        return completions
+        return await fill_to_n(self, messages, completions, usage, n=n, temperature=temperature,
+                               max_tokens=max_tokens, stop=stop, seed=seed)  # as online, for servers ignoring n
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
         if not self.supports_logprobs:

@@ -6,7 +6,6 @@ Retry-After, backoff and the attempt budget behave the same for every provider.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -14,7 +13,7 @@ from typing import Any
 
 from caikit.backends.api import APIBackend
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
-                                  is_text, token_count, without_cache_marks)
+                                  fill_to_n, is_text, token_count, without_cache_marks)
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
@@ -171,18 +170,8 @@ class OpenAIBackend(APIBackend):
             raise ValueError("n must be >= 1")
         params = self.request_params(messages, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed)
         response, usage = await self._create(params, estimate_tokens(messages, max_tokens, n))
-        completions = completions_from_response(response)
-        if len(completions) < n:  # servers that ignore `n` (llama.cpp): ask for the rest one by one
-            more = await asyncio.gather(*[
-                self.generate(messages, n=1, temperature=temperature, max_tokens=max_tokens, stop=stop,
-                              seed=None if seed is None else seed + i)
-                for i in range(1, n - len(completions) + 1)])
-            for (extra,) in more:
-                usage.add(extra.usage)
-                completions.append(Completion(extra.text, extra.finish_reason))
-        completions = completions[:n]
-        completions[0].usage = usage
-        return completions
+        return await fill_to_n(self, messages, completions_from_response(response), usage, n=n,
+                               temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed)
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
         """One greedy token with its top-20 alternatives; each option sums the tokens that name it."""
