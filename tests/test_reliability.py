@@ -212,12 +212,17 @@ class KillBench:
         assert len(keys) == len(set(keys))
         return out, min(r.arrival for r in log) - start, end - start, set(keys)
 
-    def kill_then_resume(self, index: int, delay: float, ref_keys: set[str]) -> dict:
+    def kill_then_resume(self, index: int, answered: int, ref_keys: set[str]) -> dict:
+        """Kill -9 once the server has answered `answered` requests of this run (a point in its progress,
+        not in time, so a loaded machine moves no kill out of the run), then rerun to the end."""
         out = self.root / f"kill{index}"
         self.server.wait_idle(3)
         self.server.reset_log()
         proc = _popen(self.args_for(out))
-        time.sleep(delay)
+        deadline = time.monotonic() + 120
+        while (proc.poll() is None and time.monotonic() < deadline
+               and sum(r.status == 200 for r in self.server.log) < answered):
+            time.sleep(0.002)
         alive = proc.poll() is None
         if alive:
             os.kill(proc.pid, signal.SIGKILL)
@@ -236,19 +241,19 @@ class KillBench:
         # The rerun asks for exactly what requests.jsonl lacked: nothing stored is requested again ...
         assert len({row["key"] for row in persisted}) == len(persisted)
         asked, missing = sum(resumed.values()), len(ref_keys) - len(persisted)
-        assert asked == missing, f"kill {index} at {delay:.2f}s: rerun sent {asked} requests, {missing} were not stored"
+        assert asked == missing, f"kill {index} after {answered} answers: rerun sent {asked} requests, {missing} were not stored"
         # ... and what is asked twice is only what the kill caught in flight (answered, not yet stored).
         resent = {r.key for r in killed_log} & set(resumed)
-        assert len(resent) <= KILL_CONCURRENCY, (index, delay, len(resent))
+        assert len(resent) <= KILL_CONCURRENCY, (index, answered, len(resent))
         assert_no_key_anywhere(out)
         return {"out": out, "alive": alive, "persisted": len(persisted), "resent": len(resent)}
 
 
-def kill_points(rng: random.Random, first_request: float, end: float) -> list[float]:
-    """One seeded random point in each of KILL_POINTS equal slices of [first request - 20%, exit]."""
-    start = 0.8 * first_request
-    width = (end - start) / KILL_POINTS
-    return [start + (i + rng.random()) * width for i in range(KILL_POINTS)]
+def kill_points(rng: random.Random, total: int) -> list[int]:
+    """One seeded random point in each of KILL_POINTS equal slices of the run's `total` requests,
+    as a count of answered requests (0: before any answer)."""
+    width = total / KILL_POINTS
+    return [int((i + rng.random()) * width) for i in range(KILL_POINTS)]
 
 
 def _check_spread(results: list[dict], total: int) -> None:
@@ -274,8 +279,8 @@ def test_kill_9_during_generate_then_rerun(kill_generate):
     bench, ref, first_request, end, ref_keys = kill_generate
     bench.server.latency = 0.03
     results = []
-    for i, delay in enumerate(kill_points(random.Random(1234), first_request, end)):
-        result = bench.kill_then_resume(i, delay, ref_keys)
+    for i, answered in enumerate(kill_points(random.Random(1234), len(ref_keys))):
+        result = bench.kill_then_resume(i, answered, ref_keys)
         assert_same_generate(result["out"], ref, KILL_PROMPTS)
         results.append(result)
     _check_spread(results, len(ref_keys))
@@ -290,8 +295,8 @@ def test_kill_9_during_judge_then_rerun(kill_generate, server, key_file, tmp_pat
     pairs = len(read_jsonl(ref / "judgments.jsonl"))
     assert pairs > 0.9 * KILL_PROMPTS
     results = []
-    for i, delay in enumerate(kill_points(random.Random(4321), first_request, end)):
-        result = bench.kill_then_resume(i, delay, ref_keys)
+    for i, answered in enumerate(kill_points(random.Random(4321), len(ref_keys))):
+        result = bench.kill_then_resume(i, answered, ref_keys)
         assert_same_judge(result["out"], ref, pairs)
         results.append(result)
     _check_spread(results, len(ref_keys))
