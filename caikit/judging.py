@@ -389,6 +389,12 @@ def revision_pairs(from_dir: str, limit: int, shard: str = "") -> tuple[list[Pai
     pairs, unchanged = [], 0
     for trace in traces:
         revision, initial = trace.get("final_revision", ""), trace.get("initial_response", "")
+        prompt = trace.get("prompt")
+        if not (isinstance(revision, str) and isinstance(initial, str) and isinstance(prompt, list) and prompt
+                and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in prompt)):
+            raise UserError(f"trace {trace['id']}: prompt must be chat messages and final_revision / "
+                            "initial_response text (was the file edited by hand?)", path=str(path))
         if not trace.get("rounds") or revision.strip() == initial.strip():
             unchanged += 1
             continue

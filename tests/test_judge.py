@@ -406,3 +406,11 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and KEY not in err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    trace = json.loads((gen / "traces.jsonl").read_text().splitlines()[0]) | {"final_revision": 5}
+    (edited / "traces.jsonl").write_text(json.dumps(trace) + "\n")
+    assert main(["judge", "--from", str(edited), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "final_revision" in err and str(edited / "traces.jsonl") in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
