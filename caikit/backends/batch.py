@@ -13,6 +13,24 @@ every answer to requests.jsonl). A request's journey:
 
 On a rerun, a request whose custom_id is in a stored job that did not fail for it is answered by polling
 that job again: nothing is submitted (or paid for) twice after a crash mid-poll.
+
+Paying twice for one submission (a create that reached the provider but whose answer was lost, or a
+kill -9 between the provider's answer and the "submitted" line) is guarded against as follows:
+  - every submission gets a nonce, and a "submitting" intent line (nonce, custom ids, time) is appended to
+    batches.jsonl (flushed) before anything is uploaded;
+  - OpenAI: the batch is created with metadata {"created_by": "caikit", "caikit_submission": nonce}.
+    Before a create is retried, and on a rerun for an intent that never got its "submitted" line, the
+    nonce is looked up in the recent batches (`batches.list`, newest first, back to the intent's time
+    minus LOOKUP_MARGIN, at most LOOKUP_PAGES pages): a batch found is adopted (recorded as submitted,
+    then polled), and only when none is found is one created (again). When the lookup itself fails, the
+    outcome is unknown: the rows fail retryably (`OutcomeUnknown`), the intent stays pending, and the
+    rerun looks it up again before creating anything;
+  - Anthropic Message Batches carry no metadata, so a batch cannot be found by nonce: a create answered
+    with an HTTP error (429/5xx: not created) is retried, but one whose outcome is unknown (timeout,
+    dropped connection, an unreadable 2xx) is not re-sent: its rows fail retryably with a message saying
+    the batch may exist (check the console before rerunning). A rerun that meets an intent without its
+    "submitted" line (kill -9 during the create round-trip: the remaining window) warns on stderr, records
+    it as "abandoned" and submits its requests again.
 The request bodies are the online path's (`request_params`, `option_logprobs_params`), and so are the
 parsers, so a batch run and an online run of the same command give the same records.
 """
@@ -22,6 +40,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -59,6 +79,14 @@ class IncompleteResults(ValueError):
     """A download held fewer result lines than the job reports: fetched again (retryable)."""
 
 
+class OutcomeUnknown(BackendError):
+    """A create may or may not have made a batch, and it cannot be told which: never re-sent blindly.
+    Its rows fail retryably; a rerun looks the submission up again (OpenAI) before creating anything."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
 @dataclass
 class _Row:
     """A request waiting for its answer."""
@@ -87,19 +115,29 @@ class JobLog:
     """batches.jsonl: the jobs submitted (job id, provider, custom ids) and what each returned.
 
     `usable[custom_id]` is the latest stored job that may still answer that request: submitted, and
-    not collected as failed for it."""
+    not collected as failed for it. `pending[nonce]` is a "submitting" intent with neither a "submitted"
+    nor an "abandoned" line: its batch may exist on the provider without us knowing its id."""
 
     def __init__(self, path: Path, provider: str):
         self.file = JsonlFile(path)
         self.provider = provider
         self.usable: dict[str, str] = {}
         self.custom_ids: dict[str, list[str]] = {}  # job id -> its requests
+        self.pending: dict[str, dict[str, Any]] = {}  # nonce -> its intent row
         for row in self.file.iter():
             self._apply(row)
 
     def _apply(self, row: dict[str, Any]) -> None:
+        if row.get("provider") != self.provider:
+            return
+        nonce = row.get("nonce")
+        if isinstance(nonce, str):
+            if row.get("event") == "submitting":
+                self.pending[nonce] = row
+            elif row.get("event") in ("submitted", "abandoned"):
+                self.pending.pop(nonce, None)
         job_id = row.get("job_id")
-        if row.get("provider") != self.provider or not isinstance(job_id, str):
+        if not isinstance(job_id, str):
             return
         if row.get("event") == "submitted":
             ids = row.get("custom_ids") if isinstance(row.get("custom_ids"), list) else []
@@ -112,6 +150,19 @@ class JobLog:
             for cid in failed if isinstance(failed, list) else []:
                 if self.usable.get(cid) == job_id:
                     del self.usable[cid]
+
+    def submitting(self, nonce: str, ids: list[str]) -> None:
+        """The intent, flushed before anything is uploaded: a rerun finds (or gives up) this submission."""
+        row = {"event": "submitting", "nonce": nonce, "provider": self.provider, "requests": len(ids),
+               "started_at": now_iso(), "started_unix": round(time.time(), 3), "custom_ids": ids}
+        self.file.append(row)
+        self._apply(row)
+
+    def abandoned(self, nonce: str, reason: str) -> None:
+        row = {"event": "abandoned", "nonce": nonce, "provider": self.provider, "reason": reason,
+               "abandoned_at": now_iso()}
+        self.file.append(row)
+        self._apply(row)
 
     def submitted(self, job_id: str, ids: list[str], **info: Any) -> None:
         row = {"event": "submitted", "job_id": job_id, "provider": self.provider, "requests": len(ids),
@@ -297,10 +348,16 @@ class BatchBackend(Backend):
             yield chunk
 
     async def _submit(self, chunk: list[_Row]) -> None:
+        chunk = await self._resolve_pending(chunk)
+        if not chunk:
+            return
         ids = [row.custom_id for row in chunk]
+        nonce = uuid.uuid4().hex
         try:
-            job_id = await self.provider.submit([(row.custom_id, row.body) for row in chunk])
-            self.jobs.submitted(job_id, ids)
+            self.jobs.submitting(nonce, ids)  # flushed before the upload: a rerun can find this submission
+            job_id = await self.provider.submit([(row.custom_id, row.body) for row in chunk], nonce=nonce,
+                                                since=time.time())
+            self.jobs.submitted(job_id, ids, nonce=nonce)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - every waiting row gets one clean line, never a hang
@@ -308,10 +365,49 @@ class BatchBackend(Backend):
             reason = str(e) if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
             for row in chunk:
                 self._fail(row, f"batch submission failed: {reason}", retryable=retryable)
-            return
+            return  # the intent stays pending: a rerun looks it up before submitting these rows again
         print(f"caikit batch: submitted {self.name} batch {job_id} ({len(ids)} requests)", file=sys.stderr)
         self._job_rows.setdefault(job_id, {}).update({row.custom_id: row for row in chunk})
         self._watchers[job_id] = asyncio.ensure_future(self._watch(job_id, fresh=True))
+
+    async def _resolve_pending(self, chunk: list[_Row]) -> list[_Row]:
+        """Before rows go out: each pending intent (a submission whose outcome was never recorded) that
+        holds some of them is looked up; a batch found is adopted and polled for them. Returns the rest."""
+        for nonce, intent in list(self.jobs.pending.items()):
+            intent_ids = [c for c in intent.get("custom_ids") or [] if isinstance(c, str)]
+            wanted = set(intent_ids)
+            mine = {row.custom_id: row for row in chunk if row.custom_id in wanted}
+            if not mine or nonce not in self.jobs.pending:
+                continue
+            if not getattr(self.provider, "CAN_FIND", False):
+                print(f"caikit batch: an earlier {self.name} submission ({len(intent_ids)} requests, "
+                      f"{intent.get('started_at', '?')}) never recorded its batch id, and {self.name} batches "
+                      f"cannot be looked up: submitting again (check the console for a duplicate)", file=sys.stderr)
+                self.jobs.abandoned(nonce, "cannot be looked up")
+                continue
+            since = intent.get("started_unix")
+            try:
+                job_id = await self.provider.find(nonce, since=since if isinstance(since, (int, float)) else 0.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                reason = str(e) if isinstance(e, BackendError) else f"{type(e).__name__}: {e}"
+                for row in mine.values():
+                    self._fail(row, f"could not look up an earlier submission of this request ({reason}); "
+                                    f"rerun to look again")
+                chunk = [row for row in chunk if row.custom_id not in mine]
+                continue
+            if job_id is None:
+                self.jobs.abandoned(nonce, "not found on the provider")
+                continue
+            self.jobs.submitted(job_id, intent_ids, nonce=nonce, adopted=True)
+            print(f"caikit batch: adopted {self.name} batch {job_id} of an interrupted submission "
+                  f"({len(intent_ids)} requests)", file=sys.stderr)
+            self._job_rows.setdefault(job_id, {}).update(mine)
+            if job_id not in self._watchers:
+                self._watchers[job_id] = asyncio.ensure_future(self._watch(job_id, fresh=False))
+            chunk = [row for row in chunk if row.custom_id not in mine]
+        return chunk
 
     # -- collecting --------------------------------------------------------------------------------
     async def _watch(self, job_id: str, *, fresh: bool) -> None:
@@ -352,9 +448,27 @@ class BatchBackend(Backend):
                          or RowResult(error=f"batch {job_id} ({state.status}) returned no result for it"))
 
     async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """One batch API call (upload, create, poll, download), retried like an online request."""
+        """One batch API call (upload, create, poll, download), retried like an online request.
+        An OutcomeUnknown raised by `fn` is never retried, and comes out as itself."""
         inner = self.inner
-        return await call_with_retries(
-            fn, inner.retry, is_retryable=lambda e: isinstance(e, IncompleteResults) or inner.is_retryable(e),
-            retry_after_of=retry_after_of_error, describe=describe_api_error,
-            secrets=(getattr(inner, "_api_key", ""),))
+        unknown: list[OutcomeUnknown] = []
+
+        async def attempt() -> Any:
+            try:
+                return await fn()
+            except OutcomeUnknown as e:
+                unknown.append(e)
+                raise
+
+        def is_retryable(e: BaseException) -> bool:
+            return not isinstance(e, OutcomeUnknown) and (isinstance(e, IncompleteResults) or inner.is_retryable(e))
+
+        try:
+            return await call_with_retries(
+                attempt, inner.retry, is_retryable=is_retryable, retry_after_of=retry_after_of_error,
+                describe=describe_api_error, secrets=(getattr(inner, "_api_key", ""),))
+        except BackendError:
+            if unknown:
+                secrets = (getattr(inner, "_api_key", ""),)
+                raise OutcomeUnknown(redact(one_line(str(unknown[-1]), 500), secrets)) from None
+            raise

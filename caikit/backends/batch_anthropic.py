@@ -4,6 +4,12 @@
 `params` are the online path's `messages.create` arguments (`AnthropicBackend.request_params`), with
 `extra_body` (where temperature travels) merged in, since a batch request is the bare body. The API
 has no `n`: n samples are n requests, told apart by their custom_id.
+
+Paying twice: a Message Batch carries no metadata, so a batch whose create answer was lost cannot be
+found again without guessing. A create answered with an HTTP error (429, 5xx: not created) is retried;
+one whose outcome is unknown (timeout, dropped connection, an unreadable 2xx body) is not re-sent: its
+rows fail retryably (`OutcomeUnknown`) saying the batch may exist. The window left is a kill -9 during
+the create round-trip: the rerun warns and submits those requests again (see batch.py).
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from typing import Any, Awaitable, Callable
 
 from caikit.backends.anthropic import AnthropicBackend, check_message, completion_from_message
 from caikit.backends.base import Completion, LogprobsUnsupported, Message, Usage
-from caikit.backends.batch import IncompleteResults, JobState, RowResult, check_readable
-from caikit.backends.limits import one_line
+from caikit.backends.batch import IncompleteResults, JobState, OutcomeUnknown, RowResult, check_readable
+from caikit.backends.limits import describe_api_error, one_line
 
 NOT_RETRYABLE = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error"}
 
@@ -25,6 +31,7 @@ class AnthropicBatches:
     MAX_REQUESTS = 100_000  # per batch (Anthropic limit)
     MAX_BYTES = 256 * 1024 * 1024  # per create request
     envelope_bytes = len('{"requests":[]}')
+    CAN_FIND = False  # batches carry no metadata: a lost create cannot be looked up
 
     def __init__(self, inner: AnthropicBackend, call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]):
         self.inner = inner
@@ -56,10 +63,24 @@ class AnthropicBatches:
         text = json.dumps({"custom_id": custom_id, "params": body}, ensure_ascii=False, separators=(",", ":"))
         return len(text.encode()) + 1
 
-    async def submit(self, items: list[tuple[str, dict[str, Any]]]) -> str:
+    async def submit(self, items: list[tuple[str, dict[str, Any]]], *, nonce: str = "", since: float = 0.0) -> str:
+        """Create one batch of the requests; returns its id. `nonce` is recorded by the caller only: the
+        API has nowhere to put it. A create retried is one the server answered with an error."""
         client = self.inner._client()
         requests = [{"custom_id": cid, "params": body} for cid, body in items]
-        batch = await self.call(lambda: client.messages.batches.create(requests=requests))
+        sdk = self.inner._sdk
+
+        async def create():
+            try:
+                return await client.messages.batches.create(requests=requests)
+            except Exception as e:
+                if not isinstance(e, sdk.APIStatusError) and self.inner.is_retryable(e):
+                    raise OutcomeUnknown(f"a batch create got no clear answer ({describe_api_error(e)}): the "
+                                         f"batch may exist and is not sent again; check the Anthropic console "
+                                         f"before rerunning") from None
+                raise
+
+        batch = await self.call(create)
         return batch.id
 
     async def poll(self, job_id: str) -> JobState:

@@ -3,6 +3,11 @@ poll it, download its output and error files, and read each line back by custom_
 
 A line's body is exactly what the online path posts (`OpenAIBackend.request_params` /
 `option_logprobs_params`), and its answer is parsed by the same functions, so both give the same records.
+
+Creating is idempotent: each batch carries metadata {"created_by": "caikit", "caikit_submission": nonce},
+and before a create is retried (its predecessor may have been created with the answer lost) the nonce is
+looked up with `batches.list` (`find`); a batch found is used instead of creating another. A lookup that
+fails leaves the outcome unknown (`OutcomeUnknown`): nothing is re-sent. See batch.py.
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ import json
 from typing import Any, Awaitable, Callable
 
 from caikit.backends.base import Completion, Message, Usage
-from caikit.backends.batch import IncompleteResults, JobState, RowResult, check_readable
+from caikit.backends.base import BackendError
+from caikit.backends.batch import IncompleteResults, JobState, OutcomeUnknown, RowResult, check_readable
 from caikit.backends.limits import one_line
 from caikit.backends.openai import (RETRYABLE_STATUS, OpenAIBackend, check_response, completions_from_response,
                                     logprobs_from_response)
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+LOOKUP_PAGE = 100  # batches per list page (the API's maximum)
+LOOKUP_PAGES = 20  # pages looked through at most for one nonce
+LOOKUP_MARGIN = 900.0  # seconds before the submission that a batch of it may still claim (clock skew)
 
 
 class OpenAIBatches:
@@ -26,6 +35,7 @@ class OpenAIBatches:
     MAX_REQUESTS = 50_000  # per batch (OpenAI limit)
     MAX_BYTES = 200 * 1024 * 1024  # per input file
     envelope_bytes = 0  # the file is nothing but its lines
+    CAN_FIND = True  # a submission can be looked up by its nonce (metadata)
 
     def __init__(self, inner: OpenAIBackend, call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]):
         self.inner = inner
@@ -58,16 +68,67 @@ class OpenAIBatches:
     def line_size(self, custom_id: str, body: dict[str, Any]) -> int:
         return len(self.line(custom_id, body))
 
-    async def submit(self, items: list[tuple[str, dict[str, Any]]]) -> str:
-        """Upload the requests as one JSONL file and start a batch on it; returns the batch id."""
+    async def submit(self, items: list[tuple[str, dict[str, Any]]], *, nonce: str, since: float) -> str:
+        """Upload the requests as one JSONL file and start a batch on it tagged with `nonce`; returns the
+        batch id. A create is retried only after a lookup of the nonce found no batch (see `find`)."""
         data = b"".join(self.line(cid, body) for cid, body in items)
         client = self.inner._client()
         file = await self.call(lambda: client.files.create(file=("caikit-batch.jsonl", data, "application/jsonl"),
                                                            purpose="batch"))
-        batch = await self.call(lambda: client.batches.create(input_file_id=file.id, endpoint=ENDPOINT,
-                                                              completion_window="24h",
-                                                              metadata={"created_by": "caikit"}))
-        return batch.id
+        sent = False
+
+        async def look_up(error: str) -> str | None:
+            try:
+                return await self.find(nonce, since=since)
+            except BackendError as e:
+                raise OutcomeUnknown(f"a batch create got no clear answer ({error}) and looking it up failed "
+                                     f"({e}): the batch may exist; rerun to look it up again") from None
+
+        async def create() -> str:
+            nonlocal sent
+            if sent:  # the previous create failed: it may still have made the batch
+                found = await look_up("retrying")
+                if found is not None:
+                    return found
+            sent = True
+            batch = await client.batches.create(input_file_id=file.id, endpoint=ENDPOINT, completion_window="24h",
+                                                metadata={"created_by": "caikit", "caikit_submission": nonce})
+            return batch.id
+
+        try:
+            return await self.call(create)
+        except OutcomeUnknown:
+            raise
+        except BackendError as e:
+            if not (sent and e.retryable):  # a 4xx answer: nothing was created
+                raise
+            found = await look_up(str(e))  # the last create's outcome is unknown too
+            if found is not None:
+                return found
+            raise
+
+    async def find(self, nonce: str, *, since: float) -> str | None:
+        """The id of the batch created with metadata caikit_submission == nonce, or None: looks through
+        the recent batches (newest first) back to `since` - LOOKUP_MARGIN, LOOKUP_PAGES pages at most.
+        Each page is retried; a page that cannot be had raises BackendError."""
+        client = self.inner._client()
+        after: str | None = None
+        oldest = since - LOOKUP_MARGIN
+        for _ in range(LOOKUP_PAGES):
+            kwargs = {"limit": LOOKUP_PAGE, **({"after": after} if after else {})}
+            page = await self.call(lambda: self._list_page(client, kwargs))
+            for batch in page.data:
+                metadata = batch.metadata if isinstance(batch.metadata, dict) else {}
+                if metadata.get("caikit_submission") == nonce:
+                    return batch.id
+            if not page.data or page.has_more is False or (page.data[-1].created_at or 0) < oldest:
+                return None
+            after = page.data[-1].id
+        return None
+
+    @staticmethod
+    async def _list_page(client, kwargs: dict[str, Any]):
+        return await client.batches.list(**kwargs)
 
     async def poll(self, job_id: str) -> JobState:
         client = self.inner._client()

@@ -2,7 +2,7 @@
 
 Wire formats as the providers document them, so the official SDKs parse every answer:
   OpenAI     POST /v1/files (multipart, purpose=batch), GET /v1/files/{id}, GET /v1/files/{id}/content,
-             POST /v1/batches, GET /v1/batches/{id}
+             POST /v1/batches, GET /v1/batches/{id}, GET /v1/batches (list: newest first, `limit`, `after`)
   Anthropic  POST /v1/messages/batches, GET /v1/messages/batches/{id}, GET {results_url} (JSONL)
 
 Each batch line is answered by the server's own responder / logprobs / cache_usage / reject hooks,
@@ -10,7 +10,8 @@ so a batch and the same requests sent online get identical answers. A job stays 
 `latency` seconds (and while `hold()` is on), then is answered whole on the next poll. Faults:
 per-line errors (`BatchFaultPlan.line_rates`, `always_fail_keys`, or the `line_fault` hook), whole
 jobs that fail / expire / get cancelled (`BatchFaultPlan.jobs`), and HTTP faults on the endpoints
-themselves (`endpoint_faults`, a FaultPlan: 429/500/503/truncated/disconnect/hang).
+themselves (`endpoint_faults`, a FaultPlan: 429/500/503/truncated/disconnect/hang), and creates that
+commit and then lose their answer (`drop_create_responses`: the batch exists, the client hears nothing).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -118,6 +120,9 @@ class FakeBatches:
         self._endpoint_calls = 0
         self._faults_by_key: dict[str, int] = {}
         self._id_prefix = f"{random.getrandbits(32):08x}"  # ids unique across servers, as the providers' are
+        self._drop_creates = 0
+        self._drop_hang = 0.0
+        self.truncate_creates = True  # False: a "truncated" endpoint fault drawn for a create answers whole
 
     # -- what tests use ----------------------------------------------------------------------------
     @property
@@ -132,6 +137,12 @@ class FakeBatches:
 
     def release(self) -> None:
         self._held = False
+
+    def drop_create_responses(self, n: int = 1, *, hang: float = 0.0) -> None:
+        """The next `n` batch creates (either provider) that succeed make their batch, then answer nothing:
+        after `hang` seconds (or at server stop) the connection is dropped."""
+        with self._lock:
+            self._drop_creates, self._drop_hang = n, hang
 
     # -- routing -----------------------------------------------------------------------------------
     @staticmethod
@@ -149,6 +160,9 @@ class FakeBatches:
 
     def _route(self, h: "_Handler", provider: str, method: str, path: str, raw: bytes, fault: str | None) -> int:
         parts = path.strip("/").split("/")[1:]  # without "v1"
+        if fault == "truncated" and not self.truncate_creates and method == "POST" and \
+                parts in (["batches"], ["messages", "batches"]):
+            fault = None
         if provider == "openai":
             if method == "POST" and parts == ["files"]:
                 status, body = self._upload(h.headers.get("Content-Type", ""), raw)
@@ -158,6 +172,10 @@ class FakeBatches:
                 status, body = (200, self._file_object(parts[1])) if parts[1] in self._files else (404, None)
             elif method == "POST" and parts == ["batches"]:
                 status, body = self._create_openai(json.loads(raw or b"{}"))
+                if status == 200 and self._take_drop():
+                    return self._drop_after_commit(h)
+            elif method == "GET" and parts == ["batches"]:
+                status, body = self._list_openai(urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query))
             elif method == "GET" and len(parts) == 2 and parts[0] == "batches":
                 status, body = self._retrieve(parts[1], "openai")
             else:
@@ -165,6 +183,8 @@ class FakeBatches:
         else:
             if method == "POST" and parts == ["messages", "batches"]:
                 status, body = self._create_anthropic(json.loads(raw or b"{}"), len(raw))
+                if status == 200 and self._take_drop():
+                    return self._drop_after_commit(h)
             elif method == "GET" and len(parts) == 4 and parts[3] == "results":
                 job = self._jobs.get(parts[2])
                 if job is None or job.status != "ended":
@@ -179,6 +199,18 @@ class FakeBatches:
             return self.server._send_error(h, provider, status, message)
         data = json.dumps(body).encode()
         return self.server._send(h, 200, data[: len(data) // 2] if fault == "truncated" else data)
+
+    def _take_drop(self) -> bool:
+        with self._lock:
+            if self._drop_creates <= 0:
+                return False
+            self._drop_creates -= 1
+            return True
+
+    def _drop_after_commit(self, h: "_Handler") -> int:
+        if self._drop_hang:
+            self.server._stopping.wait(self._drop_hang)
+        return self.server._drop(h)
 
     def _endpoint_fault(self) -> str | None:
         plan = self.endpoint_faults
@@ -265,6 +297,26 @@ class FakeBatches:
         job.results["input_file_id"] = body["input_file_id"]
         job.results["metadata"] = body.get("metadata")
         return 200, self._openai_batch(job)
+
+    def _list_openai(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """GET /v1/batches: the OpenAI batches, newest first, `limit` (1..100, default 20) after `after`."""
+        try:
+            limit = int(query.get("limit", ["20"])[0])
+        except ValueError:
+            return 400, "limit: expected an integer"
+        if not 1 <= limit <= 100:
+            return 400, "limit: must be between 1 and 100"
+        after = query.get("after", [None])[0]
+        with self._lock:
+            jobs = [j for j in reversed(self._jobs.values()) if j.provider == "openai"]
+            if after is not None:
+                ids = [j.id for j in jobs]
+                if after not in ids:
+                    return 400, f"after: no batch with id {after!r}"
+                jobs = jobs[ids.index(after) + 1:]
+            page = [self._openai_batch(j) for j in jobs[:limit]]
+        return 200, {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                     "last_id": page[-1]["id"] if page else None, "has_more": len(jobs) > limit}
 
     def _openai_batch(self, job: FakeBatchJob) -> dict[str, Any]:
         created = int(time.time() - (time.monotonic() - job.created))
