@@ -375,7 +375,7 @@ def test_fuzzed_result_lines_become_row_results_never_exceptions():
     from anthropic.types.messages import MessageBatchIndividualResponse
     from hypothesis import given, settings
 
-    from caikit.backends.batch import RowResult
+    from caikit.backends.batch_jobs import RowResult
     from caikit.backends.batch_anthropic import AnthropicBatches
     from caikit.backends.batch_openai import OpenAIBatches
 
@@ -436,7 +436,7 @@ def test_openai_create_whose_answer_is_lost_is_looked_up_and_adopted_not_created
 
 
 def test_rerun_after_a_crash_between_create_and_the_submitted_line_adopts_the_batch(tmp_path):
-    from caikit.backends.batch import JobLog
+    from caikit.backends.batch_jobs import JobLog
 
     jobs_path = tmp_path / "batches.jsonl"
     with FakeAPIServer() as server:

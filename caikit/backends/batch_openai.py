@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from caikit.backends.base import Completion, Message, Usage
 from caikit.backends.base import BackendError
-from caikit.backends.batch import IncompleteResults, JobState, OutcomeUnknown, RowResult, check_readable
+from caikit.backends.batch_jobs import IncompleteResults, JobState, OutcomeUnknown, RowResult, check_readable
 from caikit.backends.limits import one_line
 from caikit.backends.openai import (RETRYABLE_STATUS, OpenAIBackend, check_response, completions_from_response,
                                     logprobs_from_response)
