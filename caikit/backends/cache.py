@@ -86,6 +86,7 @@ class CachingBackend(Backend):
         self._done: dict[str, dict[str, Any]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._reserved: dict[str, float] = {}  # worst-case USD of each request in flight
+        self._reserved_total = 0.0  # their sum, kept as they come and go (batch mode has every request in flight)
         self._over_budget: BudgetExceeded | None = None  # once set, no new request starts
         for row in log.iter():
             self._done[row["key"]] = row
@@ -121,14 +122,15 @@ class CachingBackend(Backend):
             raise
         finally:
             self._inflight.pop(key, None)
-            self._reserved.pop(key, None)
+            self._reserved_total -= self._reserved.pop(key, 0.0)
 
     async def _reserve(self, key: str, worst_usd: float) -> None:
         """Hold `worst_usd` of the budget for this request, or stop the run: BudgetExceeded is raised
         after every request in flight has finished and been logged (a rerun finds them there)."""
         spent = self.meter.cost_usd
-        if self._over_budget is None and spent + sum(self._reserved.values()) + worst_usd <= self.max_cost:
+        if self._over_budget is None and spent + self._reserved_total + worst_usd <= self.max_cost:
             self._reserved[key] = worst_usd
+            self._reserved_total += worst_usd
             return
         if self._over_budget is None:
             from caikit.backends.cost import format_usd
