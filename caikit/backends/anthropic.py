@@ -11,7 +11,6 @@ and writes beside (not inside) `input_tokens`.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from typing import Any
 
@@ -22,7 +21,6 @@ from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
-RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx, 529 "overloaded" included
 MAX_CACHE_BREAKPOINTS = 4  # the API's limit per request
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
@@ -97,18 +95,6 @@ class AnthropicBackend(APIBackend):
     def make_client(self):
         return self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        sdk = self._sdk
-        if isinstance(exc, sdk.APIStatusError):
-            return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
-        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, json.JSONDecodeError,
-                            MalformedResponse)):
-            return True
-        try:
-            import pydantic
-        except ImportError:  # pragma: no cover - the SDK depends on it
-            return False
-        return isinstance(exc, pydantic.ValidationError)
 
     @staticmethod
     def usage_of(message) -> Usage:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from caikit.backends.base import Backend, Usage
+from caikit.backends.base import Backend, MalformedResponse, Usage
 from caikit.backends.limits import RateLimiter, RetryPolicy, public_url
 from caikit.errors import UserError
 
@@ -90,6 +91,9 @@ def _checked(key: str, what: str, where: tuple[str, int] | None) -> str:
     return key
 
 
+RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
+
+
 class APIBackend(Backend):
     """A provider reached through its SDK. Subclasses give `import_sdk` and `make_client`."""
 
@@ -111,6 +115,21 @@ class APIBackend(Backend):
     @staticmethod
     def import_sdk() -> Any:
         raise NotImplementedError
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """408/409/429 and every 5xx (Anthropic's 529 "overloaded" included), connection errors and
+        timeouts, and bodies that do not parse or validate. Both SDKs name these errors alike."""
+        sdk = self._sdk
+        if isinstance(exc, sdk.APIStatusError):
+            return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, MalformedResponse,
+                            json.JSONDecodeError)):  # APITimeoutError is an APIConnectionError
+            return True
+        try:
+            import pydantic
+        except ImportError:  # pragma: no cover - the SDKs depend on it
+            return False
+        return isinstance(exc, pydantic.ValidationError)
 
     def make_client(self) -> Any:
         raise NotImplementedError

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable
 
-from caikit.backends.base import Completion, Message, Usage
-from caikit.backends.base import BackendError
+from caikit.backends.api import RETRYABLE_STATUS
+from caikit.backends.base import BackendError, Completion, Message, Usage
 from caikit.backends.batch_jobs import IncompleteResults, JobState, OutcomeUnknown, RowResult, check_readable
 from caikit.backends.limits import one_line
-from caikit.backends.openai import (RETRYABLE_STATUS, OpenAIBackend, check_response, completions_from_response,
+from caikit.backends.openai import (OpenAIBackend, check_response, completions_from_response,
                                     logprobs_from_response)
 
 ENDPOINT = "/v1/chat/completions"

@@ -6,7 +6,6 @@ Retry-After, backoff and the attempt budget behave the same for every provider.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -18,7 +17,6 @@ from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
-RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 TOP_LOGPROBS = 20  # the most the API returns
 
 
@@ -79,18 +77,6 @@ class OpenAIBackend(APIBackend):
     def make_client(self):
         return self._sdk.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        sdk = self._sdk
-        if isinstance(exc, sdk.APIStatusError):
-            return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
-        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, MalformedResponse,
-                            json.JSONDecodeError)):  # APITimeoutError is an APIConnectionError
-            return True
-        try:
-            import pydantic
-        except ImportError:  # pragma: no cover - the SDK depends on it
-            return False
-        return isinstance(exc, pydantic.ValidationError)
 
     async def _create(self, params: dict[str, Any], estimated: int):
         """One chat.completions call under the rate limiter, retried; returns (response, usage).
