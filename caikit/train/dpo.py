@@ -156,12 +156,12 @@ def train(cfg: DPOConfig) -> str:
     from transformers import AutoModelForCausalLM
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_preferences, load_rows, preference_triples, split_rows, tokenize_preferences
+    from caikit.train.data import collate_preferences, load_rows, preference_triples, tokenize_preferences
     from caikit.train.logprobs import concatenated_forward
     from caikit.train.losses import dpo_loss
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   resume_or_start, to_device)
+                                   resume_or_start, to_device, tokenized_split)
     from caikit.train.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
@@ -170,13 +170,7 @@ def train(cfg: DPOConfig) -> str:
 
     # data: preference rows -> held-out split -> chosen / rejected token ids with the prompt masked
     triples = preference_triples(load_rows(cfg.data, "preference"), cfg.data)
-    train_triples, eval_triples = split_rows(triples, cfg.eval_fraction, cfg.seed)
-    train_examples, train_count = tokenize_preferences(tokenizer, train_triples, cfg.max_length, cfg.max_prompt_length)
-    eval_examples, eval_count = tokenize_preferences(tokenizer, eval_triples, cfg.max_length, cfg.max_prompt_length)
-    if (train_count + eval_count).message(cfg.max_length):
-        note(COMMAND, (train_count + eval_count).message(cfg.max_length))
-    if not train_examples:
-        raise UserError("no training pairs left after the held-out split and truncation", path=cfg.data)
+    train_examples, eval_examples = tokenized_split(COMMAND, cfg, triples, tokenize_preferences, tokenizer, "pairs")
 
     # reference log-probs first, so only one model is ever resident during training
     ref = reference_logps(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})

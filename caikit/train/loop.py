@@ -27,6 +27,23 @@ def note(command: str, message: str) -> None:
     print(f"caikit {command}: {message}", file=sys.stderr, flush=True)
 
 
+def tokenized_split(command: str, cfg, items: list, tokenize, tokenizer, what: str) -> tuple[list[dict], list[dict]]:
+    """(train, eval) examples: `items` split into held-out rows (cfg.eval_fraction, cfg.seed), each side
+    tokenized by `tokenize(tokenizer, items, max_length, max_prompt_length)`; a note when truncation cut
+    or dropped any, and a UserError naming cfg.data when no training `what` are left."""
+    from caikit.train.data import split_rows
+
+    train_items, eval_items = split_rows(items, cfg.eval_fraction, cfg.seed)
+    train_examples, train_count = tokenize(tokenizer, train_items, cfg.max_length, cfg.max_prompt_length)
+    eval_examples, eval_count = tokenize(tokenizer, eval_items, cfg.max_length, cfg.max_prompt_length)
+    truncated = (train_count + eval_count).message(cfg.max_length)
+    if truncated:
+        note(command, truncated)
+    if not train_examples:
+        raise UserError(f"no training {what} left after the held-out split and truncation", path=cfg.data)
+    return train_examples, eval_examples
+
+
 def make_accelerator(cfg):
     """Accelerator with bf16 autocast when asked (GPU), fp32 otherwise; seeds every RNG."""
     from accelerate import Accelerator

@@ -101,11 +101,11 @@ def train(cfg: RewardConfig) -> str:
     from transformers import AutoModelForSequenceClassification
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_preferences, load_rows, preference_triples, split_rows, tokenize_preferences
+    from caikit.train.data import collate_preferences, load_rows, preference_triples, tokenize_preferences
     from caikit.train.losses import bradley_terry_loss
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   resume_or_start, to_device)
+                                   resume_or_start, to_device, tokenized_split)
     from caikit.train.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
@@ -113,13 +113,7 @@ def train(cfg: RewardConfig) -> str:
 
     # data: preference rows -> held-out split -> chosen / rejected token ids (prompt + response + EOS)
     triples = preference_triples(load_rows(cfg.data, "preference"), cfg.data)
-    train_triples, eval_triples = split_rows(triples, cfg.eval_fraction, cfg.seed)
-    train_examples, train_count = tokenize_preferences(tokenizer, train_triples, cfg.max_length, cfg.max_prompt_length)
-    eval_examples, eval_count = tokenize_preferences(tokenizer, eval_triples, cfg.max_length, cfg.max_prompt_length)
-    if (train_count + eval_count).message(cfg.max_length):
-        note(COMMAND, (train_count + eval_count).message(cfg.max_length))
-    if not train_examples:
-        raise UserError("no training pairs left after the held-out split and truncation", path=cfg.data)
+    train_examples, eval_examples = tokenized_split(COMMAND, cfg, triples, tokenize_preferences, tokenizer, "pairs")
 
     # scalar head on the backbone; the head reads the last non-pad token, so the config must know the pad id
     model = load_pretrained(AutoModelForSequenceClassification, cfg.model, num_labels=1)

@@ -55,27 +55,20 @@ def train(cfg: SFTConfig) -> str:
     from transformers import AutoModelForCausalLM
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_sft, load_rows, sft_pairs, split_rows, tokenize_sft
+    from caikit.train.data import collate_sft, load_rows, sft_pairs, tokenize_sft
     from caikit.train.logprobs import response_logits
     from caikit.train.losses import sft_loss
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   resume_or_start, to_device)
+                                   resume_or_start, to_device, tokenized_split)
     from caikit.train.metrics import MetricsLogger
-    from caikit.errors import UserError
 
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)
 
     # data: rows -> (prompt, response) -> held-out split -> token ids with the prompt masked
     pairs = sft_pairs(load_rows(cfg.data, "sft"), cfg.data)
-    train_pairs, eval_pairs = split_rows(pairs, cfg.eval_fraction, cfg.seed)
-    train_examples, train_count = tokenize_sft(tokenizer, train_pairs, cfg.max_length, cfg.max_prompt_length)
-    eval_examples, eval_count = tokenize_sft(tokenizer, eval_pairs, cfg.max_length, cfg.max_prompt_length)
-    if (train_count + eval_count).message(cfg.max_length):
-        note(COMMAND, (train_count + eval_count).message(cfg.max_length))
-    if not train_examples:
-        raise UserError("no training examples left after the held-out split and truncation", path=cfg.data)
+    train_examples, eval_examples = tokenized_split(COMMAND, cfg, pairs, tokenize_sft, tokenizer, "examples")
 
     model = load_pretrained(AutoModelForCausalLM, cfg.model)
     model = prepare_model(model, cfg, "CAUSAL_LM")
