@@ -103,6 +103,25 @@ class LoggedRequest:
     fault: str | None = None
 
 
+def draw_fault(rng: random.Random, kinds: tuple[str, ...], rates: dict[str, float]) -> str | None:
+    """One seeded draw: kind k with probability rates[k] (taken in `kinds` order), else None."""
+    draw, cumulative = rng.random(), 0.0
+    for kind in kinds:
+        cumulative += rates.get(kind, 0.0)
+        if draw < cumulative:
+            return kind
+    return None
+
+
+def count_fault(kind: str | None, counts: collections.Counter, key: str, cap: int | None) -> str | None:
+    """`kind`, unless `key` has already had `cap` faults (then None, so a retry gets through); counted."""
+    if kind and cap is not None and counts[key] >= cap:
+        return None
+    if kind:
+        counts[key] += 1
+    return kind
+
+
 def default_responder(request: FakeRequest) -> str:
     """Deterministic text from a hash of (messages, seed, choice index)."""
     digest = _hash([request.messages, request.seed, request.index])[:8]
@@ -276,20 +295,8 @@ class FakeAPIServer:
             if plan.always_fail_keys is not None and plan.always_fail_keys(req):
                 return "500"
             i, self._arrivals = self._arrivals, self._arrivals + 1
-            if i < len(plan.script):
-                kind = plan.script[i]
-            else:
-                draw, kind, cumulative = self._rng.random(), None, 0.0
-                for k in FAULT_KINDS:
-                    cumulative += plan.rates.get(k, 0.0)
-                    if draw < cumulative:
-                        kind = k
-                        break
-            if kind and plan.max_faults_per_key is not None and self._faults_by_key[req.key] >= plan.max_faults_per_key:
-                kind = None
-            if kind:
-                self._faults_by_key[req.key] += 1
-            return kind
+            kind = plan.script[i] if i < len(plan.script) else draw_fault(self._rng, FAULT_KINDS, plan.rates)
+            return count_fault(kind, self._faults_by_key, req.key, plan.max_faults_per_key)
 
     # -- one request -------------------------------------------------------------------------------
     def _handle(self, h: _Handler) -> None:

@@ -16,6 +16,7 @@ commit and then lose their answer (`drop_create_responses`: the batch exists, th
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import random
@@ -118,7 +119,7 @@ class FakeBatches:
         self._rng = random.Random(faults.seed if faults else 0)
         self._endpoint_rng = random.Random(endpoint_faults.seed if endpoint_faults else 0)
         self._endpoint_calls = 0
-        self._faults_by_key: dict[str, int] = {}
+        self._faults_by_key: collections.Counter = collections.Counter()
         self._id_prefix = f"{random.getrandbits(32):08x}"  # ids unique across servers, as the providers' are
         self._drop_creates = 0
         self._drop_hang = 0.0
@@ -483,6 +484,8 @@ class FakeBatches:
             return 500, self._error_body(provider, 500, f"fake server error: {type(e).__name__}: {e}")
 
     def _line_fault(self, req: "FakeRequest") -> str | None:
+        from caikit.testing.fake_api import count_fault, draw_fault  # (fake_api imports this module)
+
         if self.line_fault is not None:
             kind = self.line_fault(req)
             if kind:
@@ -493,18 +496,8 @@ class FakeBatches:
         with self._lock:
             if plan.always_fail_keys is not None and plan.always_fail_keys(req):
                 return "500"
-            draw, kind, cumulative = self._rng.random(), None, 0.0
-            for k in LINE_FAULTS:
-                cumulative += plan.line_rates.get(k, 0.0)
-                if draw < cumulative:
-                    kind = k
-                    break
-            if kind and plan.max_faults_per_key is not None and \
-                    self._faults_by_key.get(req.key, 0) >= plan.max_faults_per_key:
-                kind = None
-            if kind:
-                self._faults_by_key[req.key] = self._faults_by_key.get(req.key, 0) + 1
-            return kind
+            kind = draw_fault(self._rng, LINE_FAULTS, plan.line_rates)
+            return count_fault(kind, self._faults_by_key, req.key, plan.max_faults_per_key)
 
     @staticmethod
     def _error_body(provider: str, status: int, message: str) -> dict[str, Any]:
