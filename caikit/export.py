@@ -1,9 +1,10 @@
 """`caikit export RUN_DIR --format datasets|parquet|jsonl`: a run's datasets in the layouts trainers read.
 
-  sft.jsonl          -> RUN_DIR/export/sft/          `messages` (TRL SFTTrainer conversational)
+  sft.jsonl          -> RUN_DIR/export/sft/          `prompt`, `completion` (TRL SFTTrainer conversational
+                        prompt-completion: trained on the completion only)
   preferences.jsonl  -> RUN_DIR/export/preferences/  `prompt`, `chosen`, `rejected` as lists of
                         {role, content} (TRL DPOTrainer / RewardTrainer conversational preference
-                        layout, alignment-handbook) + score_chosen, score_rejected, margin, source
+                        layout, alignment-handbook) + p_chosen (the judge's soft label), source
 
 Each export directory gets a dataset card (README.md) recording where the data came from:
 constitution name and hash, models, judge method and order swap, counts, and judge-vs-human
@@ -26,9 +27,9 @@ from caikit.store import JsonlFile, read_json
 
 FORMATS = ("datasets", "parquet", "jsonl")
 MESSAGES = [{"role": "string", "content": "string"}]
-PREFERENCE_COLUMNS = {"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "score_chosen": "float64",
-                      "score_rejected": "float64", "margin": "float64", "source": "string"}
-SFT_COLUMNS = {"messages": MESSAGES}
+PREFERENCE_COLUMNS = {"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "p_chosen": "float64",
+                      "source": "string"}
+SFT_COLUMNS = {"prompt": MESSAGES, "completion": MESSAGES}
 SOURCES = {"sft": ("sft.jsonl", SFT_COLUMNS), "preferences": ("preferences.jsonl", PREFERENCE_COLUMNS)}
 
 
@@ -125,7 +126,7 @@ def dataset_card(name: str, n_rows: int, columns: dict[str, Any], facts: dict[st
     column_lines = "\n".join(f"- `{c}`: {'list of {role, content}' if isinstance(s, list) else s}"
                              for c, s in columns.items())
     use = ("TRL `DPOTrainer` / `RewardTrainer` (conversational preference format)" if name == "preferences"
-           else "TRL `SFTTrainer` (conversational `messages` format)")
+           else "TRL `SFTTrainer` (conversational prompt-completion format: the completion alone is trained)")
     return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# caikit {name} dataset\n\n"
             f"Exported by `caikit export` from a `caikit {stage}` run. Load with {use}.\n\n"
             f"| fact | value |\n|---|---|\n{table}\n\n## Columns\n\n{column_lines}\n")

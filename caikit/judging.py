@@ -303,11 +303,11 @@ def judge_stats(judgments: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build_preferences(judgments: list[dict[str, Any]], *, source: str, min_margin: float, run_id: str,
                       provenance: dict[str, Any]) -> tuple[list[PreferencePair], dict[str, int]]:
-    """One pair per group (prompt): chosen/rejected = best/worst response by mean win probability.
+    """One pair per group (prompt): chosen/rejected = best/worst response by mean win probability s.
 
-    score_* are those mean win probabilities; margin = score_chosen - score_rejected, which is
-    2|p - 0.5| for a single comparison. A group is a tie when margin == 0 and is dropped when
-    margin / 2 (= |p - 0.5| for one comparison) is below `min_margin`.
+    p_chosen = 0.5 + (s_chosen - s_rejected) / 2, which is the judge's P(chosen better) for a single
+    comparison (both orders and principles averaged) and stays in [0.5, 1] for a group of samples. A group
+    is a tie when p_chosen == 0.5 and is dropped when p_chosen - 0.5 is below `min_margin`.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for j in judgments:
@@ -325,11 +325,11 @@ def build_preferences(judgments: list[dict[str, Any]], *, source: str, min_margi
         if picked is None:
             continue
         best, worst = picked
-        margin = scores[best] - scores[worst]
-        if margin == 0:
+        p_chosen = 0.5 + (scores[best] - scores[worst]) / 2
+        if p_chosen == 0.5:
             counts["ties"] += 1
             continue
-        if margin / 2 < min_margin - 1e-12:
+        if p_chosen - 0.5 < min_margin - 1e-12:
             counts["dropped_below_min_margin"] += 1
             continue
         counts["chosen_first"] += best == 0  # for revision pairs: the revision won
@@ -337,9 +337,9 @@ def build_preferences(judgments: list[dict[str, Any]], *, source: str, min_margi
             id=idempotency_key("preference", run_id, group), run_id=run_id, prompt=items[0]["prompt"],
             chosen=[{"role": "assistant", "content": texts[best]}],
             rejected=[{"role": "assistant", "content": texts[worst]}],
-            score_chosen=scores[best], score_rejected=scores[worst], margin=margin, source=source,
+            p_chosen=p_chosen, source=source,
             provenance={**provenance, "group_id": group, "chosen_index": best, "rejected_index": worst,
-                        "comparisons": len(items), "judgment_ids": [j["id"] for j in items],
+                        "win_rates": {"chosen": scores[best], "rejected": scores[worst]}, "comparisons": len(items), "judgment_ids": [j["id"] for j in items],
                         "principle_ids": sorted({p for j in items for p in j["principle_ids"]})}))
     return preferences, counts
 

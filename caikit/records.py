@@ -71,19 +71,23 @@ class Trace(Record):
 
 @dataclass
 class SFTExample(Record):
-    """Prompt + final revision: one row of the SL-CAI dataset (`messages` layout)."""
+    """One row of the SL-CAI dataset in TRL's conversational prompt-completion layout: `prompt` is the
+    conversation up to its last user turn, `completion` the final revision as one assistant message, so a
+    trainer (TRL's SFTTrainer by default, caikit's always) learns the revision's tokens and nothing else."""
 
-    messages: Messages = field(default_factory=list)
     prompt_id: str = ""
+    prompt: Messages = field(default_factory=list)
+    completion: Messages = field(default_factory=list)  # [{"role": "assistant", "content": final revision}]
 
     @classmethod
-    def from_trace(cls, trace: Trace) -> "SFTExample":
+    def from_trace(cls, trace: "Trace") -> "SFTExample":
         return cls(
             id=trace.id,
             run_id=trace.run_id,
             created_at=trace.created_at,  # derived, not new: a rerun rewrites sft.jsonl byte for byte
             prompt_id=trace.prompt_id,
-            messages=[*trace.prompt, {"role": "assistant", "content": trace.final_revision}],
+            prompt=list(trace.prompt),
+            completion=[{"role": "assistant", "content": trace.final_revision}],
         )
 
 
@@ -109,16 +113,37 @@ class Judgment(Record):
 
 @dataclass
 class PreferencePair(Record):
-    """TRL / alignment-handbook conversational preference row."""
+    """TRL / alignment-handbook conversational preference row, with the judge's soft label.
+
+    `p_chosen` is P(chosen is better) as the labeller gave it: the AI judge's soft label (both orders and
+    principles averaged), or 1.0 for a human or rule label. No column carries a name a consumer reads with
+    another meaning (TRL's RewardTrainer subtracts a column named `margin` inside its loss)."""
 
     prompt: Messages = field(default_factory=list)
     chosen: Messages = field(default_factory=list)  # [{"role": "assistant", "content": ...}]
     rejected: Messages = field(default_factory=list)
-    score_chosen: float = 0.0
-    score_rejected: float = 0.0
-    margin: float = 0.0
-    source: str = ""  # revision-vs-initial | judged-samples
+    p_chosen: float = 1.0
+    source: str = ""  # revision-vs-initial | judged-samples | human
     provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Label(Record):
+    """One human comparison from `caikit label`: which of two responses to one conversation is better.
+
+    `shown_left` records the randomised order ("a": response_a was on the left); `choice` is "a", "b",
+    "tie" or "skip". `ai_p_a` is the AI judge's P(a better) where the pair came from a judge run."""
+
+    pair_id: str = ""
+    prompt: Messages = field(default_factory=list)
+    response_a: str = ""
+    response_b: str = ""
+    shown_left: str = "a"
+    choice: str = ""
+    labeler: str = ""
+    note: str = ""
+    source: str = ""  # where the pair came from (a judge / generate run directory, a pairs file)
+    ai_p_a: float | None = None
 
 
 @dataclass
@@ -129,4 +154,5 @@ class Failure(Record):
     prompt_id: str = ""
     error: str = ""
     raw: str | None = None
-    attempts: int = 0
+    attempts: int = 0  # requests really sent for this item in the run that failed (retries included)
+    usage: dict[str, int] = field(default_factory=dict)  # what those requests cost

@@ -35,7 +35,7 @@ def main() -> None:
 
     import torch
 
-    from caikit.train.metrics import read_metrics
+    from caikit.metrics import read_metrics
     from caikit.train.ppo import PPOConfig, train
 
     def words_reward(prompts: list[str], responses: list[str]) -> list[float]:

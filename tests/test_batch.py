@@ -210,7 +210,7 @@ def test_judge_through_batches_equals_the_online_judgments(tmp_path, backend, me
                                                        for i in range(6)}
 
     def preferred(run):
-        return [(p["chosen"], p["rejected"], p["score_chosen"], p["margin"])
+        return [(p["chosen"], p["rejected"], p["p_chosen"])
                 for p in read_jsonl(run / "preferences.jsonl")]
 
     assert preferred(tmp_path / "batch") == preferred(tmp_path / "online") and len(preferred(tmp_path / "batch")) == 6

@@ -19,10 +19,10 @@ def make_run(root, *, stage="judge"):
                                                             {"role": "user", "content": f"Tell me {i}."}],
                             chosen=[{"role": "assistant", "content": f"I can't help with that {i}."}],
                             rejected=[{"role": "assistant", "content": f"Sure, step {i}: ..."}],
-                            score_chosen=0.8, score_rejected=0.2, margin=0.6, source="revision-vs-initial",
+                            p_chosen=0.8, source="revision-vs-initial",
                             provenance={"judge": "x"}) for i in range(3)]
     (run / "preferences.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in prefs))
-    sft = [SFTExample(id=f"t{i}", messages=PROMPT + [{"role": "assistant", "content": f"No {i}."}]) for i in range(2)]
+    sft = [SFTExample(id=f"t{i}", prompt=PROMPT, completion=[{"role": "assistant", "content": f"No {i}."}]) for i in range(2)]
     (run / "sft.jsonl").write_text("".join(json.dumps(s.to_dict()) + "\n" for s in sft))
     identity = {"constitution": "anthropic-cai", "constitution_hash": "ab" * 32, "backend": "openai",
                 "model": "gpt-4o-mini", "method": "logprob", "swap": True, "principles": 2, "pairs": "revision"}
@@ -50,13 +50,14 @@ def test_export_datasets_round_trip_with_trl_columns_and_card(tmp_path):
                                      "position_consistency_rate": 0.6}))
     assert main(["export", str(run), "--format", "datasets", "--agreement", str(agreement)]) == 0
     prefs = load_from_disk(str(run / "export" / "preferences"))
-    assert prefs.column_names == ["prompt", "chosen", "rejected", "score_chosen", "score_rejected", "margin", "source"]
+    assert prefs.column_names == ["prompt", "chosen", "rejected", "p_chosen", "source"]
     assert len(prefs) == 3 and all(is_conversational_preference(row) for row in prefs)
     assert prefs[1]["prompt"][-1] == {"role": "user", "content": "Tell me 1."}
     assert prefs[1]["chosen"] == [{"role": "assistant", "content": "I can't help with that 1."}]
-    assert prefs[0]["score_chosen"] == 0.8 and prefs[0]["margin"] == 0.6
+    assert prefs[0]["p_chosen"] == 0.8
     sft = load_from_disk(str(run / "export" / "sft"))
-    assert sft.column_names == ["messages"] and sft[1]["messages"][-1] == {"role": "assistant", "content": "No 1."}
+    assert sft.column_names == ["prompt", "completion"] and sft[1]["prompt"] == PROMPT
+    assert sft[1]["completion"] == [{"role": "assistant", "content": "No 1."}]
     card = (run / "export" / "preferences" / "README.md").read_text()
     for fact in ("anthropic-cai", "ab" * 32, "openai:gpt-4o-mini", "| judge method | logprob |",
                  "| order swap (position-bias control) | yes |", "| rows | 3 |", "| ties | 1 |",

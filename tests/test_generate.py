@@ -71,7 +71,7 @@ def test_every_prompt_ends_with_one_trace_despite_faults(tmp_path, api_keys, bac
     assert all("POISON" not in t["prompt"][-1]["content"] for t in traces)
     assert any(code != 200 for code in statuses), "faults were injected"
     sft = read_jsonl(run / "sft.jsonl")
-    assert len(sft) == 22 and all(r["messages"][-1]["role"] == "assistant" for r in sft)
+    assert len(sft) == 22 and all(r["completion"][-1]["role"] == "assistant" and r["prompt"][-1]["role"] == "user" for r in sft)
     usage = json.loads((run / "usage.json").read_text())
     assert usage["traces"] == 22 and usage["failures"] == 2 and usage["prompt_tokens"] > 0
     for f in run.iterdir():  # the key never reaches any output
@@ -213,4 +213,4 @@ def test_real_embedded_model_end_to_end(tmp_path, smollm2_dir):
         assert t["rounds"][0]["principle_id"] and t["rounds"][0]["critique"]
         assert t["final_revision"]
     sft = read_jsonl(tmp_path / "run" / "sft.jsonl")
-    assert {r["id"]: r["messages"][-1]["content"] for r in sft} == {t["id"]: t["final_revision"] for t in traces}
+    assert {r["id"]: r["completion"][-1]["content"] for r in sft} == {t["id"]: t["final_revision"] for t in traces}

@@ -197,7 +197,7 @@ def test_logprob_judge_end_to_end_swap_margin_ties_and_resume(tmp_path):
         assert prefs[0]["chosen"] == [{"role": "assistant", "content": "GOOD 0"}]
         assert prefs[0]["rejected"] == [{"role": "assistant", "content": "bad 0"}]
         assert prefs[0]["prompt"] == [{"role": "user", "content": "question 0"}]
-        assert prefs[0]["score_chosen"] == pytest.approx(0.8) and prefs[0]["margin"] == pytest.approx(0.6)
+        assert prefs[0]["p_chosen"] == pytest.approx(0.8) and "margin" not in prefs[0] and "score_chosen" not in prefs[0]
         assert prefs[0]["source"] == "revision-vs-initial"
         stats = json.loads((out / "stats.json").read_text())
         assert stats["ties"] == 1 and stats["preferences"] == 2 and stats["skipped"] == {"revision_unchanged": 1}
@@ -290,7 +290,7 @@ def test_cot_answers_are_clamped(tmp_path):
     (j,) = read_jsonl(tmp_path / "j" / "judgments.jsonl")
     assert j["method"] == "cot" and j["p_a_first"] == 0.6 and j["p_a_swapped"] == 0.6 and j["p_a"] == 0.6
     (pref,) = read_jsonl(tmp_path / "j" / "preferences.jsonl")
-    assert pref["score_chosen"] == 0.6 and pref["margin"] == pytest.approx(0.2)
+    assert pref["p_chosen"] == pytest.approx(0.6)
 
 
 def test_cot_scored_by_logprobs_after_the_reasoning(tmp_path):
@@ -351,8 +351,9 @@ def test_samples_from_a_policy_chosen_best_and_rejected_worst(tmp_path):
         assert pref["chosen"][0]["content"] == "reply one" and pref["rejected"][0]["content"] == "reply zero"
         assert pref["source"] == "judged-samples" and pref["provenance"]["comparisons"] == 3
         # mean win probability: one beats zero 0.9/1.1 and two 0.9/1.4; zero beats one 0.2/1.1 and two 0.2/0.7
-        assert pref["score_chosen"] == pytest.approx((0.9 / 1.1 + 0.9 / 1.4) / 2)
-        assert pref["score_rejected"] == pytest.approx((0.2 / 1.1 + 0.2 / 0.7) / 2)
+        s_chosen, s_rejected = (0.9 / 1.1 + 0.9 / 1.4) / 2, (0.2 / 1.1 + 0.2 / 0.7) / 2
+        assert pref["provenance"]["win_rates"] == pytest.approx({"chosen": s_chosen, "rejected": s_rejected})
+        assert pref["p_chosen"] == pytest.approx(0.5 + (s_chosen - s_rejected) / 2)
     usage = json.loads((out / "usage.json").read_text())
     assert usage["policy"]["model"] == "policy-model" and usage["policy"]["requests"] == 2
     assert usage["requests"] == 12 and usage["model"] == "gpt-4o-mini"

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from caikit.errors import UserError
-from caikit.eval.diversity import distinct_n, diversity_metrics, identical_share
+from caikit.diversity import distinct_n, diversity_metrics, identical_share
 from caikit.train.kl import AdaptiveKLController, FixedKLController
 from caikit.train.losses import gae, whiten
-from caikit.train.metrics import read_metrics
+from caikit.metrics import read_metrics
 from caikit.train.monitors import MonitorThresholds, TrainingMonitor
 from caikit.train.rollout import (apply_missing_eos_penalty, generate_responses, left_pad, per_token_rewards,
                                   response_forward, rollout_attention_mask, sampling_config, truncate_after_eos)

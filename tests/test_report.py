@@ -97,7 +97,7 @@ def make_full_run(root: Path) -> Path:
         {"id": "pref-1", "prompt": [{"role": "user", "content": "pair prompt"}],
          "chosen": [{"role": "assistant", "content": "chosen answer text"}],
          "rejected": [{"role": "assistant", "content": "rejected answer text"}],
-         "score_chosen": 0.8, "score_rejected": 0.2, "margin": 0.6, "source": "revision-vs-initial"}])
+         "p_chosen": 0.8, "source": "revision-vs-initial"}])
     _json(judge / "stats.json", {"pairs": 1, "ties": 2, "dropped": 2, "position_consistency": 0.75,
                                  "methods": {"logprob": 5}})
     _json(judge / "usage.json", {"model": "my-local-judge", "prompt_tokens": 500, "completion_tokens": 5,

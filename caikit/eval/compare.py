@@ -304,7 +304,7 @@ def _row(metric: str, before: float | None, after: float | None, note: str) -> d
 def build_table(pairs: list[dict], kl: dict[str, Any], rewards: dict[str, dict[str, float | None]] | None,
                 cfg: EvalConfig) -> list[dict[str, Any]]:
     """The before/after rows of report.json, in reading order."""
-    from caikit.eval.diversity import diversity_metrics
+    from caikit.diversity import diversity_metrics
     from caikit.eval.refusal import refusal_rate
 
     by_kind = {kind: [p for p in pairs if p["kind"] == kind] for kind in KINDS}

@@ -300,7 +300,7 @@ def _curves(stage_dir: Path) -> str:
     if not metrics.is_file():
         return _missing(f"{stage_dir.name}/plots/ has no PNG and there is no metrics.jsonl to draw.")
     try:
-        from caikit.report.plots import plot_metrics
+        from caikit.plots import plot_metrics
 
         with tempfile.TemporaryDirectory(prefix="caikit-report-") as tmp:
             drawn = plot_metrics(metrics, tmp)
@@ -417,10 +417,10 @@ def _pairs(run_dir: Path, max_examples: int) -> str:
     out = [f"<details><summary>preference pairs ({len(pairs)} of {n})</summary>"]
     last_turn = lambda m: m[-1].get("content") if _list(m) and isinstance(m[-1], dict) else m  # noqa: E731
     for p in pairs:
-        out.append(f'<article class="example pair"><div class="meta">{escape(str(p.get("source", "")))} · margin '
-                   f'{_fmt(p.get("margin"))}</div>{_messages(p.get("prompt"))}<div class="cols">'
-                   f'{_col("chosen · " + _fmt(p.get("score_chosen")), _text(last_turn(p.get("chosen"))))}'
-                   f'{_col("rejected · " + _fmt(p.get("score_rejected")), _text(last_turn(p.get("rejected"))))}'
+        out.append(f'<article class="example pair"><div class="meta">{escape(str(p.get("source", "")))} · judge P(chosen better) '
+                   f'{_fmt(p.get("p_chosen"))}</div>{_messages(p.get("prompt"))}<div class="cols">'
+                   f'{_col("chosen", _text(last_turn(p.get("chosen"))))}'
+                   f'{_col("rejected", _text(last_turn(p.get("rejected"))))}'
                    "</div></article>")
     return "".join(out) + "</details>"
 

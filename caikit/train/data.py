@@ -3,8 +3,8 @@
 Accepted inputs: a caikit run dir (sft.jsonl / preferences.jsonl), a .jsonl(.gz) / .json / .parquet file,
 or a `datasets` save_to_disk dir, in TRL layouts, standard (strings) or conversational (messages):
   SFT:         {"messages": [...]} | {"prompt", "completion"} | {"text"}
-  preferences: {"prompt", "chosen", "rejected"} (+ optional "score_chosen", "score_rejected", "margin",
-               "p_chosen"); a prompt-less row whose chosen/rejected are whole conversations sharing a
+  preferences: {"prompt", "chosen", "rejected"} (+ optional "p_chosen": the judge's soft label, and
+               "margin" for --use-margin); a prompt-less row whose chosen/rejected are whole conversations sharing a
                prefix (hh-rlhf style) is split at the last assistant turn.
 Tokenised sequences are prompt + response + EOS with `labels_mask` 1 on the response tokens (EOS
 included), and right-padded for training.
@@ -142,20 +142,12 @@ def sft_pairs(rows: list[dict], source: str) -> list[tuple[Messages | None, Mess
 
 
 def preference_label(row: dict) -> float | None:
-    """P(chosen preferred): `p_chosen` if given; else from judge scores; None when the row has neither.
+    """P(chosen preferred) as the row states it (`p_chosen`: the judge's soft label), else None (a hard label).
 
-    Scores in [0, 1] are read as judge probabilities (p = s_c / (s_c + s_r)); other scores (e.g. 1-10
-    ratings) through a Bradley-Terry link, p = σ(s_c - s_r).
-    """
-    if row.get("p_chosen") is not None:
-        return float(row["p_chosen"])
-    sc, sr = row.get("score_chosen"), row.get("score_rejected")
-    if sc is None or sr is None:
-        return None
-    sc, sr = float(sc), float(sr)
-    if 0.0 <= sc <= 1.0 and 0.0 <= sr <= 1.0:
-        return sc / (sc + sr) if sc + sr > 0 else None
-    return 1.0 / (1.0 + math.exp(-(sc - sr)))
+    No other column is reinterpreted as a probability: ratings such as UltraFeedback's score_chosen are not
+    probabilities, and a `margin` column means what the trainer's --use-margin says, nothing more."""
+    value = row.get("p_chosen")
+    return None if value is None else float(value)
 
 
 def _split_implicit_prompt(chosen: Messages, rejected: Messages) -> tuple[Messages, Messages, Messages]:

@@ -39,7 +39,7 @@ class DPOConfig(CommonTrainConfig):
                             metadata={"choices": ["sigmoid", "ipo"]})
     label_smoothing: float = option(0.0, help="ε: assumed label-flip probability (conservative DPO); sigmoid loss only")
     use_soft_labels: bool = option(False, help="per-pair ε = 1 - P(chosen preferred) from the judge where rows carry "
-                                               "it (p_chosen or score_chosen/score_rejected); --label-smoothing elsewhere")
+                                               "it (p_chosen); --label-smoothing elsewhere")
     ref_model: str = option("", help="reference model (default: --model, the policy at step 0)")
 
     def validate(self) -> None:
@@ -162,7 +162,7 @@ def train(cfg: DPOConfig) -> str:
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
                                    resume_or_start, to_device, tokenized_split)
-    from caikit.train.metrics import MetricsLogger
+    from caikit.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)

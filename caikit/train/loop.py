@@ -174,7 +174,7 @@ def resume_or_start(cfg, command: str, model, optimizer, scheduler) -> tuple[int
 
 def finish(accelerator, model, tokenizer, cfg, plot_groups: dict[str, list[str]] | None) -> str:
     """Final save (merged weights, tokenizer, config.yaml) and PNG curves; returns the output dir."""
-    from caikit.report.plots import plot_metrics
+    from caikit.plots import plot_metrics
     from caikit.train.checkpoint import save_pretrained
 
     accelerator.wait_for_everyone()

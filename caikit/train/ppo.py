@@ -132,13 +132,13 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> str:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from caikit.eval.diversity import diversity_metrics
+    from caikit.diversity import diversity_metrics
     from caikit.train.checkpoint import save_checkpoint
     from caikit.train.kl import make_kl_controller
     from caikit.train.losses import gae, kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
     from caikit.train.loop import (finish, load_pretrained, make_accelerator, make_optimizer, make_scheduler, note,
                                    prepare_model, resume_or_start)
-    from caikit.train.metrics import MetricsLogger
+    from caikit.metrics import MetricsLogger
     from caikit.train.monitors import MonitorThresholds, TrainingMonitor, make_check
     from caikit.train.rollout import (PolicyWithValueHead, RewardScorer, apply_missing_eos_penalty, disable_dropout,
                                       encode_prompt, generate_responses, last_user_text, left_pad, per_token_rewards,

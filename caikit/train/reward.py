@@ -31,7 +31,7 @@ class RewardConfig(CommonTrainConfig):
 
     lr: float = option(1e-5, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
     use_soft_labels: bool = option(True, help="train on the judge's P(chosen preferred) where rows carry one "
-                                              "(p_chosen, or score_chosen/score_rejected); hard labels otherwise")
+                                              "(p_chosen); hard labels otherwise")
     use_margin: bool = option(False, help="subtract each row's `margin` from the score difference (Llama 2 margin loss)")
 
 
@@ -106,7 +106,7 @@ def train(cfg: RewardConfig) -> str:
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
                                    resume_or_start, to_device, tokenized_split)
-    from caikit.train.metrics import MetricsLogger
+    from caikit.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)

@@ -61,7 +61,7 @@ def train(cfg: SFTConfig) -> str:
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
                                    resume_or_start, to_device, tokenized_split)
-    from caikit.train.metrics import MetricsLogger
+    from caikit.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from caikit.train.metrics import read_metrics
+from caikit.metrics import read_metrics
 
 
 def smooth(values: list[float], weight: float = 0.8) -> list[float]:

@@ -1,0 +1,83 @@
+"""Intervals and agreement statistics for judges, reward models and before/after tables. Pure functions.
+
+Every rate caikit reports beside a decision (is the judge better than chance? does the trained model beat the
+starting one by more than noise?) comes with an interval from here, so the same numbers mean the same thing in
+`caikit judge`, `caikit eval`, the dataset card and `report.html`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Sequence
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """95 % Wilson score interval for a binomial proportion (Wilson 1927; Brown, Cai & DasGupta 2001, Eq. 4).
+
+    `successes` may be fractional (a tie counted as half). None when n == 0."""
+    if n <= 0:
+        return None
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def cohens_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
+    """Cohen's kappa of two raters' labels over the same items: (p_o - p_e) / (1 - p_e) (Cohen 1960, Eq. 1).
+
+    None when there are no items, or when chance agreement is 1 (both raters gave one label throughout)."""
+    if len(a) != len(b):
+        raise ValueError("both raters must label the same items")
+    n = len(a)
+    if n == 0:
+        return None
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    labels = set(a) | set(b)
+    expected = sum((list(a).count(c) / n) * (list(b).count(c) / n) for c in labels)
+    if expected >= 1.0:
+        return None
+    return (observed - expected) / (1.0 - expected)
+
+
+def bootstrap_interval(values: Sequence[float], statistic: Callable[[Sequence[float]], float] | None = None, *,
+                       resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of `statistic` (default: the mean) over `values` (Efron & Tibshirani 1993,
+    ch. 13), seeded so a report is reproducible. None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    statistic = statistic or (lambda xs: math.fsum(xs) / len(xs))
+    rng = random.Random(seed)
+    n = len(values)
+    draws = sorted(statistic([values[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
+    tail = (1.0 - level) / 2
+    low = draws[int(math.floor(tail * (resamples - 1)))]
+    high = draws[int(math.ceil((1.0 - tail) * (resamples - 1)))]
+    return low, high
+
+
+def excludes(interval: tuple[float, float] | None, value: float) -> bool:
+    """Does the interval lie wholly on one side of `value` (an effect beyond noise)?"""
+    return interval is not None and (interval[0] > value or interval[1] < value)
+
+
+def shorter_wins_accuracy(pairs: Sequence[tuple[str, str]]) -> tuple[float, int]:
+    """The length-only baseline on (chosen, rejected) pairs: accuracy of "prefer the shorter reply" (ties half).
+
+    Judges and reward models that favour length look good on data where length happens to carry the label;
+    every accuracy caikit reports stands beside this one on the same pairs. Returns (accuracy, n)."""
+    if not pairs:
+        return math.nan, 0
+    score = sum(1.0 if len(c) < len(r) else 0.5 if len(c) == len(r) else 0.0 for c, r in pairs)
+    return score / len(pairs), len(pairs)
+
+
+def longer_preferred_rate(choices: Sequence[tuple[str, str, float]]) -> float | None:
+    """How often p > 0.5 picks the longer of (a, b): `choices` are (response_a, response_b, p_a); pairs of
+    equal length or with p exactly 0.5 are left out. None when nothing is left."""
+    picks = [(len(a) > len(b)) == (p > 0.5) for a, b, p in choices if len(a) != len(b) and p != 0.5]
+    return sum(picks) / len(picks) if picks else None
