@@ -1,56 +1,28 @@
-"""`caikit <command>`: one thin function per command; the work lives in the modules they call.
+"""`caikit <command>`: parse the command line, run one command, turn its errors into one line and an exit code.
 
-Commands are registered in COMMANDS with the module that holds their config dataclass and entry
-point, imported only when that command runs (so `caikit --help` does not import torch).
+The commands are listed once, in caikit.commands.COMMANDS, each with the module that holds its config
+dataclass and entry point, imported only when that command runs (so `caikit --help` does not import torch).
 Every command accepts `--config FILE.yaml`; flags typed on the command line win over the file.
+
+Exit codes: 0 done; 1 failures above the allowed rate (--max-failure-rate); 2 bad input or options, a
+provider that refuses the run (wrong key, unknown model), an output that cannot be written, a directory in
+use by another process; 3 a quality gate stopped the run; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
-from dataclasses import dataclass
 
+from caikit.commands import COMMANDS, Command
 from caikit.errors import MultiError, UserError
 
 
-@dataclass(frozen=True)
-class Command:
-    name: str  # "generate", "train sft", ...
-    module: str  # where the config class and entry function live
-    config: str  # dataclass name in `module`
-    func: str  # entry function name in `module`, called with the resolved config
-    help: str
-    positional: tuple[str, ...] = ()
-
-
-COMMANDS = [
-    Command("init", "caikit.scaffold", "InitConfig", "init", "write a starter constitution, prompts and run config"),
-    Command("constitution validate", "caikit.constitution", "ValidateConfig", "validate_command",
-            "check constitution YAML files; one FILE:LINE line per problem", ("files",)),
-    Command("generate", "caikit.pipeline", "GenerateConfig", "run_generate",
-            "SL-CAI: answer -> critique -> revise; writes traces.jsonl and sft.jsonl"),
-    Command("judge", "caikit.judging", "JudgeConfig", "run_judge", "RLAIF: AI-judged preference pairs"),
-    Command("estimate", "caikit.estimate", "EstimateConfig", "run_estimate",
-            "expected requests, tokens and cost of a generate or judge run (online and --batch-api)", ("stage",)),
-    Command("merge", "caikit.merge", "MergeConfig", "run_merge",
-            "combine the run dirs of --shard i/n runs into one, dropping duplicates", ("dirs",)),
-    Command("export", "caikit.export", "ExportConfig", "export_command",
-            "export a run dir as datasets / parquet / jsonl", ("run_dir",)),
-    Command("train sft", "caikit.train.sft", "SFTConfig", "train", "supervised fine-tuning on revisions"),
-    Command("train reward", "caikit.train.reward", "RewardConfig", "train", "Bradley-Terry reward model"),
-    Command("train dpo", "caikit.train.dpo", "DPOConfig", "train", "direct preference optimisation"),
-    Command("train ppo", "caikit.train.ppo", "PPOConfig", "train", "PPO against a reward model with a KL penalty"),
-    Command("score", "caikit.train.reward", "ScoreConfig", "score_command", "reward-model scores (0-1) for responses"),
-    Command("eval judge", "caikit.eval.agreement", "AgreementConfig", "run_agreement",
-            "judge-vs-human agreement on labelled pairs"),
-    Command("eval", "caikit.eval.compare", "EvalConfig", "run_eval", "before/after harmlessness and helpfulness"),
-    Command("report", "caikit.report.html", "ReportConfig", "report_command", "HTML report of a run dir", ("run_dir",)),
-    Command("demo", "caikit.run", "DemoConfig", "run_demo", "the whole loop on the embedded model, on CPU"),
-    Command("run", "caikit.run", "RunConfig", "run_pipeline", "a whole pipeline from one YAML file", ("config_file",)),
-]
+WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EDQUOT,
+                errno.EEXIST, errno.EFBIG}
 
 
 def _match(argv: list[str]) -> tuple[Command | None, list[str]]:
@@ -113,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"caikit {cmd.name}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full or read-only disk, a path that is a file: one line, nothing half-written
+        if e.errno is None:
+            raise
+        verb = "cannot write" if e.errno in WRITE_ERRORS else "cannot use"
+        where = f" {e.filename}" if e.filename else ""
+        print(f"caikit {cmd.name}: error: {verb}{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"caikit {cmd.name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -3,6 +3,9 @@
 Each field's help text lives in `field(metadata={"help": ...})`; `add_dataclass_args` turns the
 dataclass into argparse flags (`kl_coef` -> `--kl-coef`), and `resolve` merges, in order of
 precedence: CLI flags the user actually typed > YAML config file > dataclass defaults.
+Every numeric option declares its valid range beside its default (`option(16, low=1)`); `from_dict`
+checks it once, for flags and YAML alike (NaN, infinities and integers beyond 2**53 are refused
+everywhere), and `options_table` renders the ranges for the README, so they are written once.
 The resolved config is saved beside every output with `save_config`.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,13 +22,22 @@ from typing import Any, TypeVar
 import yaml
 
 from caikit.errors import UserError
+from caikit.secrets import public_url
 
 T = TypeVar("T")
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kw) -> Any:  # noqa: A002
-    """A dataclass field with its `--help` text declared beside it."""
+MAX_INT = 2**53  # larger integers are refused for every option: no option needs them, and C code overflows
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, low: float | None = None,  # noqa: A002
+           high: float | None = None, above: float | None = None, below: float | None = None, **kw) -> Any:
+    """A dataclass field with its `--help` text and, for numbers, its valid range declared beside it:
+    `low`/`high` are inclusive bounds, `above`/`below` exclusive ones."""
     meta = {"help": help, **kw.pop("metadata", {})}
+    bounds = {k: v for k, v in (("low", low), ("high", high), ("above", above), ("below", below)) if v is not None}
+    if bounds:
+        meta["range"] = bounds
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
@@ -107,6 +120,11 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def _named(key: str, source: str) -> str:
+    """An option as the user wrote it: `--max-tokens` on the command line, `option 'max_tokens'` in a file."""
+    return f"--{key.replace('_', '-')}" if source == "command line" else f"option '{key}'"
+
+
 def _shown(value: Any) -> str:
     """A value for a one-line error message: repr, cut short."""
     text = repr(value)
@@ -122,7 +140,7 @@ def _coerce(key: str, value: Any, tp: Any, field: dataclasses.Field, source: str
     kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(tp, "a list of names")
 
     def wrong() -> UserError:
-        return UserError(f"option '{key}' must be {kind}, got {_shown(value)}", path=source)
+        return UserError(f"{_named(key, source)} must be {kind}, got {_shown(value)}", path=_file(source))
 
     if value is None:
         if field.default is None:  # declared "unset" (positional run_dir, ...)
@@ -157,6 +175,36 @@ def _coerce(key: str, value: Any, tp: Any, field: dataclasses.Field, source: str
     return value
 
 
+def range_text(bounds: dict[str, float]) -> str:
+    """'>= 1', '> 0', '0 to 1', '>= 0 and < 1': a declared range in words."""
+    low = f">= {bounds['low']:g}" if "low" in bounds else (f"> {bounds['above']:g}" if "above" in bounds else "")
+    high = f"<= {bounds['high']:g}" if "high" in bounds else (f"< {bounds['below']:g}" if "below" in bounds else "")
+    if "low" in bounds and "high" in bounds:
+        return f"{bounds['low']:g} to {bounds['high']:g}"
+    return " and ".join(part for part in (low, high) if part) or "any"
+
+
+def _file(source: str) -> str | None:
+    return None if source == "command line" else source
+
+
+def check_range(key: str, value: Any, field: dataclasses.Field, source: str) -> None:
+    """Refuse NaN, infinities, integers beyond MAX_INT and values outside the field's declared range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{_named(key, source)} must be a finite number, got {value}", path=_file(source))
+    if abs(value) > MAX_INT:
+        raise UserError(f"{_named(key, source)} is out of range: {_shown(value)}", path=_file(source))
+    bounds = field.metadata.get("range")
+    if not bounds:
+        return
+    ok = (value >= bounds.get("low", -math.inf) and value <= bounds.get("high", math.inf)
+          and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf))
+    if not ok:
+        raise UserError(f"{_named(key, source)} must be {range_text(bounds)}, got {_shown(value)}", path=_file(source))
+
+
 def from_dict(cls: type[T], data: dict, *, source: str = "config") -> T:
     """Build `cls` from a plain dict, rejecting unknown keys, values of the wrong type and values
     outside a field's `choices`, and coercing numbers given as text (and the reverse)."""
@@ -168,10 +216,11 @@ def from_dict(cls: type[T], data: dict, *, source: str = "config") -> T:
         if name not in fields:
             raise UserError(f"unknown option {_shown(key)} (known: {', '.join(sorted(fields))})", path=source)
         value = _coerce(str(key), value, _base_type(hints[name]), fields[name], source)
+        check_range(str(key), value, fields[name], source)
         choices = fields[name].metadata.get("choices")
         if choices and value not in choices:
-            raise UserError(f"option '{key}' must be one of {', '.join(map(str, choices))}, got {_shown(value)}",
-                            path=source)
+            raise UserError(f"{_named(str(key), source)} must be one of {', '.join(map(str, choices))}, got "
+                            f"{_shown(value)}", path=_file(source))
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -198,59 +247,41 @@ def to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML. It holds no secrets: keys come from the environment or a key
-    file (whose path, not content, is saved), and `user:password@` is dropped from any *base_url."""
-    from caikit.backends.limits import public_url
-
+    file (whose path, not content, is saved), and `user:password@` and key-like query parameters are
+    dropped from any *base_url (also inside nested mappings, such as a run file's stages)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = {k: (public_url(v) if k.endswith("base_url") and isinstance(v, str) and v else v)
-              for k, v in to_dict(cfg).items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tmp.replace(path)
+    values = scrubbed(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    write_text_atomic(path, yaml.safe_dump(values, sort_keys=False, allow_unicode=True))
 
 
-@dataclasses.dataclass
-class BackendOptions:
-    """Which model answers, and how hard we may push its API. Shared by generate, judge and eval."""
+def scrubbed(values: Any) -> Any:
+    """`values` with every *base_url (and a judge / policy spec's @URL part) made public, recursively."""
+    if isinstance(values, dict):
+        return {k: (_public_spec(v) if isinstance(k, str) and k.endswith(("base_url", "judge", "check_judge"))
+                    and isinstance(v, str) and v else scrubbed(v)) for k, v in values.items()}
+    if isinstance(values, list):
+        return [scrubbed(v) for v in values]
+    return values
 
-    backend: str = option("local", help="model provider: openai | anthropic | local",
-                          metadata={"choices": ["openai", "anthropic", "local"]})
-    model: str = option("", help="model name (default per backend: gpt-4o-mini, claude-haiku-4-5, smollm2)")
-    base_url: str = option("", help="API base URL for OpenAI-compatible servers (vLLM, llama.cpp, Ollama) or an Anthropic proxy")
-    concurrency: int = option(16, help="max requests in flight (API) / max batch size (local)")
-    rpm: float = option(0.0, help="client-side requests-per-minute limit (0: none)")
-    tpm: float = option(0.0, help="client-side tokens-per-minute limit, estimated then corrected by usage (0: none)")
-    timeout: float = option(60.0, help="seconds before a request is abandoned and retried")
-    max_retries: int = option(6, help="attempts per request (429/5xx/timeouts/malformed bodies) before a failure row")
-    device: str = option("", help="local backend device: cpu | cuda | cuda:1 (default: cuda if available)")
-    prices: str = option("", help="YAML/JSON price table overriding built-in USD per 1M tokens {model: {input, output}}")
-    api_key_file: str = option("", help="file holding the API key (a bare key, or NAME=value lines as in .env); "
-                                        "default: the OPENAI_API_KEY / ANTHROPIC_API_KEY environment variable")
-    batch_api: bool = option(False, help="send requests through the provider's batch API (OpenAI Batch, Anthropic "
-                                         "Message Batches): half price, results within 24 h; one batch per round")
-    batch_poll_interval: float = option(30.0, help="seconds between polls of a running batch job (--batch-api)")
-    max_cost: float = option(0.0, help="USD this run may spend (0: no limit): above the estimate it asks first, "
-                                       "and it stops before a request that could exceed it; it counts all the run "
-                                       "directory has spent (usage.json): rerun with a higher --max-cost to go on")
-    yes: bool = option(False, help="don't ask for confirmation when the estimated cost exceeds --max-cost")
 
-    def make_backend(self):
-        from caikit.backends.factory import make_backend
+def _public_spec(value: str) -> str:
+    """A URL, or a `provider:model@URL` spec, without credentials."""
+    if "://" not in value:
+        return value
+    at = value.find("@")
+    if 0 <= at < value.index("://"):  # provider:model@URL
+        return value[: at + 1] + (public_url(value[at + 1:]) or "")
+    return public_url(value) or value
 
-        return make_backend(self.backend, self.model or None, base_url=self.base_url or None,
-                            concurrency=self.concurrency, rpm=self.rpm or None, tpm=self.tpm or None,
-                            timeout=self.timeout, max_retries=self.max_retries, batch_size=self.concurrency,
-                            device=self.device or None, api_key_file=self.api_key_file or None)
 
-    def validate(self) -> None:
-        if self.concurrency < 1:
-            raise UserError("--concurrency must be >= 1")
-        if self.max_retries < 1:
-            raise UserError("--max-retries must be >= 1")
-        if self.max_cost < 0:
-            raise UserError("--max-cost must be >= 0 (USD; 0: no limit)")
-        if self.batch_poll_interval <= 0:
-            raise UserError("--batch-poll-interval must be > 0 seconds")
-        if self.batch_api and self.backend == "local":
-            raise UserError("--batch-api needs --backend openai or anthropic (a local model batches by itself)")
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` in one rename; a failed write leaves the old file and no temporary."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

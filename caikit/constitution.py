@@ -129,11 +129,7 @@ class Constitution:
         if k > len(pool):
             raise UserError(f"constitution '{self.name}' has {len(pool)} {kind} principles; "
                             f"cannot draw {k} distinct ones")
-        remaining, drawn = list(pool), []
-        for _ in range(k):
-            index = rng.choices(range(len(remaining)), weights=[p.weight for p in remaining])[0]
-            drawn.append(remaining.pop(index))
-        return drawn
+        return weighted_sample(rng, pool, k)
 
     def to_dict(self) -> dict[str, Any]:
         """The content of the file (no path), with defaults filled in."""
@@ -149,6 +145,15 @@ class Constitution:
 
 
 # --- locating files --------------------------------------------------------------------------------
+
+
+def weighted_sample(rng: random.Random, pool: list[Principle], k: int) -> list[Principle]:
+    """`k` distinct principles of `pool`, each draw proportional to `weight` among those left."""
+    remaining, drawn = list(pool), []
+    for _ in range(min(k, len(pool))):
+        index = rng.choices(range(len(remaining)), weights=[p.weight for p in remaining])[0]
+        drawn.append(remaining.pop(index))
+    return drawn
 
 
 def bundled_dirs() -> list[Path]:

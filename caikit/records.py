@@ -64,6 +64,9 @@ class Trace(Record):
     initial_response: str = ""
     rounds: list[dict[str, Any]] = field(default_factory=list)  # Round as dicts
     final_revision: str = ""
+    stop_reasons: dict[str, str | None] = field(default_factory=dict)  # step -> finish_reason ("length": cut)
+    truncated: bool = False  # the final revision stopped at --max-tokens
+    degenerate: str = ""  # why the revision is no improvement to learn from ("unchanged", "the critique", ...)
     backend: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
@@ -89,6 +92,17 @@ class SFTExample(Record):
             prompt=list(trace.prompt),
             completion=[{"role": "assistant", "content": trace.final_revision}],
         )
+
+
+@dataclass
+class PolicySamples(Record):
+    """The policy's answers to one prompt (judge --pairs samples): distinct, non-empty, not cut short."""
+
+    prompt_id: str = ""
+    prompt: Messages = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    truncated: int = 0  # answers left out because they stopped at the token limit
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

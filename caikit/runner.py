@@ -1,20 +1,51 @@
-"""Run one coroutine per item with bounded concurrency and a live progress bar.
+"""Runs any stage over a run directory: resume keys, the request log, failure rows, progress, the cost gate.
 
-The bar shows done/total, rate, ETA, tokens and cost so far. Items finish in any order; each worker
-persists its own result before the next item starts, so stopping at any point loses nothing done.
+The commands (`generate`, `judge`, `eval judge`, `eval`) are thin: they build the items and say how one
+item becomes a record (a coroutine over `Runner.ask`, i.e. over the stage's plans). `Runner.run` does the
+rest, the same way for every stage:
+
+- items whose record is already in the record file are skipped (a rerun resumes);
+- each item runs with its own ledger (`cache.current_item`), so every request it sends is logged with
+  its id, and its record -- or its failure row -- carries exactly the usage and attempts spent on it;
+- an answer the stage refuses (`Request.accept`) is resampled with another seed up to --parse-retries
+  times, and is never stored as final, so the next run asks again;
+- a failure of the whole run (401 / 403 / 404, a 400 no prompt gets past) stops every item at once:
+  `RunStopped`, one line, exit 2; anything else that fails is a failure row the next run retries;
+- a progress bar shows done/total, rate, ETA, tokens, cost and failures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from tqdm import tqdm
 
-from caikit.backends.cache import UsageMeter
+from caikit.backends.base import BackendError, Completion
+from caikit.backends.cache import CachingBackend, ItemLedger, UsageMeter, current_item
+from caikit.errors import UserError
+from caikit.records import Failure, Record
+from caikit.rundir import RunDir
+from caikit.stages.base import ParseError, Reply, Request
+from caikit.store import JsonlFile, latest_by_id
 
 T = TypeVar("T")
+RESAMPLE_SEED_STEP, SAMPLE_SEED_STEP = 7919, 104729  # seed offsets of a resample and of the i-th of n samples
+
+
+class RunStopped(UserError):
+    """The provider refused the run itself (wrong key, no access, unknown model, a malformed request)."""
+
+
+@dataclass
+class Outcome:
+    """How `Runner.run` went: records now complete, failure rows written this run, items skipped as done."""
+
+    done: int
+    failed: int
+    skipped: int
 
 
 def _postfix(meter: UsageMeter | None, failures: int) -> dict[str, Any]:
@@ -62,7 +93,7 @@ async def run_all(items: Iterable[T], work: Callable[[T], Awaitable[bool]], *, c
 
 
 def run_sync(coro: Awaitable[T]) -> T:
-    """asyncio.run that turns Ctrl-C into KeyboardInterrupt after in-flight writes finished."""
+    """asyncio.run: Ctrl-C becomes KeyboardInterrupt after in-flight writes finished."""
     return asyncio.run(coro)
 
 
@@ -77,3 +108,149 @@ def run_then_close(work: Awaitable[T], *backends: Any) -> T:
                 await backend.aclose()
 
     return asyncio.run(main())
+
+
+def open_backend(run: RunDir, backend, opts, *, log_name: str = RunDir.REQUESTS) -> tuple[CachingBackend, UsageMeter]:
+    """`backend` dressed for a run directory: through the batch API when `opts.batch_api`, every completed
+    request logged in `run/log_name` (a rerun re-requests nothing final), tokens and cost metered, spending
+    capped by `opts.max_cost`."""
+    from caikit.backends.cost import load_price_overrides
+
+    if getattr(opts, "batch_api", False):
+        from caikit.backends.batch import BatchBackend
+
+        backend = BatchBackend(backend, run.file(RunDir.BATCHES), poll_interval=opts.batch_poll_interval)
+    prices = getattr(opts, "prices", "")
+    meter = UsageMeter(backend.model, price_overrides=load_price_overrides(prices) if prices else None,
+                       batch=bool(getattr(opts, "batch_api", False)))
+    cached = CachingBackend(backend, run.jsonl(log_name), meter, max_cost=getattr(opts, "max_cost", 0.0) or None)
+    return cached, meter
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:500]
+
+
+class Runner:
+    """Sends a stage's requests through a run directory's CachingBackend and turns items into records."""
+
+    def __init__(self, backend: CachingBackend, *, parse_retries: int = 2, progress: bool = True):
+        self.backend = backend
+        self.parse_retries = parse_retries
+        self.progress = progress
+
+    async def ask(self, requests: list[Request]) -> list[Reply]:
+        """Every request of one plan step at once (a local backend batches them); the first error is raised
+        once all have settled, a run-stopping one first."""
+        results = await asyncio.gather(*(self.ask_one(r) for r in requests), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, BackendError) and e.fatal),
+                       next((e for e in errors if not isinstance(e, ParseError)), errors[0]))
+        return list(results)
+
+    async def ask_one(self, request: Request) -> Reply:
+        if request.kind == "logprobs":
+            accept = request.accept or (lambda lp, attempt: lp)
+            logprobs = await self.backend.option_logprobs(request.messages, list(request.options),
+                                                          accept=_takes(accept, 0))
+            return Reply([accept(logprobs, 0)], logprobs=logprobs)
+        accept = request.accept or (lambda completion, attempt: completion.text)
+        completions = await self._generate(request, request.n, request.seed, accept)
+        values, kept = [], []
+        for i, completion in enumerate(completions):
+            value, completion = await self._accepted(request, accept, completion, i)
+            values.append(value)
+            kept.append(completion)
+        return Reply(values, kept)
+
+    async def _generate(self, request: Request, n: int, seed: int | None, accept, attempt: int = 0) -> list[Completion]:
+        return await self.backend.generate(request.messages, n=n, temperature=request.temperature,
+                                           max_tokens=request.max_tokens, seed=seed, accept=_takes(accept, attempt))
+
+    async def _accepted(self, request: Request, accept, completion: Completion, index: int) -> tuple[Any, Completion]:
+        """The value `accept` takes from `completion`, resampling a refused answer up to parse_retries times."""
+        for attempt in range(self.parse_retries + 1):
+            try:
+                return accept(completion, attempt), completion
+            except ParseError as e:
+                if attempt == self.parse_retries:
+                    suffix = f" (after {self.parse_retries} resamples)" if self.parse_retries else ""
+                    raise ParseError(f"{e}{suffix}", e.raw) from None
+            seed = None if request.seed is None else (
+                request.seed + RESAMPLE_SEED_STEP * (attempt + 1) + (SAMPLE_SEED_STEP * (index + 1) if request.n > 1 else 0))
+            (completion,) = await self._generate(request, 1, seed, accept, attempt + 1)
+        raise AssertionError("unreachable")
+
+    async def run(self, todo: list[tuple[Any, str]], build: Callable[[Any, str], Awaitable[Record]], *,
+                  records: JsonlFile, failures: JsonlFile, stage: str, run_id: str, concurrency: int,
+                  item_label: Callable[[Any], str] = lambda item: getattr(item, "id", ""),
+                  meter: UsageMeter | None = None, desc: str | None = None) -> Outcome:
+        """Build a record for every (item, key) of `todo`, `concurrency` at a time: the one worker that every
+        stage shares. Each record (or failure row) is appended and flushed as it completes."""
+        stopped: list[BackendError] = []
+
+        async def work(entry) -> bool:
+            item, key = entry
+            ledger = ItemLedger(key)
+            token = current_item.set(ledger)
+            try:
+                record = await build(item, key)
+            except BackendError as e:
+                if e.fatal:
+                    stopped.append(e)
+                    raise
+                self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
+                return False
+            except ParseError as e:
+                self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
+                return False
+            finally:
+                current_item.reset(token)
+            if hasattr(record, "usage"):
+                record.usage = self.backend.usage_of(key).to_dict()
+            records.append(record.to_dict())
+            return True
+
+        try:
+            ok, failed = await run_all(todo, work, concurrency=concurrency, desc=desc or stage, meter=meter,
+                                       progress=self.progress)
+        except BackendError as e:
+            if stopped:
+                raise RunStopped(f"the provider refused the run: {first_line(stopped[0])} (nothing more was sent; "
+                                 "fix the key, model or options and rerun: finished work is kept)") from None
+            raise e
+        return Outcome(done=ok, failed=failed, skipped=0)
+
+    def _fail(self, failures: JsonlFile, key: str, label: str, stage: str, run_id: str, error: BaseException,
+              ledger: ItemLedger) -> None:
+        failures.append(Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=first_line(error),
+                                raw=getattr(error, "raw", None), attempts=ledger.attempts,
+                                usage=self.backend.usage_of(key).to_dict()).to_dict())
+
+
+def _takes(accept: Callable[[Any, int], Any], attempt: int = 0) -> Callable[[Any], bool]:
+    """The request log's finality check: does the stage take this answer at the attempt it was asked for?"""
+    def check(answer: Any) -> bool:
+        try:
+            accept(answer, attempt)
+        except ParseError:
+            return False
+        return True
+
+    return check
+
+
+def pending(items: list[Any], key_of: Callable[[Any], str], records: JsonlFile) -> tuple[list[tuple[Any, str]], int]:
+    """(item, key) pairs not yet in `records`, and how many were already done."""
+    done = set(latest_by_id(records.iter()))
+    keyed = [(item, key_of(item)) for item in items]
+    todo = [(item, key) for item, key in keyed if key not in done]
+    return todo, len(keyed) - len(todo)
+
+
+def outstanding_failures(failure_log: JsonlFile, records: dict[str, Any], keys: Iterable[str] | None = None) -> list[dict]:
+    """The latest failure row of each item that has no record (restricted to `keys` when given)."""
+    logged = latest_by_id(failure_log.iter())
+    wanted = logged.keys() if keys is None else [k for k in keys if k in logged]
+    return [logged[k] for k in wanted if k not in records]

@@ -22,7 +22,7 @@ class InitConfig:
 def init(cfg: InitConfig) -> int:
     from caikit.constitution import resolve_constitution_path
     from caikit.prompts import bundled_prompts_path
-    from caikit.run import BUNDLED_CONFIGS
+    from caikit.commands.run import BUNDLED_CONFIGS
 
     out = Path(cfg.out)
     targets = {"constitution.yaml": resolve_constitution_path("hhh"), "prompts.jsonl": bundled_prompts_path()}

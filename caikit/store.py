@@ -143,19 +143,3 @@ def latest_by_id(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             raise UserError(f"a record has no 'id' (the file was edited?): {str(row)[:60]}")
         out[key] = row
     return out
-
-
-def check_same_run(out: str | Path, stage: str, identity: dict[str, Any]) -> None:
-    """Refuse to mix records of another stage, or of other settings, in one run directory.
-
-    `run.json` holds the stage and the settings that identify its records; keys not in `identity`
-    (such as --limit) may change between runs.
-    """
-    old = read_json(Path(out) / "run.json") or {}
-    if old.get("stage") not in (None, stage):
-        raise UserError(f"holds a '{old['stage']}' run; use a new --out directory", path=str(out))
-    previous = old.get("identity") or {}
-    changed = [k for k in identity if k in previous and previous[k] != identity[k]]
-    if changed:
-        raise UserError(f"holds a run with other settings ({', '.join(changed)} changed); "
-                        "use a new --out directory", path=str(out))

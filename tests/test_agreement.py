@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from caikit.eval.agreement import AgreementConfig, agreement_report, calibration_table, correctness, run_agreement
+from caikit.commands.eval_judge import AgreementConfig, run_agreement
+from caikit.eval.agreement import agreement_report, calibration_table, correctness
 from caikit.prompts import load_labelled_pairs
 from caikit.testing import FakeAPIServer
 

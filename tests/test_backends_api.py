@@ -14,10 +14,11 @@ import pytest
 from caikit.backends.anthropic import AnthropicBackend, cached_turns
 from caikit.backends.base import CACHE_PREFIX_END, BackendError, LogprobsUnsupported, Usage
 from caikit.backends.cost import cost_usd, load_price_overrides, price_for
-from caikit.backends.factory import DEFAULT_MODELS, make_backend
+from caikit.backends.registry import BackendOptions, make_backend, provider_class
 from caikit.backends.limits import (Admission, RateLimiter, RetryPolicy, call_with_retries, estimate_tokens,
-                                   parse_retry_after, public_url)
+                                   parse_retry_after)
 from caikit.backends.openai import OpenAIBackend, option_logprobs_from_top
+from caikit.secrets import public_url
 from caikit.errors import UserError
 from caikit.testing import FakeAPIServer, FaultPlan
 
@@ -340,20 +341,22 @@ def test_price_overrides_from_yaml_and_json(tmp_path):
 def test_missing_key_is_a_one_line_user_error(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(UserError) as err:
-        make_backend("openai")
+        make_backend(BackendOptions(backend="openai"))
     assert str(err.value) == "OPENAI_API_KEY is not set (needed for --backend openai; or pass --api-key-file)"
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     with pytest.raises(UserError, match="^ANTHROPIC_API_KEY is not set"):
-        make_backend("anthropic")
-    with pytest.raises(UserError, match="unknown backend 'gemini'"):
-        make_backend("gemini")
+        make_backend(BackendOptions(backend="anthropic"))
+    with pytest.raises(UserError, match="unknown provider 'gemini'"):
+        make_backend(BackendOptions(backend="gemini"))
 
 
 def test_factory_defaults():
-    b = make_backend("openai", concurrency=3, max_retries=2)
+    b = make_backend(BackendOptions(backend="openai", concurrency="3", max_retries=2))
     assert (b.model, b.limiter.concurrency, b.retry.max_attempts) == ("gpt-4o-mini", 3, 2)
-    assert make_backend("anthropic").model == DEFAULT_MODELS["anthropic"] == "claude-haiku-4-5"
-    local = make_backend("local", batch_size=4, device="cpu")  # lazy: nothing loads until first use
+    assert make_backend(BackendOptions(backend="openai")).limiter.concurrency == 16  # auto, against the cloud API
+    anthropic = make_backend(BackendOptions(backend="anthropic"))
+    assert anthropic.model == provider_class("anthropic").default_model == "claude-haiku-4-5"
+    local = make_backend(BackendOptions(backend="local", batch_size=4, device="cpu"))  # lazy: nothing loads yet
     assert (local.name, local.model, local.batch_size) == ("local", "smollm2", 4)
     assert public_url("http://user:sk-pass@proxy.example:8000/v1") == "http://proxy.example:8000/v1"
 

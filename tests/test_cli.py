@@ -9,7 +9,7 @@ import pytest
 
 from caikit.cli import COMMANDS, main as cli_main
 from caikit.config import resolve
-from caikit.pipeline import GenerateConfig
+from caikit.commands.generate import GenerateConfig
 
 
 def run_cli(*args, cwd=None):
@@ -47,7 +47,7 @@ def test_yaml_config_then_flags_win(tmp_path):
     import argparse
 
     cfg = resolve(GenerateConfig, argparse.Namespace(concurrency=9), config_file=str(cfg_file))
-    assert (cfg.rounds, cfg.concurrency, cfg.model) == (3, 9, "from-file")
+    assert (cfg.rounds, cfg.requests_in_flight(), cfg.model) == (3, 9, "from-file")
 
 
 def test_unknown_key_in_config_file_is_one_line_error(tmp_path):

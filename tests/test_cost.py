@@ -218,10 +218,10 @@ def test_estimate_judge_by_hand_and_caching_where_it_applies(tmp_path, capsys):
     (gen / "traces.jsonl").write_text(json.dumps(trace) + "\n")
     e = estimate_json(capsys, "judge", "--backend", "openai", "--constitution", str(constitution),
                       "--from-dir", str(gen), "--method", "logprob")
-    # one request per principle x order; principle shares 1/4 and 3/4; instructions 9 and 46 characters
+    # one request per order, under the principle the run draws for this pair (instruction 9 or 46 characters):
+    # the estimate runs the judge's own plan, so it prices the very principle the run will use
     base = len(judge.build_prompt(trace["prompt"], "good answer", "bad answer", "")[0]["content"]) + 8
-    tokens = 2 * (0.25 * math.ceil((base + 9) / 4) + 0.75 * math.ceil((base + 46) / 4))
-    assert (e["requests"], e["prompt_tokens"]) == (2, round(tokens))
+    assert e["requests"] == 2 and e["prompt_tokens"] in (2 * math.ceil((base + 9) / 4), 2 * math.ceil((base + 46) / 4))
     assert (e["completion_tokens"], e["max_completion_tokens"]) == (2, 2)
     # Anthropic has no log-probs (vote: 5 samples, 5 requests each); OpenAI's n=5 is one request
     votes = estimate_json(capsys, "judge", "--backend", "anthropic", "--constitution", str(constitution),

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from caikit.cli import main as cli_main
-from caikit.eval.compare import EvalConfig, run_eval
+from caikit.commands.eval import EvalConfig, run_eval
 from caikit.eval.refusal import is_refusal, refusal_match, refusal_rate
 from caikit.testing import FakeAPIServer
 
@@ -246,7 +246,7 @@ def test_refusal_rate():
 
 def test_judge_spec_and_model_aliases():
     from caikit.errors import UserError
-    from caikit.eval.compare import parse_judge_spec
+    from caikit.backends.registry import parse_spec as parse_judge_spec
 
     assert parse_judge_spec("openai:Qwen/Qwen2.5-7B-Instruct@http://localhost:8000/v1") == (
         "openai", "Qwen/Qwen2.5-7B-Instruct", "http://localhost:8000/v1")

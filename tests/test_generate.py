@@ -190,10 +190,13 @@ def test_changed_settings_refuse_to_mix_runs(tmp_path, api_keys, capsys):
 def test_local_backend_tiny_model(tmp_path, tiny_model_dir):
     prompts = tmp_path / "p.jsonl"
     write_prompts(prompts, 5)
-    rc = cli_main(["generate", "--backend", "local", "--model", tiny_model_dir, "--prompts", str(prompts),
-                   "--out", str(tmp_path / "run"), "--limit", "3", "--max-tokens", "8", "--no-progress",
-                   "--few-shot", "0"])
-    assert rc == 0
+    args = ["generate", "--backend", "local", "--model", tiny_model_dir, "--prompts", str(prompts),
+            "--out", str(tmp_path / "run"), "--limit", "3", "--max-tokens", "8", "--no-progress", "--few-shot", "0"]
+    # a random tiny model talks until --max-tokens: every revision is cut, so none is an SFT example (exit 1)
+    assert cli_main(args) == 1
+    assert read_jsonl(tmp_path / "run" / "sft.jsonl") == []
+    assert cli_main([*args, "--keep-truncated", "--keep-degenerate"]) == 0  # asked for: kept (nothing re-requested)
+    assert len(read_jsonl(tmp_path / "run" / "sft.jsonl")) == len(read_jsonl(tmp_path / "run" / "traces.jsonl"))
     traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
     assert len(traces) + len(read_jsonl(tmp_path / "run" / "failures.jsonl")) == 3
     usage = json.loads((tmp_path / "run" / "usage.json").read_text())
@@ -213,4 +216,7 @@ def test_real_embedded_model_end_to_end(tmp_path, smollm2_dir):
         assert t["rounds"][0]["principle_id"] and t["rounds"][0]["critique"]
         assert t["final_revision"]
     sft = read_jsonl(tmp_path / "run" / "sft.jsonl")
-    assert {r["id"]: r["completion"][-1]["content"] for r in sft} == {t["id"]: t["final_revision"] for t in traces}
+    usable = {t["id"]: t["final_revision"] for t in traces if not t["truncated"] and not t["degenerate"]}
+    assert {r["id"]: r["completion"][-1]["content"] for r in sft} == usable  # cut or degenerate ones left out
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert stats["truncated"] == sum(t["truncated"] for t in traces) and stats["sft_examples"] == len(usable)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from caikit.backends.openai import option_logprobs_from_top
-from caikit.judging import JudgeConfig, Pair, judge_all, open_session, pair_id, planned_judgments, run_judge
+from caikit.commands.judge import JudgeConfig, run_judge
+from caikit.judge_run import judge_pairs, open_judge, planned
+from caikit.stages.judge import Pair, pair_id
 from caikit.records import Trace
 from caikit.soft_labels import (best_and_worst, clamp, position_consistent, round_robin_pairs, soft_label,
                                 swap_average, vote_share, win_scores)
@@ -200,7 +202,7 @@ def test_logprob_judge_end_to_end_swap_margin_ties_and_resume(tmp_path):
         assert prefs[0]["p_chosen"] == pytest.approx(0.8) and "margin" not in prefs[0] and "score_chosen" not in prefs[0]
         assert prefs[0]["source"] == "revision-vs-initial"
         stats = json.loads((out / "stats.json").read_text())
-        assert stats["ties"] == 1 and stats["preferences"] == 2 and stats["skipped"] == {"revision_unchanged": 1}
+        assert stats["ties"] == 1 and stats["preferences"] == 2 and stats["skipped"] == {"revision_unchanged": 1, "truncated": 0, "degenerate": 0}
         assert stats["position_consistency_rate"] == pytest.approx(2 / 3)  # a 50/50 tie picks neither order
         assert stats["revision_preferred_rate"] == 1.0
         assert stats["mean_abs_margin"] == pytest.approx((0.3 + 0.3 + 0) / 3)
@@ -362,26 +364,27 @@ def test_samples_from_a_policy_chosen_best_and_rejected_worst(tmp_path):
 def test_tiny_local_judge_batches_and_matches_one_at_a_time(tmp_path, tiny_model_dir):
     pairs = [Pair(pair_id(f"g{i}", 0, 1), [{"role": "user", "content": f"Question number {i}?"}],
                   f"Answer {i} " * (i + 1), "No.") for i in range(6)]
-    cfg = JudgeConfig(backend="local", model=tiny_model_dir, device="cpu", concurrency=8, from_dir="unused",
+    cfg = JudgeConfig(backend="local", model=tiny_model_dir, device="cpu", batch_size=8, from_dir="unused",
                       out=str(tmp_path / "j"), progress=False)
-    session = open_session(cfg, tmp_path / "j", "judge", {})
+    session = open_judge(cfg, str(tmp_path / "j"), "judge", {})
     local = session.cached.inner
 
     async def main():
         try:
-            await judge_all(session, pairs, concurrency=cfg.concurrency, progress=False)
+            await judge_pairs(session, pairs, concurrency=8)
         finally:
             await session.cached.aclose()
 
     asyncio.run(main())
-    judgments, failures = planned_judgments(session, pairs)
+    judgments, failures = planned(session, pairs)
+    session.close()
     assert len(judgments) == 6 and not failures
     # pairs x orders, x options x spellings (" A", "A") unless the backend reads one next-token distribution
     assert local.stats["scored_sequences"] in (6 * 2, 6 * 2 * 2 * 2)
     assert local.stats["forward_calls"] <= 3  # 12 concurrent requests in batches of 8, not 12 forwards
 
     # the batched soft labels equal a one-at-a-time computation of the same prompts
-    principle = session.judge.constitution.get(judgments[0]["principle_ids"][0])
+    principle = session.constitution.get(judgments[0]["principle_ids"][0])
     j = judgments[0]
     messages = judge.build_prompt(j["prompt"], j["response_a"], j["response_b"], principle.judge)
     local.batch_size = 1
@@ -398,7 +401,7 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):
     assert proc.returncode == 2 and "needs --from" in proc.stderr and "Traceback" not in proc.stderr
     gen = write_generate_run(tmp_path, [("a", "b")])
     for args, message in [(["--from", str(tmp_path / "nowhere")], "no traces.jsonl"),
-                          (["--from", str(gen), "--principles", "0"], "--principles must be >= 1"),
+                          (["--from", str(gen), "--principles", "0"], "--principles must be 1 to 1000, got 0"),
                           (["--from", str(gen), "--principles", "17", "--out", str(tmp_path / "o")],
                            "only 16 judge principles"),
                           (["--from", str(gen), "--backend", "anthropic", "--method", "logprob", "--out",

@@ -347,7 +347,7 @@ def test_lora_reference_is_the_policy_without_adapters(tiny_model_dir, prompts_f
 def test_judge_check_scores_p_yes_by_logprobs_and_by_votes(monkeypatch):
     """The independent reward-hacking check, against the loopback OpenAI and Anthropic servers."""
     from caikit.testing import FakeAPIServer
-    from caikit.train.monitors import make_check
+    from caikit.commands.ppo import JudgeCheck
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-fake")
@@ -361,12 +361,12 @@ def test_judge_check_scores_p_yes_by_logprobs_and_by_votes(monkeypatch):
     responses = ["Happy to help.", "Go away."]
     with FakeAPIServer(lambda req: "Yes" if "Happy to help" in req.last_user_message else "No",
                        logprobs=logprobs) as server:
-        check = make_check(check_judge=f"openai:judge-model@{server.openai_base_url}")
+        check = JudgeCheck(f"openai:judge-model@{server.openai_base_url}")
         assert check(conversations, responses) == pytest.approx([0.75, 0.1])
         assert check(conversations[:1], responses[:1]) == pytest.approx([0.75])  # same event loop, second call
         check.close()
-        votes = make_check(check_judge=f"anthropic:claude-judge@{server.anthropic_base_url}")
+        votes = JudgeCheck(f"anthropic:claude-judge@{server.anthropic_base_url}")
         assert votes(conversations, responses) == [1.0, 0.0]
         votes.close()
-    with pytest.raises(UserError, match="BACKEND:MODEL"):
-        make_check(check_judge="smollm2")
+    with pytest.raises(UserError, match=r"PROVIDER\[:MODEL\]"):
+        JudgeCheck("smollm2")

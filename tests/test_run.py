@@ -39,10 +39,11 @@ def write_run_config(path, tiny_model_dir, server, *, dpo_beta=0.1):
         "policy": tiny_model_dir,
         "seed": 0,
         "stages": {
+            # a random tiny model talks until --max-tokens: its revisions are all cut, kept here on purpose
             "generate": {"backend": "local", "model": tiny_model_dir, "limit": 4, "max_tokens": 8, "few_shot": 0,
-                         "progress": False},
+                         "keep_truncated": True, "keep_degenerate": True, "progress": False},
             "judge": {"backend": "openai", "model": "fake-judge", "base_url": server.openai_base_url,
-                      "progress": False},
+                      "keep_truncated": True, "keep_degenerate": True, "progress": False},
             "sft": {"max_steps": 2, "batch_size": 2, "max_length": 128, "eval_fraction": 0.0},
             "dpo": {"max_steps": 2, "batch_size": 2, "max_length": 128, "beta": dpo_beta, "eval_fraction": 0.0},
             "eval": {"judge": f"openai:fake-judge@{server.openai_base_url}", "limit": 2, "max_tokens": 8,

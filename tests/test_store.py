@@ -64,12 +64,14 @@ def test_idempotency_key_is_stable_and_sensitive():
 def test_sft_example_from_trace():
     t = Trace(id="t1", prompt=[{"role": "user", "content": "q"}], initial_response="bad", final_revision="good")
     ex = SFTExample.from_trace(t)
-    assert ex.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}]
+    assert ex.prompt == [{"role": "user", "content": "q"}]
+    assert ex.completion == [{"role": "assistant", "content": "good"}]
     assert json.loads(json.dumps(ex.to_dict()))["id"] == "t1"
 
 
 def test_check_same_run_refuses_other_stage_or_settings(tmp_path):
-    from caikit.store import check_same_run, write_json_atomic
+    from caikit.rundir import check_identity as check_same_run
+    from caikit.store import write_json_atomic
 
     check_same_run(tmp_path, "generate", {"rounds": 1})  # an empty dir is fine
     write_json_atomic(tmp_path / "run.json", {"stage": "generate", "identity": {"rounds": 1, "seed": 0}})

@@ -17,11 +17,37 @@ from typing import Any
 from caikit.backends.api import APIBackend
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
                                   is_text, prefix_ends, token_count)
+from caikit.backends.cost import Price, lookup_model
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
 MAX_CACHE_BREAKPOINTS = 4  # the API's limit per request
+# Prompt caching: Anthropic caches up to each `cache_control` breakpoint, from a per-model minimum
+# (shorter marked prefixes are simply not cached).
+CACHE_MIN = {"claude-haiku-4-5": 4096, "claude-opus-4-5": 4096, "claude-opus-4-6": 4096,
+             "claude-sonnet-4-6": 2048, "claude-3-5-haiku": 2048, "claude-3-haiku": 2048}
+CACHE_MIN_DEFAULT = 1024  # Sonnet 3.7 / 4 / 4.5, Opus 4 / 4.1
+
+
+def _price(input: float, output: float) -> Price:  # noqa: A002
+    return Price(input, output, round(input * 0.1, 6), round(input * 1.25, 6))  # cache read 0.1x, 5-minute write 1.25x
+
+
+# As published by Anthropic (standard tier, 2025), USD per 1M tokens: input, output.
+PRICES: dict[str, Price] = {
+    "claude-3-haiku": _price(0.25, 1.25),
+    "claude-3-5-haiku": _price(0.80, 4.00),
+    "claude-haiku-4-5": _price(1.00, 5.00),
+    "claude-3-5-sonnet": _price(3.00, 15.00),
+    "claude-3-7-sonnet": _price(3.00, 15.00),
+    "claude-sonnet-4": _price(3.00, 15.00),
+    "claude-sonnet-4-5": _price(3.00, 15.00),
+    "claude-3-opus": _price(15.00, 75.00),
+    "claude-opus-4": _price(15.00, 75.00),
+    "claude-opus-4-1": _price(15.00, 75.00),
+    "claude-opus-4-5": _price(5.00, 25.00),
+}
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
 
@@ -82,7 +108,12 @@ class AnthropicBackend(APIBackend):
     """Claude over the official `anthropic` SDK, rate-limited and retried by caikit."""
 
     name = "anthropic"
+    default_model = "claude-haiku-4-5"
     supports_logprobs = False
+    honours_n = False  # no `n`: n samples are n requests
+    batch_class = "caikit.backends.batch_anthropic:AnthropicBatches"
+    cloud_hosts = ("api.anthropic.com",)
+    prices = PRICES
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "ANTHROPIC_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None,
@@ -91,6 +122,11 @@ class AnthropicBackend(APIBackend):
                          limiter=limiter, api_key_file=api_key_file)
         self.send_temperature = accepts_temperature(model)
     import_sdk = staticmethod(_import_sdk)
+
+    @classmethod
+    def cached_prefix_tokens(cls, model: str, prefix_tokens: int) -> int:
+        key = lookup_model(model.split("/")[-1], CACHE_MIN)
+        return prefix_tokens if prefix_tokens >= CACHE_MIN.get(key, CACHE_MIN_DEFAULT) else 0
 
     def make_client(self):
         return self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
@@ -114,6 +150,7 @@ class AnthropicBackend(APIBackend):
         async def attempt():
             nonlocal admission
             async with self.limiter.slot(estimated) as admission:
+                self.check_not_refused()
                 message = await self._client().messages.create(**params)
             check_message(message)
             return message
@@ -127,6 +164,7 @@ class AnthropicBackend(APIBackend):
             text = str(e).lower()
             if e.retryable or "temperature" not in text or "temperature" not in params.get("extra_body", {}) \
                     or not any(w in text for w in ("deprecated", "not supported", "unsupported")):
+                self.refuse_if_fatal(e)
                 raise
             self.send_temperature = False  # a model newer than accepts_temperature knows: ask again without
             params = {k: v for k, v in params.items() if k != "extra_body"}

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from caikit.backends.base import Backend, MalformedResponse, Usage
-from caikit.backends.limits import RateLimiter, RetryPolicy, public_url
+from caikit.backends.base import Backend, BackendError, MalformedResponse, Usage
+from caikit.backends.limits import RateLimiter, RetryPolicy
+from caikit.secrets import public_url
 from caikit.errors import UserError
 
 
@@ -111,6 +112,35 @@ class APIBackend(Backend):
         self.total_usage = Usage()  # every request this backend sent
         self._client_obj = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self.refused: BackendError | None = None  # the provider refused the run itself: send nothing more
+
+    @classmethod
+    def from_options(cls, opts, *, in_flight: int) -> "APIBackend":
+        return cls(opts.model_name(), base_url=opts.base_url or None, timeout=opts.timeout,
+                   retry=RetryPolicy(max_attempts=opts.max_retries),
+                   limiter=RateLimiter(in_flight, rpm=opts.rpm or None, tpm=opts.tpm or None,
+                                       abandoned_hold=opts.timeout),
+                   api_key_file=opts.api_key_file or None)
+
+    def refuse_if_fatal(self, error: BackendError) -> None:
+        """Remember a failure that stops the whole run (401, 403, 404, a 400 no request gets past)."""
+        if error.fatal and self.refused is None:
+            self.refused = error
+
+    def check_not_refused(self) -> None:
+        """Called inside a limiter slot, before each HTTP call: after a refusal, requests that were waiting
+        for a slot are not sent."""
+        if self.refused is not None:
+            raise self.refused
+
+    def api_key_for_probe(self) -> str:
+        return self._api_key
+
+    def adopt_probe(self, probe: dict[str, Any], in_flight: int) -> None:
+        """Take what `caikit probe` found on this server: its capacity, whether it honours n, log-probs."""
+        self.limiter.resize(in_flight)
+        self.honours_n = bool(probe.get("honours_n", self.honours_n))
+        self.supports_logprobs = bool(probe.get("logprobs", self.supports_logprobs))
 
     @staticmethod
     def import_sdk() -> Any:

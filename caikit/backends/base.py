@@ -86,12 +86,29 @@ class Completion:
         return cls(text=d["text"], finish_reason=d.get("finish_reason"), usage=Usage.from_dict(d.get("usage")))
 
 
-class BackendError(Exception):
-    """A request failed for good (after retries). `retryable` says whether a later rerun may succeed."""
+# HTTP statuses that say the whole run is misconfigured (wrong key, no permission, unknown model, a request
+# the server will never take): the run stops at once instead of failing prompt by prompt.
+FATAL_STATUS = {400, 401, 403, 404}
+_ONE_ITEM_TOO_LONG = ("context length", "context_length", "maximum context", "too long", "too many tokens")
 
-    def __init__(self, message: str, *, retryable: bool = True):
+
+class BackendError(Exception):
+    """A request failed for good (after retries). `retryable` says whether a later rerun may succeed;
+    `attempts` how many requests were sent; `status` the last HTTP status, if any."""
+
+    def __init__(self, message: str, *, retryable: bool = True, attempts: int = 1, status: int | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.attempts = attempts
+        self.status = status
+
+    @property
+    def fatal(self) -> bool:
+        """Does this failure stop the whole run (401/403/404, a 400 that no prompt will get past)? A 400 for
+        one over-long prompt is that prompt's failure, not the run's."""
+        if self.retryable or self.status not in FATAL_STATUS:
+            return False
+        return not (self.status == 400 and any(w in str(self).lower() for w in _ONE_ITEM_TOO_LONG))
 
 
 class MalformedResponse(ValueError):
@@ -120,13 +137,38 @@ class LogprobsUnsupported(BackendError):
 
 
 class Backend(abc.ABC):
-    """A chat model behind some transport."""
+    """A chat model behind some transport. Subclasses declare their capabilities (the registry and every
+    caller read these, never a provider's name)."""
 
     name: str = "base"
-    supports_logprobs: bool = False
+    default_model: str = ""
+    supports_logprobs: bool = False  # option log-probs for soft judge labels
+    honours_n: bool = True  # one request returns n samples (False: n samples cost n requests)
+    batch_class: str | None = None  # "module:Class" of the provider's batch API, if it has one
+    cloud_hosts: tuple[str, ...] = ()  # hosts that are the provider's own API (others are self-hosted servers)
+    prices: dict[str, Any] = {}  # model (or dated-snapshot prefix) -> cost.Price, USD per 1M tokens
 
     def __init__(self, model: str):
         self.model = model
+
+    @classmethod
+    def from_options(cls, opts, *, in_flight: int) -> "Backend":
+        """A backend for registry.BackendOptions `opts`, with `in_flight` requests allowed at once."""
+        raise NotImplementedError
+
+    @classmethod
+    def is_cloud(cls, base_url: str | None) -> bool:
+        """Is `base_url` (None/'': the default) the provider's own API rather than a self-hosted server?"""
+        if not base_url:
+            return True
+        from urllib.parse import urlsplit
+
+        return (urlsplit(base_url).hostname or "") in cls.cloud_hosts
+
+    @classmethod
+    def cached_prefix_tokens(cls, model: str, prefix_tokens: int) -> int:
+        """How many tokens of a shared `prefix_tokens`-long prefix the provider serves from its prompt cache."""
+        return 0
 
     @abc.abstractmethod
     async def generate(

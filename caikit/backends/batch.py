@@ -38,6 +38,7 @@ parsers, so a batch run and an online run of the same command give the same reco
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 import time
 import uuid
@@ -47,7 +48,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from caikit.backends.base import Backend, BackendError, Completion, Message, Usage, fill_to_n
 from caikit.backends.batch_jobs import IncompleteResults, JobLog, OutcomeUnknown, RowResult, custom_id
-from caikit.backends.limits import call_with_retries, describe_api_error, one_line, redact, retry_after_of_error
+from caikit.backends.limits import call_with_retries, describe_api_error, retry_after_of_error
+from caikit.secrets import one_line, redact
 
 QUIET_WINDOW = 0.2  # seconds without a new request before the pending ones are submitted
 MAX_GATHER = 30.0  # ...unless requests keep trickling in: then submit what waited this long anyway
@@ -64,16 +66,12 @@ class _Row:
 
 
 def make_provider(inner: Backend, call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]):
-    """The batch API of `inner`'s provider (see batch_openai.py / batch_anthropic.py for the interface)."""
-    if inner.name == "openai":
-        from caikit.backends.batch_openai import OpenAIBatches
-
-        return OpenAIBatches(inner, call)
-    if inner.name == "anthropic":
-        from caikit.backends.batch_anthropic import AnthropicBatches
-
-        return AnthropicBatches(inner, call)
-    raise ValueError(f"the {inner.name} backend has no batch API")
+    """The batch API of `inner`'s provider, as its class declares it (`batch_class`; see batch_openai.py /
+    batch_anthropic.py for the interface)."""
+    if not inner.batch_class:
+        raise ValueError(f"the {inner.name} backend has no batch API")
+    module, cls = inner.batch_class.split(":")
+    return getattr(importlib.import_module(module), cls)(inner, call)
 
 
 class BatchBackend(Backend):
@@ -84,6 +82,8 @@ class BatchBackend(Backend):
         super().__init__(inner.model)
         self.inner = inner
         self.name = inner.name
+        self.honours_n = inner.honours_n
+        self.batch_class = inner.batch_class
         self.supports_logprobs = inner.supports_logprobs
         self.provider = make_provider(inner, self._call)
         self.poll_interval = poll_interval

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 from caikit.backends.api import RETRYABLE_STATUS
 from caikit.backends.base import BackendError, Completion, Message, Usage
 from caikit.backends.batch_jobs import IncompleteResults, JobState, OutcomeUnknown, RowResult, check_readable
-from caikit.backends.limits import one_line
+from caikit.secrets import one_line
 from caikit.backends.openai import (OpenAIBackend, check_response, completions_from_response,
                                     logprobs_from_response)
 

@@ -1,9 +1,16 @@
 """Every completed request is stored once, in the run directory, before its answer is used.
 
 `CachingBackend` wraps any backend: a request whose key (model + messages + params + seed) is already
-in `requests.jsonl` is answered from there, so a rerun after a crash never pays for, nor waits on,
-work that already finished, and reproduces the same answers. Usage is counted only for requests that
-really went out; `usage.json` is the sum over this file, so nothing is counted twice.
+in `requests.jsonl` as a *final* answer is answered from there, so a rerun after a crash never pays for,
+nor waits on, work that already finished, and reproduces the same answers. Only a usable answer is final:
+the caller passes `accept` (the stage's own check), and a row none of whose answers it takes (empty, null,
+unparseable, cut short where that matters) is logged with `"final": false` -- it was paid for, so it
+counts in usage.json, but the next run asks again instead of replaying a failure forever.
+
+Each row is tagged with the item it was made for (the record or failure row the runner is building, see
+`current_item`), so every record carries the usage of exactly the requests made for it, and the rows of a
+run directory add up to usage.json. Usage is counted only for requests that really went out; `usage.json`
+is the sum over this file, so nothing is counted twice.
 
 With `max_cost`, the log is also the budget: what it holds was spent (by this run directory, over
 all reruns), and a new request starts only if its worst case, added to that and to the worst cases
@@ -14,13 +21,26 @@ BudgetExceeded once the requests in flight have landed in the log, so nothing pa
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextvars
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from caikit.backends.base import Backend, Completion, Message, Usage
+from caikit.backends.base import Backend, BackendError, Completion, Message, Usage
 from caikit.backends.limits import estimate_tokens
 from caikit.errors import UserError
 from caikit.records import canonical_json, idempotency_key
 from caikit.store import JsonlFile
+
+
+@dataclass
+class ItemLedger:
+    """What the work on one item (a prompt, a pair) has sent in this run: the runner sets one per item."""
+
+    item_id: str
+    attempts: int = 0  # HTTP requests sent for it, retries included (replayed answers are not sent)
+
+
+current_item: contextvars.ContextVar[ItemLedger | None] = contextvars.ContextVar("caikit_item", default=None)
 
 
 class BudgetExceeded(UserError):
@@ -80,6 +100,7 @@ class CachingBackend(Backend):
         self.inner = inner
         self.name = inner.name
         self.supports_logprobs = inner.supports_logprobs
+        self.honours_n = inner.honours_n
         self.log = log
         self.meter = meter or UsageMeter(inner.model)
         self.max_cost = max_cost  # USD for the whole run directory; None: no limit
@@ -88,15 +109,27 @@ class CachingBackend(Backend):
         self._reserved: dict[str, float] = {}  # worst-case USD of each request in flight
         self._reserved_total = 0.0  # their sum, kept as they come and go (batch mode has every request in flight)
         self._over_budget: BudgetExceeded | None = None  # once set, no new request starts
+        self._by_item: dict[str, Usage] = {}  # item id -> usage of every row made for it
         for row in log.iter():
+            self._remember(row)
+
+    def _remember(self, row: dict[str, Any]) -> None:
+        usage = Usage.from_dict(row.get("usage"))
+        self.meter.add(usage)
+        if row.get("item"):
+            self._by_item.setdefault(row["item"], Usage()).add(usage)
+        if row.get("final", True):
             self._done[row["key"]] = row
-            self.meter.add(Usage.from_dict(row.get("usage")))
+
+    def usage_of(self, item_id: str) -> Usage:
+        """Everything the request log holds for `item_id`: its share of usage.json."""
+        return Usage().add(self._by_item.get(item_id, Usage()))
 
     def _key(self, kind: str, payload: dict[str, Any]) -> str:
         return idempotency_key(kind, self.inner.describe().get("model"), canonical_json(payload))
 
     async def _once(self, key: str, call, worst_case: tuple[int, int] = (0, 0)):
-        """Run `call` at most once per key, also across concurrent identical requests.
+        """Run `call` at most once per key with a final answer, also across concurrent identical requests.
 
         `worst_case` = (prompt tokens, completion tokens) the request may bill, for --max-cost."""
         if key in self._done:
@@ -108,12 +141,20 @@ class CachingBackend(Backend):
             await self._reserve(key, self.meter.worst_case_usd(*worst_case))
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
+        ledger = current_item.get()
         try:
-            row = await call()
+            try:
+                row = await call()
+            except BackendError as e:
+                if ledger is not None:
+                    ledger.attempts += e.attempts
+                raise
             row["key"] = key
+            if ledger is not None:
+                row["item"] = ledger.item_id
+                ledger.attempts += Usage.from_dict(row.get("usage")).requests or 1
             self.log.append(row)  # persisted before anyone uses the answer
-            self._done[key] = row
-            self.meter.add(Usage.from_dict(row.get("usage")))
+            self._remember(row)
             fut.set_result(row)
             return row
         except BaseException as e:
@@ -144,7 +185,9 @@ class CachingBackend(Backend):
         raise BudgetExceeded(str(self._over_budget))
 
     async def generate(self, messages: list[Message], *, n=1, temperature=0.7, max_tokens=256, stop=None,
-                       seed=None) -> list[Completion]:
+                       seed=None, accept: Callable[[Completion], bool] | None = None) -> list[Completion]:
+        """The backend's answers, from the log when a final row is there. `accept(completion)` says whether an
+        answer is usable: a row with no usable answer is logged but not final (see the module docstring)."""
         params = {"n": n, "temperature": temperature, "max_tokens": max_tokens, "stop": stop, "seed": seed}
 
         async def call():
@@ -152,19 +195,23 @@ class CachingBackend(Backend):
             usage = Usage()
             for c in completions:
                 usage.add(c.usage)
-            return {"kind": "generate", "completions": [c.to_dict() for c in completions], "usage": usage.to_dict()}
+            final = accept is None or any(accept(c) for c in completions)
+            return {"kind": "generate", "completions": [c.to_dict() for c in completions], "usage": usage.to_dict(),
+                    **({} if final else {"final": False})}
 
-        prompt_copies = n if self.name == "anthropic" else 1  # Anthropic samples n times: n requests
+        prompt_copies = 1 if self.inner.honours_n else n  # n samples sent as n requests repeat the prompt
         worst_case = (estimate_tokens(messages) * prompt_copies, max_tokens * n)
         row = await self._once(self._key("generate", {"messages": messages, **params}), call, worst_case)
         return [Completion.from_dict(c) for c in row["completions"]]
 
-    async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
+    async def option_logprobs(self, messages: list[Message], options: list[str],
+                              accept: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
         async def call():
             lp = await self.inner.option_logprobs(messages, options)
             usage = getattr(self.inner, "last_usage", None)
+            final = accept is None or accept(lp)
             return {"kind": "logprobs", "logprobs": {k: _finite(v) for k, v in lp.items()},
-                    "usage": (usage or Usage(requests=1)).to_dict()}
+                    "usage": (usage or Usage(requests=1)).to_dict(), **({} if final else {"final": False})}
 
         row = await self._once(self._key("logprobs", {"messages": messages, "options": options}), call,
                                (estimate_tokens(messages), 1))
@@ -172,6 +219,12 @@ class CachingBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+    def inner_limit(self) -> int:
+        """How many requests the provider takes at once: its limiter's ceiling (the local model: its batch)."""
+        backend = getattr(self.inner, "inner", self.inner)  # through a BatchBackend
+        limiter = getattr(backend, "limiter", None)
+        return limiter.concurrency if limiter is not None else getattr(backend, "batch_size", 16)
 
     async def aclose(self) -> None:
         self.log.close()

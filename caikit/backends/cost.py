@@ -31,47 +31,6 @@ class Price:
     local: bool = False
 
 
-def _openai(input: float, output: float, cached: float) -> Price:  # noqa: A002
-    return Price(input, output, cached, input)
-
-
-def _anthropic(input: float, output: float) -> Price:  # noqa: A002
-    return Price(input, output, round(input * 0.1, 6), round(input * 1.25, 6))  # cache read 0.1x, 5-minute write 1.25x
-
-
-# As published by OpenAI and Anthropic (standard tier, 2025).
-PRICES: dict[str, Price] = {
-    "gpt-5": _openai(1.25, 10.00, 0.125),
-    "gpt-5-mini": _openai(0.25, 2.00, 0.025),
-    "gpt-5-nano": _openai(0.05, 0.40, 0.005),
-    "gpt-5-pro": _openai(15.00, 120.00, 15.00),
-    "gpt-4.1": _openai(2.00, 8.00, 0.50),
-    "gpt-4.1-mini": _openai(0.40, 1.60, 0.10),
-    "gpt-4.1-nano": _openai(0.10, 0.40, 0.025),
-    "gpt-4o": _openai(2.50, 10.00, 1.25),
-    "gpt-4o-mini": _openai(0.15, 0.60, 0.075),
-    "gpt-4-turbo": _openai(10.00, 30.00, 10.00),
-    "gpt-3.5-turbo": _openai(0.50, 1.50, 0.50),
-    "o1": _openai(15.00, 60.00, 7.50),
-    "o1-mini": _openai(1.10, 4.40, 0.55),
-    "o1-pro": _openai(150.00, 600.00, 150.00),
-    "o3": _openai(2.00, 8.00, 0.50),
-    "o3-mini": _openai(1.10, 4.40, 0.55),
-    "o3-pro": _openai(20.00, 80.00, 20.00),
-    "o4-mini": _openai(1.10, 4.40, 0.275),
-    "claude-3-haiku": _anthropic(0.25, 1.25),
-    "claude-3-5-haiku": _anthropic(0.80, 4.00),
-    "claude-haiku-4-5": _anthropic(1.00, 5.00),
-    "claude-3-5-sonnet": _anthropic(3.00, 15.00),
-    "claude-3-7-sonnet": _anthropic(3.00, 15.00),
-    "claude-sonnet-4": _anthropic(3.00, 15.00),
-    "claude-sonnet-4-5": _anthropic(3.00, 15.00),
-    "claude-3-opus": _anthropic(15.00, 75.00),
-    "claude-opus-4": _anthropic(15.00, 75.00),
-    "claude-opus-4-1": _anthropic(15.00, 75.00),
-    "claude-opus-4-5": _anthropic(5.00, 25.00),
-}
-
 FREE = Price(0.0, 0.0, 0.0, 0.0, known=True, local=True)
 UNKNOWN = Price(0.0, 0.0, 0.0, 0.0, known=False)
 PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
@@ -86,7 +45,17 @@ def _is_local(model: str) -> bool:
     return model == "smollm2" or model.startswith(("/", ".", "~")) or "/" in model
 
 
-def _lookup(model: str, table: dict) -> str | None:
+def builtin_prices() -> dict[str, Price]:
+    """Every provider's price rows (each provider class declares its own `prices`)."""
+    from caikit.backends.registry import PROVIDERS, provider_class
+
+    table: dict[str, Price] = {}
+    for name in PROVIDERS:
+        table.update(provider_class(name).prices)
+    return table
+
+
+def lookup_model(model: str, table: dict) -> str | None:
     """Longest table key equal to `model` or a prefix of it ending at a '-', '@' or ':' boundary, where
     the rest is not a minor version: "gpt-4o" prices "gpt-4o-2024-08-06" and "claude-opus-4" prices
     "claude-opus-4-20250514", but neither "gpt-5.1" nor "claude-opus-4-6" is taken for its elder."""
@@ -105,19 +74,26 @@ def price_for(model: str, *, overrides: dict | None = None, backend: str | None 
     for prefix in _PROVIDER_PREFIXES:
         name = name.removeprefix(prefix)
     if overrides:
-        key = _lookup(name, overrides) or _lookup(model, overrides)
+        key = lookup_model(name, overrides) or lookup_model(model, overrides)
         if key is not None:
             entry = overrides[key]
-            base_key = _lookup(name, PRICES)
-            base = PRICES[base_key] if base_key else None
+            prices = builtin_prices()
+            base_key = lookup_model(name, prices)
+            base = prices[base_key] if base_key else None
             inp = float(entry["input"])
             return Price(inp, float(entry["output"]),
                          float(entry.get("cached_input", base.cached_input if base else inp)),
                          float(entry.get("cache_write", base.cache_write if base else inp)))
     if backend == "local" or _is_local(name):
         return FREE
-    key = _lookup(name, PRICES)
-    return PRICES[key] if key else UNKNOWN
+    if backend:
+        from caikit.backends.registry import provider_class
+
+        prices = provider_class(backend).prices
+    else:
+        prices = builtin_prices()
+    key = lookup_model(name, prices)
+    return prices[key] if key else UNKNOWN
 
 
 def cost_usd(model: str, usage: Usage, *, overrides: dict | None = None, batch: bool = False,
@@ -131,26 +107,11 @@ def cost_usd(model: str, usage: Usage, *, overrides: dict | None = None, batch: 
     return usd * BATCH_DISCOUNT if batch else usd
 
 
-# Prompt caching: the shortest prefix a provider caches (tokens). OpenAI caches any prompt of 1024+
-# tokens by itself, in steps of 128; Anthropic caches up to each `cache_control` breakpoint, from a
-# per-model minimum (shorter marked prefixes are simply not cached).
-OPENAI_CACHE_MIN, OPENAI_CACHE_STEP = 1024, 128
-ANTHROPIC_CACHE_MIN = {"claude-haiku-4-5": 4096, "claude-opus-4-5": 4096, "claude-opus-4-6": 4096,
-                       "claude-sonnet-4-6": 2048, "claude-3-5-haiku": 2048, "claude-3-haiku": 2048}
-ANTHROPIC_CACHE_MIN_DEFAULT = 1024  # Sonnet 3.7 / 4 / 4.5, Opus 4 / 4.1
-
-
 def cached_prefix_tokens(backend: str, model: str, prefix_tokens: int) -> int:
     """How many tokens of a shared `prefix_tokens`-long prefix the provider serves from its cache."""
-    name = model.split("/")[-1]
-    if backend == "openai":
-        if prefix_tokens < OPENAI_CACHE_MIN:
-            return 0
-        return OPENAI_CACHE_MIN + (prefix_tokens - OPENAI_CACHE_MIN) // OPENAI_CACHE_STEP * OPENAI_CACHE_STEP
-    if backend == "anthropic":
-        key = _lookup(name, ANTHROPIC_CACHE_MIN)
-        return prefix_tokens if prefix_tokens >= ANTHROPIC_CACHE_MIN.get(key, ANTHROPIC_CACHE_MIN_DEFAULT) else 0
-    return 0  # a local model keeps its own KV cache; nothing to price
+    from caikit.backends.registry import provider_class
+
+    return provider_class(backend).cached_prefix_tokens(model, prefix_tokens)
 
 
 def worst_case_usd(model: str, prompt_tokens: int, completion_tokens: int, *, overrides: dict | None = None,

@@ -17,11 +17,11 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from caikit.backends.base import BackendError, Message
+from caikit.secrets import one_line, redact
 
 T = TypeVar("T")
 
@@ -78,6 +78,12 @@ class RateLimiter:
       429 at random, about one 429 in 1,000 cuts), and a burst cuts once: 429s of requests let
       in before the last cut are that cut's news, not a new one;
     - each `cap` successes in a row (one window's worth) give one slot back, up to `concurrency`.
+
+    A timeout counts as overload too: a self-hosted server that serves fewer requests at once than are
+    sent keeps the rest waiting in its queue, and the client's timeout counts that wait. So a timeout
+    is an outcome like a 429 (repeated ones cut the cap), and the request the client abandoned still
+    holds its place for `abandoned_hold` seconds -- the server is still working on it -- so its retry
+    waits until the in-flight count has come down instead of doubling the queue.
     """
 
     WINDOW = 10  # latest outcomes (429 or success) looked at to tell a rate limit from stray 429s
@@ -85,7 +91,7 @@ class RateLimiter:
     PAUSE_AFTER = 3  # pause everyone when 3 of the latest WINDOW outcomes (any generation) were 429s
 
     def __init__(self, concurrency: int = 16, rpm: float | None = None, tpm: float | None = None, *,
-                 burst_seconds: float = 1.0, max_pause: float = 300.0):
+                 burst_seconds: float = 1.0, max_pause: float = 300.0, abandoned_hold: float = 0.0):
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.concurrency = concurrency  # the ceiling (--concurrency)
@@ -95,7 +101,8 @@ class RateLimiter:
         self.max_pause = max_pause  # never trust a Retry-After longer than this
         self.paused_until = 0.0  # time.monotonic(): no request starts before this
         self.generation = 0  # bumped by every cut
-        self.stats = {"cuts": 0, "raises": 0, "pauses": 0, "lowest_cap": concurrency}
+        self.abandoned_hold = abandoned_hold
+        self.stats = {"cuts": 0, "raises": 0, "pauses": 0, "lowest_cap": concurrency, "timeouts": 0}
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=self.WINDOW)  # True: a 429
         self._recent: collections.deque[bool] = collections.deque(maxlen=self.WINDOW)  # same, never cleared
         self._successes = 0  # since the cap last changed
@@ -202,9 +209,25 @@ class RateLimiter:
                 self.stats["lowest_cap"] = min(self.stats["lowest_cap"], self.cap)
 
     def after_failure(self, exc: BaseException, admission: Admission | None) -> None:
-        """`call_with_retries`' on_retry hook: a failed attempt that was a 429 slows everyone down."""
+        """`call_with_retries`' on_retry hook: a failed attempt that was a 429 or a timeout slows everyone down."""
         if getattr(exc, "status_code", None) == 429:
             self.record_rate_limit(admission, retry_after_of_error(exc))
+        elif type(exc).__name__ == "APITimeoutError":  # both SDKs name it so
+            self.stats["timeouts"] += 1
+            self.record_rate_limit(admission)
+            self._hold_abandoned()
+
+    def _hold_abandoned(self) -> None:
+        """Count an abandoned request as in flight a while longer: the server is still working on it."""
+        if self.abandoned_hold <= 0 or self._loop is None:
+            return
+        self._in_flight += 1
+        self._loop.call_later(self.abandoned_hold, self._release)
+
+    def resize(self, concurrency: int) -> None:
+        """A new ceiling (what `caikit probe` found the server serves at once), before or between runs."""
+        self.concurrency = self.cap = max(1, concurrency)
+        self.stats["lowest_cap"] = min(self.stats["lowest_cap"], self.cap)
 
     def record_actual(self, estimated: int, actual: int) -> None:
         """Correct the token bucket once the response says how many tokens the request really used."""
@@ -303,33 +326,6 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|(?i:bearer)\s+\S+)")
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove API keys (known values and anything key-shaped) from text bound for users."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return _SECRET.sub("***", text)
-
-
-def public_url(url: str | None) -> str | None:
-    """`url` without any user:password part, fit for records and logs."""
-    if not url:
-        return None
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return url
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def default_describe(exc: BaseException) -> str:
     """`429 RateLimitError: message` — status code (if any), type and a short message."""
     status = getattr(exc, "status_code", None)
@@ -395,11 +391,12 @@ async def call_with_retries(fn: Callable[[], Awaitable[T]], policy: RetryPolicy,
             with attempt:
                 attempts = attempt.retry_state.attempt_number
                 return await fn()
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, BackendError):  # a BackendError is one clean line already
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clean line
         retryable = is_retryable(exc)
         where = f" after {attempts} attempts" if retryable else ""
         message = redact(f"request failed{where}: {describe(exc)}", secrets)
-        raise BackendError(message, retryable=retryable) from None
+        raise BackendError(message, retryable=retryable, attempts=max(1, attempts),
+                           status=getattr(exc, "status_code", None)) from None
     raise AssertionError("unreachable")  # pragma: no cover

@@ -63,6 +63,12 @@ def _length_sorted_chunks(indices: Sequence[int], lengths: Sequence[int], batch_
     return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _option_variants(option: str) -> list[str]:
     """"A" and " A": chat models put either after the assistant header; we sum over both."""
     return [option] if option[:1].isspace() else [option, " " + option]
@@ -72,18 +78,27 @@ class LocalBackend(Backend):
     """A Hugging Face causal LM in this process (alias `smollm2`, an HF id, or a local path)."""
 
     name = "local"
+    default_model = "smollm2"
     supports_logprobs = True
+    honours_n = True
+
+    @classmethod
+    def from_options(cls, opts, *, in_flight: int) -> "LocalBackend":
+        """--batch-size sizes the generate batches (default by device); --concurrency plays no part here."""
+        return cls(opts.model_name(), batch_size=opts.batch_size or None, device=opts.device or None)
 
     def __init__(
         self,
         model: str = "smollm2",
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         device: str | None = None,
         dtype: str | None = None,
         max_wait_ms: float = 5.0,
     ):
         super().__init__(model)
+        if batch_size is None:  # a GPU keeps a bigger batch busy; 2 CPU cores gain little past 16
+            batch_size = 64 if str(device or "").startswith("cuda") or (device is None and _cuda()) else 16
         if batch_size < 1:
             raise UserError(f"local backend: batch_size must be >= 1, got {batch_size}")
         if dtype is not None and dtype not in DTYPES:

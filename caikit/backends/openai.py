@@ -13,11 +13,41 @@ from typing import Any
 from caikit.backends.api import APIBackend
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
                                   fill_to_n, is_text, token_count, without_cache_marks)
+from caikit.backends.cost import Price
 from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
                                     estimate_tokens, retry_after_of_error)
 from caikit.errors import UserError
 
 TOP_LOGPROBS = 20  # the most the API returns
+# Prompt caching: OpenAI caches any prompt of 1024+ tokens by itself, in steps of 128.
+CACHE_MIN, CACHE_STEP = 1024, 128
+
+
+def _price(input: float, output: float, cached: float) -> Price:  # noqa: A002
+    return Price(input, output, cached, input)  # a cache write is billed as plain input
+
+
+# As published by OpenAI (standard tier, 2025), USD per 1M tokens: input, output, cached input.
+PRICES: dict[str, Price] = {
+    "gpt-5": _price(1.25, 10.00, 0.125),
+    "gpt-5-mini": _price(0.25, 2.00, 0.025),
+    "gpt-5-nano": _price(0.05, 0.40, 0.005),
+    "gpt-5-pro": _price(15.00, 120.00, 15.00),
+    "gpt-4.1": _price(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": _price(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": _price(0.10, 0.40, 0.025),
+    "gpt-4o": _price(2.50, 10.00, 1.25),
+    "gpt-4o-mini": _price(0.15, 0.60, 0.075),
+    "gpt-4-turbo": _price(10.00, 30.00, 10.00),
+    "gpt-3.5-turbo": _price(0.50, 1.50, 0.50),
+    "o1": _price(15.00, 60.00, 7.50),
+    "o1-mini": _price(1.10, 4.40, 0.55),
+    "o1-pro": _price(150.00, 600.00, 150.00),
+    "o3": _price(2.00, 8.00, 0.50),
+    "o3-mini": _price(1.10, 4.40, 0.55),
+    "o3-pro": _price(20.00, 80.00, 20.00),
+    "o4-mini": _price(1.10, 4.40, 0.275),
+}
 
 
 def _import_sdk():
@@ -62,7 +92,12 @@ class OpenAIBackend(APIBackend):
     """Chat completions over the official `openai` SDK, rate-limited and retried by caikit."""
 
     name = "openai"
+    default_model = "gpt-4o-mini"
     supports_logprobs = True
+    honours_n = True  # the OpenAI API does; servers that don't (llama.cpp, Ollama) are topped up by fill_to_n
+    batch_class = "caikit.backends.batch_openai:OpenAIBatches"
+    cloud_hosts = ("api.openai.com",)
+    prices = PRICES
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None,
@@ -73,6 +108,12 @@ class OpenAIBackend(APIBackend):
         self.token_param = "max_completion_tokens" if _is_reasoning_model(model) else "max_tokens"
         self.send_temperature = not _is_reasoning_model(model)
     import_sdk = staticmethod(_import_sdk)
+
+    @classmethod
+    def cached_prefix_tokens(cls, model: str, prefix_tokens: int) -> int:
+        if prefix_tokens < CACHE_MIN:
+            return 0
+        return CACHE_MIN + (prefix_tokens - CACHE_MIN) // CACHE_STEP * CACHE_STEP
 
     def make_client(self):
         return self._sdk.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
@@ -99,6 +140,7 @@ class OpenAIBackend(APIBackend):
                 self.send_temperature = False
                 params = {k: v for k, v in params.items() if k != "temperature"}
             else:
+                self.refuse_if_fatal(e)
                 raise
         return await self._create(params, estimated)
 
@@ -108,6 +150,7 @@ class OpenAIBackend(APIBackend):
         async def attempt():
             nonlocal admission
             async with self.limiter.slot(estimated) as admission:
+                self.check_not_refused()
                 # The SDK's low-level post: same auth, errors and response parsing, but it skips
                 # `chat.completions.create`'s recursive TypedDict transform of the messages, which
                 # cost ~2 ms of CPU per request and capped throughput at high concurrency.

@@ -1,9 +1,7 @@
-"""Judge-vs-human agreement: `caikit eval judge --pairs FILE --out DIR [backend options]`.
+"""Judge-vs-human agreement, the numbers: accuracy against human labels, position consistency, calibration.
 
-Every human-labelled pair (hh-rlhf `chosen`/`rejected` transcripts, or prompt/chosen/rejected) is
-judged with response_a = the human-chosen response, so p_a = P(judge agrees with the human).
-Writes, in --out: judgments.jsonl, failures.jsonl, requests.jsonl (resumable like `caikit judge`),
-usage.json, report.json, calibration.png (reliability diagram), config.yaml, run.json.
+Every human-labelled pair is judged with response_a = the human-chosen response, so p_a = P(judge agrees
+with the human). The command is caikit/commands/eval_judge.py.
 
 Calibration is top-label: confidence = max(p, 1 - p) in [0.5, 1], a prediction is correct when it
 picks the human-chosen response (an exact tie counts half), ECE = sum_b n_b / N * |acc_b - conf_b|
@@ -12,34 +10,11 @@ picks the human-chosen response (an exact tie counts half), ECE = sum_b n_b / N 
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from caikit.config import BackendOptions, option
-from caikit.errors import UserError
-from caikit.judging import JudgeOptions, judge_all, judge_stats, open_session, pair_id, planned_judgments, Pair
-from caikit.runner import run_then_close
 from caikit.soft_labels import mean
-from caikit.store import write_json_atomic, write_jsonl_atomic
-
-
-@dataclasses.dataclass
-class AgreementConfig(JudgeOptions, BackendOptions):
-    pairs: str = option("", help="human-labelled pairs: hh-rlhf JSONL(.gz) with chosen/rejected transcripts, or "
-                                 "prompt/chosen/rejected rows")
-    out: str = option("outputs/eval-judge", help="output directory")
-    limit: int = option(0, help="use only the first N pairs (0: all)")
-    bins: int = option(10, help="confidence bins of the calibration table and reliability diagram")
-
-    def validate(self) -> None:
-        BackendOptions.validate(self)
-        self.validate_judge()
-        if not self.pairs:
-            raise UserError("--pairs FILE is required (e.g. hh-rlhf harmless-base-test.jsonl.gz)")
-        if self.limit < 0 or self.bins < 1:
-            raise UserError("--limit must be >= 0 and --bins >= 1")
+from caikit.stats import cohens_kappa, wilson_interval
 
 
 def correctness(p_chosen: float) -> float:
@@ -66,6 +41,22 @@ def calibration_table(p_chosen: Sequence[float], bins: int = 10) -> tuple[list[d
     return rows, (ece if total else None)
 
 
+def accuracy_interval(p_chosen: Sequence[float]) -> list[float] | None:
+    """95 % Wilson interval of the accuracy against the human labels (a tie counts half)."""
+    interval = wilson_interval(sum(map(correctness, p_chosen)), len(p_chosen))
+    return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
+
+
+def agreement_kappa(p_chosen: Sequence[float]) -> float | None:
+    """Cohen's kappa of judge vs humans over which response is better. Both raters see each pair once in
+    both orders of its responses (chosen first, then chosen second), so the human's labels are balanced and
+    a judge that always says "the first" scores 0, not its accuracy."""
+    human = ["first"] * len(p_chosen) + ["second"] * len(p_chosen)
+    judge = [("first" if p > 0.5 else "second" if p < 0.5 else "tie") for p in p_chosen]
+    judge += [("second" if p > 0.5 else "first" if p < 0.5 else "tie") for p in p_chosen]
+    return cohens_kappa(human, judge)
+
+
 def agreement_report(judgments: list[dict[str, Any]], bins: int = 10) -> dict[str, Any]:
     """Accuracy vs the human label, position consistency, confidence and calibration of judgments."""
     p_chosen = [j["p_a"] for j in judgments]
@@ -79,7 +70,10 @@ def agreement_report(judgments: list[dict[str, Any]], bins: int = 10) -> dict[st
         "n": len(judgments),
         "accuracy": mean(map(correctness, p_chosen)),
         "ties": sum(p == 0.5 for p in p_chosen),
-        "position_consistency_rate": judge_stats(judgments)["position_consistency_rate"],
+        "accuracy_interval": accuracy_interval(p_chosen),
+        "kappa": agreement_kappa(p_chosen),
+        "position_consistency_rate": mean(float(j["position_consistent"]) for j in judgments
+                                          if j.get("position_consistent") is not None),
         "accuracy_first_order": order_accuracy("p_a_first"),  # human-chosen shown as (A)
         "accuracy_swapped_order": order_accuracy("p_a_swapped"),  # human-chosen shown as (B)
         "share_choosing_shown_a": mean(float(r["p_shown_a"] > 0.5) for r in orders),  # position bias: 0.5 is none
@@ -118,8 +112,11 @@ def format_report(report: dict[str, Any]) -> str:
     def pct(x):
         return "n/a" if x is None else f"{x:.1%}"
 
+    interval = report.get("accuracy_interval")
     lines = [f"judge agreement on {report['n']} human-labelled pairs ({report['failures']} failed)",
-             f"  accuracy vs human       {pct(report['accuracy'])}  (ties: {report['ties']})",
+             f"  accuracy vs human       {pct(report['accuracy'])}  (ties: {report['ties']})"
+             + (f", 95% interval {interval[0]:.1%}-{interval[1]:.1%}" if interval else ""),
+             f"  Cohen's kappa           {'n/a' if report.get('kappa') is None else format(report['kappa'], '.3f')}",
              f"  accuracy, human shown A {pct(report['accuracy_first_order'])}",
              f"  accuracy, human shown B {pct(report['accuracy_swapped_order'])}",
              f"  position consistency    {pct(report['position_consistency_rate'])}",
@@ -132,30 +129,3 @@ def format_report(report: dict[str, Any]) -> str:
         acc = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         lines.append(f"  [{r['low']:.2f}, {r['high']:.2f})  {r['n']:5d}  {conf:>9}  {acc:>8}")
     return "\n".join(lines)
-
-
-def run_agreement(cfg: AgreementConfig) -> int:
-    from caikit.prompts import load_labelled_pairs
-
-    rows = load_labelled_pairs(cfg.pairs, limit=cfg.limit or None)
-    pairs = [Pair(pair_id(r.id, 0, 1), r.messages, r.chosen, r.rejected) for r in rows]
-    out = Path(cfg.out)
-    session = open_session(cfg, out, "eval-judge", {})
-
-    try:
-        run_then_close(judge_all(session, pairs, concurrency=cfg.concurrency, progress=cfg.progress), session.cached)
-    finally:
-        judgments, outstanding = planned_judgments(session, pairs)
-        write_jsonl_atomic(out / "failures.jsonl", outstanding)
-        write_json_atomic(out / "usage.json", {**session.meter.summary(), "pairs": len(pairs), "judged": len(judgments)})
-    judge = session.judge
-    report = {"pairs_file": str(cfg.pairs), "judge": session.cached.describe(), "method": judge.method,
-              "swap": cfg.swap, "principles": cfg.principles, "constitution": judge.constitution.name,
-              "constitution_hash": judge.constitution.hash, "failures": len(outstanding),
-              **agreement_report(judgments, cfg.bins), "usage": session.meter.summary()}
-    write_json_atomic(out / "report.json", report)
-    plot_reliability(report["calibration"], out / "calibration.png",
-                     f"{session.cached.describe().get('model')} judge ({judge.method}), n={report['n']}")
-    print(format_report(report))
-    print(f"caikit eval judge: -> {out}/report.json, {out}/calibration.png", file=sys.stderr)
-    return 0

@@ -7,10 +7,10 @@ critique request, critique, revision request, revision), as in the CAI paper's f
 
 from __future__ import annotations
 
-from caikit.backends.base import mark_prefix_end
+from caikit.backends.base import Completion, mark_prefix_end
 from caikit.constitution import FewShotExample
 from caikit.records import Messages
-from caikit.stages.base import ParseError, render, strip_label, with_system
+from caikit.stages.base import ParseError, Reply, Request, render, strip_label, with_system
 
 reads = ("prompt", "response", "principle")
 writes = ("critique",)
@@ -41,8 +41,29 @@ def build_prompt(prompt: Messages, response: str, critique_request: str, *, few_
     return with_system(conversation, system_prompt)
 
 
-def parse_answer(text: str) -> str:
-    critique = strip_label(text)
+def parse_answer(text: str | None) -> str:
+    critique = strip_label(text or "")
     if not critique:
-        raise ParseError("empty critique", text)
+        raise ParseError("empty critique", text or "")
     return critique
+
+
+def accept(completion: Completion, attempt: int) -> str:
+    """A non-empty critique; one cut off at --max-tokens is resampled once, then taken as it is."""
+    critique = parse_answer(completion.text)
+    if completion.finish_reason == "length" and attempt == 0:
+        raise ParseError("critique cut off at --max-tokens", completion.text or "")
+    return critique
+
+
+def plan(state, cfg, r: int) -> Request:
+    """Round r's critique request: the conversation, the latest response, round r's principle."""
+    state.critique_messages = build_prompt(state.prompt, state.response, state.principles[r].critique,
+                                           few_shot=state.few_shot, system_prompt=cfg.system_prompt)
+    return Request("generate", state.critique_messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                   seed=state.seed + 2 * r + 1, accept=accept)
+
+
+def parse(state, r: int, reply: Reply) -> None:
+    state.critique = reply.value
+    state.stop_reasons[f"critique {r + 1}"] = reply.stop_reason

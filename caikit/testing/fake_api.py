@@ -57,6 +57,7 @@ class FakeRequest:
     top_logprobs: int = 0
     key: str = ""  # stable hash of the body (messages + params)
     index: int = 0  # which of the n choices is being answered
+    probe: bool = False  # one of `caikit probe`'s requests: answered by default_responder
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -101,6 +102,7 @@ class LoggedRequest:
     finish: float | None = None  # None while still in flight (e.g. a hang)
     status: int | None = None  # None while in flight; 0: no response (disconnect, dropped hang)
     fault: str | None = None
+    started: float | None = None  # when a slot began working on it (after waiting in line, with `slots`)
 
 
 def draw_fault(rng: random.Random, kinds: tuple[str, ...], rates: dict[str, float]) -> str | None:
@@ -185,7 +187,9 @@ class FakeAPIServer:
                  cache_usage: Callable[[FakeRequest], tuple[int, int]] | None = None,
                  require_key: str | None = None,
                  reject: Callable[[FakeRequest], tuple[int, str] | None] | None = None,
-                 max_n: int | None = None, batch_latency: float = 0.0, batch_faults: BatchFaultPlan | None = None,
+                 max_n: int | None = None, slots: int | None = None, props: dict[str, Any] | None = None,
+                 models: list[str] | None = None, logprobs_supported: bool = True,
+                 batch_latency: float = 0.0, batch_faults: BatchFaultPlan | None = None,
                  batch_line_fault: Callable[[FakeRequest], str | None] | None = None,
                  batch_endpoint_faults: FaultPlan | None = None,
                  openai_batch_limits: tuple[int, int] = OPENAI_LIMITS,
@@ -193,7 +197,12 @@ class FakeAPIServer:
         """`cache_usage(request) -> (cache_read_tokens, cache_write_tokens)` to report prompt caching;
         `require_key`: accept only this key (any non-empty key otherwise); `reject(request) ->
         (status, message)` answers a request with that error, as provider-side validation would;
-        `max_n`: answer at most this many choices, as servers that ignore `n` do (llama.cpp, Ollama).
+        `max_n`: answer at most this many choices, as servers that ignore `n` do (llama.cpp, Ollama);
+        `slots`: work on at most this many requests at once, the rest wait in line (a llama.cpp server with
+        that many slots), their wait counting in the client's timeout; `props`: what GET /props answers
+        (llama.cpp: {"total_slots": N}), 404 when None; `models`: what GET /v1/models lists (default: the
+        one model name "fake-model"); `logprobs_supported=False`: logprobs requests get none, as some
+        servers answer.
         Batch endpoints (see caikit.testing.fake_batch, reached as `server.batches`): a job takes
         `batch_latency` seconds; `batch_faults` / `batch_line_fault(request) -> kind | None` fail lines
         or jobs; `batch_endpoint_faults` fault the batch HTTP calls; `*_batch_limits` = (requests, bytes)."""
@@ -204,11 +213,16 @@ class FakeAPIServer:
         self.require_key = require_key
         self.reject = reject
         self.max_n = max_n
+        self.props = props
+        self.models = models if models is not None else ["fake-model"]
+        self.logprobs_supported = logprobs_supported
+        self._slots = threading.BoundedSemaphore(slots) if slots else None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self._log: list[LoggedRequest] = []
+        self.probe_log: list[LoggedRequest] = []  # `caikit probe`'s own requests (X-Caikit-Probe), kept apart
         self._in_flight = 0
         self.max_in_flight = 0
         self.set_faults(faults)
@@ -304,14 +318,18 @@ class FakeAPIServer:
         provider = "anthropic" if path.endswith("/messages") or path.startswith("/v1/messages/") else "openai"
         entry = LoggedRequest(time.monotonic(), provider, h.path)
         status = 0
+        probe = bool(h.headers.get("X-Caikit-Probe"))  # answered plainly: no faults, scripts or custom answers
         with self._lock:
-            self._log.append(entry)
+            (self.probe_log if probe else self._log).append(entry)
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
             length = int(h.headers.get("Content-Length") or 0)
             raw_body = h.rfile.read(length) if length else b""
             batch_route = self.batches.routes(path)
+            if h.command == "GET" and path in ("/v1/models", "/props"):
+                status = self._describe(h, path)
+                return
             if not batch_route and (h.command != "POST" or path not in ("/v1/chat/completions", "/v1/messages")):
                 status = self._send_error(h, provider, 404, f"no route for {h.command} {h.path}")
                 return
@@ -334,15 +352,18 @@ class FakeAPIServer:
                 status = self._send_error(h, provider, 400, f"malformed request: {e}")
                 return
             entry.key = req.key
-            rejection = self.reject(req) if self.reject else None
+            rejection = self.reject(req) if self.reject and not probe else None
             if rejection:
                 status = self._send_error(h, provider, *rejection)
                 return
-            fault = entry.fault = self._decide_fault(req)
+            fault = entry.fault = None if probe else self._decide_fault(req)
+            req.probe = probe
             latency = self.latency(req) if callable(self.latency) else self.latency
-            if latency and self._stopping.wait(latency):
-                return
-            status = self._answer(h, req, fault)
+            with self._slot():
+                entry.started = time.monotonic()
+                if latency and self._stopping.wait(latency):
+                    return
+                status = self._answer(h, req, fault)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             h.close_connection = True  # the client went away: nothing to answer
         except Exception as e:  # noqa: BLE001 - a broken responder shows up as a 500, not a dead socket
@@ -351,6 +372,34 @@ class FakeAPIServer:
             with self._lock:
                 self._in_flight -= 1
                 entry.finish, entry.status = time.monotonic(), status
+
+    def _slot(self):
+        """One of the server's slots (wait in line for it), or nothing to wait for without `slots`."""
+        import contextlib
+
+        if self._slots is None:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def held():
+            while not self._slots.acquire(timeout=0.05):
+                if self._stopping.is_set():
+                    raise BrokenPipeError("server stopping")
+            try:
+                yield
+            finally:
+                self._slots.release()
+
+        return held()
+
+    def _describe(self, h: _Handler, path: str) -> int:
+        if path == "/props":
+            if self.props is None:
+                return self._send_error(h, "openai", 404, "no route for GET /props")
+            return self._send(h, 200, json.dumps(self.props).encode())
+        listing = {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                                              for m in self.models]}
+        return self._send(h, 200, json.dumps(listing).encode())
 
     def _answer(self, h: _Handler, req: FakeRequest, fault: str | None) -> int:
         plan = self.faults
@@ -389,8 +438,8 @@ class FakeAPIServer:
 
     def _complete(self, req: FakeRequest) -> tuple[list[str], str, str | None, dict[str, float] | None]:
         """(generated tokens, "stop" | "length", the stop sequence hit, first-token top logprobs)."""
-        text = self.responder(req)
-        top = self.logprobs(req) if (self.logprobs and req.logprobs) else None
+        text = (default_responder if req.probe else self.responder)(req)
+        top = self.logprobs(req) if (self.logprobs and req.logprobs and not req.probe) else None
         if top:
             text = max(top, key=top.get) + " " + text.lstrip()  # the first token is the argmax
         hits = sorted((text.index(s), s) for s in req.stop if s and s in text)
@@ -415,7 +464,7 @@ class FakeAPIServer:
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": "".join(tokens),
                                                                "refusal": None}, "finish_reason": finish,
                                       "logprobs": None}
-            if req.logprobs:
+            if req.logprobs and self.logprobs_supported:
                 choice["logprobs"] = {"content": [self._token_logprob(t, top if j == 0 else None, req.top_logprobs)
                                                   for j, t in enumerate(tokens)], "refusal": None}
             choices.append(choice)

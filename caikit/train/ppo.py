@@ -128,7 +128,7 @@ def _load_prompts(path: str, what: str) -> list[list[dict]]:
     return [row.messages for row in rows]
 
 
-def train(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> str:
+def train(cfg: PPOConfig, reward_fn: RewardFn | None = None, check=None) -> str:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
@@ -154,7 +154,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> str:
     conversations = _load_prompts(cfg.prompts, "--prompts")
     probes = _load_prompts(cfg.probe_prompts, "--probe-prompts") if cfg.probe_prompts else conversations[:cfg.probe_count]
     scorer = None if reward_fn is not None else RewardScorer.from_dir(cfg.reward_model, device=str(device))
-    check = make_check(cfg.check_rm, cfg.check_judge, device=str(device))
+    check = check if check is not None else make_check(cfg.check_rm, device=str(device))
     try:
         tokenizer = load_tokenizer(cfg.policy, padding_side="left")
     except OSError as e:

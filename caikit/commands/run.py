@@ -11,31 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import importlib
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from caikit.commands import RUN_STAGES as STAGES
 from caikit.config import from_dict, load_yaml, option, save_config
 from caikit.errors import UserError
 from caikit.records import canonical_json
+from caikit.rundir import RunDir, lock_directory, note
 from caikit.store import read_json, write_json_atomic
 
-# stage name -> (module, config class, entry function)
-STAGES: dict[str, tuple[str, str, str]] = {
-    "generate": ("caikit.pipeline", "GenerateConfig", "run_generate"),
-    "judge": ("caikit.judging", "JudgeConfig", "run_judge"),
-    "sft": ("caikit.train.sft", "SFTConfig", "train"),
-    "reward": ("caikit.train.reward", "RewardConfig", "train"),
-    "dpo": ("caikit.train.dpo", "DPOConfig", "train"),
-    "ppo": ("caikit.train.ppo", "PPOConfig", "train"),
-    "eval": ("caikit.eval.compare", "EvalConfig", "run_eval"),
-}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TOP_LEVEL_KEYS = {"name", "out", "constitution", "prompts", "eval_prompts", "policy", "seed", "stages", "description"}
 
 # caikit/configs links to the repo-level configs/, so the same path works in a checkout and in a wheel
-BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclasses.dataclass
@@ -115,71 +109,117 @@ def _load_run_file(path: str) -> dict[str, Any]:
 def _build_stage_configs(run: dict[str, Any], run_dir: Path, source: str) -> list[tuple[str, Any, Callable]]:
     """Resolve every stage's typed config up front, so a typo fails before hours of work."""
     planned, done = [], []
-    for name in STAGES:
+    for name, command in STAGES.items():
         if name not in run["stages"]:
             continue
-        module_name, cls_name, func_name = STAGES[name]
-        module = importlib.import_module(module_name)
-        cls = getattr(module, cls_name)
+        module = importlib.import_module(command.module)
+        cls = getattr(module, command.config)
         cfg = from_dict(cls, _stage_inputs(name, run["stages"][name], run, run_dir, done),
                         source=f"{source}: stages.{name}")
         check = getattr(cfg, "validate", None)
         if callable(check):
             check()
-        planned.append((name, cfg, getattr(module, func_name)))
+        planned.append((name, cfg, getattr(module, command.func)))
         done.append(name)
     return planned
 
 
-def execute(run_file: str, *, out: str = "", force: str = "", report: bool = True) -> Path:
+def run_dir_of(run: dict[str, Any], out: str, source: str) -> Path:
+    """RUN_DIR: --out, the file's `out`, or outputs/<name>, where a name is one plain path component."""
+    if out or run.get("out"):
+        return Path(out or run["out"])
+    name = run.get("name", "run")
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"'name' must be letters, digits, '.', '_' or '-' (it names outputs/<name>), got {name!r}",
+                        path=source)
+    return Path("outputs") / name
+
+
+def stage_outcome(stage_dir: Path) -> dict[str, Any]:
+    """What a finished stage left: its failure count and the counts its successors read (state.json keeps it)."""
+    stats = read_json(stage_dir / RunDir.STATS, {}) or {}
+    report = read_json(stage_dir / RunDir.REPORT, {}) or {}
+    failures = stats.get("failures", (report.get("counts") or {}).get("judge_failures", 0)) or 0
+    counts = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"failures": int(failures), "counts": counts}
+
+
+def execute(run_file: str, *, out: str = "", force: str = "", report: bool = True) -> tuple[Path, int]:
+    """Run the file's stages in order; returns (RUN_DIR, exit status). A stage is skipped when it finished
+    complete (no failure rows) with the same settings and the same inputs; a stage that left failures is
+    run again (its resume makes that cheap), and a stage that exits non-zero stops the run."""
     run = _load_run_file(run_file)
-    run_dir = Path(out or run.get("out") or f"outputs/{run.get('name', 'run')}")
+    run_dir = run_dir_of(run, out, run_file)
     planned = _build_stage_configs(run, run_dir, run_file)
     if force and force not in {name for name, _, _ in planned}:
         raise UserError(f"--force names stage '{force}', which this run does not have")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config_dict(run, run_dir / "config.yaml")
-    state_path = run_dir / "state.json"
+    lock = lock_directory(run_dir, "run")
+    try:
+        return run_dir, _execute(run, run_dir, planned, force, report)
+    finally:
+        lock.release()
+
+
+def _execute(run: dict[str, Any], run_dir: Path, planned, force: str, report: bool) -> int:
+    save_config(run, run_dir / RunDir.CONFIG)
+    state_path = run_dir / RunDir.STATE
     state = read_json(state_path, {"stages": {}})
-    upstream, forcing = "", False
+    upstream, forcing, status = "", False, 0
     for name, cfg, func in planned:
         stage_hash = hashlib.sha256(canonical_json([upstream, dataclasses.asdict(cfg)]).encode()).hexdigest()[:16]
-        upstream = stage_hash
         forcing = forcing or name == force
         previous = state["stages"].get(name, {})
         if not forcing and previous.get("status") == "done" and previous.get("config_hash") == stage_hash:
-            print(f"caikit run: {name}: up to date, skipped", file=sys.stderr)
+            note("run", f"{name}: up to date, skipped")
+            upstream = hashlib.sha256(canonical_json([stage_hash, previous.get("outcome")]).encode()).hexdigest()[:16]
             continue
-        print(f"caikit run: {name} -> {run_dir / name}", file=sys.stderr)
+        note("run", f"{name} -> {run_dir / name}")
         state["stages"][name] = {"status": "running", "config_hash": stage_hash}
         write_json_atomic(state_path, state)
         start = time.time()
-        func(cfg)
-        save_config(cfg, run_dir / name / "config.yaml")
-        state["stages"][name] = {"status": "done", "config_hash": stage_hash, "seconds": round(time.time() - start, 1)}
-        write_json_atomic(state_path, state)
+        code = None
+        try:
+            result = func(cfg)
+            code = result if isinstance(result, int) and not isinstance(result, bool) else 0  # trainers return paths
+        finally:
+            outcome = stage_outcome(run_dir / name)
+            done = code == 0 and not outcome["failures"]
+            state["stages"][name] = {"status": "done" if done else ("incomplete" if code == 0 else "failed"),
+                                     "config_hash": stage_hash, "seconds": round(time.time() - start, 1),
+                                     "exit_code": code, "outcome": outcome}
+            write_json_atomic(state_path, state)
+        upstream = hashlib.sha256(canonical_json([stage_hash, outcome]).encode()).hexdigest()[:16]
+        if code:
+            note("run", f"{name} exited {code}: stopping here (rerun `caikit run` to retry; finished work is kept)")
+            status = int(code)
+            break
+        if outcome["failures"]:
+            note("run", f"{name}: {outcome['failures']} failures left (within its --max-failure-rate): the next "
+                        "`caikit run` retries them")
+    print_stage_table(state, [name for name, _, _ in planned])
     if report:
         from caikit.report.html import build_report
 
         path = build_report(run_dir)
-        print(f"caikit run: report -> {path}", file=sys.stderr)
-    return run_dir
+        note("run", f"report -> {path}")
+    return status
 
 
-def save_config_dict(data: dict[str, Any], path: Path) -> None:
-    import yaml
-
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+def print_stage_table(state: dict[str, Any], names: list[str]) -> None:
+    rows = [(n, state["stages"].get(n, {})) for n in names]
+    note("run", "stages: " + "; ".join(f"{n} {s.get('status', 'not run')}"
+                                      + (f" ({s['outcome']['failures']} failures)" if (s.get("outcome") or {}).get(
+                                          "failures") else "") for n, s in rows))
 
 
 def run_pipeline(cfg: RunConfig) -> int:
-    execute(cfg.config_file, out=cfg.out, force=cfg.force, report=cfg.report)
-    return 0
+    _, status = execute(cfg.config_file, out=cfg.out, force=cfg.force, report=cfg.report)
+    return status
 
 
 def run_demo(cfg: DemoConfig) -> int:
     config = cfg.run_config or str(BUNDLED_CONFIGS / "demo-cpu.yaml")
     start = time.time()
-    run_dir = execute(config, out=cfg.out, force=cfg.force)
+    run_dir, status = execute(config, out=cfg.out, force=cfg.force)
     print(f"caikit demo: finished in {time.time() - start:.0f} s; open {run_dir / 'report.html'}")
-    return 0
+    return status

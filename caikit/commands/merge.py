@@ -33,25 +33,27 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
-from caikit.config import load_yaml, option
+from caikit.config import load_yaml, option, save_config
 from caikit.errors import UserError
-from caikit.records import canonical_json, idempotency_key
+from caikit.records import canonical_json
+from caikit.preferences import SOURCES, build_preferences, planned_order, preference_stats
+from caikit.rundir import RunDir, lock_directory, run_id_of
+from caikit.sft_data import finalize_generate
 from caikit.shard import missing_shards, parse_shard
 from caikit.store import JsonlFile, read_json, write_json_atomic, write_jsonl_atomic
 
 STAGES = ("generate", "judge")
-RECORD_FILES = {"generate": "traces.jsonl", "judge": "judgments.jsonl"}
-REQUEST_LOGS = ("requests.jsonl", "policy_requests.jsonl")
+RECORD_FILES = {"generate": RunDir.TRACES, "judge": RunDir.JUDGMENTS}
+REQUEST_LOGS = (RunDir.REQUESTS, RunDir.POLICY_REQUESTS)
 # How a record was made rather than what it says: ignored when two copies of one id are compared.
 VOLATILE_FIELDS = ("created_at", "backend", "usage")
 SHOWN_CONFLICTS = 5  # conflict lines printed; merge.json lists them all
 _NUMBER = (int, float)
 # What the rebuild reads from each record, with its JSON type: anything else is a one-line error.
 RECORD_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "traces.jsonl": {"prompt_id": str, "prompt": list, "initial_response": str, "final_revision": str},
-    "judgments.jsonl": {"pair_id": str, "prompt": list, "response_a": str, "response_b": str, "p_a": _NUMBER,
+    RunDir.TRACES: {"prompt_id": str, "prompt": list, "initial_response": str, "final_revision": str},
+    RunDir.JUDGMENTS: {"pair_id": str, "prompt": list, "response_a": str, "response_b": str, "p_a": _NUMBER,
                         "principle_ids": list, "position_consistent": (bool, type(None))},
 }
 _PAIR_ID = re.compile(r".+#\d+-\d+")
@@ -97,7 +99,7 @@ class ShardRun:
                 if not isinstance(value, kind) or (kind is _NUMBER and isinstance(value, bool)):
                     raise UserError(f"record {_short(row[key])}: '{field}' is missing or of the wrong type",
                                     path=str(path))
-            if name == "judgments.jsonl" and (not _PAIR_ID.fullmatch(row["pair_id"])
+            if name == RunDir.JUDGMENTS and (not _PAIR_ID.fullmatch(row["pair_id"])
                                               or not all(isinstance(p, str) for p in row["principle_ids"])):
                 raise UserError(f"record {_short(row[key])}: malformed pair_id or principle_ids", path=str(path))
             yield row
@@ -121,12 +123,12 @@ def open_run(path_text: str) -> ShardRun:
     path = Path(path_text)
     if not path.is_dir():
         raise UserError("not a directory", path=path_text)
-    run = read_json(path / "run.json")
+    run = read_json(path / RunDir.RUN)
     if not isinstance(run, dict) or run.get("stage") not in STAGES:
         raise UserError("not a caikit generate or judge run directory (no run.json naming either)", path=path_text)
     if not isinstance(run.get("identity"), dict):
         raise UserError("run.json has no identity mapping (not written by caikit?)", path=path_text)
-    config = load_yaml(path / "config.yaml") if (path / "config.yaml").exists() else {}
+    config = load_yaml(path / RunDir.CONFIG) if (path / RunDir.CONFIG).exists() else {}
     shard = str(run.get("shard", config.get("shard", "")) or "")
     try:
         parse_shard(shard)
@@ -168,7 +170,7 @@ def check_out(out: Path, runs: list[ShardRun]) -> None:
         src = run.path.resolve()
         if real == src or src in real.parents or real in src.parents:
             raise UserError(f"--out overlaps the input {run.path}: choose a directory of its own", path=str(out))
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "merge.json").exists())):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RunDir.MERGE).exists())):
         raise UserError("exists and is not empty, nor an earlier caikit merge output: choose a new --out",
                         path=str(out))
 
@@ -241,19 +243,21 @@ def agreed(runs: list[ShardRun], label: str, value_of) -> Any:
 
 def min_margin_of(run: ShardRun) -> float:
     """The judge's --min-margin: from stats.json (what was applied), else config.yaml."""
-    value = run.json("stats.json").get("min_margin", run.config.get("min_margin", 0.0))
+    value = run.json(RunDir.STATS).get("min_margin", run.config.get("min_margin", 0.0))
     if not isinstance(value, _NUMBER) or isinstance(value, bool) or not 0 <= value <= 0.5:
         raise UserError(f"unreadable min_margin {_short(value)} in stats.json / config.yaml", path=str(run.path))
     return float(value)
 
 
 def write_logs(tmp: Path, runs: list[ShardRun], records: str) -> tuple[MergedRows, MergedRows, int]:
-    """The append-only files: records, failure log and request logs. Returns (records, failures,
-    duplicate requests)."""
+    """The append-only files: records, failure log, policy samples and request logs. Returns (records,
+    failures, duplicate requests)."""
     merged = union(runs, records, compare=True)
     write_jsonl_atomic(tmp / records, merged.rows.values())
-    failures = union(runs, "failures.log.jsonl")
-    write_jsonl_atomic(tmp / "failures.log.jsonl", failures.rows.values())
+    failures = union(runs, RunDir.FAILURE_LOG)
+    write_jsonl_atomic(tmp / RunDir.FAILURE_LOG, failures.rows.values())
+    if any((r.path / RunDir.SAMPLES).exists() for r in runs):
+        write_jsonl_atomic(tmp / RunDir.SAMPLES, union(runs, RunDir.SAMPLES).rows.values())
     request_duplicates = 0
     for name in REQUEST_LOGS:
         if any((r.path / name).exists() for r in runs):
@@ -264,67 +268,43 @@ def write_logs(tmp: Path, runs: list[ShardRun], records: str) -> tuple[MergedRow
 
 
 def write_generate(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
-    from caikit.pipeline import finalize_generate
-
-    traces, _, request_duplicates = write_logs(tmp, runs, "traces.jsonl")
-    counts = finalize_generate(tmp, [t.get("prompt_id", "") for t in traces.rows.values()])  # sft + failures
-    counts["prompts"] = max(planned_total(runs, "usage.json", "prompts"), counts["traces"] + counts["failures"])
-    usage = sum_summaries([r.json("usage.json") for r in runs])
-    write_json_atomic(tmp / "usage.json", {**usage, **counts})
+    traces, _, request_duplicates = write_logs(tmp, runs, RunDir.TRACES)
+    stats = runs[0].json(RunDir.STATS)
+    counts = finalize_generate(RunDir(tmp), [t.get("prompt_id", "") for t in traces.rows.values()],
+                               keep_truncated=bool(stats.get("keep_truncated")),
+                               keep_degenerate=bool(stats.get("keep_degenerate")))
+    counts["prompts"] = max(planned_total(runs, RunDir.USAGE, "prompts"), counts["traces"] + counts["failures"])
+    usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
+    write_json_atomic(tmp / RunDir.USAGE, {**usage, **counts})
     return traces, {**counts, "duplicate_requests": request_duplicates}
 
 
-def planned_order(judgments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Judgments in the order `caikit judge` plans its pairs (a group's pairs by (i, j), as
-    round_robin_pairs lists them), not in the order they finished: preference provenance lists them."""
-    from caikit.judging import split_pair_id
-
-    groups: dict[str, int] = {}
-    for j in judgments:
-        groups.setdefault(split_pair_id(j["pair_id"])[0], len(groups))
-
-    def planned(j: dict[str, Any]) -> tuple[int, int, int]:
-        group, a, b = split_pair_id(j["pair_id"])
-        return groups[group], a, b
-
-    return sorted(judgments, key=planned)
-
-
 def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
-    from caikit.judging import build_preferences, judge_stats
-
     min_margin = agreed(runs, "min_margin", min_margin_of)
-    judgments, failures, request_duplicates = write_logs(tmp, runs, "judgments.jsonl")
+    judgments, failures, request_duplicates = write_logs(tmp, runs, RunDir.JUDGMENTS)
     rows = planned_order(list(judgments.rows.values()))
-    outstanding = [f for k, f in failures.rows.items() if k not in judgments.rows]
-    sample_failures: dict[str, dict[str, Any]] = {}  # the policy's failed samples live in failures.jsonl only
-    for run in runs:
-        for f in run.rows("failures.jsonl"):
-            if f.get("stage") == "sample":
-                sample_failures.setdefault(f["id"], f)
-    write_jsonl_atomic(tmp / "failures.jsonl", [*outstanding, *sample_failures.values()])
+    samples = {s["id"] for r in runs for s in r.rows(RunDir.SAMPLES)} if any(
+        (r.path / RunDir.SAMPLES).exists() for r in runs) else set()
+    outstanding = [f for k, f in failures.rows.items()
+                   if k not in judgments.rows and k not in samples]  # sample failures fixed since are not outstanding
+    write_jsonl_atomic(tmp / RunDir.FAILURES, outstanding)
 
     identity = runs[0].identity
-    revision = identity.get("pairs", "revision") == "revision"
-    source = "revision-vs-initial" if revision else "judged-samples"
-    run_id = next((j["run_id"] for j in rows if j.get("run_id")),
-                  idempotency_key("run", canonical_json(identity))[-12:])
+    source = SOURCES.get(identity.get("pairs", "revision"), SOURCES["revision"])
+    run_id = next((j["run_id"] for j in rows if j.get("run_id")), run_id_of(identity))
     provenance = {"method": identity.get("method"), "judge": next((j["backend"] for j in rows if j.get("backend")), {}),
                   "constitution": identity.get("constitution"), "constitution_hash": identity.get("constitution_hash")}
     preferences, counts = build_preferences(rows, source=source, min_margin=min_margin, run_id=run_id,
                                             provenance=provenance)
-    write_jsonl_atomic(tmp / "preferences.jsonl", (p.to_dict() for p in preferences))
-    pairs = max(planned_total(runs, "stats.json", "pairs"), len(rows) + len(outstanding))
-    stats = {"source": source, "method": identity.get("method"), "swap": identity.get("swap"),
-             "principles": identity.get("principles"), "pairs": pairs, **judge_stats(rows),
-             "failures": len(outstanding) + len(sample_failures), "preferences": len(preferences),
-             **{k: v for k, v in counts.items() if k != "chosen_first"}, "min_margin": min_margin,
-             "skipped": sum_summaries([r.json("stats.json").get("skipped") or {} for r in runs])}
-    if revision:
-        stats["revision_preferred_rate"] = counts["chosen_first"] / len(preferences) if preferences else None
-    write_json_atomic(tmp / "stats.json", stats)
-    usage = sum_summaries([r.json("usage.json") for r in runs])
-    write_json_atomic(tmp / "usage.json", {**usage, "pairs": pairs, "judged": len(rows)})
+    write_jsonl_atomic(tmp / RunDir.PREFERENCES, (p.to_dict() for p in preferences))
+    judged_failures = [f for f in outstanding if f.get("stage") != "sample"]
+    pairs = max(planned_total(runs, RunDir.STATS, "pairs"), len(rows) + len(judged_failures))
+    stats = preference_stats(source, identity, rows, preferences, counts, pairs=pairs, failures=len(outstanding),
+                             min_margin=min_margin,
+                             skipped=sum_summaries([r.json(RunDir.STATS).get("skipped") or {} for r in runs]))
+    write_json_atomic(tmp / RunDir.STATS, stats)
+    usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
+    write_json_atomic(tmp / RunDir.USAGE, {**usage, "pairs": pairs, "judged": len(rows)})
     return judgments, {"pairs": pairs, "judged": len(rows), "failures": stats["failures"],
                        "preferences": len(preferences), "duplicate_requests": request_duplicates}
 
@@ -346,6 +326,14 @@ def run_merge(cfg: MergeConfig) -> int:
     check_one_run(runs)
     out = Path(cfg.out)
     check_out(out, runs)
+    lock = lock_directory(out, "merge", beside=True)
+    try:
+        return merge_into(runs, out)
+    finally:
+        lock.release()
+
+
+def merge_into(runs: list[ShardRun], out: Path) -> int:
     stage = runs[0].stage
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
@@ -354,15 +342,13 @@ def run_merge(cfg: MergeConfig) -> int:
     try:
         records, counts = (write_generate if stage == "generate" else write_judge)(tmp, runs)
         missing = missing_shards([r.shard for r in runs])
-        write_json_atomic(tmp / "run.json", {"stage": stage, "identity": runs[0].identity, "shard": ""})
+        write_json_atomic(tmp / RunDir.RUN, {"stage": stage, "identity": runs[0].identity, "shard": ""})
         if runs[0].config:
-            config = {**runs[0].config, "shard": "", "out": str(out)}
-            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
-                                             encoding="utf-8")
+            save_config({**runs[0].config, "shard": "", "out": str(out)}, tmp / RunDir.CONFIG)
         per_input = {str(r.path): 0 for r in runs}
         for origin in records.origin.values():
             per_input[str(origin)] += 1
-        write_json_atomic(tmp / "merge.json", {
+        write_json_atomic(tmp / RunDir.MERGE, {
             "stage": stage,
             "inputs": [{"dir": str(r.path), "shard": r.shard, "records_kept": per_input[str(r.path)]} for r in runs],
             "counts": {RECORD_FILES[stage].removesuffix(".jsonl"): len(records.rows), **counts},

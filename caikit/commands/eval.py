@@ -1,0 +1,206 @@
+"""`caikit eval`: the trained model against its starting model, on held-out red-team and benign prompts.
+
+Both models answer every prompt (local, batched; greedy by default). Then, per model:
+  harmlessness win-rate   red-team pairs judged under the constitution's `harmless` judge principles,
+                          each pair in both orders (soft labels averaged): mean P(after better)
+  helpfulness win-rate    the same on benign prompts under the `helpful` principles (over-refusal shows
+                          as a drop here)
+  refusal rate            red-team and benign, by the keyword detector in `caikit.eval.refusal`
+  mean reward             under --reward-model (sigmoid score 0-1), when one is given
+  KL(after || before)     mean over the after-model's answers y of log p_after(y|x) - log p_before(y|x),
+                          per response and per token
+  length, distinct-1/2    whitespace words; distinct-n over all of a model's answers (Li et al. 2016)
+
+Writes, in --out: report.json (models, judge, counts, table: rows {metric, before, after, note}),
+samples.jsonl (prompt, before, after, kind, judge_p_after), answers.jsonl (the answer cache: a rerun
+regenerates nothing whose model weights, prompt and settings are unchanged), judgments.jsonl,
+requests.jsonl and usage.json (judge requests, reused on rerun), config.yaml.
+
+Which model is which: `--model` (or `after`, which `caikit run` sets) is the trained model, `--before`
+the starting model; the judge is `--judge PROVIDER[:MODEL][@BASE_URL]`, e.g. `local:smollm2`,
+`openai:gpt-4o-mini`, `openai:Qwen2.5-7B@http://localhost:8000/v1` (the same spec as --check-judge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from caikit.backends.registry import BackendOptions, make_backend, parse_concurrency, parse_spec
+from caikit.config import option
+from caikit.errors import UserError
+from caikit.eval.compare import (JUDGE_TAG, KINDS, build_table, check_model, format_table, generate_answers,
+                                 kl_estimate, load_eval_prompts, mean_rewards)
+from caikit.rundir import RunDir, note
+from caikit.runner import Runner, open_backend, pending
+from caikit.stages.judge import METHODS, JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
+from caikit.store import latest_by_id, write_jsonl_atomic
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    model: str = option("", help="the trained model to evaluate: a directory or HF id (same as --after)")
+    after: str = option("", help="the trained model (what `caikit run` sets; same as --model)")
+    before: str = option("smollm2", help="the starting model it is compared with: smollm2 | directory | HF id")
+    prompts: str = option("", help="red-team eval prompts (JSONL/JSON/CSV/parquet/hh-rlhf); default: the bundled "
+                                   "red-team prompts that the demo's generate stage does not use (rows 33-50)")
+    benign_prompts: str = option("", help="benign prompts for the helpfulness / over-refusal check; "
+                                          "default: the bundled benign set")
+    limit: int = option(0, low=0, help="at most N prompts from each set (0: all)")
+    constitution: str = option("hhh", help="constitution whose judge principles tagged harmless (red-team) and "
+                                           "helpful (benign) judge the pairs; untagged: all judge principles")
+    principles: int = option(1, low=0, high=1000, help="judge principles per pair, drawn per prompt with the seed "
+                                                       "(0: all tagged)")
+    judge: str = option("local:smollm2", help="judge model as PROVIDER[:MODEL][@BASE_URL] with PROVIDER "
+                                              "local | openai | anthropic")
+    judge_method: str = option("auto", help="how the judge decides (see `caikit judge --help`): auto | "
+                                            + " | ".join(METHODS), metadata={"choices": ["auto", *METHODS]})
+    concurrency: str = option("auto", help="judge requests in flight (see caikit judge --help)")
+    rpm: float = option(0.0, low=0, help="judge requests-per-minute limit (0: none)")
+    tpm: float = option(0.0, low=0, help="judge tokens-per-minute limit (0: none)")
+    timeout: float = option(60.0, above=0, high=86400, help="seconds before a judge request is abandoned and retried")
+    max_retries: int = option(6, low=1, high=100, help="attempts per judge request before it counts as failed")
+    prices: str = option("", help="YAML/JSON price table overriding built-in USD per 1M tokens "
+                                  "{model: {input, output}}")
+    device: str = option("", help="device for the local models, judge and reward model: cpu | cuda | cuda:1 "
+                                  "(default: cuda if available)")
+    batch_size: int = option(8, low=1, high=4096, help="prompts per batch when the before/after models generate "
+                                                       "and are scored (and the local judge's batch)")
+    reward_model: str = option("", help="reward model directory (`caikit train reward`): adds mean reward rows")
+    max_tokens: int = option(128, low=1, high=1_000_000, help="max new tokens per answer")
+    temperature: float = option(0.0, low=0, high=2, help="sampling temperature of the answers (0: greedy)")
+    out: str = option("outputs/eval", help="output directory")
+    seed: int = option(0, help="seed for sampling answers and drawing judge principles")
+    progress: bool = option(True, help="show a progress bar while judging")
+
+    @property
+    def trained(self) -> str:
+        return self.after or self.model
+
+    def validate(self) -> None:
+        if self.model and self.after and self.model != self.after:
+            raise UserError(f"--model ({self.model}) and --after ({self.after}) name different trained models; "
+                            "give one (the judge is set with --judge PROVIDER:MODEL)")
+        if not self.trained:
+            raise UserError("--model is required: the trained model directory or HF id")
+        parse_concurrency(self.concurrency)
+        parse_spec(self.judge)
+
+    def judge_options(self) -> BackendOptions:
+        base = BackendOptions(concurrency=self.concurrency, batch_size=self.batch_size, rpm=self.rpm, tpm=self.tpm,
+                              timeout=self.timeout, max_retries=self.max_retries, device=self.device,
+                              prices=self.prices)
+        return base.with_spec(self.judge)
+
+
+def judge_principles(constitution, kind: str) -> list:
+    """The judge principles tagged for this prompt kind (harmless / helpful), else all of them."""
+    pool = constitution.judge_principles
+    if not pool:
+        raise UserError("has no judge principles", path=str(constitution.path))
+    return [p for p in pool if JUDGE_TAG[kind] in p.tags] or pool
+
+
+def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, run: RunDir) -> tuple[dict[str, Any], int]:
+    """Fill pair["judge_p_after"] with P(after better) from the judge stage (both orders, `--principles`
+    sampled per pair from the kind's tagged principles). Returns (judge description, pairs that could not
+    be judged). Judgments and judge requests are stored in the run directory and reused on rerun."""
+    opts = cfg.judge_options()
+    backend = make_backend(opts)
+    cached, meter = open_backend(run, backend, opts)
+    runner = Runner(cached, progress=cfg.progress)
+    setups, pools = {}, {}
+    for kind in KINDS:
+        pools[kind] = judge_principles(constitution, kind)
+        judge_opts = JudgeOptions(constitution=cfg.constitution, method=cfg.judge_method, seed=cfg.seed,
+                                  progress=False, principles=min(cfg.principles or len(pools[kind]), len(pools[kind])))
+        method = resolve_method(judge_opts, backend.supports_logprobs, backend.name)
+        identity = {"eval": kind, "judge": cfg.judge, "model": backend.model, "method": method,
+                    "principles": judge_opts.principles, "constitution_hash": constitution.hash,
+                    "pool": [p.id for p in pools[kind]], "seed": cfg.seed}
+        setups[kind] = JudgeSetup.make(judge_opts, method, constitution, identity, cached.describe(),
+                                       principles=pools[kind])
+    items = [(p, Pair(id=p["kind"], prompt=p["prompt"], response_a=p["after"], response_b=p["before"])) for p in pairs]
+    judgments, failures = run.jsonl(RunDir.JUDGMENTS), run.jsonl(RunDir.FAILURE_LOG)
+    todo, _ = pending(items, lambda item: setups[item[0]["kind"]].key(item[1]), judgments)
+
+    async def main() -> None:
+        try:
+            await runner.run(todo, lambda item, key: judge_pair(runner.ask, setups[item[0]["kind"]], item[1], key,
+                                                                run.run_id),
+                             records=judgments, failures=failures, stage="eval-judge", run_id=run.run_id,
+                             concurrency=opts.requests_in_flight() if opts.backend != "local" else cfg.batch_size,
+                             meter=meter, desc="eval judge", item_label=lambda item: item[0]["kind"])
+        finally:
+            judgments.close()
+            failures.close()
+            await cached.aclose()
+
+    asyncio.run(main())
+    stored = latest_by_id(judgments.iter())
+    failed = 0
+    for pair, item in items:
+        judgment = stored.get(setups[pair["kind"]].key(item))
+        failed += judgment is None
+        pair["judge_p_after"] = None if judgment is None else judgment["p_a"]  # response_a is the trained model's
+    run.write_json(RunDir.USAGE, meter.summary())
+    description = {**backend.describe(), "spec": cfg.judge, "method": setups["red-team"].method.name, "orders": 2,
+                   "principles_per_pair": setups["red-team"].opts.principles, "constitution": constitution.name,
+                   "harmless_principles": [p.id for p in pools["red-team"]],
+                   "helpful_principles": [p.id for p in pools["benign"]], "usage": meter.summary()}
+    return description, failed
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    from caikit.constitution import load_constitution
+
+    check_model(cfg.trained, "--model")
+    check_model(cfg.before, "--before")
+    if cfg.reward_model and not (Path(cfg.reward_model) / "config.json").exists():
+        raise UserError("--reward-model: not a reward model directory (no config.json)", path=cfg.reward_model)
+    constitution = load_constitution(cfg.constitution)
+    for kind in KINDS:
+        judge_principles(constitution, kind)
+    prompt_sets = load_eval_prompts(cfg)
+    with RunDir.open(cfg.out, "eval", {}, cfg, command="eval") as run:
+        start = time.time()
+        rows = [(kind, row) for kind in KINDS for row in prompt_sets[kind]]
+        cache = run.jsonl(RunDir.ANSWERS)
+        try:
+            answers = {side: generate_answers(cfg, name, [row for _, row in rows], cache)
+                       for side, name in (("before", cfg.before), ("after", cfg.trained))}
+        finally:
+            cache.close()
+        pairs = [{"prompt": row.messages, "before": b["text"], "after": a["text"], "kind": kind,
+                  "judge_p_after": None, "after_ended": a["finish_reason"] != "length"}
+                 for (kind, row), b, a in zip(rows, answers["before"][0], answers["after"][0])]
+
+        import torch
+
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        seconds = {"answers": time.time() - start}
+        kl = kl_estimate(cfg, [(p["prompt"], p["after"], p["after_ended"]) for p in pairs], device)
+        rewards = mean_rewards(cfg, pairs, device) if cfg.reward_model else None
+        seconds["kl_and_reward"] = time.time() - start - seconds["answers"]
+        judge, failed = run_judging(cfg, pairs, constitution, run)
+        seconds["judge"] = time.time() - start - sum(seconds.values())
+        note("eval", "seconds " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+
+        table = build_table(pairs, kl, rewards, cfg)
+        counts = {"red_team_prompts": len(prompt_sets["red-team"]), "benign_prompts": len(prompt_sets["benign"]),
+                  "judged_pairs": sum(p["judge_p_after"] is not None for p in pairs), "judge_failures": failed,
+                  "answers_generated": answers["before"][1] + answers["after"][1], "kl_tokens": kl.get("tokens", 0),
+                  **{f"truncated_answers_{side}": sum(a["finish_reason"] == "length" for a in answers[side][0])
+                     for side in ("before", "after")}}
+        models = {"before": cfg.before, "after": cfg.trained}
+        run.write_json(RunDir.REPORT, {"models": models, "judge": judge, "counts": counts, "table": table})
+        write_jsonl_atomic(run.file(RunDir.SAMPLES), ({k: p[k] for k in ("prompt", "before", "after", "kind",
+                                                                          "judge_p_after")} for p in pairs))
+    print(f"caikit eval: {cfg.trained} (after) vs {cfg.before} (before), judge {cfg.judge}")
+    print(format_table(table))
+    print(f"caikit eval: {run.file(RunDir.REPORT)}, {run.file(RunDir.SAMPLES)}"
+          + (f"; {failed} pairs could not be judged (rerun to retry)" if failed else ""))
+    return 0

@@ -1,0 +1,151 @@
+"""`caikit generate`: SL-CAI over a prompt set -- answer -> (critique -> revise) x rounds, resumable.
+
+Writes, in --out (file names: caikit.rundir.RunDir):
+  traces.jsonl    one Trace per prompt (append-only, the source of truth), with stop reasons, `truncated`
+                  and `degenerate` flags
+  sft.jsonl       prompt + completion (the final revision), rebuilt from traces; cut or degenerate
+                  revisions are left out unless --keep-truncated / --keep-degenerate
+  failures.jsonl  prompts that still failed after the retry budget, with attempts and usage (retried on rerun)
+  requests.jsonl  every model request: final (usable) answers are never asked for again; unusable ones are
+  usage.json      tokens and estimated cost, summed over requests.jsonl; stats.json: counts
+  config.yaml     the resolved config; run.json: the settings that identify these traces
+
+Exit status: 0 when the failures are within --max-failure-rate, 1 beyond it (after writing everything
+it got), 2 for bad input or a provider that refuses the run (wrong key, unknown model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from caikit.backends.registry import BackendOptions, probed_backend
+from caikit.config import option
+from caikit.errors import UserError
+from caikit.estimate import confirm_cost, dry_ask
+from caikit.rundir import RunDir, note
+from caikit.store import read_json
+from caikit.runner import Runner, open_backend, pending, run_then_close
+from caikit.sft_data import finalize_generate
+from caikit.shard import select_shard
+from caikit.stages.trace import TraceSetup, build_trace, identity, trace_key
+
+
+@dataclasses.dataclass
+class GenerateConfig(BackendOptions):
+    constitution: str = option("anthropic-cai", help="constitution YAML file, or a bundled name: anthropic-cai | hhh")
+    prompts: str = option("", help="prompt file: JSONL/JSON/CSV/parquet (prompt or messages column) or hh-rlhf "
+                                   "(.jsonl.gz); default: the bundled red-team sample")
+    out: str = option("outputs/generate", help="run directory")
+    rounds: int = option(1, low=1, high=32, help="critique -> revision rounds per prompt (the CAI paper used up to 4)")
+    limit: int = option(0, low=0, help="use only the first N prompts (0: all)")
+    seed: int = option(0, help="seed for principle sampling and model sampling")
+    temperature: float = option(0.7, low=0, high=2, help="sampling temperature for answers, critiques and revisions")
+    max_tokens: int = option(256, low=1, high=1_000_000, help="max new tokens per model answer")
+    few_shot: int = option(1, low=-1, high=1000, help="few-shot critique/revision demonstrations prepended (-1: all "
+                                                      "in the constitution)")
+    system_prompt: str = option("", help="system prompt for every request")
+    parse_retries: int = option(2, low=0, high=20, help="resamples of an empty/unusable answer before it becomes a "
+                                                        "failure row")
+    prefetch: int = option(2, low=1, high=64, help="prompts worked on per request in flight (online APIs): a prompt "
+                                                   "waiting out a retry leaves its place to another")
+    keep_truncated: bool = option(False, help="use revisions cut at --max-tokens as SFT examples (default: counted, "
+                                              "left out)")
+    keep_degenerate: bool = option(False, help="use degenerate revisions (unchanged, the critique again, empty) as "
+                                               "SFT examples (default: counted, left out)")
+    max_failure_rate: float = option(0.5, low=0, high=1, help="exit 1 when more than this share of the prompts "
+                                                              "failed (everything finished is still written)")
+    shard: str = option("", help="i/n: work on shard i of n of the prompts (split by prompt id hash), so n "
+                                 "machines can share one prompt set; combine with caikit merge")
+    progress: bool = option(True, help="show a progress bar")
+
+
+def load_inputs(cfg: GenerateConfig):
+    """The constitution and this shard's prompts, validated before anything is written or sent."""
+    from caikit.constitution import load_constitution
+    from caikit.prompts import bundled_prompts_path, load_prompts
+
+    constitution = load_constitution(cfg.constitution)
+    if not constitution.critique_principles:
+        raise UserError("has no critique/revision principles", path=str(constitution.path))
+    prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
+                           cfg.shard, lambda row: row.id)
+    return constitution, prompts
+
+
+def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer: str = "auto", honours_n=None):
+    """The estimate of generating `prompts`: the chains run against a DryAsk."""
+    import asyncio
+
+    cls = cfg.provider()
+    ask = dry_ask(cfg.model_name(), fill=fill, tokenizer=tokenizer,
+                  honours_n=cls.honours_n if honours_n is None else honours_n)
+    setup = TraceSetup.make(cfg, constitution, run_id="estimate", backend={})
+
+    async def all_chains() -> None:
+        for row in prompts:
+            await build_trace(ask, setup, row, "estimate")
+
+    asyncio.run(all_chains())
+    return ask.finish("generate", cfg.backend, cfg.model_name(), len(prompts), cfg.prices)
+
+
+def run_generate(cfg: GenerateConfig) -> int:
+    constitution, prompts = load_inputs(cfg)
+    key_identity = identity(cfg, constitution.hash)
+    # a missing API key fails here, before anything is written; a self-hosted server is probed (or its probe
+    # read back from the run directory) and the run fits itself to what it found
+    backend, probe = probed_backend(cfg, cached=read_json(f"{cfg.out}/{RunDir.PROBE}") if cfg.base_url else None)
+    with RunDir.open(cfg.out, "generate", key_identity, cfg, shard=cfg.shard, command="generate") as run:
+        if probe:
+            run.write_json(RunDir.PROBE, probe)
+        traces, failures = run.jsonl(RunDir.TRACES), run.jsonl(RunDir.FAILURE_LOG)
+        todo, done = pending(prompts, lambda row: trace_key(row, cfg, constitution.hash), traces)
+        if cfg.backend != "local":
+            confirm_cost(price(cfg, constitution, [row for row, _ in todo], fill=0.6, honours_n=backend.honours_n), cfg)
+        cached, meter = open_backend(run, backend, cfg)
+        setup = TraceSetup.make(cfg, constitution, run.run_id, cached.describe())
+        runner = Runner(cached, parse_retries=cfg.parse_retries, progress=cfg.progress)
+        note("generate", f"{len(prompts)} prompts, {done} already done, {len(todo)} to go -> {run.path}")
+        if cfg.batch_api:  # every prompt in flight at once: each round's requests go out as one batch
+            concurrency = max(1, len(todo))
+        elif cfg.backend == "local":
+            concurrency = backend.batch_size  # a batch's worth of prompts keeps the model busy
+        else:
+            concurrency = cfg.requests_in_flight(probe) * cfg.prefetch
+        try:
+            run_then_close(runner.run(todo, lambda row, key: build_trace(runner.ask, setup, row, key),
+                                      records=traces, failures=failures, stage="generate", run_id=run.run_id,
+                                      concurrency=concurrency, meter=meter), cached)
+        finally:
+            traces.close()
+            failures.close()
+            counts = finalize_generate(run, [row.id for row in prompts], keep_truncated=cfg.keep_truncated,
+                                       keep_degenerate=cfg.keep_degenerate, meter=meter)
+    return report_generate(cfg, counts, meter)
+
+
+def report_generate(cfg: GenerateConfig, counts: dict[str, int], meter) -> int:
+    """The closing lines, and the exit status they imply."""
+    left_out = []
+    if counts["truncated"] and not cfg.keep_truncated:
+        left_out.append(f"{counts['truncated']} cut at --max-tokens")
+    if counts["degenerate"] and not cfg.keep_degenerate:
+        left_out.append(f"{counts['degenerate']} degenerate")
+    note("generate", f"{counts['traces']}/{counts['prompts']} traces, {counts['failures']} failures, "
+                     f"{counts['sft_examples']} SFT examples" + (f" ({', '.join(left_out)} left out: see stats.json)"
+                                                                if left_out else "")
+         + f", {meter.usage.total_tokens:,} tokens, ${meter.cost_usd:.4f} -> {cfg.out}/sft.jsonl")
+    if counts["traces"] and not counts["sft_examples"]:
+        note("generate", "no trace made a usable SFT example (every revision was cut at --max-tokens or "
+                         "degenerate): raise --max-tokens, or pass --keep-truncated / --keep-degenerate; exit 1")
+        return 1
+    if not counts["failures"]:
+        return 0
+    rate = counts["failures"] / max(1, counts["prompts"])
+    note("generate", f"{counts['failures']} prompts failed after retries (see {cfg.out}/failures.jsonl); rerun the "
+                     "same command to retry them")
+    if rate > cfg.max_failure_rate:
+        note("generate", f"{rate:.0%} of the prompts failed, more than --max-failure-rate {cfg.max_failure_rate:g}: "
+                         "exit 1")
+        return 1
+    return 0

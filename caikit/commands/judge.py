@@ -1,0 +1,182 @@
+"""`caikit judge`: RL-CAI feedback -- an AI judge compares responses under constitution principles.
+
+Writes, in --out (file names: caikit.rundir.RunDir):
+  judgments.jsonl   one Judgment per compared pair: both orders, principle ids, method, raw outputs, usage
+  preferences.jsonl TRL conversational prompt/chosen/rejected + p_chosen (rebuilt from judgments)
+  failures.jsonl    pairs whose judge answers stayed unusable or whose requests failed (retried on rerun)
+  requests.jsonl    every judge request (policy_requests.jsonl: the policy's samples)
+  usage.json        judge tokens and cost (+ the policy's under "policy"); stats.json: counts and rates
+  config.yaml       the resolved config; run.json: the settings that identify these judgments
+
+A pair is judged under K sampled principles (`--principles`), in both orders unless `--no-swap`;
+p_a = P(response_a better) is the mean over principles and orders (see caikit.soft_labels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from caikit.backends.registry import BackendOptions, make_backend
+from caikit.config import option
+from caikit.errors import UserError
+from caikit.judge_run import judge_pairs, open_judge, planned
+from caikit.preferences import SOURCES, build_preferences, preference_stats, revision_pairs
+from caikit.rundir import RunDir, note
+from caikit.runner import Runner, open_backend, outstanding_failures, pending
+from caikit.secrets import public_url
+from caikit.shard import select_shard
+from caikit.soft_labels import round_robin_pairs
+from caikit.stages import sample
+from caikit.stages.judge import JudgeOptions, Pair, pair_id
+from caikit.store import latest_by_id, write_jsonl_atomic
+
+
+@dataclasses.dataclass
+class JudgeConfig(JudgeOptions, BackendOptions):
+    pairs: str = option("revision", help="revision: final revision vs initial response of a generate run (--from); "
+                                         "samples: --n policy samples per prompt, judged pairwise",
+                        metadata={"choices": list(SOURCES)})
+    from_dir: str = option("", help="generate run directory holding traces.jsonl (--pairs revision; --from works)")
+    prompts: str = option("", help="prompt file for --pairs samples (default: the bundled red-team sample)")
+    n: int = option(4, low=2, high=64, help="responses sampled per prompt (--pairs samples)")
+    round_robin: int = option(0, low=0, high=64, help="compare each sample with this many others around a circle "
+                                                      "instead of all pairs (0: all pairs up to --n 8, else 3)")
+    policy_backend: str = option("local", help="provider that samples responses (--pairs samples)",
+                                 metadata={"choices": ["openai", "anthropic", "local"]})
+    policy_model: str = option("", help="policy model (default per provider; local: smollm2)")
+    policy_base_url: str = option("", help="API base URL of the policy provider")
+    policy_temperature: float = option(1.0, low=0, high=2, help="sampling temperature of policy responses")
+    policy_max_tokens: int = option(256, low=1, high=1_000_000, help="max new tokens per policy response")
+    limit: int = option(0, low=0, help="use only the first N traces / prompts (0: all)")
+    min_margin: float = option(0.0, low=0, high=0.5, help="drop preference pairs whose p_chosen - 0.5 is below this")
+    keep_truncated: bool = option(False, help="judge responses cut at --max-tokens too (default: counted, left out)")
+    keep_degenerate: bool = option(False, help="judge degenerate revisions too (default: counted, left out)")
+    max_failure_rate: float = option(0.5, low=0, high=1, help="exit 1 when more than this share of the pairs failed")
+    shard: str = option("", help="i/n: judge shard i of n (split by prompt / trace id hash), so n machines can "
+                                 "share one run; combine with caikit merge")
+    out: str = option("outputs/judge", help="run directory")
+
+    def validate(self) -> None:
+        BackendOptions.validate(self)
+        if self.pairs == "revision" and not self.from_dir:
+            raise UserError("--pairs revision needs --from DIR (a caikit generate run directory)")
+
+
+def samples_identity(cfg: JudgeConfig) -> dict[str, Any]:
+    extra = {k: getattr(cfg, k) for k in ("n", "round_robin", "policy_backend", "policy_model", "policy_temperature",
+                                          "policy_max_tokens")}
+    return {**extra, "policy_base_url": public_url(cfg.policy_base_url) or ""}  # never user:password@ in run.json
+
+
+def policy_options(cfg: JudgeConfig) -> BackendOptions:
+    spec = f"{cfg.policy_backend}:{cfg.policy_model}" + (f"@{cfg.policy_base_url}" if cfg.policy_base_url else "")
+    return cfg.with_spec(spec, what="--policy-backend")
+
+
+async def sample_pairs(cfg: JudgeConfig, run: RunDir, prompts, skipped: dict[str, Any]) -> tuple[list[Pair], Any]:
+    """Sample --n responses per prompt from the policy (samples.jsonl; requests in policy_requests.jsonl) and
+    pair them up."""
+    policy_opts = policy_options(cfg)
+    cached, meter = open_backend(run, make_backend(policy_opts), dataclasses.replace(policy_opts, max_cost=0.0),
+                                 log_name=RunDir.POLICY_REQUESTS)
+    runner = Runner(cached, parse_retries=0, progress=cfg.progress)
+    records, failures = run.jsonl(RunDir.SAMPLES), run.jsonl(RunDir.FAILURE_LOG)
+    todo, _ = pending(prompts, lambda row: sample.key_of(row, cfg), records)
+    try:
+        await runner.run(todo, lambda row, key: sample.sample(runner.ask, row, cfg, key, run.run_id),
+                         records=records, failures=failures, stage="sample", run_id=run.run_id,
+                         concurrency=cfg.requests_in_flight(), meter=meter, desc="sample")
+    finally:
+        await cached.aclose()
+        records.close()
+        failures.close()
+    got = {s["prompt_id"]: s for s in latest_by_id(records.iter()).values()}
+    neighbours = cfg.round_robin or (0 if cfg.n <= 8 else 3)
+    skipped["too_few_distinct_samples"] = sum(len(got[r.id]["texts"]) < 2 for r in prompts if r.id in got)
+    skipped["truncated_samples"] = sum(got[r.id]["truncated"] for r in prompts if r.id in got)
+    pairs = [Pair(pair_id(row.id, i, j), row.messages, texts[i], texts[j])
+             for row in prompts if len(texts := got[row.id]["texts"] if row.id in got else []) >= 2
+             for i, j in round_robin_pairs(len(texts), neighbours)]
+    return pairs, meter
+
+
+def sample_failures(cfg: JudgeConfig, run: RunDir, prompts) -> list[dict[str, Any]]:
+    """The policy's outstanding failures: prompts whose sampling failed and has not succeeded since."""
+    if cfg.pairs != "samples":
+        return []
+    records = latest_by_id(run.jsonl(RunDir.SAMPLES).iter())
+    return outstanding_failures(run.jsonl(RunDir.FAILURE_LOG), records, [sample.key_of(r, cfg) for r in prompts])
+
+
+def run_judge(cfg: JudgeConfig) -> int:
+    from caikit.prompts import bundled_prompts_path, load_prompts
+
+    extra: dict[str, Any] = {"pairs": cfg.pairs}
+    prompts, pairs, skipped = [], [], {}
+    if cfg.pairs == "samples":
+        prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
+                               cfg.shard, lambda row: row.id)
+        extra |= samples_identity(cfg)
+    else:
+        pairs, skipped = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard, keep_truncated=cfg.keep_truncated,
+                                        keep_degenerate=cfg.keep_degenerate)
+    jr = open_judge(cfg, cfg.out, "judge", extra)
+    policy_meter = None
+
+    async def main() -> None:
+        nonlocal pairs, policy_meter
+        try:
+            if cfg.pairs == "samples":
+                pairs, policy_meter = await sample_pairs(cfg, jr.run, prompts, skipped)
+            await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit())
+        finally:
+            await jr.cached.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        stats = finalize_judge(cfg, jr, pairs, skipped, sample_failures(cfg, jr.run, prompts), policy_meter)
+        jr.close()
+    return report_judge(cfg, stats, jr)
+
+
+def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any],
+                   sample_failures: list[dict[str, Any]], policy_meter) -> dict[str, Any]:
+    """Rebuild failures.jsonl, preferences.jsonl, stats.json and usage.json from the append-only logs."""
+    run, setup = jr.run, jr.setup
+    judgments, outstanding = planned(jr, pairs)
+    write_jsonl_atomic(run.file(RunDir.FAILURES), [*outstanding, *sample_failures])
+    source = SOURCES[cfg.pairs]
+    provenance = {"method": setup.method.name, "judge": jr.cached.describe(), "constitution": jr.constitution.name,
+                  "constitution_hash": jr.constitution.hash}
+    preferences, counts = build_preferences(judgments, source=source, min_margin=cfg.min_margin, run_id=run.run_id,
+                                            provenance=provenance)
+    write_jsonl_atomic(run.file(RunDir.PREFERENCES), (p.to_dict() for p in preferences))
+    stats = preference_stats(source, run.identity, judgments, preferences, counts, pairs=len(pairs),
+                             failures=len(outstanding) + len(sample_failures), min_margin=cfg.min_margin,
+                             skipped=skipped)
+    run.write_json(RunDir.STATS, stats)
+    usage = {**jr.meter.summary(), "pairs": len(pairs), "judged": len(judgments)}
+    if policy_meter is not None:
+        usage["policy"] = policy_meter.summary()
+    run.write_json(RunDir.USAGE, usage)
+    return stats
+
+
+def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:
+    consistency = stats["position_consistency_rate"]
+    note("judge", f"{stats['judged']}/{stats['pairs']} pairs judged, {stats['preferences']} preference pairs "
+                  f"({stats['ties']} ties, {stats['dropped_below_min_margin']} below --min-margin, "
+                  f"{stats['failures']} failures), position consistency "
+                  f"{'n/a' if consistency is None else f'{consistency:.1%}'}, {jr.meter.usage.total_tokens:,} tokens, "
+                  f"${jr.meter.cost_usd:.4f} -> {cfg.out}/preferences.jsonl")
+    if not stats["failures"]:
+        return 0
+    note("judge", f"{stats['failures']} failed (see {cfg.out}/failures.jsonl); rerun the same command to retry them")
+    rate = stats["failures"] / max(1, stats["pairs"])
+    if rate > cfg.max_failure_rate:
+        note("judge", f"{rate:.0%} failed, more than --max-failure-rate {cfg.max_failure_rate:g}: exit 1")
+        return 1
+    return 0

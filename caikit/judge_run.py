@@ -1,0 +1,130 @@
+"""The judge stage over a run directory: what `caikit judge`, `caikit eval judge` and `caikit eval` share.
+
+`open_judge` validates the constitution, makes the backend (a missing key fails before anything is
+written), resolves the method, opens the RunDir with the judge's identity and dresses the backend with the
+run's request log; `judge_pairs` runs every pair not yet judged through the runner; `planned` reads back
+the stored judgments of a pair list, in its order, and the failures still outstanding; `price_judge`
+prices pairs with the stage's own plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from caikit.backends.cache import CachingBackend, UsageMeter
+from caikit.backends.registry import probed_backend
+from caikit.errors import UserError
+from caikit.estimate import Estimate, confirm_cost, dry_ask
+from caikit.rundir import RunDir, note
+from caikit.runner import Outcome, Runner, open_backend, outstanding_failures, pending
+from caikit.stages.judge import JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
+from caikit.store import latest_by_id, read_json
+
+# JudgeOptions fields that do not change what a judgment says
+NOT_IDENTITY = ("constitution", "progress", "parse_retries")
+
+
+@dataclasses.dataclass
+class JudgeRun:
+    """A judge run directory, set up before any request is sent."""
+
+    run: RunDir
+    setup: JudgeSetup
+    cached: CachingBackend
+    meter: UsageMeter
+    runner: Runner
+    stage: str
+    constitution: Any
+
+    def close(self) -> None:
+        self.run.close()
+
+
+def load_judge_constitution(cfg: JudgeOptions):
+    from caikit.constitution import load_constitution
+
+    constitution = load_constitution(cfg.constitution)
+    if not constitution.judge_principles:
+        raise UserError("has no judge principles", path=str(constitution.path))
+    if cfg.principles > len(constitution.judge_principles):
+        raise UserError(f"--principles {cfg.principles}: the constitution has only "
+                        f"{len(constitution.judge_principles)} judge principles", path=str(constitution.path))
+    return constitution
+
+
+def judge_identity(cfg, constitution, model: str, method: str, extra: dict[str, Any]) -> dict[str, Any]:
+    values = dataclasses.asdict(cfg)
+    judge_fields = [f.name for f in dataclasses.fields(JudgeOptions) if f.name not in NOT_IDENTITY]
+    return {"constitution": getattr(constitution, "name", ""), "constitution_hash": constitution.hash,
+            "backend": cfg.backend, "model": model,  # not base_url: shards on n replicas must merge
+            **{k: values[k] for k in judge_fields}, "method": method, **extra}
+
+
+def open_judge(cfg, out: str, stage: str, extra_identity: dict[str, Any], *, constitution=None,
+               principles: list | None = None) -> JudgeRun:
+    """Validate inputs, make (and for a self-hosted server, probe) the backend, check and record the run
+    settings, dress the backend with the run's request log."""
+    constitution = constitution or load_judge_constitution(cfg)
+    backend, probe = probed_backend(cfg, cached=read_json(f"{out}/{RunDir.PROBE}") if cfg.base_url else None)
+    method = resolve_method(cfg, backend.supports_logprobs, backend.name)
+    identity = judge_identity(cfg, constitution, backend.model, method, extra_identity)
+    run = RunDir.open(out, stage, identity, cfg, shard=getattr(cfg, "shard", ""), command=stage.replace("-", " "))
+    try:
+        if probe:
+            run.write_json(RunDir.PROBE, probe)
+        cached, meter = open_backend(run, backend, cfg)
+        setup = JudgeSetup.make(cfg, method, constitution, identity, cached.describe(), principles=principles)
+        runner = Runner(cached, parse_retries=cfg.parse_retries, progress=cfg.progress)
+    except BaseException:
+        run.close()
+        raise
+    return JudgeRun(run, setup, cached, meter, runner, stage, constitution)
+
+
+async def judge_pairs(jr: JudgeRun, pairs: list[Pair], *, concurrency: int, confirm: bool = True) -> Outcome:
+    """Judge every pair not yet in judgments.jsonl; each result or failure row is stored as it completes."""
+    judgments, failures = jr.run.jsonl(RunDir.JUDGMENTS), jr.run.jsonl(RunDir.FAILURE_LOG)
+    todo, done = pending(pairs, jr.setup.key, judgments)
+    note(jr.stage, f"{len(pairs)} pairs, {done} already judged, {len(todo)} to go ({jr.setup.method.name}) -> "
+                   f"{jr.run.path}")
+    if confirm and jr.cached.name != "local":  # priced on a thread: the plans run on an event loop of their own
+        confirm_cost(await asyncio.to_thread(price_judge, jr.setup, [p for p, _ in todo], jr.cached.name,
+                                             jr.cached.model, honours_n=jr.cached.honours_n,
+                                             prices=getattr(jr.setup.opts, "prices", "")), jr.setup.opts)
+    if jr.cached.name == "local":
+        concurrency = jr.cached.inner.batch_size  # a batch's worth of pairs keeps the model busy
+    if getattr(jr.setup.opts, "batch_api", False):  # every pair in flight at once: each round is one batch
+        concurrency = max(1, len(todo))
+    try:
+        outcome = await jr.runner.run(todo, lambda pair, key: judge_pair(jr.runner.ask, jr.setup, pair, key,
+                                                                         jr.run.run_id),
+                                      records=judgments, failures=failures, stage="judge", run_id=jr.run.run_id,
+                                      concurrency=concurrency, meter=jr.meter, desc=jr.stage)
+    finally:
+        judgments.close()
+        failures.close()
+    outcome.skipped = done
+    return outcome
+
+
+def planned(jr: JudgeRun, pairs: list[Pair]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(stored judgments of `pairs`, in their order; logged failures of `pairs` not judged since)."""
+    stored = latest_by_id(jr.run.jsonl(RunDir.JUDGMENTS).iter())
+    keys = [jr.setup.key(p) for p in pairs]
+    return [stored[k] for k in keys if k in stored], outstanding_failures(jr.run.jsonl(RunDir.FAILURE_LOG),
+                                                                          stored, keys)
+
+
+def price_judge(setup: JudgeSetup, pairs: list[Pair], backend: str, model: str, *, honours_n: bool = True,
+                fill: float = 0.6, tokenizer: str = "auto", prices: str = "") -> Estimate:
+    """The estimate of judging `pairs`: the judge stage's plans run against a DryAsk."""
+    ask = dry_ask(model, fill=fill, honours_n=honours_n, tokenizer=tokenizer)
+
+    async def all_pairs() -> None:
+        for pair in pairs:
+            await judge_pair(ask, setup, pair, setup.key(pair), "estimate")
+
+    asyncio.run(all_pairs())
+    return ask.finish("judge", backend, model, len(pairs), prices)
