@@ -221,7 +221,7 @@ def examples_from(source: Source) -> Loaded:
         prompt, completion = example_of(row)
         return Example(row_id(row, [prompt, completion]), prompt, completion, place)
 
-    items, duplicates = _unique(_parsed(source, parse), source.file, "examples")
+    items, duplicates = _unique(_parsed(source, parse), source.file, "SFT examples")
     return Loaded(items, source.given, source.file, source.split, len(source.rows), duplicates)
 
 

@@ -100,9 +100,9 @@ def open_source(path: str | Path, view: str, noun: str, split: str | None = None
         raise UserError(f"no input given (a file or directory: {FORMATS})")
     if not target.exists():
         raise UserError("no such file", path=given)
-    if target.is_dir():
-        return _directory(given, target, view, noun, split)
-    return _file(given, target, noun)
+    source = _directory(given, target, view, noun, split) if target.is_dir() else _file(given, target, noun)
+    source.given = given
+    return source
 
 
 def _directory(given: str, target: Path, view: str, noun: str, split: str | None) -> Source:
@@ -119,11 +119,9 @@ def _directory(given: str, target: Path, view: str, noun: str, split: str | None
     for name in EXPORT_DIRS[view]:  # an export root: RUN/export/{sft,preferences}
         if (target / name).is_dir():
             return _directory(str(Path(given) / name), target / name, view, noun, split)
-    if data_files:
-        raise UserError(f"no '{wanted}' split here (data files: {', '.join(p.name for p in data_files)}); "
-                        "choose one with --split", path=given)
+    holds = f"; it holds {', '.join(p.name for p in data_files)}" if data_files else ""
     raise UserError(f"no {' or '.join(RUN_FILES[view])} (caikit run directory), no `datasets` dataset and no "
-                    f"{wanted}.jsonl / {wanted}.parquet (caikit export directory) here", path=given)
+                    f"{wanted}.jsonl / {wanted}.parquet (export directory, --split {wanted}) here{holds}", path=given)
 
 
 def _data_file(name: str) -> bool:

@@ -62,8 +62,11 @@ def messages_id(content: Any) -> str:
 
 
 def row_id(row: Any, content: Any) -> str:
-    """The row's own `id`, else a hash of what it holds (stable across runs, files and formats)."""
+    """The row's own `id` (a human label's `pair_id`), else a hash of what it holds (stable across runs,
+    files and formats)."""
     given = row.get("id") if isinstance(row, dict) else None
+    if isinstance(row, dict) and "choice" in row and present(row, "pair_id"):
+        given = row["pair_id"]
     return str(given) if given not in (None, "") else messages_id(content)
 
 

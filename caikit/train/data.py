@@ -55,7 +55,7 @@ class DataSummary:
         for s in self.sources:
             extra = [f"split '{s['split']}'"] if s.get("split") else []
             extra += [f"{s['duplicates']} duplicates read once"] if s.get("duplicates") else []
-            extra += [f"{n} {reason} left out" for reason, n in s.get("left_out", {}).items()]
+            extra += [f"{n} {reason} left out" for reason, n in sorted(s.get("left_out", {}).items())]
             shown = s["file"] if s["file"] == s["path"] else f"{s['path']} ({s['file']})"
             lines.append(f"{s['used']} {self.what} from {shown}" + (f" [{'; '.join(extra)}]" if extra else ""))
         if len(self.sources) > 1:
