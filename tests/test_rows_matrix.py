@@ -358,6 +358,53 @@ def test_hh_transcripts_split_prompt_and_response_with_and_without_a_chat_templa
     assert "Human:" not in prompt_text + tokenizer.decode(response_ids)
 
 
+@unit
+@pytest.mark.parametrize("fmt", ["datasets", "parquet", "jsonl"])
+def test_every_export_format_reads_as_its_run(tmp_path, fmt, capsys):
+    from caikit.cli import main
+    from caikit.rows import read_examples, read_pairs, read_prompts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "preferences.jsonl").write_text(jsonl_text([PAIR_LAYOUTS["caikit-preference"](i) for i in range(3)]))
+    (run / "sft.jsonl").write_text(jsonl_text([SFT_LAYOUTS["caikit-sft"](i) for i in range(2)]))
+    (run / "run.json").write_text(json.dumps({"stage": "judge", "identity": {}}))
+    assert main(["export", str(run), "--format", fmt]) == 0
+
+    def content(loaded):
+        return [(p.prompt, p.chosen, p.rejected, p.p_chosen, p.source) for p in loaded.items]
+
+    assert content(read_pairs(run / "export" / "preferences")) == content(read_pairs(run / "export")) == [
+        (conv(i), [bot(CHOSEN)], [bot(REJECTED)], 0.75, "revision-vs-initial") for i in range(3)]
+    assert [(e.prompt, e.completion) for e in read_examples(run / "export").items] == [
+        (conv(i), [bot(CHOSEN)]) for i in range(2)]
+    assert [p.messages for p in read_prompts(run / "export").items] == [conv(0), conv(1)]
+    refusal = "--split test does not apply" if fmt == "datasets" else "no test.jsonl / test.parquet"
+    with pytest.raises(UserError, match=refusal):
+        read_pairs(run / "export" / "preferences", split="test")
+
+
+@unit
+def test_thumbs_rows(tmp_path):
+    from caikit.rows import read_pairs, read_thumbs
+
+    path = tmp_path / "thumbs.csv"
+    path.write_text(csv_text([{"prompt": "q", "completion": "good", "label": "true"},
+                              {"prompt": hh(conv(0)), "completion": " bad", "label": "false"}]))
+    assert [(t.prompt, t.completion, t.label) for t in read_thumbs(path).items] == [
+        ([user("q")], [bot("good")], True), (conv(0), [bot("bad")], False)]
+    with pytest.raises(UserError, match=re.escape(f"{path}: no 'chosen' and 'rejected' columns")):
+        read_pairs(path)
+    path = tmp_path / "thumbs.jsonl"
+    path.write_text(jsonl_text([{"prompt": "q", "completion": "good", "label": True},
+                                {"prompt": "q", "completion": "x", "label": "maybe"}]))
+    with pytest.raises(UserError, match=re.escape(f"{path}:2: 'label' must be true or false, got 'maybe'")):
+        read_thumbs(path)
+    with pytest.raises(UserError, match=re.escape(f"{path}:1: a thumbs row (prompt, completion, label) is not a "
+                                                  "preference pair")):
+        read_pairs(path)
+
+
 # --- the commands themselves, on a tiny model for one step ----------------------------------------------
 
 

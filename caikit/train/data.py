@@ -18,7 +18,6 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
