@@ -358,18 +358,25 @@ def test_hh_transcripts_split_prompt_and_response_with_and_without_a_chat_templa
     assert "Human:" not in prompt_text + tokenizer.decode(response_ids)
 
 
-@unit
-@pytest.mark.parametrize("fmt", ["datasets", "parquet", "jsonl"])
-def test_every_export_format_reads_as_its_run(tmp_path, fmt, capsys):
+def exported_run(tmp_path: Path, n_pairs: int, n_sft: int, fmt: str) -> Path:
+    """A run directory with caikit's own records, exported by `caikit export --format fmt` into RUN/export."""
     from caikit.cli import main
-    from caikit.rows import read_examples, read_pairs, read_prompts
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "preferences.jsonl").write_text(jsonl_text([PAIR_LAYOUTS["caikit-preference"](i) for i in range(3)]))
-    (run / "sft.jsonl").write_text(jsonl_text([SFT_LAYOUTS["caikit-sft"](i) for i in range(2)]))
+    (run / "preferences.jsonl").write_text(jsonl_text([PAIR_LAYOUTS["caikit-preference"](i) for i in range(n_pairs)]))
+    (run / "sft.jsonl").write_text(jsonl_text([SFT_LAYOUTS["caikit-sft"](i) for i in range(n_sft)]))
     (run / "run.json").write_text(json.dumps({"stage": "judge", "identity": {}}))
     assert main(["export", str(run), "--format", fmt]) == 0
+    return run
+
+
+@unit
+@pytest.mark.parametrize("fmt", ["datasets", "parquet", "jsonl"])
+def test_every_export_format_reads_as_its_run(tmp_path, fmt):
+    from caikit.rows import read_examples, read_pairs, read_prompts
+
+    run = exported_run(tmp_path, 3, 2, fmt)
 
     def content(loaded):
         return [(p.prompt, p.chosen, p.rejected, p.p_chosen, p.source) for p in loaded.items]
@@ -439,12 +446,7 @@ def test_train_reward_and_dpo_read_the_shared_hh_rlhf_file(tiny_model_dir, share
 
 @e2e
 def test_export_dirs_and_labels_train_and_mix_with_counts_per_source(tiny_model_dir, tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "preferences.jsonl").write_text(jsonl_text([PAIR_LAYOUTS["caikit-preference"](i) for i in range(6)]))
-    (run / "sft.jsonl").write_text(jsonl_text([SFT_LAYOUTS["caikit-sft"](i) for i in range(4)]))
-    (run / "run.json").write_text(json.dumps({"stage": "judge", "identity": {}}))
-    assert cli(capsys, "export", run, "--format", "parquet")[0] == 0
+    run = exported_run(tmp_path, 6, 4, "parquet")
     labels = tmp_path / "labels.jsonl"
     labels.write_text(jsonl_text(label_rows()))
 
