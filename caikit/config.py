@@ -81,9 +81,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
             continue
         if tp is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(tp) is list:
+        elif typing.get_origin(tp) is list:  # `--data a b` and `--data a --data b` alike give [a, b]
             (inner,) = typing.get_args(tp) or (str,)
-            parser.add_argument(_flag(f.name), nargs="+", type=inner, **kwargs)
+            parser.add_argument(_flag(f.name), nargs="+", type=inner, action="extend", **kwargs)
         elif tp in (int, float, str):
             parser.add_argument(_flag(f.name), type=tp, **kwargs)
         else:

@@ -30,6 +30,7 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._resume = resume
         self._file = None
+        self.first_row: dict[str, Any] = {}  # facts about the run (e.g. what data it read) for the next row only
         if not resume:
             self.path.write_text("", encoding="utf-8")
 
@@ -48,7 +49,9 @@ class MetricsLogger:
     def log(self, step: int, **metrics: Any) -> dict:
         if self._file is None:
             self._open(step)
-        row = {"step": int(step), "time": round(time.time(), 3), **{k: _plain(v) for k, v in metrics.items()}}
+        row = {"step": int(step), "time": round(time.time(), 3), **{k: _plain(v) for k, v in metrics.items()},
+               **self.first_row}
+        self.first_row = {}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         return row

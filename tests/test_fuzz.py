@@ -170,7 +170,7 @@ def test_prompt_files_load_or_name_the_problem(tmp_path, file):
     ("deep.json", "[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
     ("surrogate.jsonl", '{"prompt": "hi \\ud800"}\n', ":1: invalid JSON: a string holds an unpaired UTF-16 surrogate"),
     ("long_int.jsonl", '{"prompt": "hi", "id": ' + "9" * 5000 + "}\n", ":1: invalid JSON: Exceeds the limit"),
-    ("not_list.json", '{"prompt": "hi"}', "expected a JSON list"),
+    ("not_list.json", '"hi"', "expected a JSON list"),  # one object is a one-row JSON Lines file
     ("number.jsonl", "42\n", ":1: expected an object or a string"),
     ("no_column.csv", "question\nhi\n", "no 'prompt' or 'messages' column"),
     ("big_cell.csv", "prompt\n" + "x" * 200_000 + "\n", None),  # longer than csv's 128 KiB default: loads

@@ -160,10 +160,14 @@ def test_errors_name_file_and_row(tmp_path):
     with pytest.raises(UserError, match=at(empty, r": empty file: no prompts$")):
         load_prompts(empty)
 
-    not_a_list = tmp_path / "obj.json"
-    not_a_list.write_text('{"prompt": "hi"}')
-    with pytest.raises(UserError, match=at(not_a_list, r": expected a JSON list of objects or strings, got dict$")):
-        load_prompts(not_a_list)
+    # one object in a .json file is a one-row JSON Lines file (what `datasets`' to_json writes); a scalar is not rows
+    one_object = tmp_path / "obj.json"
+    one_object.write_text('{"prompt": "hi"}')
+    assert [r.messages for r in load_prompts(one_object)] == [[{"role": "user", "content": "hi"}]]
+    scalar = tmp_path / "scalar.json"
+    scalar.write_text('"hi"')
+    with pytest.raises(UserError, match=at(scalar, r": expected a JSON list or JSON Lines of objects, got str$")):
+        load_prompts(scalar)
 
     with pytest.raises(UserError, match=r"unsupported file type 'p.txt' \(use \.jsonl"):
         (tmp_path / "p.txt").write_text("hi\n")

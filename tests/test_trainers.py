@@ -62,7 +62,9 @@ def test_data_layouts_and_tokenisation(tiny_model_dir, tmp_path):
     from caikit.train.data import (collate_preferences, load_rows, preference_triples, sft_pairs, tokenize_preferences,
                                    tokenize_sft)
 
-    standard = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "score_chosen": 0.8, "score_rejected": 0.2}]
+    # p_chosen is the label; ratings such as score_chosen are not probabilities and are not read as one
+    standard = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "p_chosen": 0.8, "score_chosen": 9.0,
+                 "score_rejected": 2.0}]
     write_jsonl(tmp_path / "preferences.jsonl", standard)
     datasets.Dataset.from_list(standard).to_parquet(str(tmp_path / "pairs.parquet"))
     datasets.DatasetDict({"train": datasets.Dataset.from_list(standard)}).save_to_disk(str(tmp_path / "ds"))

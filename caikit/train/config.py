@@ -11,7 +11,11 @@ from caikit.errors import UserError
 @dataclass
 class CommonTrainConfig:
     model: str = option("smollm2", help="policy / backbone: `smollm2` (embedded), a local path or an HF id")
-    data: str = option("", help="training data: a caikit run dir, JSONL, parquet or a `datasets` save_to_disk dir")
+    data: list[str] = option([], help="training data, repeat to mix sources (`--data a/ --data labels.jsonl`; counts "
+                                      "per source go to stderr and OUT/data.json): a caikit run or export dir, "
+                                      ".jsonl / .json / .csv (also .gz), .parquet, or a `datasets` save_to_disk dir")
+    split: str = option("", help="split to read from a `datasets` DatasetDict dir, or the export file of that name "
+                                 "(default: train)")
     out: str = option("", help="output directory (checkpoints, metrics.jsonl, plots/, config.yaml)")
     max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run --epochs)")
     epochs: float = option(1.0, help="passes over the training data when --max-steps is -1")

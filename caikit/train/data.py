@@ -1,92 +1,81 @@
-"""Training data: load rows, tokenise with the chat template, mask prompts, truncate, pad.
+"""Training data: read every --data source, tokenise with the chat template, mask prompts, truncate, pad.
 
-Accepted inputs: a caikit run dir (sft.jsonl / preferences.jsonl), a .jsonl(.gz) / .json / .parquet file,
-or a `datasets` save_to_disk dir, in TRL layouts, standard (strings) or conversational (messages):
+Rows are read by `caikit.rows`, the one reader every command shares (formats: JSONL, JSON, CSV, each also
+gzipped, parquet, `datasets` directories, caikit run and export directories; layouts: hh-rlhf, TRL standard
+and conversational, prompt-completion, implicit prompt, caikit records, human labels):
   SFT:         {"messages": [...]} | {"prompt", "completion"} | {"text"}
   preferences: {"prompt", "chosen", "rejected"} (+ optional "p_chosen": the judge's soft label, and
-               "margin" for --use-margin); a prompt-less row whose chosen/rejected are whole conversations sharing a
-               prefix (hh-rlhf style) is split at the last assistant turn.
+               "margin" for --use-margin) | hh-rlhf transcripts | `caikit label` rows.
+No other column is read as a label: ratings such as UltraFeedback's score_chosen are not probabilities.
 Tokenised sequences are prompt + response + EOS with `labels_mask` 1 on the response tokens (EOS
 included), and right-padded for training.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from caikit.errors import UserError
 
-RUN_DIR_FILES = {"sft": "sft.jsonl", "preference": "preferences.jsonl"}
 Messages = list[dict[str, str]]
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
-def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"invalid JSON: {e.msg}", path=str(path), line=lineno) from None
-            if not isinstance(row, dict):
-                raise UserError("expected a JSON object per line", path=str(path), line=lineno)
-            rows.append(row)
-    return rows
+def data_sources(cfg) -> list[str]:
+    """--data as a list (several sources may be given; YAML `data: x` and Python callers may pass one)."""
+    given = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data or [])
+    sources = [d for d in given if str(d).strip()]
+    if not sources:
+        raise UserError("--data is required (a caikit run or export dir, .jsonl, .json, .csv, .parquet (also .gz), "
+                        "or a `datasets` dir; repeat --data to mix sources)")
+    return sources
 
 
-def load_rows(path: str | Path, kind: str | None = None) -> list[dict]:
-    """Rows of a dataset as plain dicts. kind ("sft" | "preference") picks the file inside a run dir."""
-    if not str(path).strip():
-        raise UserError("--data is required (a run dir, .jsonl, .parquet or datasets dir)")
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError("data path does not exist", path=str(path))
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() \
-                or (path / "state.json").exists():
-            return _load_saved_dataset(path)
-        names = [RUN_DIR_FILES[kind]] if kind else list(RUN_DIR_FILES.values())
-        for name in names:
-            if (path / name).exists():
-                return _read_jsonl(path / name)
-        raise UserError(f"no {' or '.join(names)} in this run directory", path=str(path))
-    name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-        return _read_jsonl(path)
-    if name.endswith(".json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise UserError("expected a JSON list of rows", path=str(path))
-        return data
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+@dataclass
+class DataSummary:
+    """What each --data source gave, for the trainer's stderr, metrics.jsonl and data.json."""
 
-        return pq.read_table(path).to_pylist()
-    raise UserError("unknown data format (expected a run dir, .jsonl, .json, .parquet or a datasets dir)",
-                    path=str(path))
+    what: str  # "pairs" | "examples"
+    sources: list[dict] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(s["used"] for s in self.sources)
+
+    def lines(self) -> list[str]:
+        lines = []
+        for s in self.sources:
+            extra = [f"split '{s['split']}'"] if s.get("split") else []
+            extra += [f"{s['duplicates']} duplicates read once"] if s.get("duplicates") else []
+            extra += [f"{n} {reason} left out" for reason, n in sorted(s.get("left_out", {}).items())]
+            shown = s["file"] if s["file"] == s["path"] else f"{s['path']} ({s['file']})"
+            lines.append(f"{s['used']} {self.what} from {shown}" + (f" [{'; '.join(extra)}]" if extra else ""))
+        if len(self.sources) > 1:
+            lines.append(f"{self.total} {self.what} from {len(self.sources)} sources")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {"what": self.what, "total": self.total, "sources": self.sources}
+
+    def write(self, out: str | Path) -> None:
+        path = Path(out) / "data.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _load_saved_dataset(path: Path) -> list[dict]:
-    from datasets import DatasetDict, load_from_disk
+def load_rows(path: str | Path, kind: str | None = None, split: str | None = None) -> list[dict]:
+    """Raw rows of one source as plain dicts (kind "sft" | "preference" picks the file inside a run dir)."""
+    from caikit.rows.formats import open_source
 
-    ds = load_from_disk(str(path))
-    if isinstance(ds, DatasetDict):
-        split = "train" if "train" in ds else next(iter(ds))
-        ds = ds[split]
-    return ds.to_list()
+    view = {"sft": "examples", "preference": "pairs"}.get(kind or "preference", kind)
+    return [row for _, row in open_source(path, view, "rows", split).rows]
 
 
 def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
@@ -98,81 +87,48 @@ def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]
     return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 
-def _require(rows: list[dict], columns: list[str], source: str) -> None:
+def _in_memory(rows: list, source: str):
+    from caikit.rows.formats import Place, Source
+
     if not rows:
         raise UserError("dataset is empty (no rows)", path=source)
-    for i, row in enumerate(rows, start=1):
-        missing = [c for c in columns if row.get(c) is None]
-        if missing:
-            raise UserError(f"row {i} is missing column '{missing[0]}' (has: {', '.join(sorted(row)) or 'nothing'})",
-                            path=source)
-
-
-# ----------------------------------------------------------------------------------- row normalisation
-
-def _as_messages(value: Any, role: str) -> Messages:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    return Source(source, source, [(Place(source, item=f"row {i}"), row) for i, row in enumerate(rows, 1)])
 
 
 def sft_pairs(rows: list[dict], source: str) -> list[tuple[Messages | None, Messages]]:
-    """Each SFT row -> (prompt messages or None for plain text, response messages)."""
-    if not rows:
-        raise UserError("dataset is empty (no rows)", path=source)
-    keys = rows[0].keys()
-    if "messages" in keys:
-        _require(rows, ["messages"], source)
-        out = []
-        for i, row in enumerate(rows, start=1):
-            msgs = _as_messages(row["messages"], "user")
-            last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
-            if last is None:
-                raise UserError(f"row {i}: 'messages' has no assistant turn to learn from", path=source)
-            out.append((msgs[:last], [msgs[last]]))
-        return out
-    if "completion" in keys or "prompt" in keys:
-        _require(rows, ["prompt", "completion"], source)
-        return [(_as_messages(r["prompt"], "user"), _as_messages(r["completion"], "assistant")) for r in rows]
-    if "text" in keys:
-        _require(rows, ["text"], source)
-        return [(None, [{"role": "assistant", "content": r["text"]}]) for r in rows]
-    raise UserError(f"missing column 'messages' (or 'prompt'+'completion', or 'text'); has: {', '.join(sorted(keys))}",
-                    path=source)
+    """Each SFT row -> (prompt messages or None for plain text, response messages), via caikit.rows."""
+    from caikit.rows import examples_from
+
+    return [(e.prompt, e.completion) for e in examples_from(_in_memory(rows, source)).items]
 
 
-def preference_label(row: dict) -> float | None:
-    """P(chosen preferred) as the row states it (`p_chosen`: the judge's soft label), else None (a hard label).
-
-    No other column is reinterpreted as a probability: ratings such as UltraFeedback's score_chosen are not
-    probabilities, and a `margin` column means what the trainer's --use-margin says, nothing more."""
-    value = row.get("p_chosen")
-    return None if value is None else float(value)
-
-
-def _split_implicit_prompt(chosen: Messages, rejected: Messages) -> tuple[Messages, Messages, Messages]:
-    n = 0
-    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-        n += 1
-    return chosen[:n], chosen[n:], rejected[n:]
+def _triple(pair) -> dict:
+    return {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected, "p_chosen": pair.p_chosen,
+            "margin": pair.margin}
 
 
 def preference_triples(rows: list[dict], source: str) -> list[dict]:
     """Each preference row -> {"prompt", "chosen", "rejected" (messages), "p_chosen" (or None), "margin"}."""
-    if not rows:
-        raise UserError("dataset is empty (no rows)", path=source)
-    has_prompt = "prompt" in rows[0]
-    _require(rows, ["prompt", "chosen", "rejected"] if has_prompt else ["chosen", "rejected"], source)
-    out = []
-    for row in rows:
-        chosen, rejected = _as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")
-        if has_prompt:
-            prompt = _as_messages(row["prompt"], "user")
+    from caikit.rows import pairs_from
+
+    return [_triple(p) for p in pairs_from(_in_memory(rows, source)).items]
+
+
+def training_data(cfg, what: str) -> tuple[list, DataSummary]:
+    """Every --data source read through caikit.rows: SFT (prompt, completion) tuples (what="examples") or
+    preference triples (what="pairs"), and the per-source counts."""
+    from caikit.rows import read_examples, read_pairs
+
+    items, summary = [], DataSummary(what)
+    for path in data_sources(cfg):
+        if what == "pairs":
+            loaded = read_pairs(path, split=getattr(cfg, "split", None) or None)
+            items += [_triple(p) for p in loaded.items]
         else:
-            prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
-        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                    "p_chosen": preference_label(row), "margin": float(row.get("margin") or 0.0)})
-    return out
+            loaded = read_examples(path, split=getattr(cfg, "split", None) or None)
+            items += [(e.prompt, e.completion) for e in loaded.items]
+        summary.sources.append(loaded.summary())
+    return items, summary
 
 
 # ------------------------------------------------------------------------------------------ tokenising

@@ -156,12 +156,13 @@ def train(cfg: DPOConfig) -> str:
     from transformers import AutoModelForCausalLM
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_preferences, load_rows, preference_triples, tokenize_preferences
+    from caikit.train.data import collate_preferences, tokenize_preferences
     from caikit.train.logprobs import concatenated_forward
     from caikit.train.losses import dpo_loss
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   resume_or_start, to_device, tokenized_split)
+                                   read_training_data, record_data, resume_or_start, to_device,
+                                   tokenized_split)
     from caikit.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
@@ -169,7 +170,7 @@ def train(cfg: DPOConfig) -> str:
     pad_id = tokenizer.pad_token_id
 
     # data: preference rows -> held-out split -> chosen / rejected token ids with the prompt masked
-    triples = preference_triples(load_rows(cfg.data, "preference"), cfg.data)
+    triples, data_summary = read_training_data(COMMAND, cfg, "pairs")
     train_examples, eval_examples = tokenized_split(COMMAND, cfg, triples, tokenize_preferences, tokenizer, "pairs")
 
     # reference log-probs first, so only one model is ever resident during training
@@ -184,6 +185,7 @@ def train(cfg: DPOConfig) -> str:
     model, optimizer = accelerator.prepare(model, optimizer)
     save_config(cfg, f"{cfg.out}/config.yaml")
     metrics = MetricsLogger(cfg.out, resume=step > 0)
+    record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), step,
                            accelerator.process_index, accelerator.num_processes)

@@ -13,11 +13,14 @@ import functools
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from caikit.errors import UserError
+
+if TYPE_CHECKING:
+    from caikit.train.data import DataSummary
 
 PEFT_HINT = "--lora needs peft: pip install 'caikit[lora]' (or pip install peft)"
 
@@ -40,8 +43,28 @@ def tokenized_split(command: str, cfg, items: list, tokenize, tokenizer, what: s
     if truncated:
         note(command, truncated)
     if not train_examples:
-        raise UserError(f"no training {what} left after the held-out split and truncation", path=cfg.data)
+        from caikit.train.data import data_sources
+
+        raise UserError(f"no training {what} left after the held-out split and truncation",
+                        path=", ".join(data_sources(cfg)))
     return train_examples, eval_examples
+
+
+def read_training_data(command: str, cfg, what: str) -> tuple[list, "DataSummary"]:
+    """Every --data source through caikit.rows (what: "pairs" | "examples"), one stderr line per source."""
+    from caikit.train.data import training_data
+
+    items, summary = training_data(cfg, what)
+    for line in summary.lines():
+        note(command, line)
+    return items, summary
+
+
+def record_data(cfg, summary, metrics, step: int) -> None:
+    """The per-source counts into OUT/data.json and, for a fresh run, metrics.jsonl's first row (key "data")."""
+    summary.write(cfg.out)
+    if step == 0:
+        metrics.first_row = {"data": summary.to_dict()}
 
 
 def make_accelerator(cfg):

@@ -119,10 +119,10 @@ def _truncate_jsonl(path: Path, after_step: int) -> None:
     path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
 
-def _load_prompts(path: str, what: str) -> list[list[dict]]:
+def _load_prompts(path: str, what: str, split: str = "") -> list[list[dict]]:
     from caikit.prompts import load_prompts
 
-    rows = load_prompts(path)
+    rows = load_prompts(path, split=split or None)
     if not rows:
         raise UserError(f"{what}: no prompts in file", path=path)
     return [row.messages for row in rows]
@@ -151,8 +151,8 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None, check=None) -> str:
     device = accelerator.device
 
     # inputs first, so a bad path fails before any model loads
-    conversations = _load_prompts(cfg.prompts, "--prompts")
-    probes = _load_prompts(cfg.probe_prompts, "--probe-prompts") if cfg.probe_prompts else conversations[:cfg.probe_count]
+    conversations = _load_prompts(cfg.prompts, "--prompts", cfg.split)
+    probes = _load_prompts(cfg.probe_prompts, "--probe-prompts", cfg.split) if cfg.probe_prompts else conversations[:cfg.probe_count]
     scorer = None if reward_fn is not None else RewardScorer.from_dir(cfg.reward_model, device=str(device))
     check = check if check is not None else make_check(cfg.check_rm, device=str(device))
     try:

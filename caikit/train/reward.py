@@ -40,8 +40,10 @@ class ScoreConfig:
     """Score responses with a trained reward model."""
 
     model: str = option("", help="reward model directory written by `caikit train reward`")
-    input: str = option("", help="JSONL/parquet/datasets rows with `prompt` (string or messages) and `response` "
-                                 "(string, or `messages` ending with the assistant reply)")
+    input: str = option("", help="rows to score, in any format `train` reads: `prompt` (text, hh-style text or "
+                                 "messages) with `response` or `completion` (text or the assistant's messages), or "
+                                 "`messages` ending with the assistant reply")
+    split: str = option("", help="split to read from a `datasets` DatasetDict --input (default: train)")
     prompt: str = option("", help="a single prompt (with --response)")
     response: list[str] = option([], help="one or more responses to --prompt")
     batch_size: int = option(8, help="sequences per forward pass")
@@ -101,18 +103,19 @@ def train(cfg: RewardConfig) -> str:
     from transformers import AutoModelForSequenceClassification
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_preferences, load_rows, preference_triples, tokenize_preferences
+    from caikit.train.data import collate_preferences, tokenize_preferences
     from caikit.train.losses import bradley_terry_loss
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   resume_or_start, to_device, tokenized_split)
+                                   read_training_data, record_data, resume_or_start, to_device,
+                                   tokenized_split)
     from caikit.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)
 
     # data: preference rows -> held-out split -> chosen / rejected token ids (prompt + response + EOS)
-    triples = preference_triples(load_rows(cfg.data, "preference"), cfg.data)
+    triples, data_summary = read_training_data(COMMAND, cfg, "pairs")
     train_examples, eval_examples = tokenized_split(COMMAND, cfg, triples, tokenize_preferences, tokenizer, "pairs")
 
     # scalar head on the backbone; the head reads the last non-pad token, so the config must know the pad id
@@ -126,6 +129,7 @@ def train(cfg: RewardConfig) -> str:
     model, optimizer = accelerator.prepare(model, optimizer)
     save_config(cfg, f"{cfg.out}/config.yaml")
     metrics = MetricsLogger(cfg.out, resume=step > 0)
+    record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, tokenizer.pad_token_id), step,
                            accelerator.process_index, accelerator.num_processes)
@@ -199,19 +203,24 @@ def load_reward_model(model_dir: str, device: str | None = None):
     return model.to(device).eval(), tokenizer
 
 
-def reward_input_ids(tokenizer, prompt, response: str, max_length: int) -> list[int]:
-    """Token ids the reward model scores: chat-templated prompt + response + EOS, as in training."""
-    from caikit.train.data import TruncationCount, _as_messages, encode_prompt_response, fit
+def reward_input_ids(tokenizer, prompt, response, max_length: int) -> list[int]:
+    """Token ids the reward model scores: chat-templated prompt + response + EOS, as in training.
 
-    prompt_ids, response_ids = encode_prompt_response(tokenizer, _as_messages(prompt, "user"),
-                                                      [{"role": "assistant", "content": response}])
+    prompt: text (hh style: turns, as every command reads it) or messages; response: text or the
+    assistant's messages."""
+    from caikit.rows import as_prompt, as_reply, is_hh
+    from caikit.train.data import TruncationCount, encode_prompt_response, fit
+
+    turns = as_prompt(prompt)
+    reply = as_reply(response, turns, isinstance(prompt, str) and is_hh(prompt))
+    prompt_ids, response_ids = encode_prompt_response(tokenizer, turns, reply)
     kept = fit(prompt_ids, response_ids, max_length, max_length, TruncationCount())
     return (kept[0] + kept[1]) if kept else (prompt_ids + response_ids)[-max_length:]
 
 
 def score(model_dir, prompts_and_responses: list[tuple], batch_size: int = 8, max_length: int = 1024,
           device: str | None = None) -> list[float]:
-    """σ(reward) in 0-1 for each (prompt, response); prompt is a string or chat messages.
+    """σ(reward) in 0-1 for each (prompt, response); each a string or chat messages (see reward_input_ids).
 
     model_dir: a reward model directory, or a (model, tokenizer) pair from `load_reward_model`.
     """
@@ -231,29 +240,17 @@ def score(model_dir, prompts_and_responses: list[tuple], batch_size: int = 8, ma
     return out
 
 
-def _score_rows(path: str) -> list[tuple]:
-    from caikit.train.data import load_rows
+def _score_rows(path: str, split: str = "") -> list[tuple]:
+    from caikit.rows import read_scored
 
-    rows = load_rows(path)
-    if not rows:
-        raise UserError("no rows to score", path=path)
-    pairs = []
-    for i, row in enumerate(rows, start=1):
-        if "response" in row and "prompt" in row:
-            pairs.append((row["prompt"], row["response"]))
-        elif "messages" in row and row["messages"] and row["messages"][-1].get("role") == "assistant":
-            pairs.append((row["messages"][:-1], row["messages"][-1]["content"]))
-        else:
-            raise UserError(f"row {i} is missing column 'response' (or 'messages' ending with an assistant reply)",
-                            path=path)
-    return pairs
+    return [(item.prompt, item.response) for item in read_scored(path, split=split or None).items]
 
 
 def score_command(cfg: ScoreConfig) -> int:
     """Print one score (0-1) per response, in input order; for --input, JSON lines {"index", "score"}."""
     if not Path(cfg.model).expanduser().exists():
         raise UserError("reward model directory does not exist", path=cfg.model)
-    pairs = _score_rows(cfg.input) if cfg.input else [(cfg.prompt, r) for r in cfg.response]
+    pairs = _score_rows(cfg.input, cfg.split) if cfg.input else [(cfg.prompt, r) for r in cfg.response]
     scores = score(cfg.model, pairs, cfg.batch_size, cfg.max_length, cfg.device or None)
     for i, s in enumerate(scores):
         print(json.dumps({"index": i, "score": round(s, 6)}) if cfg.input else f"{s:.4f}")

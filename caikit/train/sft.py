@@ -55,19 +55,20 @@ def train(cfg: SFTConfig) -> str:
     from transformers import AutoModelForCausalLM
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_sft, load_rows, sft_pairs, tokenize_sft
+    from caikit.train.data import collate_sft, tokenize_sft
     from caikit.train.logprobs import response_logits
     from caikit.train.losses import sft_loss
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   resume_or_start, to_device, tokenized_split)
+                                   read_training_data, record_data, resume_or_start, to_device,
+                                   tokenized_split)
     from caikit.metrics import MetricsLogger
 
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)
 
     # data: rows -> (prompt, response) -> held-out split -> token ids with the prompt masked
-    pairs = sft_pairs(load_rows(cfg.data, "sft"), cfg.data)
+    pairs, data_summary = read_training_data(COMMAND, cfg, "examples")
     train_examples, eval_examples = tokenized_split(COMMAND, cfg, pairs, tokenize_sft, tokenizer, "examples")
 
     model = load_pretrained(AutoModelForCausalLM, cfg.model)
@@ -79,6 +80,7 @@ def train(cfg: SFTConfig) -> str:
     model, optimizer = accelerator.prepare(model, optimizer)
     save_config(cfg, f"{cfg.out}/config.yaml")
     metrics = MetricsLogger(cfg.out, resume=step > 0)
+    record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_sft(m, tokenizer.pad_token_id), step,
                            accelerator.process_index, accelerator.num_processes)
