@@ -266,6 +266,10 @@ def test_label_in_chromium_by_keys_with_undo_kill_and_restart(tmp_path):
             browser.navigate(command.url)
             browser.wait_until("document.body.dataset.done === '0'")
             assert "AI judge" not in browser.evaluate("document.body.innerText")  # hidden until answered
+            browser.evaluate("document.getElementById('note').focus()")
+            for key in ["2", "s", "u", "Enter"]:  # typed into the note, not answers; Enter leaves the field
+                browser.press(key)
+            assert browser.evaluate("document.activeElement.id !== 'note' && document.body.dataset.done === '0'")
             for n, key in enumerate(["1", "2", "0", "s", "1"], 1):
                 seen.append(_answer(browser, key, n))
                 if n == 1:
@@ -281,6 +285,7 @@ def test_label_in_chromium_by_keys_with_undo_kill_and_restart(tmp_path):
             command.kill()  # SIGKILL: no chance to flush or close anything
         rows = read_labels(out)
         assert [r["choice"] for r in rows][-1] == "undo" and len(rows) == 6
+        assert rows[0]["note"] == "2su" and all(r["note"] == "" for r in rows[1:])
         assert [r["pair_id"] for r in rows[:5]] == [s["pair"] for s in seen]
 
         command = LabelCommand(*args)

@@ -118,6 +118,7 @@ class Chromium:
     def __init__(self, user_data_dir: Path, window: str = "1280,2000"):
         assert CHROMIUM, "chromium is not installed (Debian: apt-get install -y chromium)"
         user_data_dir.mkdir(parents=True, exist_ok=True)
+        (user_data_dir / "DevToolsActivePort").unlink(missing_ok=True)  # a reused profile's stale port
         self.proc = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
                                       "--remote-debugging-port=0", f"--window-size={window}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -170,11 +171,13 @@ class Chromium:
             time.sleep(0.05)
 
     def press(self, key: str) -> None:
-        """A real key press (keyDown with its text, then keyUp) on the focused element of the page."""
+        """A real key press (keyDown with its text, then keyUp) on the focused element of the page: one
+        character, or Enter / Escape / Tab."""
+        named = {"Enter": ("\r", 13), "Escape": ("", 27), "Tab": ("\t", 9)}
         code = f"Digit{key}" if key.isdigit() else f"Key{key.upper()}" if len(key) == 1 else key
-        vk = ord(key.upper()) if len(key) == 1 else 0
-        self.call("Input.dispatchKeyEvent", {"type": "keyDown", "key": key, "code": code, "text": key,
-                                             "unmodifiedText": key, "windowsVirtualKeyCode": vk})
+        text, vk = named[key] if key in named else (key, ord(key.upper()))
+        self.call("Input.dispatchKeyEvent", {"type": "keyDown", "key": key, "code": code, "text": text,
+                                             "unmodifiedText": text, "windowsVirtualKeyCode": vk})
         self.call("Input.dispatchKeyEvent", {"type": "keyUp", "key": key, "code": code, "windowsVirtualKeyCode": vk})
 
     def screenshot(self, path: Path, full_page: bool = False) -> None:
