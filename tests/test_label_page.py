@@ -159,6 +159,8 @@ def test_bad_requests_are_refused(tmp_path):
         # DNS rebinding: a page under another name that resolves to 127.0.0.1 is refused
         assert request(port, "GET", "/api/state", headers={"Host": f"evil.example:{port}"})[0] == 403
         assert request(port, "GET", "/api/state", headers={"Host": f"localhost:{port}"})[0] == 200
+        assert request(port, "GET", "/api/state", headers={"Host": f"127.0.0.1@evil.example:{port}"})[0] == 403
+        assert request(port, "GET", "/api/state", headers={"Host": "[::1"})[0] == 403
         assert not out.read_text()  # nothing refused was written
 
 
@@ -166,13 +168,15 @@ def test_token_required_beyond_loopback(tmp_path):
     token = "s3cret-token-0123456789"
     with serving(make_judge_run(tmp_path), tmp_path / "labels.jsonl", host="0.0.0.0", token=token) as server:
         port = server.server_address[1]  # bound to every address; the test connects through 127.0.0.1 only
-        for method, path in [("GET", "/"), ("GET", "/api/state"), ("POST", "/api/undo"), ("GET", "/nope")]:
+        for method, path in [("GET", "/"), ("GET", "/api/state"), ("POST", "/api/undo"), ("GET", "/nope"),
+                             ("PUT", "/"), ("OPTIONS", "/api/label")]:
             body = {} if method == "POST" else None
             assert request(port, method, path, body)[0] == 403, path
             assert request(port, method, path + "?token=" + "x" * len(token), body)[0] == 403, path
             assert request(port, method, path, body, {"X-Caikit-Token": token[:-1]})[0] == 403, path
         assert request(port, "GET", f"/?token={token}")[0] == 200
         assert state(port, {"X-Caikit-Token": token})["total"] == len(P_A)
+        assert request(port, "PUT", f"/?token={token}")[0] == 405
 
 
 def test_resume_and_undo_survive_a_restart(tmp_path):

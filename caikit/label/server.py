@@ -105,6 +105,11 @@ class LabelHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._handle("POST")
 
+    def _other_method(self) -> None:  # the token check first, then 404 / 405 like any unknown request
+        self._handle(self.command)
+
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
+
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)
         if not self._allowed(url.query, method):
@@ -120,11 +125,15 @@ class LabelHandler(BaseHTTPRequestHandler):
 
     def _allowed(self, query: str, method: str) -> bool:
         host = self.headers.get("Host", "")
+        try:
+            hostname = urlsplit(f"//{host}").hostname
+        except ValueError:  # "[" and other hosts no URL can hold
+            return False
         if self.server.token:
             given = self.headers.get(TOKEN_HEADER) or (parse_qs(query).get("token") or [""])[0]
             if not hmac.compare_digest(given.encode("utf-8"), self.server.token.encode("utf-8")):
                 return False
-        elif urlsplit(f"//{host}").hostname not in (*LOOPBACK_HOSTS, None):
+        elif hostname not in (*LOOPBACK_HOSTS, None):
             return False
         if method == "POST":
             origin = self.headers.get("Origin")
@@ -140,7 +149,8 @@ class LabelHandler(BaseHTTPRequestHandler):
                             "Content-Length": str(len(body))}.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _json(self, status: int, obj: dict[str, Any]) -> None:
         self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
