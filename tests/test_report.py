@@ -1,19 +1,16 @@
 """`caikit report RUN_DIR`: a fabricated full run and a partial one, rendered and loaded in headless Chromium.
 
-The browser half drives Debian's `chromium` over the DevTools protocol (a tiny standard-library
-websocket client below): the page must load with no console messages, no exceptions, no log entries,
-every embedded image must decode, and the examples must be in the rendered DOM.
+The browser half drives Debian's `chromium` over the DevTools protocol (caikit.testing.chromium): the page
+must load with no console messages, no exceptions, no log entries, every embedded image must decode, and the
+examples must be in the rendered DOM.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -22,13 +19,10 @@ from pathlib import Path
 import pytest
 
 from caikit.report.html import build_report, svg_line_chart
+from caikit.testing.chromium import CHROMIUM, Chromium
 
 XSS = "<script>alert(1)</script>"
 EVIL_LINK = '<a href="https://evil.example/x">click</a><img src="http://evil.example/p.png">'
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--disable-extensions", "--mute-audio", "--hide-scrollbars"]
 
 
 # ---------------------------------------------------------------- fabricated run directories
@@ -232,128 +226,23 @@ def test_svg_fallback_without_matplotlib(tmp_path):
 
 # ---------------------------------------------------------------- headless Chromium over the DevTools protocol
 
-class DevTools:
-    """Just enough of a websocket client (RFC 6455, text frames) to speak the Chrome DevTools protocol."""
-
-    def __init__(self, port: int, path: str):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += self.sock.recv(1)
-        assert b" 101 " in head.split(b"\r\n")[0], head
-        self.next_id, self.events = 0, []
-
-    def _read(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("DevTools socket closed")
-            data += chunk
-        return data
-
-    def _recv(self) -> dict:
-        payload = b""
-        while True:
-            b0, b1 = self._read(2)
-            size = b1 & 0x7F
-            if size == 126:
-                size = struct.unpack(">H", self._read(2))[0]
-            elif size == 127:
-                size = struct.unpack(">Q", self._read(8))[0]
-            data = self._read(size)
-            if b0 & 0x0F == 0x8:
-                raise ConnectionError("DevTools socket closed")
-            if b0 & 0x0F in (0x9, 0xA):  # ping / pong: no reply needed for a short session
-                continue
-            payload += data
-            if b0 & 0x80:
-                return json.loads(payload)
-
-    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        self.next_id += 1
-        msg = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        data, mask = json.dumps(msg).encode(), os.urandom(4)
-        size = len(data)
-        head = bytes([0x81]) + (bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size))
-        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
-        while True:
-            reply = self._recv()
-            if reply.get("id") == self.next_id:
-                assert "error" not in reply, reply
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def wait_for(self, method: str, timeout: float = 30.0) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            for event in self.events:
-                if event.get("method") == method:
-                    return event
-            self.events.append(self._recv())
-        raise TimeoutError(method)
-
-
 def load_in_chromium(url: str, user_data_dir: Path, screenshot: Path | None = None) -> dict:
     """Open `url` in headless Chromium; return its DOM facts and every console/log/exception event."""
-    user_data_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
-                             "--remote-debugging-port=0", "--window-size=1280,2000", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file = user_data_dir / "DevToolsActivePort"
-        deadline = time.time() + 60
-        while not (port_file.exists() and len(port_file.read_text().split()) == 2):
-            assert proc.poll() is None and time.time() < deadline, "chromium did not start"
-            time.sleep(0.1)
-        port, path = port_file.read_text().split()
-        cdp = DevTools(int(port), path)
-        page = next(t for t in cdp.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        session = cdp.call("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
-            cdp.call(f"{domain}.enable", session=session)
-        cdp.call("Page.navigate", {"url": url}, session=session)
-        cdp.wait_for("Page.loadEventFired")
-        facts = json.loads(cdp.call("Runtime.evaluate", {"returnByValue": True, "expression": """JSON.stringify({
+    with Chromium(user_data_dir) as browser:
+        browser.navigate(url)
+        facts = json.loads(browser.evaluate("""JSON.stringify({
             title: document.title, text: document.body.innerText,
             images: document.images.length,
             brokenImages: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length,
             scripts: document.scripts.length, svgs: document.querySelectorAll('svg').length,
             traces: document.querySelectorAll('article.trace').length,
             beforeAfter: document.querySelectorAll('article.before-after').length,
-            sections: [...document.querySelectorAll('section > h2')].map(h => h.textContent)})"""},
-                                       session=session)["result"]["value"])
+            sections: [...document.querySelectorAll('section > h2')].map(h => h.textContent)})"""))
         time.sleep(0.3)  # let late log entries arrive
-        cdp.sock.settimeout(0.5)
-        try:
-            while True:
-                cdp.events.append(cdp._recv())
-        except (socket.timeout, TimeoutError):
-            pass
-        cdp.sock.settimeout(30)
+        facts["problems"] = browser.problems()
         if screenshot is not None:
-            shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session=session)
-            screenshot.write_bytes(base64.b64decode(shot["data"]))
-        problems = [e for e in cdp.events if e.get("method") in (
-            "Runtime.consoleAPICalled", "Runtime.exceptionThrown", "Log.entryAdded", "Page.javascriptDialogOpening")]
-        facts["problems"] = problems
-        try:
-            cdp.call("Browser.close")
-        except ConnectionError:
-            pass
+            browser.screenshot(screenshot)
         return facts
-    finally:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
