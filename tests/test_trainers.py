@@ -62,7 +62,8 @@ def test_data_layouts_and_tokenisation(tiny_model_dir, tmp_path):
     from caikit.train.data import (collate_preferences, load_rows, preference_triples, sft_pairs, tokenize_preferences,
                                    tokenize_sft)
 
-    standard = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "score_chosen": 0.8, "score_rejected": 0.2}]
+    standard = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "p_chosen": 0.8, "score_chosen": 7.0,
+                 "score_rejected": 2.0}]
     write_jsonl(tmp_path / "preferences.jsonl", standard)
     datasets.Dataset.from_list(standard).to_parquet(str(tmp_path / "pairs.parquet"))
     datasets.DatasetDict({"train": datasets.Dataset.from_list(standard)}).save_to_disk(str(tmp_path / "ds"))
@@ -78,6 +79,9 @@ def test_data_layouts_and_tokenisation(tiny_model_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
     triples = preference_triples(standard, "x")
     assert triples[0]["p_chosen"] == pytest.approx(0.8)
+    # ratings are not probabilities: without p_chosen the pair has a hard label
+    ratings_only = [{k: v for k, v in standard[0].items() if k != "p_chosen"}]
+    assert preference_triples(ratings_only, "x")[0]["p_chosen"] is None
     (example,), count = tokenize_preferences(tokenizer, triples, 512, 256)
     ids, mask = example["chosen_input_ids"], example["chosen_labels_mask"]
     prompt_len = mask.index(1)
