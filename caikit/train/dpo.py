@@ -83,12 +83,14 @@ class DPOConfig(CommonTrainConfig):
     loss_type: str = option("", help="older name of --loss (sigmoid | ipo), kept so existing commands and configs run")
     beta: float = option(0.1, help="β: strength of the implicit KL penalty towards the reference (DPO, cDPO, IPO); "
                                    "the reward scale for SimPO (the paper uses 2-10)")
-    label_smoothing: float = option(0.0, help="ε: assumed label-flip probability (conservative DPO); sigmoid / cdpo only")
+    label_smoothing: float = option(0.0, help="ε: assumed label-flip probability (conservative DPO); "
+                                              "sigmoid / cdpo only")
     use_soft_labels: bool = option(False, help="per-pair ε = 1 - P(chosen preferred) from the judge where rows carry "
                                                "it (p_chosen); --label-smoothing elsewhere; sigmoid / cdpo only")
     simpo_gamma: float = option(0.5, help="γ: SimPO's target margin between the chosen and rejected rewards")
     orpo_lambda: float = option(0.1, help="λ: weight of ORPO's odds-ratio term beside the chosen response's NLL")
-    ref_model: str = option("", help="reference model (default: --model, the policy at step 0); not used by orpo, simpo")
+    ref_model: str = option("", help="reference model (default: --model, the policy at step 0); "
+                                     "not used by orpo, simpo")
 
     def validate(self) -> None:
         super().validate()

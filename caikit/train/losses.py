@@ -176,7 +176,7 @@ def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, z_ref: 
     r = (policy_logps - ref_logps).float()  # r_θ(x, y) = log π_θ(y|x) / π_ref(y|x)
     z = torch.as_tensor(z_ref, dtype=r.dtype, device=r.device)
     desirable = desirable.bool()
-    # v(x, y) = λ_D σ(β(r_θ - z_ref)) if desirable, λ_U σ(β(z_ref - r_θ)) if undesirable   (§4.1, Ethayarajh et al.)
+    # v(x, y) = λ_D σ(β(r_θ - z_ref)) if desirable, λ_U σ(β(z_ref - r_θ)) if not  (§4.1, Ethayarajh et al.)
     value = torch.where(desirable, lambda_d * torch.sigmoid(beta * (r - z)), lambda_u * torch.sigmoid(beta * (z - r)))
     weight = torch.where(desirable, torch.full_like(r, lambda_d), torch.full_like(r, lambda_u))
     losses = weight - value  # L_KTO = E[λ_y - v(x, y)]   (§4.1, Ethayarajh et al. 2024)
@@ -187,8 +187,8 @@ def grpo_advantages(rewards: Tensor, scale_std: bool = True, eps: float = 1e-4) 
     """Group-relative advantages (GRPO, Shao et al. 2024, §4.1.2 outcome supervision).
 
     rewards: (N, G) one scalar per sample, G samples per prompt. Returns (N, G): r - mean(group), divided
-    by the group's standard deviation (Bessel-corrected, + eps) unless scale_std is False (Liu et al. 2025 drop the division:
-    it up-weights groups whose rewards barely differ). A group with equal rewards gets 0 everywhere.
+    by the group's standard deviation (Bessel-corrected, + eps) unless scale_std is False (Liu et al. 2025
+    drop the division: it up-weights groups whose rewards barely differ). A group of equal rewards gets 0.
     """
     rewards = rewards.float()
     centred = rewards - rewards.mean(1, keepdim=True)  # Â_i = (r_i - mean(r)) / std(r)

@@ -127,12 +127,12 @@ class RewardModelCheck:
     """A second, held-out reward model: mean of its sigmoid scores is the check."""
 
     def __init__(self, model_dir: str, device: str = "cpu"):
-        from caikit.train.rollout import RewardScorer
+        from caikit.train.rewards import RewardModelReward
 
-        self.scorer = RewardScorer.from_dir(model_dir, device=device, what="--check-rm")
+        self.reward = RewardModelReward.from_dir(model_dir, device=device, what="--check-rm")
 
     def __call__(self, conversations: list[list[dict]], responses: list[str]) -> list[float]:
-        return self.scorer.score(conversations, responses)
+        return self.reward(conversations, responses).scores
 
 
 class JudgeCheck:

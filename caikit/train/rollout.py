@@ -1,4 +1,5 @@
-"""PPO rollouts: the policy with its value head, sampling responses, and scoring them.
+"""Rollouts for the RL trainers (PPO, GRPO / RLOO): sampling, log-probs, rewards per token, and the run
+plumbing they share (prompts, tokenizer, frozen reference, probe samples, rollout statistics).
 
 Layout of a rollout batch (B prompts, P prompt tokens after left padding, R response tokens):
   query_responses (B, P+R)  prompt ids left-padded with the pad token, then the sampled response
@@ -12,11 +13,14 @@ Position ids are `cumsum(attention_mask) - 1`, the same ones `generate` uses for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from caikit.errors import UserError
 from caikit.train.logprobs import selective_log_softmax
 from caikit.train.losses import entropy_from_logits
 
@@ -167,42 +171,6 @@ def apply_missing_eos_penalty(scores: Tensor, has_eos: Tensor, penalty: float) -
     return scores - penalty * (~has_eos).to(scores.dtype)
 
 
-@dataclass
-class RewardScorer:
-    """A trained reward model scoring (conversation, response) pairs: sigmoid(logit) in 0-1.
-
-    Pairs are encoded by `caikit.train.reward.score` exactly as the reward trainer encodes its training
-    pairs (chat template, response ending at EOS), so the score is read at the EOS closing the response.
-    """
-
-    model: nn.Module
-    tokenizer: object
-    batch_size: int = 8
-    max_length: int = 1024
-
-    @classmethod
-    def from_dir(cls, path: str, device: str = "cpu", what: str = "--reward-model") -> "RewardScorer":
-        from pathlib import Path
-
-        from caikit.errors import UserError
-        from caikit.train.reward import load_reward_model
-
-        if not path:
-            raise UserError(f"{what} is required: a reward model directory from `caikit train reward`")
-        if not Path(path).is_dir():
-            raise UserError(f"{what}: reward model directory does not exist", path=path)
-        if not (Path(path) / "config.json").exists():
-            raise UserError(f"{what}: not a reward model directory (no config.json)", path=path)
-        model, tokenizer = load_reward_model(path, device=device)
-        return cls(model=model, tokenizer=tokenizer)
-
-    def score(self, conversations: list[list[dict]], responses: list[str]) -> list[float]:
-        from caikit.train.reward import score
-
-        return score((self.model, self.tokenizer), list(zip(conversations, responses)), self.batch_size,
-                     self.max_length)
-
-
 # --- prompts -----------------------------------------------------------------------------------------
 
 
@@ -236,6 +204,119 @@ def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> lis
     return out
 
 
-def last_user_text(conversation: list[dict]) -> str:
-    """The prompt as one string, for reward functions and samples.jsonl: the last user turn."""
-    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+# --- run plumbing shared by PPO and GRPO ---------------------------------------------------------------
+
+
+def load_conversations(path: str, what: str) -> list[list[dict]]:
+    """Prompt conversations (messages up to the last user turn) from a prompt file; an empty file is an error."""
+    from caikit.prompts import load_prompts
+
+    rows = load_prompts(path)
+    if not rows:
+        raise UserError(f"{what}: no prompts in file", path=path)
+    return [row.messages for row in rows]
+
+
+def load_rollout_tokenizer(name: str):
+    """Left-padding tokenizer for generation, whose pad token differs from EOS (the response masks need it)."""
+    from caikit.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(name, padding_side="left")
+    except OSError as e:
+        raise UserError(f"cannot load tokenizer for '{name}': {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise UserError(f"tokenizer of '{name}' has no pad token distinct from EOS; rollout masks need one")
+    return tokenizer
+
+
+def load_reference(cfg) -> nn.Module | None:
+    """The frozen reference policy (a second copy of --policy), or None under --lora, where the reference is
+    the policy with its adapters switched off (`reference_logprobs`)."""
+    from transformers import AutoModelForCausalLM
+
+    from caikit.train.loop import load_pretrained
+
+    if cfg.lora:
+        return None
+    ref = load_pretrained(AutoModelForCausalLM, cfg.policy, dtype=torch.bfloat16 if cfg.bf16 else None)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def reference_logprobs(ref: nn.Module | None, lm: nn.Module, query_responses: Tensor, attention_mask: Tensor,
+                       context_length: int, temperature: float) -> Tensor:
+    """(B, R) response log-probs under the reference: `ref`, or the LoRA policy `lm` with adapters disabled."""
+    if ref is not None:
+        return response_forward(ref, query_responses, attention_mask, context_length, temperature,
+                                with_values=False)[0]
+    with lm.disable_adapter():
+        return response_forward(lm, query_responses, attention_mask, context_length, temperature,
+                                with_values=False)[0]
+
+
+def decode_responses(tokenizer, responses: Tensor, response_mask: Tensor) -> list[str]:
+    return [tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, response_mask)]
+
+
+def rollout_stats(responses: Tensor, response_mask: Tensor, has_eos: Tensor, entropy: Tensor) -> dict[str, float]:
+    """Length, EOS rate, mean entropy (nats / token) and diversity of one batch of responses, for metrics."""
+    from caikit.diversity import diversity_metrics
+    from caikit.train.losses import masked_mean
+
+    lengths = response_mask.sum(1)
+    token_lists = [r[:n - int(e)].tolist() for r, n, e in zip(responses, lengths.tolist(), has_eos.tolist())]
+    diversity = diversity_metrics(token_lists)
+    return {"entropy": float(masked_mean(entropy, response_mask.float())),
+            "response_length": float(lengths.float().mean()), "eos_rate": float(has_eos.float().mean()),
+            "distinct_1": diversity["distinct_1"], "distinct_2": diversity["distinct_2"],
+            "identical_share": diversity["identical_share"]}
+
+
+def greedy_answers(lm: nn.Module, prompt_ids: list[list[int]], tokenizer, response_length: int,
+                   device) -> tuple[list[str], list[bool]]:
+    """Greedy answers to the fixed probe prompts (for samples.jsonl): (texts, has_eos)."""
+    ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    _, responses, response_mask, has_eos = generate_responses(lm, ids, mask, response_length, 1.0,
+                                                              tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                                              greedy=True)
+    return decode_responses(tokenizer, responses, response_mask), has_eos.tolist()
+
+
+def append_samples(path: Path, step: int, prompts: list[str], texts: list[str], scores: list[float],
+                   has_eos: list[bool]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        for prompt, text, score, eos in zip(prompts, texts, scores, has_eos):
+            fh.write(json.dumps({"step": step, "prompt": prompt, "response": text, "score": score, "has_eos": eos},
+                                ensure_ascii=False) + "\n")
+
+
+def reset_run_files(out: Path, step: int) -> None:
+    """warnings.jsonl and samples.jsonl: on resume, cut back to rows up to `step` (a crashed run may have written
+    past its last checkpoint); on a fresh start, removed. warnings.jsonl then exists in every run dir: "no
+    warnings" is an answer too."""
+    for name in ("warnings.jsonl", "samples.jsonl"):
+        path = out / name
+        if not step:
+            path.unlink(missing_ok=True)
+            continue
+        if path.exists():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue
+            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    (out / "warnings.jsonl").touch()
+
+
+def minibatches(batch_size: int, mini_batches: int, micro_batch_size: int, device=None) -> Iterator[list[Tensor]]:
+    """One optimisation pass over a rollout batch: a fresh random order of its `batch_size` rows, cut into
+    `mini_batches` minibatches (one optimizer step each), each a list of micro-batch index tensors."""
+    order = torch.randperm(batch_size, device=device)
+    size = batch_size // mini_batches
+    for start in range(0, batch_size, size):
+        minibatch = order[start:start + size]
+        yield [minibatch[i:i + micro_batch_size] for i in range(0, len(minibatch), micro_batch_size)]
