@@ -71,6 +71,16 @@ TOY_RESPONSE_LENGTH = 6
 
 
 @pytest.fixture(scope="session")
+def toy_prompts_file(tmp_path_factory) -> str:
+    """The 16 prompts the toy policy is calibrated on."""
+    import json
+
+    path = tmp_path_factory.mktemp("toy-prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(16)))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
     """Untied tiny Llama (real SmolLM2 tokenizer) whose " excellent" output row points along the mean final hidden
     state, so that token starts at ~20% of sampled tokens after the prompts "Tell me about item {i}.": a reward

@@ -26,13 +26,6 @@ def share_of_target(prompts: list[str], responses: list[str]) -> list[float]:
     return [r.count(TARGET.strip()) / RESPONSE_LENGTH for r in responses]
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("grpo-prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(16)))
-    return str(path)
-
-
 def toy_config(policy: str, prompts: str, out: Path, **overrides):
     from caikit.train.grpo import GRPOConfig
 
@@ -43,13 +36,13 @@ def toy_config(policy: str, prompts: str, out: Path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def toy_runs(toy_policy_dir, prompts_file, tmp_path_factory):
+def toy_runs(toy_policy_dir, toy_prompts_file, tmp_path_factory):
     from caikit.train.grpo import train
 
     root = tmp_path_factory.mktemp("grpo-runs")
     runs = {}
     for estimator in ("grpo", "rloo"):
-        cfg = toy_config(toy_policy_dir, prompts_file, root / estimator, estimator=estimator)
+        cfg = toy_config(toy_policy_dir, toy_prompts_file, root / estimator, estimator=estimator)
         train(cfg, reward_fn=share_of_target)
         runs[estimator] = (Path(cfg.out), read_metrics(Path(cfg.out) / "metrics.jsonl"))
     return runs
@@ -73,7 +66,7 @@ def test_rule_reward_rises_and_collapse_is_flagged(toy_runs, estimator):
     assert "entropy_collapse" in kinds  # the same monitors as PPO watch the run
 
 
-def test_resume_mid_run_equals_an_uninterrupted_run(toy_policy_dir, prompts_file, tmp_path):
+def test_resume_mid_run_equals_an_uninterrupted_run(toy_policy_dir, toy_prompts_file, tmp_path):
     from safetensors.torch import load_file
 
     from caikit.train.grpo import train
@@ -81,11 +74,11 @@ def test_resume_mid_run_equals_an_uninterrupted_run(toy_policy_dir, prompts_file
     # adaptive β and two minibatches, so the KL controller's and the optimizer's state both matter
     common = dict(lr_schedule="constant", kl_coef=0.1, kl_target=0.5, kl_horizon=8, mini_batches=2, max_steps=3,
                   rollout_batch_size=2)
-    straight = toy_config(toy_policy_dir, prompts_file, tmp_path / "straight", **common)
+    straight = toy_config(toy_policy_dir, toy_prompts_file, tmp_path / "straight", **common)
     train(straight, reward_fn=share_of_target)
-    train(toy_config(toy_policy_dir, prompts_file, tmp_path / "resumed", **(common | {"max_steps": 2})),
+    train(toy_config(toy_policy_dir, toy_prompts_file, tmp_path / "resumed", **(common | {"max_steps": 2})),
           reward_fn=share_of_target)
-    train(toy_config(toy_policy_dir, prompts_file, tmp_path / "resumed", **(common | {"resume": True})),
+    train(toy_config(toy_policy_dir, toy_prompts_file, tmp_path / "resumed", **(common | {"resume": True})),
           reward_fn=share_of_target)
 
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
@@ -130,7 +123,7 @@ def test_reward_functions_from_specs_and_their_checks(tmp_path, monkeypatch):
         compute_rewards(FunctionReward(lambda p, r: [1.0, float("nan")]), conversations, ["a", "b"])
 
 
-def test_a_reward_object_gets_conversations_and_groups(toy_policy_dir, prompts_file, tmp_path):
+def test_a_reward_object_gets_conversations_and_groups(toy_policy_dir, toy_prompts_file, tmp_path):
     """What the lead's judge rewards will rely on: whole conversations, and which samples share a prompt."""
     from caikit.train.grpo import train
 
@@ -147,7 +140,7 @@ def test_a_reward_object_gets_conversations_and_groups(toy_policy_dir, prompts_f
 
     recorder = Recorder()
     assert as_reward_fn(recorder) is recorder and isinstance(as_reward_fn(share_of_target), FunctionReward)
-    train(toy_config(toy_policy_dir, prompts_file, tmp_path / "rec", max_steps=1, rollout_batch_size=2,
+    train(toy_config(toy_policy_dir, toy_prompts_file, tmp_path / "rec", max_steps=1, rollout_batch_size=2,
                      num_generations=3), reward_fn=recorder)
     prompts, groups = recorder.calls[0]
     assert groups == [0, 0, 0, 1, 1, 1]
@@ -160,12 +153,12 @@ def test_a_reward_object_gets_conversations_and_groups(toy_policy_dir, prompts_f
 # --- the command line --------------------------------------------------------------------------------------
 
 
-def test_cli_config_file_rule_reward_and_outputs(toy_policy_dir, prompts_file, repo_root, tmp_path, capsys):
+def test_cli_config_file_rule_reward_and_outputs(toy_policy_dir, toy_prompts_file, repo_root, tmp_path, capsys):
     from caikit.cli import main
 
     out = tmp_path / "cli"
     args = ["train", "grpo", "--config", str(repo_root / "configs" / "grpo-rule-reward.yaml"), "--policy",
-            toy_policy_dir, "--prompts", prompts_file, "--out", str(out), "--max-steps", "2", "--response-length", "6",
+            toy_policy_dir, "--prompts", toy_prompts_file, "--out", str(out), "--max-steps", "2", "--response-length", "6",
             "--sample-every", "1", "--save-every", "1", "--lr", "1e-4", "--no-progress"]
     assert main(args) == 0
     rows = read_metrics(out / "metrics.jsonl")

@@ -52,7 +52,8 @@ def data(tmp_path_factory) -> dict[str, str]:
 
 @pytest.mark.parametrize("loss,settings", [("orpo", {"orpo_lambda": 1.0}), ("simpo", {"beta": 2.0, "simpo_gamma": 0.5})])
 def test_reference_free_objectives_raise_the_margin(loss, settings, tiny_model_dir, data, tmp_path, capsys):
-    from caikit.train.dpo import REF_CACHE, DPOConfig, train
+    from caikit.train.dpo import DPOConfig, train
+    from caikit.train.reference import REF_CACHE
 
     before = held_out_margin(tiny_model_dir, data["held_out"])
     out = train(DPOConfig(model=tiny_model_dir, data=data["pairs"], out=str(tmp_path / loss), loss=loss, max_steps=5,

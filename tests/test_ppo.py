@@ -34,13 +34,6 @@ def share_of_target(prompts: list[str], responses: list[str]) -> list[float]:
     return [r.count(TARGET.strip()) / RESPONSE_LENGTH for r in responses]
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("ppo-prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(16)))
-    return str(path)
-
-
 def toy_config(policy: str, prompts: str, out: Path, **overrides):
     from caikit.train.ppo import PPOConfig
 
@@ -51,13 +44,13 @@ def toy_config(policy: str, prompts: str, out: Path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def toy_runs(toy_policy_dir, prompts_file, tmp_path_factory):
+def toy_runs(toy_policy_dir, toy_prompts_file, tmp_path_factory):
     """Two short runs on the toy task: β = 0 (with a missing-EOS penalty), and a large adaptive β."""
     from caikit.train.ppo import train
 
     root = tmp_path_factory.mktemp("ppo-runs")
-    free = toy_config(toy_policy_dir, prompts_file, root / "beta0", kl_coef=0.0, missing_eos_penalty=0.5)
-    held = toy_config(toy_policy_dir, prompts_file, root / "beta_large", kl_coef=1.0, kl_target=0.05, kl_horizon=16,
+    free = toy_config(toy_policy_dir, toy_prompts_file, root / "beta0", kl_coef=0.0, missing_eos_penalty=0.5)
+    held = toy_config(toy_policy_dir, toy_prompts_file, root / "beta_large", kl_coef=1.0, kl_target=0.05, kl_horizon=16,
                       max_steps=4)
     train(free, reward_fn=share_of_target)
     train(held, reward_fn=share_of_target)
@@ -231,17 +224,17 @@ def test_every_contract_flag_is_documented():
         assert f"{flag} " in text, flag
 
 
-def test_clear_errors(tiny_model_dir, prompts_file, tmp_path):
+def test_clear_errors(tiny_model_dir, toy_prompts_file, tmp_path):
     from caikit.train.ppo import train
 
     with pytest.raises(UserError, match="reward model directory does not exist"):
-        train(toy_config(tiny_model_dir, prompts_file, tmp_path / "a", reward_model=str(tmp_path / "nope")))
+        train(toy_config(tiny_model_dir, toy_prompts_file, tmp_path / "a", reward_model=str(tmp_path / "nope")))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(UserError, match="empty.jsonl"):
         train(toy_config(tiny_model_dir, str(empty), tmp_path / "b"), reward_fn=share_of_target)
     with pytest.raises(UserError, match="divisible"):
-        train(toy_config(tiny_model_dir, prompts_file, tmp_path / "c", mini_batches=3), reward_fn=share_of_target)
+        train(toy_config(tiny_model_dir, toy_prompts_file, tmp_path / "c", mini_batches=3), reward_fn=share_of_target)
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +252,12 @@ def tiny_reward_dir(tiny_model_dir, tmp_path_factory) -> str:
     return str(out)
 
 
-def test_cli_run_writes_everything_and_resumes(tiny_model_dir, tiny_reward_dir, prompts_file, tmp_path, capsys):
+def test_cli_run_writes_everything_and_resumes(tiny_model_dir, tiny_reward_dir, toy_prompts_file, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
     base = [sys.executable, "-m", "caikit.cli", "train", "ppo", "--policy", tiny_model_dir, "--reward-model",
-            tiny_reward_dir, "--prompts", prompts_file, "--out", str(out), "--rollout-batch-size", "4",
+            tiny_reward_dir, "--prompts", toy_prompts_file, "--out", str(out), "--rollout-batch-size", "4",
             "--response-length", "4", "--ppo-epochs", "1", "--mini-batches", "2", "--sample-every", "1",
             "--save-every", "1", "--check-rm", tiny_reward_dir, "--kl-estimator", "k3", "--no-progress"]
     from caikit.cli import main as cli_main
@@ -297,12 +290,12 @@ def test_cli_run_writes_everything_and_resumes(tiny_model_dir, tiny_reward_dir, 
     assert [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()][-1] == 3
 
 
-def test_lora_reference_is_the_policy_without_adapters(tiny_model_dir, prompts_file, tmp_path):
+def test_lora_reference_is_the_policy_without_adapters(tiny_model_dir, toy_prompts_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from caikit.train.ppo import train
 
-    cfg = toy_config(tiny_model_dir, prompts_file, tmp_path / "lora", lora=True, lora_r=4, max_steps=2,
+    cfg = toy_config(tiny_model_dir, toy_prompts_file, tmp_path / "lora", lora=True, lora_r=4, max_steps=2,
                      rollout_batch_size=4, response_length=4, ppo_epochs=1, lr=1e-2)
     train(cfg, reward_fn=lambda prompts, responses: [len(r) / 20 for r in responses])
     rows = read_metrics(tmp_path / "lora" / "metrics.jsonl")

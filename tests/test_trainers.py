@@ -138,7 +138,8 @@ def test_reward_model_learns_marker_preference(tiny_model_dir, data_dir, tmp_pat
 
 
 def test_dpo_raises_chosen_margin_and_caches_reference(tiny_model_dir, data_dir, tmp_path, capsys):
-    from caikit.train.dpo import REF_CACHE, DPOConfig, train
+    from caikit.train.dpo import DPOConfig, train
+    from caikit.train.reference import REF_CACHE
 
     cfg = DPOConfig(model=tiny_model_dir, data=str(data_dir / "dpo.jsonl"), out=str(tmp_path / "dpo"),
                     max_steps=5, lr=1e-3, batch_size=8, eval_fraction=0.25, beta=0.1, max_length=48, seed=0)

@@ -21,7 +21,6 @@ from caikit.config import option, save_config
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
 from caikit.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
-from caikit.train.reference import REF_CACHE  # noqa: F401  (where the cached reference log-probs live)
 
 COMMAND = "train dpo"
 PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "reward_margin": ["reward_margin", "eval_reward_margin"],

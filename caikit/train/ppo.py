@@ -17,7 +17,6 @@ the final policy (safetensors + tokenizer; value_head.safetensors beside it).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from caikit.config import option, save_config
+from caikit.config import option
 from caikit.errors import UserError
 from caikit.train.config import RLConfig
 from caikit.train.rewards import RewardFn
@@ -74,37 +73,23 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from caikit.metrics import MetricsLogger
-    from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.kl import make_kl_controller
     from caikit.train.losses import gae, kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
     from caikit.train.loop import (finish, load_pretrained, make_accelerator, make_optimizer, make_scheduler, note,
-                                   prepare_model, resume_or_start)
-    from caikit.train.monitors import MonitorThresholds, TrainingMonitor, make_check
-    from caikit.train.rewards import as_reward_fn, compute_rewards, detail_means, last_user_text, make_reward_fn
-    from caikit.train.rollout import (PolicyWithValueHead, append_samples, apply_missing_eos_penalty,
-                                      decode_responses, disable_dropout, encode_prompt, generate_responses,
-                                      greedy_answers, left_pad, load_conversations, load_reference, minibatches,
-                                      load_rollout_tokenizer, per_token_rewards, prompt_indices, reference_logprobs,
-                                      reset_run_files, response_forward, rollout_attention_mask, rollout_stats)
+                                   prepare_model)
+    from caikit.train.rewards import compute_rewards, detail_means
+    from caikit.train.rl import RLRun, load_reference, timing_metrics
+    from caikit.train.rollout import (PolicyWithValueHead, apply_missing_eos_penalty, decode_responses,
+                                      disable_dropout, generate_responses, left_pad, per_token_rewards,
+                                      prompt_indices, reference_logprobs, response_forward, rollout_attention_mask,
+                                      rollout_stats, update_steps)
 
     cfg.validate()  # also when called from Python rather than the CLI (fills the --policy/--prompts aliases)
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-
-    # inputs first, so a bad path fails before any model loads
-    conversations = load_conversations(cfg.prompts, "--prompts")
-    probes = load_conversations(cfg.probe_prompts, "--probe-prompts") if cfg.probe_prompts else \
-        conversations[:cfg.probe_count]
-    reward = as_reward_fn(reward_fn) if reward_fn is not None else \
-        make_reward_fn(cfg.reward_model, cfg.reward_fn, device=str(device))
-    own_check = check is None
-    check = check if check is not None else make_check(cfg.check_rm, cfg.check_judge, device=str(device))
-    tokenizer = load_rollout_tokenizer(cfg.policy)
+    run = RLRun.open(cfg, COMMAND, accelerator, reward_fn, check)  # prompts, reward and check before any model
+    conversations, tokenizer = run.conversations, run.tokenizer
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    prompt_ids = [encode_prompt(tokenizer, c, cfg.max_prompt_length) for c in conversations]
-    probe_ids = [encode_prompt(tokenizer, c, cfg.max_prompt_length) for c in probes]
 
     # policy (+ value head) and frozen reference; under LoRA the reference is the policy with adapters off
     lm = prepare_model(load_pretrained(AutoModelForCausalLM, cfg.policy), cfg, "CAUSAL_LM")
@@ -117,18 +102,9 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
                                                                            / cfg.rollout_batch_size))
     updates_per_step = cfg.ppo_epochs * cfg.mini_batches
     scheduler = make_scheduler(optimizer, cfg, total_steps * updates_per_step)
-    kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    monitor = TrainingMonitor(out, MonitorThresholds(identical_share=cfg.collapse_share, kl_max=cfg.kl_max,
-                                                     window=cfg.hack_window))
-    step, extra = resume_or_start(cfg, COMMAND, policy, optimizer, scheduler)
-    if step:
-        kl_ctl.load_state_dict(extra["kl_ctl"])
-        monitor.load_state_dict(extra.get("monitor", {}))
-    out.mkdir(parents=True, exist_ok=True)
-    reset_run_files(out, step)
+    step = run.start(policy, optimizer, scheduler)  # β controller, monitors, --resume
+    kl_ctl = run.kl_ctl
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    save_config(cfg, out / "config.yaml")
-    metrics = MetricsLogger(out, resume=step > 0)
 
     B, micro = cfg.rollout_batch_size, cfg.rollout_batch_size // (cfg.mini_batches * cfg.grad_accum)
     bar = tqdm(total=total_steps, initial=step, desc="ppo", unit="step", disable=not (cfg.progress and
@@ -139,7 +115,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
         n_proc, rank = accelerator.num_processes, accelerator.process_index
         batch_idx = prompt_indices(len(conversations), B * n_proc, step, cfg.seed)[rank * B:(rank + 1) * B]
         batch_convs = [conversations[i] for i in batch_idx]
-        p_ids, p_mask = left_pad([prompt_ids[i] for i in batch_idx], pad_id, device)
+        p_ids, p_mask = left_pad([run.prompt_ids[i] for i in batch_idx], pad_id, device)
         P = p_ids.size(1)
 
         # 1. rollout: sample, then log-probs / values / entropy of what was sampled, and the reference's
@@ -157,7 +133,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
             ref_lp = torch.cat([reference_logprobs(ref, lm, qr[i:i + micro], attn[i:i + micro], P, cfg.temperature)
                                 for i in range(0, B, micro)])
         texts = decode_responses(tokenizer, responses, rmask)
-        reward_batch = compute_rewards(reward, batch_convs, texts)
+        reward_batch = compute_rewards(run.reward, batch_convs, texts)
         rm_scores = torch.tensor(reward_batch.scores, dtype=torch.float32, device=device)
         scores = apply_missing_eos_penalty(rm_scores, has_eos, cfg.missing_eos_penalty)
 
@@ -177,29 +153,20 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
         stats = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "vf_clipfrac", "approx_kl")}
         train_started, train_tokens = time.perf_counter(), 0
         policy.train()  # only for gradient checkpointing: dropout is disabled
-        for _ in range(cfg.ppo_epochs):
-            for micro_batches in minibatches(B, cfg.mini_batches, micro, device):
-                for k, idx in enumerate(micro_batches):
-                    # gradients are all-reduced once per minibatch, after its last micro-batch
-                    last = k == len(micro_batches) - 1
-                    sync = contextlib.nullcontext() if last else accelerator.no_sync(policy)
-                    with sync, accelerator.autocast():
-                        new_lp, new_values, _ = response_forward(policy, qr[idx], attn[idx], P, cfg.temperature,
-                                                                 with_values=True)
-                        pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_lp, logprobs[idx], advantages[idx],
-                                                                       mask[idx], cfg.cliprange)
-                        vf_loss, vf_clipfrac = ppo_value_loss(new_values, values[idx], returns[idx], mask[idx],
-                                                              cfg.cliprange_value)
-                        loss = pg_loss + cfg.vf_coef * vf_loss
-                        accelerator.backward(loss)  # divides by --grad-accum (the Accelerator's setting)
-                    for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, vf_clipfrac, approx_kl)):
-                        stats[key].append(float(value.detach()))
-                    train_tokens += int(attn[idx].sum())
-                if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+        for idx in update_steps(accelerator, policy, optimizer, scheduler, cfg.ppo_epochs, B, cfg.mini_batches, micro,
+                                cfg.max_grad_norm):
+            with accelerator.autocast():
+                new_lp, new_values, _ = response_forward(policy, qr[idx], attn[idx], P, cfg.temperature,
+                                                         with_values=True)
+                pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_lp, logprobs[idx], advantages[idx], mask[idx],
+                                                               cfg.cliprange)
+                vf_loss, vf_clipfrac = ppo_value_loss(new_values, values[idx], returns[idx], mask[idx],
+                                                      cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                accelerator.backward(loss)  # divides by --grad-accum (the Accelerator's setting)
+            for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, vf_clipfrac, approx_kl)):
+                stats[key].append(float(value.detach()))
+            train_tokens += int(attn[idx].sum())
         train_seconds = time.perf_counter() - train_started
 
         # 4. β update from the KL measured on this batch (Ziegler et al. 2019, §2.2), the same on every process
@@ -207,8 +174,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
         kl_ctl.update(mean_kl, B * n_proc)
         step += 1
 
-        # 5. metrics and monitors
-        step_seconds = time.perf_counter() - started
+        # 5. metrics, monitors, probe samples, checkpoint
         row = {
             "rm_score": float(rm_scores.mean()), "score": float(scores.mean()), "kl": mean_kl, "kl_coef": kl_coef,
             "non_score_reward": float(non_score_reward.sum(1).mean()),
@@ -216,41 +182,20 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
             **rollout_stats(responses, rmask, has_eos, entropy), **detail_means(reward_batch),
             **{k: sum(v) / len(v) for k, v in stats.items()},
             "value_mean": float(masked_mean(values, mask)), "lr": scheduler.get_last_lr()[0],
-            "gen_seconds": gen_seconds, "rollout_seconds": rollout_seconds, "train_seconds": train_seconds,
-            "step_seconds": step_seconds, "gen_share": gen_seconds / step_seconds,
-            "rollouts_per_s": B / step_seconds, "train_tokens_per_s": train_tokens / max(train_seconds, 1e-9),
+            **timing_metrics(started, gen_seconds, rollout_seconds, train_seconds, B, train_tokens),
         }
-        if check is not None and step % cfg.check_every == 0:
-            row["check_score"] = sum(check(batch_convs, texts)) / B
-        if accelerator.is_main_process:
-            monitor.check(step, row)
-            if step % cfg.log_every == 0 or step == total_steps:
-                metrics.log(step, **row)
-            if cfg.sample_every and (step == 1 or step % cfg.sample_every == 0 or step == total_steps):
-                with torch.no_grad(), accelerator.autocast():
-                    probe_texts, probe_eos = greedy_answers(accelerator.unwrap_model(policy).lm, probe_ids, tokenizer,
-                                                            cfg.response_length, device)
-                append_samples(out / "samples.jsonl", step, [last_user_text(c) for c in probes], probe_texts,
-                               compute_rewards(reward, probes, probe_texts).scores, probe_eos)
+        unwrapped = accelerator.unwrap_model(policy)
+        run.end_step(step, total_steps, row, batch_convs, texts, unwrapped.lm, unwrapped, optimizer, scheduler)
         bar.set_postfix(score=f"{row['rm_score']:.3f}", kl=f"{mean_kl:.3f}", beta=f"{kl_coef:.3g}")
         bar.update(1)
-        if cfg.save_every and step % cfg.save_every == 0 and accelerator.is_main_process:
-            save_checkpoint(out, step, accelerator.unwrap_model(policy), optimizer, scheduler,
-                            {"kl_ctl": kl_ctl.state_dict(), "monitor": monitor.state_dict()})
     bar.close()
-    metrics.close()
-    if reward_fn is None:  # what this function built, it closes; a caller's objects are the caller's
-        reward.close()
-    if own_check and hasattr(check, "close"):
-        check.close()
+    run.close(step, accelerator.unwrap_model(policy), optimizer, scheduler)
 
-    # a checkpoint to continue from, the value head, then the merged policy and the curves
+    # the value head beside the checkpoint, then the merged policy and the curves
     if accelerator.is_main_process:
         from safetensors.torch import save_file
 
         unwrapped = accelerator.unwrap_model(policy)
-        save_checkpoint(out, step, unwrapped, optimizer, scheduler,
-                        {"kl_ctl": kl_ctl.state_dict(), "monitor": monitor.state_dict()})
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.v_head.state_dict().items()},
                   str(out / "value_head.safetensors"))
     result = finish(accelerator, accelerator.unwrap_model(policy).lm, tokenizer, cfg, PLOT_GROUPS)

@@ -1,5 +1,5 @@
-"""Rollouts for the RL trainers (PPO, GRPO / RLOO): sampling, log-probs, rewards per token, and the run
-plumbing they share (prompts, tokenizer, frozen reference, probe samples, rollout statistics).
+"""Rollouts for the RL trainers (PPO, GRPO / RLOO): sampling, log-probs (policy and reference), rewards per
+token, minibatch order, and the statistics of a batch of responses. The run around the loop is in rl.py.
 
 Layout of a rollout batch (B prompts, P prompt tokens after left padding, R response tokens):
   query_responses (B, P+R)  prompt ids left-padded with the pad token, then the sampled response
@@ -13,14 +13,12 @@ Position ids are `cumsum(attention_mask) - 1`, the same ones `generate` uses for
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import contextlib
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from caikit.errors import UserError
 from caikit.train.logprobs import selective_log_softmax
 from caikit.train.losses import entropy_from_logits
 
@@ -204,44 +202,7 @@ def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> lis
     return out
 
 
-# --- run plumbing shared by PPO and GRPO ---------------------------------------------------------------
-
-
-def load_conversations(path: str, what: str) -> list[list[dict]]:
-    """Prompt conversations (messages up to the last user turn) from a prompt file; an empty file is an error."""
-    from caikit.prompts import load_prompts
-
-    rows = load_prompts(path)
-    if not rows:
-        raise UserError(f"{what}: no prompts in file", path=path)
-    return [row.messages for row in rows]
-
-
-def load_rollout_tokenizer(name: str):
-    """Left-padding tokenizer for generation, whose pad token differs from EOS (the response masks need it)."""
-    from caikit.models import load_tokenizer
-
-    try:
-        tokenizer = load_tokenizer(name, padding_side="left")
-    except OSError as e:
-        raise UserError(f"cannot load tokenizer for '{name}': {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise UserError(f"tokenizer of '{name}' has no pad token distinct from EOS; rollout masks need one")
-    return tokenizer
-
-
-def load_reference(cfg) -> nn.Module | None:
-    """The frozen reference policy (a second copy of --policy), or None under --lora, where the reference is
-    the policy with its adapters switched off (`reference_logprobs`)."""
-    from transformers import AutoModelForCausalLM
-
-    from caikit.train.loop import load_pretrained
-
-    if cfg.lora:
-        return None
-    ref = load_pretrained(AutoModelForCausalLM, cfg.policy, dtype=torch.bfloat16 if cfg.bf16 else None)
-    ref.requires_grad_(False)
-    return ref.eval()
+# --- shared by PPO and GRPO ------------------------------------------------------------------------------
 
 
 def reference_logprobs(ref: nn.Module | None, lm: nn.Module, query_responses: Tensor, attention_mask: Tensor,
@@ -273,50 +234,26 @@ def rollout_stats(responses: Tensor, response_mask: Tensor, has_eos: Tensor, ent
             "identical_share": diversity["identical_share"]}
 
 
-def greedy_answers(lm: nn.Module, prompt_ids: list[list[int]], tokenizer, response_length: int,
-                   device) -> tuple[list[str], list[bool]]:
-    """Greedy answers to the fixed probe prompts (for samples.jsonl): (texts, has_eos)."""
-    ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
-    _, responses, response_mask, has_eos = generate_responses(lm, ids, mask, response_length, 1.0,
-                                                              tokenizer.pad_token_id, tokenizer.eos_token_id,
-                                                              greedy=True)
-    return decode_responses(tokenizer, responses, response_mask), has_eos.tolist()
+def update_steps(accelerator, model, optimizer, scheduler, passes: int, batch_size: int, mini_batches: int,
+                 micro_batch_size: int, max_grad_norm: float) -> Iterator[Tensor]:
+    """The optimisation schedule over one rollout batch: `passes` passes, each a fresh random order of the
+    `batch_size` rows cut into `mini_batches` minibatches, each minibatch one optimizer (and schedule) step
+    accumulated over micro-batches of `micro_batch_size`.
 
-
-def append_samples(path: Path, step: int, prompts: list[str], texts: list[str], scores: list[float],
-                   has_eos: list[bool]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        for prompt, text, score, eos in zip(prompts, texts, scores, has_eos):
-            fh.write(json.dumps({"step": step, "prompt": prompt, "response": text, "score": score, "has_eos": eos},
-                                ensure_ascii=False) + "\n")
-
-
-def reset_run_files(out: Path, step: int) -> None:
-    """warnings.jsonl and samples.jsonl: on resume, cut back to rows up to `step` (a crashed run may have written
-    past its last checkpoint); on a fresh start, removed. warnings.jsonl then exists in every run dir: "no
-    warnings" is an answer too."""
-    for name in ("warnings.jsonl", "samples.jsonl"):
-        path = out / name
-        if not step:
-            path.unlink(missing_ok=True)
-            continue
-        if path.exists():
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    continue
-            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    (out / "warnings.jsonl").touch()
-
-
-def minibatches(batch_size: int, mini_batches: int, micro_batch_size: int, device=None) -> Iterator[list[Tensor]]:
-    """One optimisation pass over a rollout batch: a fresh random order of its `batch_size` rows, cut into
-    `mini_batches` minibatches (one optimizer step each), each a list of micro-batch index tensors."""
-    order = torch.randperm(batch_size, device=device)
-    size = batch_size // mini_batches
-    for start in range(0, batch_size, size):
-        minibatch = order[start:start + size]
-        yield [minibatch[i:i + micro_batch_size] for i in range(0, len(minibatch), micro_batch_size)]
+    Yields the index tensor of each micro-batch; the caller computes its loss and calls
+    `accelerator.backward` before asking for the next. Gradients are all-reduced once per minibatch,
+    after its last micro-batch; then they are clipped to max_grad_norm (0: not) and the optimizer steps."""
+    for _ in range(passes):
+        order = torch.randperm(batch_size, device=accelerator.device)
+        size = batch_size // mini_batches
+        for start in range(0, batch_size, size):
+            minibatch = order[start:start + size]
+            for i in range(0, len(minibatch), micro_batch_size):
+                last = i + micro_batch_size >= len(minibatch)
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    yield minibatch[i:i + micro_batch_size]
+            if max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
