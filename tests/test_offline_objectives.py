@@ -100,3 +100,28 @@ def test_kto_raises_desirable_over_undesirable_and_resumes(tiny_model_dir, data,
     assert json.loads((tmp_path / "resumed" / "checkpoint" / "trainer_state.json").read_text())["step"] == 3
     print(f"kto: held-out length-normalised log-prob margin {before:.4f} -> {after:.4f}; eval reward margin "
           f"{rows[0]['reward_margin']:.4f} (step 1) -> {final['eval_reward_margin']:.4f}")  # pytest -rP shows it
+
+
+def test_dpo_objective_table_and_option_checks():
+    from caikit.errors import UserError
+    from caikit.train.dpo import OBJECTIVES, DPOConfig
+
+    assert list(OBJECTIVES) == ["sigmoid", "cdpo", "ipo", "orpo", "simpo"]
+    assert [name for name, o in OBJECTIVES.items() if not o.uses_reference] == ["orpo", "simpo"]
+
+    def resolved(**options) -> DPOConfig:
+        cfg = DPOConfig(out="x", **options)
+        cfg.validate()
+        return cfg
+
+    assert resolved().loss == "sigmoid"
+    old = resolved(loss_type="ipo")  # the older flag still picks the objective, and the saved config agrees
+    assert (old.loss, old.loss_type) == ("ipo", "ipo")
+    assert resolved(loss="cdpo", use_soft_labels=True).loss == "cdpo"
+    for options, message in (({"loss": "cdpo"}, "--loss cdpo needs"),
+                             ({"loss": "simpo", "label_smoothing": 0.1}, "apply to --loss sigmoid or cdpo"),
+                             ({"loss": "orpo", "ref_model": "m"}, "--ref-model is not used"),
+                             ({"loss": "simpo", "loss_type": "ipo"}, "disagree"),
+                             ({"loss_type": "kto"}, "--loss-type must be one of")):
+        with pytest.raises(UserError, match=message):
+            resolved(**options)

@@ -29,19 +29,11 @@ from caikit.errors import UserError
 from caikit.train.config import RLConfig
 from caikit.train.losses import grpo_advantages, rloo_advantages
 from caikit.train.rewards import RewardFn
+from caikit.train.rl import PLOT_GROUPS as RL_PLOT_GROUPS
 
 COMMAND = "train grpo"
-PLOT_GROUPS = {
-    "reward": ["rm_score", "score", "total_reward", "check_score"],
-    "kl_beta": ["kl", "kl_coef"],
-    "entropy": ["entropy"],
-    "length": ["response_length"],
-    "diversity": ["distinct_1", "distinct_2", "identical_share"],
-    "groups": ["reward_std", "zero_std_share"],
-    "losses": ["policy_loss"],
-    "ppo_stats": ["clipfrac", "approx_kl"],
-    "timing": ["gen_share"],
-}
+PLOT_GROUPS = {**RL_PLOT_GROUPS, "groups": ["reward_std", "zero_std_share"], "losses": ["policy_loss"],
+               "ppo_stats": ["clipfrac", "approx_kl"]}
 
 # --estimator -> advantages (N, G) from the group's rewards (N, G); one row each (STYLE.md #11)
 ADVANTAGES: dict[str, Callable[[Tensor, "GRPOConfig"], Tensor]] = {

@@ -29,18 +29,11 @@ from caikit.config import option
 from caikit.errors import UserError
 from caikit.train.config import RLConfig
 from caikit.train.rewards import RewardFn
+from caikit.train.rl import PLOT_GROUPS as RL_PLOT_GROUPS
 
 COMMAND = "train ppo"
-PLOT_GROUPS = {
-    "reward": ["rm_score", "score", "total_reward", "check_score"],
-    "kl_beta": ["kl", "kl_coef"],
-    "entropy": ["entropy"],
-    "length": ["response_length"],
-    "diversity": ["distinct_1", "distinct_2", "identical_share"],
-    "losses": ["policy_loss", "value_loss"],
-    "ppo_stats": ["clipfrac", "vf_clipfrac", "approx_kl"],
-    "timing": ["gen_share"],
-}
+PLOT_GROUPS = {**RL_PLOT_GROUPS, "losses": ["policy_loss", "value_loss"],
+               "ppo_stats": ["clipfrac", "vf_clipfrac", "approx_kl"]}
 
 
 @dataclass

@@ -21,6 +21,15 @@ from caikit.errors import UserError
 from caikit.train.rewards import RewardFn
 
 Messages = list[dict[str, str]]
+# curves every RL trainer draws (plots/<group>.png); each trainer adds its own losses
+PLOT_GROUPS = {
+    "reward": ["rm_score", "score", "total_reward", "check_score"],
+    "kl_beta": ["kl", "kl_coef"],
+    "entropy": ["entropy"],
+    "length": ["response_length"],
+    "diversity": ["distinct_1", "distinct_2", "identical_share"],
+    "timing": ["gen_share"],
+}
 
 
 @dataclass
