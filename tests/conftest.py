@@ -64,3 +64,54 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+TOY_TARGET = " excellent"  # the token the toy policy is calibrated on
+TOY_RESPONSE_LENGTH = 6
+
+
+@pytest.fixture(scope="session")
+def toy_prompts_file(tmp_path_factory) -> str:
+    """The 16 prompts the toy policy is calibrated on."""
+    import json
+
+    path = tmp_path_factory.mktemp("toy-prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(16)))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """Untied tiny Llama (real SmolLM2 tokenizer) whose " excellent" output row points along the mean final hidden
+    state, so that token starts at ~20% of sampled tokens after the prompts "Tell me about item {i}.": a reward
+    "share of ' excellent' in the response" is then dense enough for a few CPU steps of PPO / GRPO to show learning."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from caikit.models import load_tokenizer
+    from caikit.train.rollout import (encode_prompt, generate_responses, left_pad, position_ids_from_mask,
+                                      rollout_attention_mask)
+
+    tok = load_tokenizer(tiny_model_dir)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    target = tok.encode(TOY_TARGET, add_special_tokens=False)[0]
+    ids, mask = left_pad([encode_prompt(tok, [{"role": "user", "content": f"Tell me about item {i}."}], 64)
+                          for i in range(8)], tok.pad_token_id)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.3)
+        qr, _, rmask, _ = generate_responses(model, ids, mask, TOY_RESPONSE_LENGTH, 1.0, tok.pad_token_id,
+                                             tok.eos_token_id)
+        attn = rollout_attention_mask(mask, rmask)
+        hidden = model(input_ids=qr, attention_mask=attn, position_ids=position_ids_from_mask(attn),
+                       output_hidden_states=True).hidden_states[-1][:, ids.size(1) - 1:-1]
+        direction = torch.nn.functional.normalize(hidden, dim=-1).mean((0, 1))
+        model.lm_head.weight[target] = 2.7 * direction / direction.norm()
+    out = tmp_path_factory.mktemp("toy-policy")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -330,12 +330,14 @@ def _config_classes():
     from caikit.commands.generate import GenerateConfig
     from caikit.commands.judge import JudgeConfig
     from caikit.train.dpo import DPOConfig
+    from caikit.train.grpo import GRPOConfig
+    from caikit.train.kto import KTOConfig
     from caikit.train.ppo import PPOConfig
     from caikit.train.reward import RewardConfig
     from caikit.train.sft import SFTConfig
 
     return {"generate": GenerateConfig, "judge": JudgeConfig, "train sft": SFTConfig, "train dpo": DPOConfig,
-            "train reward": RewardConfig, "train ppo": PPOConfig}
+            "train reward": RewardConfig, "train ppo": PPOConfig, "train grpo": GRPOConfig, "train kto": KTOConfig}
 
 
 CONFIGS = _config_classes()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from caikit.train.losses import (bradley_terry_loss, dpo_loss, entropy_from_logits, gae, kl_per_token, masked_mean,
-                                 ppo_policy_loss, ppo_value_loss, sft_loss, whiten)
+from caikit.train.losses import (bradley_terry_loss, dpo_loss, entropy_from_logits, gae, ipo_loss, kl_per_token,
+                                 masked_mean, ppo_policy_loss, ppo_value_loss, sft_loss, whiten)
 
 LOG2 = math.log(2.0)
 
@@ -105,17 +105,17 @@ def test_cdpo_label_smoothing_value():
 
 def test_ipo_values():
     # h = 1: (h - 1/(2β))² is 0 at β = 0.5 and 1 at β = 0.25
-    assert dpo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.5, loss_type="ipo")[0].item() == pytest.approx(0.0)
-    assert dpo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.25, loss_type="ipo")[0].item() == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        dpo_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, loss_type="nope")
+    assert ipo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.5)[0].item() == pytest.approx(0.0)
+    assert ipo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.25)[0].item() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("loss_type,smoothing", [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)])
 def test_dpo_gradient_pushes_chosen_up_rejected_down(loss_type, smoothing):
     chosen, rejected = t(-4.0).requires_grad_(), t(-4.0).requires_grad_()
-    losses, _, _ = dpo_loss(chosen, rejected, t(-4.0), t(-4.0), beta=0.1, label_smoothing=smoothing,
-                            loss_type=loss_type)
+    if loss_type == "sigmoid":
+        losses, _, _ = dpo_loss(chosen, rejected, t(-4.0), t(-4.0), beta=0.1, label_smoothing=smoothing)
+    else:
+        losses, _, _ = ipo_loss(chosen, rejected, t(-4.0), t(-4.0), beta=0.1)
     losses.sum().backward()
     assert chosen.grad.item() < 0  # descent raises log π(chosen)
     assert rejected.grad.item() > 0  # and lowers log π(rejected)

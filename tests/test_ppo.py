@@ -34,46 +34,6 @@ def share_of_target(prompts: list[str], responses: list[str]) -> list[float]:
     return [r.count(TARGET.strip()) / RESPONSE_LENGTH for r in responses]
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("ppo-prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(16)))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
-    """Untied tiny Llama; the " excellent" output row is set along the mean final hidden state."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from caikit.models import load_tokenizer
-    from caikit.train.rollout import encode_prompt, position_ids_from_mask
-
-    tok = load_tokenizer(tiny_model_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    target = tok.encode(TARGET, add_special_tokens=False)[0]
-    ids, mask = left_pad([encode_prompt(tok, [{"role": "user", "content": f"Tell me about item {i}."}], 64)
-                          for i in range(8)], tok.pad_token_id)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.3)
-        qr, _, rmask, _ = generate_responses(model, ids, mask, RESPONSE_LENGTH, 1.0, tok.pad_token_id,
-                                             tok.eos_token_id)
-        attn = rollout_attention_mask(mask, rmask)
-        hidden = model(input_ids=qr, attention_mask=attn, position_ids=position_ids_from_mask(attn),
-                       output_hidden_states=True).hidden_states[-1][:, ids.size(1) - 1:-1]
-        direction = torch.nn.functional.normalize(hidden, dim=-1).mean((0, 1))
-        model.lm_head.weight[target] = 2.7 * direction / direction.norm()
-    out = tmp_path_factory.mktemp("toy-policy")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 def toy_config(policy: str, prompts: str, out: Path, **overrides):
     from caikit.train.ppo import PPOConfig
 
@@ -84,13 +44,13 @@ def toy_config(policy: str, prompts: str, out: Path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def toy_runs(toy_policy_dir, prompts_file, tmp_path_factory):
+def toy_runs(toy_policy_dir, toy_prompts_file, tmp_path_factory):
     """Two short runs on the toy task: β = 0 (with a missing-EOS penalty), and a large adaptive β."""
     from caikit.train.ppo import train
 
     root = tmp_path_factory.mktemp("ppo-runs")
-    free = toy_config(toy_policy_dir, prompts_file, root / "beta0", kl_coef=0.0, missing_eos_penalty=0.5)
-    held = toy_config(toy_policy_dir, prompts_file, root / "beta_large", kl_coef=1.0, kl_target=0.05, kl_horizon=16,
+    free = toy_config(toy_policy_dir, toy_prompts_file, root / "beta0", kl_coef=0.0, missing_eos_penalty=0.5)
+    held = toy_config(toy_policy_dir, toy_prompts_file, root / "beta_large", kl_coef=1.0, kl_target=0.05, kl_horizon=16,
                       max_steps=4)
     train(free, reward_fn=share_of_target)
     train(held, reward_fn=share_of_target)
@@ -264,17 +224,17 @@ def test_every_contract_flag_is_documented():
         assert f"{flag} " in text, flag
 
 
-def test_clear_errors(tiny_model_dir, prompts_file, tmp_path):
+def test_clear_errors(tiny_model_dir, toy_prompts_file, tmp_path):
     from caikit.train.ppo import train
 
     with pytest.raises(UserError, match="reward model directory does not exist"):
-        train(toy_config(tiny_model_dir, prompts_file, tmp_path / "a", reward_model=str(tmp_path / "nope")))
+        train(toy_config(tiny_model_dir, toy_prompts_file, tmp_path / "a", reward_model=str(tmp_path / "nope")))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(UserError, match="empty.jsonl"):
         train(toy_config(tiny_model_dir, str(empty), tmp_path / "b"), reward_fn=share_of_target)
     with pytest.raises(UserError, match="divisible"):
-        train(toy_config(tiny_model_dir, prompts_file, tmp_path / "c", mini_batches=3), reward_fn=share_of_target)
+        train(toy_config(tiny_model_dir, toy_prompts_file, tmp_path / "c", mini_batches=3), reward_fn=share_of_target)
 
 
 @pytest.fixture(scope="module")
@@ -292,12 +252,12 @@ def tiny_reward_dir(tiny_model_dir, tmp_path_factory) -> str:
     return str(out)
 
 
-def test_cli_run_writes_everything_and_resumes(tiny_model_dir, tiny_reward_dir, prompts_file, tmp_path, capsys):
+def test_cli_run_writes_everything_and_resumes(tiny_model_dir, tiny_reward_dir, toy_prompts_file, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
     base = [sys.executable, "-m", "caikit.cli", "train", "ppo", "--policy", tiny_model_dir, "--reward-model",
-            tiny_reward_dir, "--prompts", prompts_file, "--out", str(out), "--rollout-batch-size", "4",
+            tiny_reward_dir, "--prompts", toy_prompts_file, "--out", str(out), "--rollout-batch-size", "4",
             "--response-length", "4", "--ppo-epochs", "1", "--mini-batches", "2", "--sample-every", "1",
             "--save-every", "1", "--check-rm", tiny_reward_dir, "--kl-estimator", "k3", "--no-progress"]
     from caikit.cli import main as cli_main
@@ -330,12 +290,12 @@ def test_cli_run_writes_everything_and_resumes(tiny_model_dir, tiny_reward_dir, 
     assert [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()][-1] == 3
 
 
-def test_lora_reference_is_the_policy_without_adapters(tiny_model_dir, prompts_file, tmp_path):
+def test_lora_reference_is_the_policy_without_adapters(tiny_model_dir, toy_prompts_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from caikit.train.ppo import train
 
-    cfg = toy_config(tiny_model_dir, prompts_file, tmp_path / "lora", lora=True, lora_r=4, max_steps=2,
+    cfg = toy_config(tiny_model_dir, toy_prompts_file, tmp_path / "lora", lora=True, lora_r=4, max_steps=2,
                      rollout_batch_size=4, response_length=4, ppo_epochs=1, lr=1e-2)
     train(cfg, reward_fn=lambda prompts, responses: [len(r) / 20 for r in responses])
     rows = read_metrics(tmp_path / "lora" / "metrics.jsonl")
@@ -347,7 +307,7 @@ def test_lora_reference_is_the_policy_without_adapters(tiny_model_dir, prompts_f
 def test_judge_check_scores_p_yes_by_logprobs_and_by_votes(monkeypatch):
     """The independent reward-hacking check, against the loopback OpenAI and Anthropic servers."""
     from caikit.testing import FakeAPIServer
-    from caikit.commands.ppo import JudgeCheck
+    from caikit.commands.rl import JudgeCheck
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-fake")

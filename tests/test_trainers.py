@@ -80,6 +80,9 @@ def test_data_layouts_and_tokenisation(tiny_model_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
     triples = preference_triples(standard, "x")
     assert triples[0]["p_chosen"] == pytest.approx(0.8)
+    # ratings are not probabilities: without p_chosen the pair has a hard label
+    ratings_only = [{k: v for k, v in standard[0].items() if k != "p_chosen"}]
+    assert preference_triples(ratings_only, "x")[0]["p_chosen"] is None
     (example,), count = tokenize_preferences(tokenizer, triples, 512, 256)
     ids, mask = example["chosen_input_ids"], example["chosen_labels_mask"]
     prompt_len = mask.index(1)
@@ -136,7 +139,8 @@ def test_reward_model_learns_marker_preference(tiny_model_dir, data_dir, tmp_pat
 
 
 def test_dpo_raises_chosen_margin_and_caches_reference(tiny_model_dir, data_dir, tmp_path, capsys):
-    from caikit.train.dpo import REF_CACHE, DPOConfig, train
+    from caikit.train.dpo import DPOConfig, train
+    from caikit.train.reference import REF_CACHE
 
     cfg = DPOConfig(model=tiny_model_dir, data=str(data_dir / "dpo.jsonl"), out=str(tmp_path / "dpo"),
                     max_steps=5, lr=1e-3, batch_size=8, eval_fraction=0.25, beta=0.1, max_length=48, seed=0)

@@ -50,3 +50,58 @@ class CommonTrainConfig:
             raise UserError("--max-length must be >= 8")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise UserError("--eval-fraction must be in [0, 1)")
+
+
+@dataclass
+class RLConfig(CommonTrainConfig):
+    """Options of the on-policy trainers (PPO, GRPO / RLOO): prompts, reward, KL to the reference, monitors."""
+
+    policy: str = option("", help="policy to train: `smollm2`, a local path (e.g. an SFT run dir) or an HF id "
+                                  "(default: --model)")
+    model: str = option("smollm2", help="alias of --policy, used when --policy is not given")
+    reward_model: str = option("", help="reward model directory from `caikit train reward` (sigmoid score 0-1)")
+    reward_fn: str = option("", help="reward as a Python function instead: MODULE:FUNCTION or FILE.py:FUNCTION, "
+                                     "f(prompts: list[str], responses: list[str]) -> list[float] (or a dict of "
+                                     "named parts, summed)")
+    prompts: str = option("", help="prompt file: JSONL/JSON/CSV/parquet with `prompt` or `messages` (default: --data)")
+    data: str = option("", help="alias of --prompts")
+    batch_size: int = option(4, help="not used here: see --rollout-batch-size, --mini-batches and --grad-accum")
+    kl_coef: float = option(0.05, help="β: weight of the per-token KL penalty to the reference (initial β when "
+                                       "--kl-target is set)")
+    kl_target: float = option(0.0, help="target KL (nats per response) for the adaptive β of Ziegler et al. 2019: "
+                                        "β rises when KL is above it, falls when below (0: fixed β)")
+    kl_horizon: int = option(10000, help="adaptive β horizon in rollouts: larger reacts more slowly")
+    kl_estimator: str = option("k1", help="per-token KL estimator in the reward: k1 = log π − log π_ref, "
+                                          "k3 = (r − 1) − log r (always >= 0)", metadata={"choices": ["k1", "k3"]})
+    response_length: int = option(64, help="max new tokens per response")
+    temperature: float = option(0.7, help="sampling temperature; log-probs are computed under the same T")
+    missing_eos_penalty: float = option(0.0, help="subtracted from the score of responses that never end with EOS "
+                                                  "(e.g. 1.0 with a 0-1 RM)")
+    check_rm: str = option("", help="second, held-out reward model dir: the independent check for reward hacking")
+    check_judge: str = option("", help="judge as BACKEND:MODEL[@BASE_URL] (e.g. local:smollm2): independent check "
+                                       "asking if each response is harmless and helpful")
+    check_every: int = option(1, help="score the independent check every N steps")
+    probe_prompts: str = option("", help="prompt file of fixed probe prompts (default: the first --probe-count prompts)")
+    probe_count: int = option(4, help="probe prompts taken from --prompts when --probe-prompts is not given")
+    sample_every: int = option(10, help="greedy answers to the probe prompts into samples.jsonl every N steps (0: off)")
+    collapse_share: float = option(0.5, help="mode-collapse warning when more than this share of responses repeat")
+    kl_max: float = option(20.0, help="warning when the KL to the reference exceeds this many nats per response")
+    hack_window: int = option(10, help="steps over which RM score and check trends are compared")
+    progress: bool = option(True, help="show a progress bar")
+
+    def validate(self) -> None:
+        self.policy = self.policy or self.model
+        self.prompts = self.prompts or self.data
+        CommonTrainConfig.validate(self)
+        if not self.prompts:
+            raise UserError("--prompts is required (a prompt file)")
+        if self.temperature <= 0:
+            raise UserError("--temperature must be > 0 (the trainer samples; log-probs use logits / T)")
+        if self.response_length < 1:
+            raise UserError("--response-length must be >= 1")
+        if self.kl_target < 0 or self.kl_coef < 0:
+            raise UserError("--kl-coef and --kl-target must be >= 0")
+        if self.check_every < 1:
+            raise UserError("--check-every must be >= 1")
+        if self.reward_model and self.reward_fn:
+            raise UserError("give --reward-model or --reward-fn, not both")

@@ -7,6 +7,10 @@ and conversational, prompt-completion, implicit prompt, caikit records, human la
   preferences: {"prompt", "chosen", "rejected"} (+ optional "p_chosen": the judge's soft label, and
                "margin" for --use-margin) | hh-rlhf transcripts | `caikit label` rows.
 No other column is read as a label: ratings such as UltraFeedback's score_chosen are not probabilities.
+               "margin" for --use-margin); a prompt-less row whose chosen/rejected are whole conversations sharing a
+               prefix (hh-rlhf style) is split at the last assistant turn.
+  unpaired:    {"prompt", "completion", "label": true/false} (KTO), and preference rows or `caikit label` rows
+               turned into one desirable and one undesirable example each (`unpaired_examples`).
 Tokenised sequences are prompt + response + EOS with `labels_mask` 1 on the response tokens (EOS
 included), and right-padded for training.
 """
@@ -131,6 +135,57 @@ def training_data(cfg, what: str) -> tuple[list, DataSummary]:
     return items, summary
 
 
+LABEL_DROPPED = ("tie", "skip", "undo")  # `caikit label` choices that say nothing about either response
+
+
+def unpaired_examples(rows: list[dict], source: str) -> tuple[list[dict], dict[str, int]]:
+    """Rows -> [{"prompt", "completion" (messages), "label": True for desirable}] and counts of what was dropped.
+
+    Three layouts, told apart row by row:
+      {"prompt", "completion", "label": bool}          TRL's unpaired layout (strings or messages)
+      {"prompt"?, "chosen", "rejected"}                a pair: chosen desirable, rejected undesirable
+      {"prompt", "response_a", "response_b", "choice"} a `caikit label` row (records.Label): the latest row per
+                                                       id wins; a / b make that response desirable and the other
+                                                       undesirable; tie, skip and undo are dropped and counted
+    """
+    if not rows:
+        raise UserError("dataset is empty (no rows)", path=source)
+    out: list[dict] = []
+    labels: dict[str, tuple[int, dict]] = {}  # id -> (row number, latest row)
+    counts = {"tie": 0, "skip": 0, "undo": 0, "superseded": 0}
+    for i, row in enumerate(rows, start=1):
+        if "choice" in row and "response_a" in row:
+            key = str(row.get("id") or row.get("pair_id") or f"row {i}")
+            counts["superseded"] += key in labels
+            labels[key] = (i, row)
+        elif "completion" in row and "label" in row:
+            _require([row], ["prompt", "completion"], f"{source} (row {i})")
+            if row["label"] not in (True, False):  # 1 and 0 too
+                raise UserError(f"row {i}: 'label' must be true or false, got {row['label']!r}", path=source)
+            out.append({"prompt": _as_messages(row["prompt"], "user"),
+                        "completion": _as_messages(row["completion"], "assistant"), "label": bool(row["label"])})
+        elif "chosen" in row and "rejected" in row:
+            (pair,) = preference_triples([row], f"{source} (row {i})")
+            out += [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
+                    {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}]
+        else:
+            raise UserError(f"row {i} is neither unpaired (prompt, completion, label), a pair (prompt, chosen, "
+                            f"rejected) nor a label row (response_a, response_b, choice); has: "
+                            f"{', '.join(sorted(row)) or 'nothing'}", path=source)
+    for i, row in labels.values():
+        choice = row["choice"]
+        if choice in LABEL_DROPPED:
+            counts[choice] += 1
+            continue
+        if choice not in ("a", "b"):
+            raise UserError(f"row {i}: 'choice' must be a, b, tie, skip or undo, got {choice!r}", path=source)
+        good, bad = ("response_a", "response_b") if choice == "a" else ("response_b", "response_a")
+        prompt = _as_messages(row["prompt"], "user")
+        out += [{"prompt": prompt, "completion": _as_messages(row[good], "assistant"), "label": True},
+                {"prompt": prompt, "completion": _as_messages(row[bad], "assistant"), "label": False}]
+    return out, counts
+
+
 # ------------------------------------------------------------------------------------------ tokenising
 
 def _plain_prompt(messages: Messages) -> str:
@@ -229,6 +284,29 @@ def tokenize_preferences(tokenizer, triples: list[dict], max_length: int,
     return examples, count
 
 
+def tokenize_unpaired(tokenizer, items: list[dict], max_length: int,
+                      max_prompt_length: int) -> tuple[list[dict], TruncationCount]:
+    """-> [{"input_ids", "labels_mask", "kl_input_ids", "kl_labels_mask", "label", "index"}].
+
+    kl_*: the prompt of this example followed by the completion of the next one (a fixed mismatched pair,
+    for KTO's KL reference point); its truncation is not counted, the example's own is.
+    """
+    count, examples = TruncationCount(), []
+    for i, item in enumerate(items):
+        partner = items[(i + 1) % len(items)]
+        kept = fit(*encode_prompt_response(tokenizer, item["prompt"], item["completion"]), max_length,
+                   max_prompt_length, count)
+        mismatched = fit(*encode_prompt_response(tokenizer, item["prompt"], partner["completion"]),
+                         max_length, max_prompt_length, TruncationCount())
+        if kept is None or mismatched is None:
+            continue
+        (p, r), (kp, kr) = kept, mismatched
+        examples.append({"input_ids": p + r, "labels_mask": [0] * len(p) + [1] * len(r), "kl_input_ids": kp + kr,
+                         "kl_labels_mask": [0] * len(kp) + [1] * len(kr), "label": item["label"],
+                         "index": len(examples)})
+    return examples, count
+
+
 # ------------------------------------------------------------------------------------------ collating
 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -236,21 +314,30 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (T - len(s)) for s in seqs], dtype=torch.long)
 
 
+def _collate_sequences(examples: list[dict], prefix: str, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) <prefix>input_ids, <prefix>attention_mask, <prefix>labels_mask."""
+    ids = [e[f"{prefix}input_ids"] for e in examples]
+    return {f"{prefix}input_ids": _pad(ids, pad_token_id),
+            f"{prefix}attention_mask": _pad([[1] * len(s) for s in ids], 0),
+            f"{prefix}labels_mask": _pad([e[f"{prefix}labels_mask"] for e in examples], 0)}
+
+
 def collate_sft(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded (B, T) input_ids, attention_mask, labels_mask."""
-    ids = [e["input_ids"] for e in examples]
-    return {"input_ids": _pad(ids, pad_token_id), "attention_mask": _pad([[1] * len(s) for s in ids], 0),
-            "labels_mask": _pad([e["labels_mask"] for e in examples], 0)}
+    return _collate_sequences(examples, "", pad_token_id)
+
+
+def collate_unpaired(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) input_ids / attention_mask / labels_mask and kl_ ones, label (B,) bool, index (B,)."""
+    return {**_collate_sequences(examples, "", pad_token_id), **_collate_sequences(examples, "kl_", pad_token_id),
+            "label": torch.tensor([e["label"] for e in examples], dtype=torch.bool),
+            "index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
 
 
 def collate_preferences(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded chosen_/rejected_ (B, T) tensors, plus p_chosen (NaN: no label), margin (B,) and index (B,)."""
-    batch = {}
-    for side in ("chosen", "rejected"):
-        ids = [e[f"{side}_input_ids"] for e in examples]
-        batch[f"{side}_input_ids"] = _pad(ids, pad_token_id)
-        batch[f"{side}_attention_mask"] = _pad([[1] * len(s) for s in ids], 0)
-        batch[f"{side}_labels_mask"] = _pad([e[f"{side}_labels_mask"] for e in examples], 0)
+    batch = {**_collate_sequences(examples, "chosen_", pad_token_id),
+             **_collate_sequences(examples, "rejected_", pad_token_id)}
     # NaN marks pairs without a judge label; trainers substitute their default
     batch["p_chosen"] = torch.tensor([math.nan if e["p_chosen"] is None else e["p_chosen"] for e in examples],
                                      dtype=torch.float32)

@@ -1,114 +1,150 @@
-"""`caikit train dpo`: direct preference optimisation against a frozen reference.
+"""`caikit train dpo`: offline preference optimisation on (prompt, chosen, rejected) pairs.
 
-The reference log-probs of every pair are computed once before training (one no-grad pass), cached in
-`out/ref_logps.safetensors` under a hash of the reference model and the token ids, and the reference
-model is freed, so training holds one model. Each step runs chosen and rejected through the policy in
-one concatenated forward and calls `losses.dpo_loss`.
+The objective is looked up by name in OBJECTIVES (`--loss`): DPO (sigmoid), conservative DPO (cdpo) and
+IPO train against a frozen reference; ORPO and SimPO need none. For the first three the reference
+log-probs of every pair are computed once before training (`caikit.train.reference`), cached in
+`out/ref_logps.safetensors`, and the reference model is freed, so training holds one model; the
+reference-free objectives skip that pass entirely. Each step runs chosen and rejected through the policy
+in one concatenated forward and calls the objective's loss in `losses.py`.
 """
 
 from __future__ import annotations
 
-import gc
-import hashlib
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import Tensor
 
 from caikit.config import option, save_config
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
+from caikit.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
 
 COMMAND = "train dpo"
-REF_CACHE = "ref_logps.safetensors"
 PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "reward_margin": ["reward_margin", "eval_reward_margin"],
                "reward_accuracy": ["reward_accuracy", "eval_reward_accuracy"],
                "rewards": ["chosen_reward", "rejected_reward"], "logps": ["chosen_logps", "rejected_logps"],
                "learning_rate": ["lr"], "grad_norm": ["grad_norm"]}
 
 
+@dataclass(frozen=True)
+class PairLogps:
+    """A micro-batch of pairs as the objectives see it, each (B,): summed response log-probs under the
+    policy and the reference (None for reference-free objectives), and response token counts |y|."""
+
+    chosen: Tensor
+    rejected: Tensor
+    chosen_tokens: Tensor
+    rejected_tokens: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One row of the objective table: which inputs it needs, and its loss.
+
+    loss(pairs, cfg, ε) -> (losses (B,), chosen_rewards (B,), rejected_rewards (B,)), ε being the
+    per-pair label smoothing (`smoothing`)."""
+
+    uses_reference: bool  # reference log-probs are precomputed for these only
+    uses_smoothing: bool  # reads ε from --label-smoothing / --use-soft-labels
+    loss: Callable[[PairLogps, "DPOConfig", Tensor | float], tuple[Tensor, Tensor, Tensor]]
+
+
+# name -> objective, one row each (STYLE.md #11); the functions and their equations live in losses.py
+OBJECTIVES: dict[str, Objective] = {
+    "sigmoid": Objective(True, True, lambda p, cfg, eps: dpo_loss(p.chosen, p.rejected, p.ref_chosen,
+                                                                  p.ref_rejected, cfg.beta, eps)),
+    "cdpo": Objective(True, True, lambda p, cfg, eps: dpo_loss(p.chosen, p.rejected, p.ref_chosen,
+                                                               p.ref_rejected, cfg.beta, eps)),
+    "ipo": Objective(True, False, lambda p, cfg, eps: ipo_loss(p.chosen, p.rejected, p.ref_chosen,
+                                                               p.ref_rejected, cfg.beta)),
+    "orpo": Objective(False, False, lambda p, cfg, eps: orpo_loss(p.chosen / p.chosen_tokens,
+                                                                  p.rejected / p.rejected_tokens, cfg.orpo_lambda)),
+    "simpo": Objective(False, False, lambda p, cfg, eps: simpo_loss(p.chosen / p.chosen_tokens,
+                                                                    p.rejected / p.rejected_tokens, cfg.beta,
+                                                                    cfg.simpo_gamma)),
+}
+
+
 @dataclass
 class DPOConfig(CommonTrainConfig):
-    """Direct preference optimisation on preference pairs."""
+    """Offline preference optimisation on preference pairs: DPO, cDPO, IPO (against a reference), ORPO, SimPO."""
 
     lr: float = option(1e-6, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
-    beta: float = option(0.1, help="β: strength of the implicit KL penalty towards the reference")
-    loss_type: str = option("sigmoid", help="sigmoid (DPO, Rafailov et al. 2023) | ipo (Azar et al. 2023)",
-                            metadata={"choices": ["sigmoid", "ipo"]})
-    label_smoothing: float = option(0.0, help="ε: assumed label-flip probability (conservative DPO); sigmoid loss only")
+    loss: str = option("sigmoid", help="objective: sigmoid (DPO, Rafailov et al. 2023) | cdpo (DPO with label "
+                                       "smoothing, for soft AI labels) | ipo (Azar et al. 2023) | orpo (Hong et al. "
+                                       "2024, no reference) | simpo (Meng et al. 2024, no reference)",
+                       metadata={"choices": list(OBJECTIVES)})
+    loss_type: str = option("", help="older name of --loss (sigmoid | ipo), kept so existing commands and configs run")
+    beta: float = option(0.1, help="β: strength of the implicit KL penalty towards the reference (DPO, cDPO, IPO); "
+                                   "the reward scale for SimPO (the paper uses 2-10)")
+    label_smoothing: float = option(0.0, help="ε: assumed label-flip probability (conservative DPO); "
+                                              "sigmoid / cdpo only")
     use_soft_labels: bool = option(False, help="per-pair ε = 1 - P(chosen preferred) from the judge where rows carry "
-                                               "it (p_chosen); --label-smoothing elsewhere")
-    ref_model: str = option("", help="reference model (default: --model, the policy at step 0)")
+                                               "it (p_chosen); --label-smoothing elsewhere; sigmoid / cdpo only")
+    simpo_gamma: float = option(0.5, help="γ: SimPO's target margin between the chosen and rejected rewards")
+    orpo_lambda: float = option(0.1, help="λ: weight of ORPO's odds-ratio term beside the chosen response's NLL")
+    ref_model: str = option("", help="reference model (default: --model, the policy at step 0); "
+                                     "not used by orpo, simpo")
 
     def validate(self) -> None:
         super().validate()
+        if self.loss_type:
+            if self.loss_type not in OBJECTIVES:
+                raise UserError(f"--loss-type must be one of {' | '.join(OBJECTIVES)}, got {self.loss_type!r}")
+            if self.loss not in ("sigmoid", self.loss_type):
+                raise UserError(f"--loss {self.loss} and --loss-type {self.loss_type} disagree: give --loss only")
+            self.loss = self.loss_type
+        self.loss_type = self.loss  # one name in the saved config.yaml
+        objective = OBJECTIVES[self.loss]
         if self.beta <= 0:
             raise UserError("--beta must be > 0")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise UserError("--label-smoothing must be in [0, 0.5)")
+        if (self.label_smoothing or self.use_soft_labels) and not objective.uses_smoothing:
+            raise UserError(f"--label-smoothing and --use-soft-labels apply to --loss sigmoid or cdpo, not {self.loss}")
+        if self.loss == "cdpo" and not (self.label_smoothing or self.use_soft_labels):
+            raise UserError("--loss cdpo needs --label-smoothing > 0 or --use-soft-labels")
+        if self.ref_model and not objective.uses_reference:
+            raise UserError(f"--ref-model is not used by --loss {self.loss} (it needs no reference model)")
+        if self.orpo_lambda < 0:
+            raise UserError("--orpo-lambda must be >= 0")
 
 
-def data_hash(model_name: str, splits: dict[str, list[dict]]) -> str:
-    """Key of the reference cache: reference model path + every token id and mask of every split."""
-    from caikit.models import resolve_model_path
-
-    h = hashlib.sha256(resolve_model_path(model_name).encode())
-    for name, examples in splits.items():
-        h.update(name.encode())
-        for e in examples:
-            h.update(json.dumps([e["chosen_input_ids"], e["chosen_labels_mask"], e["rejected_input_ids"],
-                                 e["rejected_labels_mask"]]).encode())
-    return h.hexdigest()[:32]
-
-
-def reference_logps(cfg: DPOConfig, accelerator, pad_token_id: int,
-                    splits: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
-    """{"<split>_chosen": (N,), "<split>_rejected": (N,)} summed reference log-probs, indexed by example index."""
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
-
-    from caikit.train.data import batches, collate_preferences
+def pair_logps(model, batch: dict, pad_token_id: int, ref: dict | None, split: str) -> PairLogps:
+    """Policy log-probs of a collated batch of pairs (one concatenated forward), with their token counts and,
+    when `ref` holds precomputed reference log-probs, the batch's rows of `<split>_chosen` / `<split>_rejected`."""
     from caikit.train.logprobs import concatenated_forward
-    from caikit.train.loop import load_pretrained, note, to_device
 
-    ref_name = cfg.ref_model or cfg.model
-    key = data_hash(ref_name, splits)
-    path = Path(cfg.out) / REF_CACHE
-    if accelerator.is_main_process and not _cache_matches(path, key):
-        started = time.perf_counter()
-        kwargs = {"dtype": torch.bfloat16} if cfg.bf16 else {}
-        ref = load_pretrained(AutoModelForCausalLM, ref_name, **kwargs).to(accelerator.device).eval()
-        tensors = {}
-        with torch.no_grad():
-            for name, examples in splits.items():
-                chosen, rejected = torch.zeros(len(examples)), torch.zeros(len(examples))
-                for micro in batches(examples, cfg.batch_size * 2, cfg.seed, 0, shuffle=False):
-                    b = to_device(collate_preferences(micro, pad_token_id), accelerator.device)
-                    c, r = concatenated_forward(ref, b, pad_token_id)
-                    chosen[b["index"].cpu()], rejected[b["index"].cpu()] = c.float().cpu(), r.float().cpu()
-                tensors[f"{name}_chosen"], tensors[f"{name}_rejected"] = chosen, rejected
-        # the reference is only needed for these numbers: free it before the policy trains
-        del ref
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"data_hash": key, "ref_model": ref_name})
-        note(COMMAND, f"reference log-probs for {sum(len(e) for e in splits.values())} pairs in "
-                      f"{time.perf_counter() - started:.1f}s -> {path}")
-    accelerator.wait_for_everyone()
-    return load_file(str(path))
+    chosen, rejected = concatenated_forward(model, batch, pad_token_id)  # one forward, 2B rows
+    ref_chosen = ref_rejected = None
+    if ref is not None:
+        idx = batch["index"].cpu()
+        ref_chosen = ref[f"{split}_chosen"][idx].to(chosen.device)
+        ref_rejected = ref[f"{split}_rejected"][idx].to(chosen.device)
+    return PairLogps(chosen, rejected, batch["chosen_labels_mask"].sum(-1).clamp_min(1).to(chosen.dtype),
+                     batch["rejected_labels_mask"].sum(-1).clamp_min(1).to(chosen.dtype), ref_chosen, ref_rejected)
 
 
-def _cache_matches(path: Path, key: str) -> bool:
-    from safetensors import safe_open
+def preference_reference(cfg: DPOConfig, accelerator, pad_token_id: int,
+                         splits: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
+    """{"<split>_chosen", "<split>_rejected": (N,)} summed reference log-probs, computed once and cached."""
+    from caikit.train.data import collate_preferences
+    from caikit.train.logprobs import concatenated_forward
+    from caikit.train.loop import to_device
+    from caikit.train.reference import reference_logps
 
-    if not path.exists():
-        return False
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("data_hash") == key
+    def sequences(ref, micro: list[dict]) -> dict[str, torch.Tensor]:
+        chosen, rejected = concatenated_forward(ref, to_device(collate_preferences(micro, pad_token_id),
+                                                               accelerator.device), pad_token_id)
+        return {"chosen": chosen, "rejected": rejected}
+
+    return reference_logps(cfg, accelerator, COMMAND, splits, ("chosen_input_ids", "chosen_labels_mask",
+                                                               "rejected_input_ids", "rejected_labels_mask"), sequences)
 
 
 def smoothing(batch: dict, cfg: DPOConfig) -> torch.Tensor | float:
@@ -127,25 +163,23 @@ def dpo_step_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rej
             "chosen_logps": float(chosen_logps.detach().mean()), "rejected_logps": float(rejected_logps.detach().mean())}
 
 
-def evaluate(model, examples: list[dict], ref: dict, cfg: DPOConfig, pad_token_id: int, device) -> dict[str, float]:
-    """DPO loss, implicit-reward margin and accuracy on the held-out pairs (example-weighted means)."""
+def evaluate(model, examples: list[dict], ref: dict | None, cfg: DPOConfig, pad_token_id: int,
+             device) -> dict[str, float]:
+    """The objective's loss, implicit-reward margin and accuracy on the held-out pairs (example-weighted means)."""
     from caikit.train.data import batches, collate_preferences
-    from caikit.train.logprobs import concatenated_forward
-    from caikit.train.losses import dpo_loss
     from caikit.train.loop import to_device
 
     if not examples:
         return {}
+    objective = OBJECTIVES[cfg.loss]
     model.eval()
     sums: dict[str, float] = {}
     with torch.no_grad():
         for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False):
             b = to_device(collate_preferences(micro, pad_token_id), device)
-            chosen, rejected = concatenated_forward(model, b, pad_token_id)
-            idx = b["index"].cpu()
-            out = dpo_loss(chosen, rejected, ref["eval_chosen"][idx].to(device), ref["eval_rejected"][idx].to(device),
-                           cfg.beta, smoothing(b, cfg), cfg.loss_type)
-            for k, v in dpo_step_metrics(*out, chosen, rejected).items():
+            pairs = pair_logps(model, b, pad_token_id, ref, "eval")
+            out = objective.loss(pairs, cfg, smoothing(b, cfg))
+            for k, v in dpo_step_metrics(*out, pairs.chosen, pairs.rejected).items():
                 sums[k] = sums.get(k, 0.0) + v * len(micro)
     model.train()
     return {f"eval_{k}": v / len(examples) for k, v in sums.items()}
@@ -157,14 +191,14 @@ def train(cfg: DPOConfig) -> str:
 
     from caikit.train.checkpoint import save_checkpoint
     from caikit.train.data import collate_preferences, tokenize_preferences
-    from caikit.train.logprobs import concatenated_forward
-    from caikit.train.losses import dpo_loss
     from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
                                    make_optimizer, make_scheduler, micro_batches, note, prepare_model,
                                    read_training_data, record_data, resume_or_start, to_device,
                                    tokenized_split)
     from caikit.metrics import MetricsLogger
 
+    cfg.validate()  # also when called from Python rather than the CLI (resolves --loss-type into --loss)
+    objective = OBJECTIVES[cfg.loss]
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
@@ -173,8 +207,10 @@ def train(cfg: DPOConfig) -> str:
     triples, data_summary = read_training_data(COMMAND, cfg, "pairs")
     train_examples, eval_examples = tokenized_split(COMMAND, cfg, triples, tokenize_preferences, tokenizer, "pairs")
 
-    # reference log-probs first, so only one model is ever resident during training
-    ref = reference_logps(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})
+    # reference log-probs first, so only one model is ever resident during training; none for ORPO / SimPO
+    ref = None
+    if objective.uses_reference:
+        ref = preference_reference(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})
 
     model = load_pretrained(AutoModelForCausalLM, cfg.model)
     model = prepare_model(model, cfg, "CAUSAL_LM")
@@ -189,25 +225,23 @@ def train(cfg: DPOConfig) -> str:
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), step,
                            accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(total=total_steps, initial=step, desc="dpo", unit="step", disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=total_steps, initial=step, desc=cfg.loss, unit="step",
+               disable=not accelerator.is_local_main_process)
     model.train()
     while step < total_steps:
         started, rows, tokens, grad_norm = time.perf_counter(), [], 0, None
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
-            idx = batch["index"].cpu()
-            ref_chosen = ref["train_chosen"][idx].to(accelerator.device)
-            ref_rejected = ref["train_rejected"][idx].to(accelerator.device)
             with accelerator.accumulate(model):
-                chosen_logps, rejected_logps = concatenated_forward(model, batch, pad_id)  # one forward, 2B rows
-                losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    chosen_logps, rejected_logps, ref_chosen, ref_rejected, cfg.beta, smoothing(batch, cfg), cfg.loss_type)
+                pairs = pair_logps(model, batch, pad_id, ref, "train")
+                losses, chosen_rewards, rejected_rewards = objective.loss(pairs, cfg, smoothing(batch, cfg))
                 accelerator.backward(losses.mean())
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            rows.append(dpo_step_metrics(losses.detach(), chosen_rewards, rejected_rewards, chosen_logps, rejected_logps))
+            rows.append(dpo_step_metrics(losses.detach(), chosen_rewards, rejected_rewards, pairs.chosen,
+                                         pairs.rejected))
             tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         scheduler.step()
         step += 1

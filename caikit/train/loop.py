@@ -1,7 +1,8 @@
 """Set-up shared by the trainers: accelerate, optimizer and schedule, LoRA, batching, resume, final save.
 
-The training loops themselves stay in sft.py / reward.py / dpo.py (and ppo.py), flat and top to bottom;
-this module only holds the pieces they would otherwise repeat.
+The training loops themselves stay in sft.py / reward.py / dpo.py / kto.py (and ppo.py / grpo.py, whose
+shared run plumbing is in rl.py), flat and top to bottom; this module only holds the pieces they would
+otherwise repeat.
 
 Multi-GPU: run the same command under `accelerate launch --config_file configs/accelerate/<x>.yaml -m
 caikit.cli train ...`; each process takes every num_processes-th micro-batch.

@@ -69,30 +69,144 @@ def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor, margin: T
 
 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-             ref_rejected_logps: Tensor, beta: float, label_smoothing: float | Tensor = 0.0,
-             loss_type: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
-    """Direct preference optimisation losses from summed sequence log-probs.
+             ref_rejected_logps: Tensor, beta: float,
+             label_smoothing: float | Tensor = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Direct preference optimisation (the sigmoid loss), conservative DPO when label_smoothing > 0.
 
     All inputs: (B,) summed log-probs of the response tokens under the policy / frozen reference.
     beta: KL strength β. label_smoothing: ε, float or (B,) per-pair, the probability that the label is
-    flipped (conservative DPO, for soft AI labels); only used by loss_type "sigmoid".
-    loss_type: "sigmoid" (DPO) or "ipo".
+    flipped (cDPO, for soft AI labels); ε = 0 is plain DPO.
     Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); rewards are detached β·log(π/π_ref).
     """
-    pi_logratios = policy_chosen_logps - policy_rejected_logps
-    ref_logratios = ref_chosen_logps - ref_rejected_logps
-    h = (pi_logratios - ref_logratios).float()  # h = log π(y_w)/π_ref(y_w) - log π(y_l)/π_ref(y_l)
-    if loss_type == "sigmoid":
-        eps = torch.as_tensor(label_smoothing, dtype=h.dtype, device=h.device)
-        # Eq. 7, Rafailov et al. 2023: -log σ(β h); cDPO (Mitchell 2023): mix with the flipped label by ε
-        losses = -F.logsigmoid(beta * h) * (1.0 - eps) - F.logsigmoid(-beta * h) * eps
-    elif loss_type == "ipo":
-        losses = (h - 1.0 / (2.0 * beta)) ** 2  # IPO, Azar et al. 2023: (h - 1/(2τ))², τ = β
-    else:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r} (sigmoid | ipo)")
+    h = _dpo_h(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    eps = torch.as_tensor(label_smoothing, dtype=h.dtype, device=h.device)
+    # Eq. 7, Rafailov et al. 2023: -log σ(β h); cDPO (Mitchell 2023): mix with the flipped label by ε
+    losses = -F.logsigmoid(beta * h) * (1.0 - eps) - F.logsigmoid(-beta * h) * eps
+    return (losses, *_implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                       ref_rejected_logps, beta))
+
+
+def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+             ref_rejected_logps: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Identity preference optimisation: a squared loss that keeps h at 1/(2τ) instead of pushing it to ∞.
+
+    Inputs and outputs as `dpo_loss` (τ = β); no label smoothing (IPO's regulariser already bounds h).
+    """
+    h = _dpo_h(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    losses = (h - 1.0 / (2.0 * beta)) ** 2  # IPO, Azar et al. 2023: (h - 1/(2τ))², τ = β
+    return (losses, *_implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                       ref_rejected_logps, beta))
+
+
+def _dpo_h(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+           ref_rejected_logps: Tensor) -> Tensor:
+    """h = log π(y_w)/π_ref(y_w) - log π(y_l)/π_ref(y_l), (B,) float32."""
+    return ((policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)).float()
+
+
+def _implicit_rewards(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                      ref_rejected_logps: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()  # implicit reward, §5 Rafailov et al.
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
-    return losses, chosen_rewards, rejected_rewards
+    return chosen_rewards, rejected_rewards
+
+
+def log_odds(avg_logps: Tensor) -> Tensor:
+    """log(P / (1 - P)) of a sequence whose length-normalised probability is P = exp(avg_logps). (B,) -> (B,).
+
+    avg_logps must be < 0 (P < 1); it is clamped just below 0 so a certain sequence gives a large finite value.
+    """
+    x = avg_logps.float().clamp(max=-1e-6)
+    return x - torch.log(-torch.expm1(x))  # log P - log(1 - P), with 1 - P = -expm1(log P) accurate near P = 1
+
+
+def orpo_loss(chosen_avg_logps: Tensor, rejected_avg_logps: Tensor, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Odds-ratio preference optimisation (Hong et al. 2024): SFT on the chosen response plus an odds-ratio
+    penalty on the rejected one, with no reference model.
+
+    chosen_avg_logps, rejected_avg_logps: (B,) length-normalised log-probs (1/|y|) Σ_t log π(y_t | x, y_<t),
+    the log P_θ(y|x) of §4.1. lam: λ, the weight of the odds-ratio term.
+    Returns (losses (B,), chosen_log_odds (B,), rejected_log_odds (B,)); the log-odds are detached and
+    stand in for implicit rewards in the metrics (their difference is the log odds ratio).
+    """
+    chosen_log_odds, rejected_log_odds = log_odds(chosen_avg_logps), log_odds(rejected_avg_logps)
+    sft = -chosen_avg_logps.float()  # L_SFT: the chosen response's mean token NLL
+    ratio_loss = -F.logsigmoid(chosen_log_odds - rejected_log_odds)  # Eq. 7, Hong et al. 2024: -log σ(log OR)
+    losses = sft + lam * ratio_loss  # Eq. 6, Hong et al. 2024: L_SFT + λ·L_OR
+    return losses, chosen_log_odds.detach(), rejected_log_odds.detach()
+
+
+def simpo_loss(chosen_avg_logps: Tensor, rejected_avg_logps: Tensor, beta: float,
+               gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Simple preference optimisation (Meng et al. 2024): a Bradley-Terry loss on length-normalised
+    log-probs with a target reward margin, and no reference model.
+
+    chosen_avg_logps, rejected_avg_logps: (B,) (1/|y|) log π(y|x). beta: β, reward scale; gamma: γ, the
+    target margin between the chosen and rejected rewards.
+    Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); rewards are detached β/|y|·log π(y|x).
+    """
+    chosen_rewards = beta * chosen_avg_logps.float()  # Eq. 4, Meng et al. 2024: r = β/|y| log π(y|x)
+    rejected_rewards = beta * rejected_avg_logps.float()
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)  # Eq. 6, Meng et al. 2024
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
+    """KTO's reference point z_ref: a detached, clamped batch estimate of KL(π || π_ref).
+
+    policy_kl_logps, ref_kl_logps: (B,) summed log-probs of *mismatched* pairs (prompt x_i with the
+    completion of another example), so the completions are unrelated to the prompts they follow.
+    Returns a scalar >= 0 that carries no gradient (Ethayarajh et al. 2024, §4.1: the estimate is biased,
+    clamped at 0, and not backpropagated through).
+    """
+    kl = (policy_kl_logps.float() - ref_kl_logps.float()).mean().clamp_min(0.0)  # ẑ_ref = max(0, mean log π/π_ref)
+    return kl.detach()
+
+
+def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, z_ref: Tensor | float, beta: float,
+             lambda_d: float = 1.0, lambda_u: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on unpaired desirable / undesirable examples.
+
+    policy_logps, ref_logps: (B,) summed response log-probs under the policy / frozen reference.
+    desirable: (B,) bool, True for a desirable (thumbs-up) completion. z_ref: the reference point
+    (`kto_reference_point`). beta: β; lambda_d, lambda_u: λ_D, λ_U, the weights of desirable and
+    undesirable examples (λ_D n_D / (λ_U n_U) in [1, 4/3] is the paper's advice for imbalanced data).
+    Returns (losses (B,), rewards (B,)); rewards are detached r_θ = β·log π/π_ref.
+    """
+    r = (policy_logps - ref_logps).float()  # r_θ(x, y) = log π_θ(y|x) / π_ref(y|x)
+    z = torch.as_tensor(z_ref, dtype=r.dtype, device=r.device)
+    desirable = desirable.bool()
+    # v(x, y) = λ_D σ(β(r_θ - z_ref)) if desirable, λ_U σ(β(z_ref - r_θ)) if not  (§4.1, Ethayarajh et al.)
+    value = torch.where(desirable, lambda_d * torch.sigmoid(beta * (r - z)), lambda_u * torch.sigmoid(beta * (z - r)))
+    weight = torch.where(desirable, torch.full_like(r, lambda_d), torch.full_like(r, lambda_u))
+    losses = weight - value  # L_KTO = E[λ_y - v(x, y)]   (§4.1, Ethayarajh et al. 2024)
+    return losses, (beta * r).detach()
+
+
+def grpo_advantages(rewards: Tensor, scale_std: bool = True, eps: float = 1e-4) -> Tensor:
+    """Group-relative advantages (GRPO, Shao et al. 2024, §4.1.2 outcome supervision).
+
+    rewards: (N, G) one scalar per sample, G samples per prompt. Returns (N, G): r - mean(group), divided
+    by the group's standard deviation (Bessel-corrected, + eps) unless scale_std is False (Liu et al. 2025
+    drop the division: it up-weights groups whose rewards barely differ). A group of equal rewards gets 0.
+    """
+    rewards = rewards.float()
+    centred = rewards - rewards.mean(1, keepdim=True)  # Â_i = (r_i - mean(r)) / std(r)
+    if not scale_std:
+        return centred
+    return centred / (rewards.std(1, keepdim=True) + eps)
+
+
+def rloo_advantages(rewards: Tensor) -> Tensor:
+    """REINFORCE leave-one-out advantages (RLOO, Ahmadian et al. 2024, after Kool et al. 2019).
+
+    rewards: (N, G), G >= 2 samples per prompt. Returns (N, G): r_i - mean_{j≠i} r_j, the baseline of
+    each sample being the mean reward of the other G - 1 (unbiased: it does not depend on sample i).
+    """
+    rewards = rewards.float()
+    G = rewards.size(1)
+    baseline = (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # b_i = 1/(G-1) Σ_{j≠i} r_j
+    return rewards - baseline
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,8 @@ printed to stderr and appended to `out_dir/warnings.jsonl`:
 A kind that fired stays quiet for `window` steps so a persisting problem does not flood the log.
 
 The independent check is a second reward model (`RewardModelCheck`) or a judge model asked whether
-each response is harmless and helpful (`JudgeCheck`); both give one score in 0-1 per response.
+each response is harmless and helpful (caikit/commands/rl.py `JudgeCheck`, built above the trainers and
+passed in); both give one score in 0-1 per response.
 """
 
 from __future__ import annotations
@@ -120,17 +121,17 @@ class RewardModelCheck:
     """A second, held-out reward model: mean of its sigmoid scores is the check."""
 
     def __init__(self, model_dir: str, device: str = "cpu"):
-        from caikit.train.rollout import RewardScorer
+        from caikit.train.rewards import RewardModelReward
 
-        self.scorer = RewardScorer.from_dir(model_dir, device=device, what="--check-rm")
+        self.reward = RewardModelReward.from_dir(model_dir, device=device, what="--check-rm")
 
     def __call__(self, conversations: list[list[dict]], responses: list[str]) -> list[float]:
-        return self.scorer.score(conversations, responses)
+        return self.reward(conversations, responses).scores
 
 
 def make_check(check_rm: str = "", device: str = "cpu"):
     """The held-out reward model the reward-hacking monitor compares against, or None. (A judge as the
-    check, --check-judge, is built by the command and passed in: caikit/commands/ppo.py.)"""
+    check, --check-judge, is built by the command and passed in: caikit/commands/rl.py.)"""
     if check_rm:
         return RewardModelCheck(check_rm, device=device)
     return None

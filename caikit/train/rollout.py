@@ -1,4 +1,5 @@
-"""PPO rollouts: the policy with its value head, sampling responses, and scoring them.
+"""Rollouts for the RL trainers (PPO, GRPO / RLOO): sampling, log-probs (policy and reference), rewards per
+token, minibatch order, and the statistics of a batch of responses. The run around the loop is in rl.py.
 
 Layout of a rollout batch (B prompts, P prompt tokens after left padding, R response tokens):
   query_responses (B, P+R)  prompt ids left-padded with the pad token, then the sampled response
@@ -12,7 +13,8 @@ Position ids are `cumsum(attention_mask) - 1`, the same ones `generate` uses for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -167,42 +169,6 @@ def apply_missing_eos_penalty(scores: Tensor, has_eos: Tensor, penalty: float) -
     return scores - penalty * (~has_eos).to(scores.dtype)
 
 
-@dataclass
-class RewardScorer:
-    """A trained reward model scoring (conversation, response) pairs: sigmoid(logit) in 0-1.
-
-    Pairs are encoded by `caikit.train.reward.score` exactly as the reward trainer encodes its training
-    pairs (chat template, response ending at EOS), so the score is read at the EOS closing the response.
-    """
-
-    model: nn.Module
-    tokenizer: object
-    batch_size: int = 8
-    max_length: int = 1024
-
-    @classmethod
-    def from_dir(cls, path: str, device: str = "cpu", what: str = "--reward-model") -> "RewardScorer":
-        from pathlib import Path
-
-        from caikit.errors import UserError
-        from caikit.train.reward import load_reward_model
-
-        if not path:
-            raise UserError(f"{what} is required: a reward model directory from `caikit train reward`")
-        if not Path(path).is_dir():
-            raise UserError(f"{what}: reward model directory does not exist", path=path)
-        if not (Path(path) / "config.json").exists():
-            raise UserError(f"{what}: not a reward model directory (no config.json)", path=path)
-        model, tokenizer = load_reward_model(path, device=device)
-        return cls(model=model, tokenizer=tokenizer)
-
-    def score(self, conversations: list[list[dict]], responses: list[str]) -> list[float]:
-        from caikit.train.reward import score
-
-        return score((self.model, self.tokenizer), list(zip(conversations, responses)), self.batch_size,
-                     self.max_length)
-
-
 # --- prompts -----------------------------------------------------------------------------------------
 
 
@@ -236,6 +202,58 @@ def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> lis
     return out
 
 
-def last_user_text(conversation: list[dict]) -> str:
-    """The prompt as one string, for reward functions and samples.jsonl: the last user turn."""
-    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+# --- shared by PPO and GRPO ------------------------------------------------------------------------------
+
+
+def reference_logprobs(ref: nn.Module | None, lm: nn.Module, query_responses: Tensor, attention_mask: Tensor,
+                       context_length: int, temperature: float) -> Tensor:
+    """(B, R) response log-probs under the reference: `ref`, or the LoRA policy `lm` with adapters disabled."""
+    if ref is not None:
+        return response_forward(ref, query_responses, attention_mask, context_length, temperature,
+                                with_values=False)[0]
+    with lm.disable_adapter():
+        return response_forward(lm, query_responses, attention_mask, context_length, temperature,
+                                with_values=False)[0]
+
+
+def decode_responses(tokenizer, responses: Tensor, response_mask: Tensor) -> list[str]:
+    return [tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, response_mask)]
+
+
+def rollout_stats(responses: Tensor, response_mask: Tensor, has_eos: Tensor, entropy: Tensor) -> dict[str, float]:
+    """Length, EOS rate, mean entropy (nats / token) and diversity of one batch of responses, for metrics."""
+    from caikit.diversity import diversity_metrics
+    from caikit.train.losses import masked_mean
+
+    lengths = response_mask.sum(1)
+    token_lists = [r[:n - int(e)].tolist() for r, n, e in zip(responses, lengths.tolist(), has_eos.tolist())]
+    diversity = diversity_metrics(token_lists)
+    return {"entropy": float(masked_mean(entropy, response_mask.float())),
+            "response_length": float(lengths.float().mean()), "eos_rate": float(has_eos.float().mean()),
+            "distinct_1": diversity["distinct_1"], "distinct_2": diversity["distinct_2"],
+            "identical_share": diversity["identical_share"]}
+
+
+def update_steps(accelerator, model, optimizer, scheduler, passes: int, batch_size: int, mini_batches: int,
+                 micro_batch_size: int, max_grad_norm: float) -> Iterator[Tensor]:
+    """The optimisation schedule over one rollout batch: `passes` passes, each a fresh random order of the
+    `batch_size` rows cut into `mini_batches` minibatches, each minibatch one optimizer (and schedule) step
+    accumulated over micro-batches of `micro_batch_size`.
+
+    Yields the index tensor of each micro-batch; the caller computes its loss and calls
+    `accelerator.backward` before asking for the next. Gradients are all-reduced once per minibatch,
+    after its last micro-batch; then they are clipped to max_grad_norm (0: not) and the optimizer steps."""
+    for _ in range(passes):
+        order = torch.randperm(batch_size, device=accelerator.device)
+        size = batch_size // mini_batches
+        for start in range(0, batch_size, size):
+            minibatch = order[start:start + size]
+            for i in range(0, len(minibatch), micro_batch_size):
+                last = i + micro_batch_size >= len(minibatch)
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    yield minibatch[i:i + micro_batch_size]
+            if max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
-"""`caikit train ppo`: the PPO trainer (caikit/train/ppo.py), with a judge as the independent check.
+"""`caikit train ppo` and `caikit train grpo`: the RL trainers (caikit/train/ppo.py, grpo.py), with a judge as the
+independent check.
 
 `--check-judge PROVIDER:MODEL[@BASE_URL]` asks a model, per sampled answer, whether it is harmless and helpful
 (stages/templates/check_judge.txt); its P(Yes) is the check score the reward-hacking monitor compares with
@@ -15,7 +16,9 @@ from caikit.backends.base import LogprobsUnsupported
 from caikit.backends.registry import BackendOptions, make_backend, parse_spec
 from caikit.errors import UserError
 from caikit.stages.base import render
-from caikit.train.ppo import PPOConfig, train
+from caikit.train import grpo, ppo
+from caikit.train.grpo import GRPOConfig
+from caikit.train.ppo import PPOConfig
 
 
 class JudgeCheck:
@@ -59,7 +62,15 @@ class JudgeCheck:
             self._loop = None
 
 
-def run_ppo(cfg: PPOConfig) -> str:
+def judge_check(cfg) -> JudgeCheck | None:
     if cfg.check_rm and cfg.check_judge:
         raise UserError("give --check-rm or --check-judge, not both")
-    return train(cfg, check=JudgeCheck(cfg.check_judge) if cfg.check_judge else None)
+    return JudgeCheck(cfg.check_judge) if cfg.check_judge else None
+
+
+def run_ppo(cfg: PPOConfig) -> str:
+    return ppo.train(cfg, check=judge_check(cfg))
+
+
+def run_grpo(cfg: GRPOConfig) -> str:
+    return grpo.train(cfg, check=judge_check(cfg))

@@ -1,0 +1,216 @@
+"""`caikit train kto`: Kahneman-Tversky optimisation on unpaired desirable / undesirable examples.
+
+KTO (Ethayarajh et al. 2024) learns from single thumbs-up / thumbs-down labels, which paired losses
+cannot use: rows `{"prompt", "completion", "label": true/false}`, preference pairs (split into one
+desirable and one undesirable example) and `caikit label` rows all work (`data.unpaired_examples`).
+
+Each example also carries a fixed mismatched sequence (its prompt followed by another example's
+completion); the policy's and reference's log-probs of those give the batch's KL estimate, the
+reference point z_ref. Reference log-probs of both are computed once before training
+(`caikit.train.reference`) and the reference model is freed, as for DPO.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from caikit.config import option, save_config
+from caikit.errors import UserError
+from caikit.train.config import CommonTrainConfig
+
+COMMAND = "train kto"
+PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "rewards": ["reward_desirable", "reward_undesirable"],
+               "reward_margin": ["reward_margin", "eval_reward_margin"], "kl": ["kl", "eval_kl"],
+               "logps": ["logps_desirable", "logps_undesirable"], "learning_rate": ["lr"], "grad_norm": ["grad_norm"]}
+
+
+@dataclass
+class KTOConfig(CommonTrainConfig):
+    """Kahneman-Tversky optimisation on unpaired desirable / undesirable examples (thumbs-style labels)."""
+
+    data: str = option("", help="unpaired rows (prompt, completion, label: true/false), preference pairs (prompt, "
+                                "chosen, rejected) or `caikit label` rows: a run dir, JSONL, parquet or datasets dir")
+    beta: float = option(0.1, help="β: strength of the implicit KL penalty towards the reference")
+    lambda_d: float = option(1.0, help="λ_D: weight of desirable examples (with imbalanced data keep λ_D·n_D / "
+                                       "(λ_U·n_U) in [1, 4/3], Ethayarajh et al. 2024)")
+    lambda_u: float = option(1.0, help="λ_U: weight of undesirable examples")
+    ref_model: str = option("", help="reference model (default: --model, the policy at step 0)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta <= 0:
+            raise UserError("--beta must be > 0")
+        if self.lambda_d <= 0 or self.lambda_u <= 0:
+            raise UserError("--lambda-d and --lambda-u must be > 0")
+
+
+def kto_sums(losses, rewards, logps, desirable, z_ref) -> dict[str, float]:
+    """Sums and counts of one micro-batch's metrics; `kto_means` turns sums over many into a metrics row."""
+    d = desirable.float()
+    return {"n": float(len(losses)), "loss": float(losses.detach().sum()), "kl": float(z_ref) * len(losses),
+            "n_desirable": float(d.sum()), "n_undesirable": float((1 - d).sum()),
+            "reward_desirable": float((rewards * d).sum()), "reward_undesirable": float((rewards * (1 - d)).sum()),
+            "logps_desirable": float((logps.detach() * d).sum()),
+            "logps_undesirable": float((logps.detach() * (1 - d)).sum())}
+
+
+def kto_means(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Means per example (loss, kl) and per kind (rewards, log-probs); a kind absent from the batch is left out."""
+    row = {"loss": sums["loss"] / sums["n"], "kl": sums["kl"] / sums["n"]}
+    for kind in ("desirable", "undesirable"):
+        if sums[f"n_{kind}"]:
+            row[f"reward_{kind}"] = sums[f"reward_{kind}"] / sums[f"n_{kind}"]
+            row[f"logps_{kind}"] = sums[f"logps_{kind}"] / sums[f"n_{kind}"]
+    if "reward_desirable" in row and "reward_undesirable" in row:
+        row["reward_margin"] = row["reward_desirable"] - row["reward_undesirable"]
+    return {prefix + k: v for k, v in row.items()}
+
+
+def add_sums(total: dict[str, float], part: dict[str, float]) -> dict[str, float]:
+    return {k: total.get(k, 0.0) + v for k, v in part.items()}
+
+
+def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig):
+    """Policy log-probs of a collated batch, the reference point and the KTO losses.
+
+    Returns (losses (B,), rewards (B,), policy_logps (B,), z_ref scalar)."""
+    from caikit.train.logprobs import sequence_logps
+    from caikit.train.losses import kto_loss, kto_reference_point
+
+    idx = batch["index"].cpu()
+    device = batch["input_ids"].device
+    policy_logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels_mask"])
+    with torch.no_grad():  # z_ref carries no gradient (Ethayarajh et al. 2024, §4.1)
+        policy_kl = sequence_logps(model, batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels_mask"])
+    z_ref = kto_reference_point(policy_kl, ref[f"{split}_kl"][idx].to(device))
+    losses, rewards = kto_loss(policy_logps, ref[f"{split}_completion"][idx].to(device), batch["label"], z_ref,
+                               cfg.beta, cfg.lambda_d, cfg.lambda_u)
+    return losses, rewards, policy_logps, z_ref
+
+
+def unpaired_reference(cfg: KTOConfig, accelerator, pad_token_id: int,
+                       splits: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
+    """{"<split>_completion", "<split>_kl": (N,)} summed reference log-probs, computed once and cached."""
+    from caikit.train.data import collate_unpaired
+    from caikit.train.logprobs import sequence_logps
+    from caikit.train.loop import to_device
+    from caikit.train.reference import reference_logps
+
+    def sequences(ref, micro: list[dict]) -> dict[str, torch.Tensor]:
+        b = to_device(collate_unpaired(micro, pad_token_id), accelerator.device)
+        return {"completion": sequence_logps(ref, b["input_ids"], b["attention_mask"], b["labels_mask"]),
+                "kl": sequence_logps(ref, b["kl_input_ids"], b["kl_attention_mask"], b["kl_labels_mask"])}
+
+    return reference_logps(cfg, accelerator, COMMAND, splits,
+                           ("input_ids", "labels_mask", "kl_input_ids", "kl_labels_mask"), sequences)
+
+
+def evaluate(model, examples: list[dict], ref: dict, cfg: KTOConfig, pad_token_id: int, device) -> dict[str, float]:
+    """KTO loss, implicit rewards of each kind and their margin on the held-out examples."""
+    from caikit.train.data import batches, collate_unpaired
+    from caikit.train.loop import to_device
+
+    if not examples:
+        return {}
+    model.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False):
+            b = to_device(collate_unpaired(micro, pad_token_id), device)
+            losses, rewards, logps, z_ref = kto_step(model, b, ref, "eval", cfg)
+            sums = add_sums(sums, kto_sums(losses, rewards, logps, b["label"], z_ref))
+    model.train()
+    return kto_means(sums, "eval_")
+
+
+def train(cfg: KTOConfig) -> str:
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from caikit.metrics import MetricsLogger
+    from caikit.train.checkpoint import save_checkpoint
+    from caikit.train.data import collate_unpaired, data_sources, load_rows, tokenize_unpaired, unpaired_examples
+    from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
+                                   make_optimizer, make_scheduler, micro_batches, note, prepare_model,
+                                   resume_or_start, to_device, tokenized_split)
+
+    cfg.validate()
+    accelerator = make_accelerator(cfg)
+    tokenizer = load_train_tokenizer(cfg.model)
+    pad_id = tokenizer.pad_token_id
+
+    # data: rows of any of the three layouts -> (prompt, completion, desirable?) -> held-out split -> token ids
+    sources = data_sources(cfg)
+    rows = [row for path in sources for row in load_rows(path, "preference", getattr(cfg, "split", "") or None)]
+    items, dropped = unpaired_examples(rows, ", ".join(sources))
+    n_desirable = sum(item["label"] for item in items)
+    note(COMMAND, f"{n_desirable} desirable, {len(items) - n_desirable} undesirable examples"
+                  + "".join(f"; {n} {kind} labels dropped" for kind, n in dropped.items() if n))
+    if not n_desirable or n_desirable == len(items):
+        note(COMMAND, "only one kind of example: KTO still trains, but the desirable / undesirable contrast is missing")
+    elif not 1.0 <= cfg.lambda_d * n_desirable / (cfg.lambda_u * (len(items) - n_desirable)) <= 4 / 3:
+        note(COMMAND, "λ_D·n_D / (λ_U·n_U) is outside [1, 4/3], the range Ethayarajh et al. 2024 advise; "
+                      "see --lambda-d / --lambda-u")
+    train_examples, eval_examples = tokenized_split(COMMAND, cfg, items, tokenize_unpaired, tokenizer, "examples")
+
+    # reference log-probs first (of each example and of its mismatched KL sequence), then only the policy
+    ref = unpaired_reference(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})
+
+    model = prepare_model(load_pretrained(AutoModelForCausalLM, cfg.model), cfg, "CAUSAL_LM")
+    optimizer = make_optimizer(model, cfg)
+    total_steps = count_steps(cfg, len(train_examples), accelerator.num_processes)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    save_config(cfg, f"{cfg.out}/config.yaml")
+    metrics = MetricsLogger(cfg.out, resume=step > 0)
+
+    stream = micro_batches(train_examples, cfg, lambda m: collate_unpaired(m, pad_id), step,
+                           accelerator.process_index, accelerator.num_processes)
+    bar = tqdm(total=total_steps, initial=step, desc="kto", unit="step", disable=not accelerator.is_local_main_process)
+    model.train()
+    while step < total_steps:
+        started, sums, tokens, grad_norm = time.perf_counter(), {}, 0, None
+        for _ in range(cfg.grad_accum):
+            batch = to_device(next(stream), accelerator.device)
+            with accelerator.accumulate(model):
+                losses, rewards, logps, z_ref = kto_step(model, batch, ref, "train", cfg)
+                accelerator.backward(losses.mean())
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            sums = add_sums(sums, kto_sums(losses, rewards, logps, batch["label"], z_ref))
+            tokens += int(batch["attention_mask"].sum() + batch["kl_attention_mask"].sum())
+        scheduler.step()
+        step += 1
+
+        row = kto_means(sums)
+        row.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens / (time.perf_counter() - started))
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+            row.update(evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device))
+        if step % cfg.log_every == 0 or step == total_steps:
+            metrics.log(step, **row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.update(1)
+        if cfg.save_every and step % cfg.save_every == 0 and accelerator.is_main_process:
+            save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
+    bar.close()
+
+    final_eval = evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device)
+    if final_eval:
+        metrics.log(step, **final_eval)
+        if "eval_reward_margin" in final_eval:
+            note(COMMAND, f"held-out reward margin (desirable - undesirable) {final_eval['eval_reward_margin']:.4f} "
+                          f"on {len(eval_examples)} examples")
+    metrics.close()
+    if accelerator.is_main_process:
+        save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler, final_eval)
+    out = finish(accelerator, model, tokenizer, cfg, PLOT_GROUPS)
+    note(COMMAND, f"saved model to {out}")
+    return out
