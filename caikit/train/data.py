@@ -141,37 +141,47 @@ LABEL_DROPPED = ("tie", "skip", "undo")  # `caikit label` choices that say nothi
 def unpaired_examples(rows: list[dict], source: str) -> tuple[list[dict], dict[str, int]]:
     """Rows -> [{"prompt", "completion" (messages), "label": True for desirable}] and counts of what was dropped.
 
-    Three layouts, told apart row by row:
+    Three layouts, told apart row by row, each read by caikit.rows' own layout functions:
       {"prompt", "completion", "label": bool}          TRL's unpaired layout (strings or messages)
       {"prompt"?, "chosen", "rejected"}                a pair: chosen desirable, rejected undesirable
       {"prompt", "response_a", "response_b", "choice"} a `caikit label` row (records.Label): the latest row per
                                                        id wins; a / b make that response desirable and the other
                                                        undesirable; tie, skip and undo are dropped and counted
     """
+    from caikit.rows.layouts import RowError, prompt_of, thumb_of
+
     if not rows:
         raise UserError("dataset is empty (no rows)", path=source)
     out: list[dict] = []
     labels: dict[str, tuple[int, dict]] = {}  # id -> (row number, latest row)
     counts = {"tie": 0, "skip": 0, "undo": 0, "superseded": 0}
+
+    def said(text) -> Messages:
+        return text if isinstance(text, list) else [{"role": "assistant", "content": str(text)}]
+
     for i, row in enumerate(rows, start=1):
-        if "choice" in row and "response_a" in row:
-            key = str(row.get("id") or row.get("pair_id") or f"row {i}")
-            counts["superseded"] += key in labels
-            labels[key] = (i, row)
-        elif "completion" in row and "label" in row:
-            _require([row], ["prompt", "completion"], f"{source} (row {i})")
-            if row["label"] not in (True, False):  # 1 and 0 too
-                raise UserError(f"row {i}: 'label' must be true or false, got {row['label']!r}", path=source)
-            out.append({"prompt": _as_messages(row["prompt"], "user"),
-                        "completion": _as_messages(row["completion"], "assistant"), "label": bool(row["label"])})
-        elif "chosen" in row and "rejected" in row:
-            (pair,) = preference_triples([row], f"{source} (row {i})")
-            out += [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
-                    {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}]
-        else:
-            raise UserError(f"row {i} is neither unpaired (prompt, completion, label), a pair (prompt, chosen, "
-                            f"rejected) nor a label row (response_a, response_b, choice); has: "
-                            f"{', '.join(sorted(row)) or 'nothing'}", path=source)
+        try:
+            if "choice" in row and "response_a" in row:
+                key = str(row.get("id") or row.get("pair_id") or f"row {i}")
+                counts["superseded"] += key in labels
+                labels[key] = (i, row)
+            elif "label" in row and ("completion" in row or "response" in row or "prompt" not in row):
+                if not isinstance(row.get("label"), bool) and row.get("label") not in (0, 1):
+                    raise RowError(f"'label' must be true or false, got {row.get('label')!r}")
+                if "prompt" not in row:
+                    raise RowError("missing column 'prompt'")
+                prompt, completion, label = thumb_of({**row, "label": bool(row["label"])})
+                out.append({"prompt": prompt, "completion": completion, "label": label})
+            elif "chosen" in row and "rejected" in row:
+                (pair,) = preference_triples([row], f"{source} (row {i})")
+                out += [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
+                        {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}]
+            else:
+                raise RowError("is neither unpaired (prompt, completion, label), a pair (prompt, chosen, rejected) "
+                               f"nor a label row (response_a, response_b, choice); has: {', '.join(sorted(row))}")
+        except RowError as e:
+            sep = "" if str(e).startswith("is ") else ":"
+            raise UserError(f"row {i}{sep} {e}", path=source) from None
     for i, row in labels.values():
         choice = row["choice"]
         if choice in LABEL_DROPPED:
@@ -180,9 +190,12 @@ def unpaired_examples(rows: list[dict], source: str) -> tuple[list[dict], dict[s
         if choice not in ("a", "b"):
             raise UserError(f"row {i}: 'choice' must be a, b, tie, skip or undo, got {choice!r}", path=source)
         good, bad = ("response_a", "response_b") if choice == "a" else ("response_b", "response_a")
-        prompt = _as_messages(row["prompt"], "user")
-        out += [{"prompt": prompt, "completion": _as_messages(row[good], "assistant"), "label": True},
-                {"prompt": prompt, "completion": _as_messages(row[bad], "assistant"), "label": False}]
+        try:
+            prompt = prompt_of(row["prompt"])
+        except RowError as e:
+            raise UserError(f"row {i}: {e}", path=source) from None
+        out += [{"prompt": prompt, "completion": said(row[good]), "label": True},
+                {"prompt": prompt, "completion": said(row[bad]), "label": False}]
     return out, counts
 
 
