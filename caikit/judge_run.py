@@ -17,6 +17,7 @@ from caikit.backends.cache import CachingBackend, UsageMeter
 from caikit.backends.registry import probed_backend
 from caikit.errors import UserError
 from caikit.estimate import Estimate, confirm_cost, dry_ask
+from caikit.gate import assess, calibration_sample, human_calibration_pairs
 from caikit.rundir import RunDir, note
 from caikit.runner import Outcome, Runner, open_backend, outstanding_failures, pending
 from caikit.stages.judge import JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
@@ -83,16 +84,29 @@ def open_judge(cfg, out: str, stage: str, extra_identity: dict[str, Any], *, con
     return JudgeRun(run, setup, cached, meter, runner, stage, constitution)
 
 
-async def judge_pairs(jr: JudgeRun, pairs: list[Pair], *, concurrency: int, confirm: bool = True) -> Outcome:
-    """Judge every pair not yet in judgments.jsonl; each result or failure row is stored as it completes."""
-    judgments, failures = jr.run.jsonl(RunDir.JUDGMENTS), jr.run.jsonl(RunDir.FAILURE_LOG)
+async def confirm_judge_cost(jr: JudgeRun, pairs: list[Pair]) -> None:
+    """Show (and gate on --max-cost) the estimate of the pairs not judged yet, before any is sent."""
+    if jr.cached.name == "local":
+        return
+    stored = set(latest_by_id(jr.run.jsonl(RunDir.JUDGMENTS).iter()))
+    todo = [p for p in pairs if jr.setup.key(p) not in stored]
+    # priced on a thread: the plans run on an event loop of their own
+    confirm_cost(await asyncio.to_thread(price_judge, jr.setup, todo, jr.cached.name, jr.cached.model,
+                                         honours_n=jr.cached.honours_n, prices=getattr(jr.setup.opts, "prices", "")),
+                 jr.setup.opts)
+
+
+async def judge_pairs(jr: JudgeRun, pairs: list[Pair], *, concurrency: int, confirm: bool = True,
+                      where: RunDir | None = None, what: str = "pairs") -> Outcome:
+    """Judge every pair not yet in judgments.jsonl (of `where`, default the run directory); each result or
+    failure row is stored as it completes."""
+    where = where or jr.run
+    judgments, failures = where.jsonl(RunDir.JUDGMENTS), where.jsonl(RunDir.FAILURE_LOG)
     todo, done = pending(pairs, jr.setup.key, judgments)
-    note(jr.stage, f"{len(pairs)} pairs, {done} already judged, {len(todo)} to go ({jr.setup.method.name}) -> "
-                   f"{jr.run.path}")
-    if confirm and jr.cached.name != "local":  # priced on a thread: the plans run on an event loop of their own
-        confirm_cost(await asyncio.to_thread(price_judge, jr.setup, [p for p, _ in todo], jr.cached.name,
-                                             jr.cached.model, honours_n=jr.cached.honours_n,
-                                             prices=getattr(jr.setup.opts, "prices", "")), jr.setup.opts)
+    note(jr.stage, f"{len(pairs)} {what}, {done} already judged, {len(todo)} to go ({jr.setup.method.name}) -> "
+                   f"{where.path}")
+    if confirm:
+        await confirm_judge_cost(jr, pairs)
     if jr.cached.name == "local":
         concurrency = jr.cached.inner.batch_size  # a batch's worth of pairs keeps the model busy
     if getattr(jr.setup.opts, "batch_api", False):  # every pair in flight at once: each round is one batch
@@ -109,12 +123,41 @@ async def judge_pairs(jr: JudgeRun, pairs: list[Pair], *, concurrency: int, conf
     return outcome
 
 
-def planned(jr: JudgeRun, pairs: list[Pair]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def planned(jr: JudgeRun, pairs: list[Pair], where: RunDir | None = None
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(stored judgments of `pairs`, in their order; logged failures of `pairs` not judged since)."""
-    stored = latest_by_id(jr.run.jsonl(RunDir.JUDGMENTS).iter())
+    where = where or jr.run
+    stored = latest_by_id(where.jsonl(RunDir.JUDGMENTS).iter())
     keys = [jr.setup.key(p) for p in pairs]
-    return [stored[k] for k in keys if k in stored], outstanding_failures(jr.run.jsonl(RunDir.FAILURE_LOG),
+    return [stored[k] for k in keys if k in stored], outstanding_failures(where.jsonl(RunDir.FAILURE_LOG),
                                                                           stored, keys)
+
+
+async def run_gate(jr: JudgeRun, cfg, pairs: list[Pair], *, concurrency: int, human_are_pairs: bool = False
+                   ) -> dict[str, Any] | None:
+    """The quality gate (caikit/gate.py): judge the calibration sample (kept: the full run reuses it) and the
+    human-labelled pairs, measure, write gate.json. `human_are_pairs`: the pairs are human-labelled themselves
+    (eval judge), so the sample measures accuracy too. None when the gate is off."""
+    from caikit.stages.judge import pair_id
+
+    if not cfg.calibrate and not cfg.calibration_pairs:
+        return None
+    sample = calibration_sample(pairs, cfg.calibrate, cfg.seed) if cfg.calibrate else []
+    human_pairs = [] if human_are_pairs or not cfg.calibration_pairs else human_calibration_pairs(cfg, Pair, pair_id)
+    calibration = jr.run.sub(RunDir.CALIBRATION)
+    await confirm_judge_cost(jr, [*pairs, *human_pairs])
+    if sample:
+        await judge_pairs(jr, sample, concurrency=concurrency, confirm=False, what="calibration pairs")
+    if human_pairs:
+        calibration.path.mkdir(parents=True, exist_ok=True)
+        await judge_pairs(jr, human_pairs, concurrency=concurrency, confirm=False, where=calibration,
+                          what="human-labelled pairs")
+    judged, failed = planned(jr, sample)
+    human = planned(jr, human_pairs, calibration)[0] if human_pairs else (judged if human_are_pairs else None)
+    gate = assess(cfg, judged, sum(f.get("kind") == "unparseable" for f in failed), human, len(human_pairs))
+    jr.run.write_json(RunDir.GATE, gate)
+    note(jr.stage, gate["verdict"])
+    return gate
 
 
 def price_judge(setup: JudgeSetup, pairs: list[Pair], backend: str, model: str, *, honours_n: bool = True,

@@ -167,6 +167,7 @@ class Failure(Record):
     stage: str = ""
     prompt_id: str = ""
     error: str = ""
+    kind: str = ""  # "unparseable": the answers came back but none could be used; "request": the requests failed
     raw: str | None = None
     attempts: int = 0  # requests really sent for this item in the run that failed (retries included)
     usage: dict[str, int] = field(default_factory=dict)  # what those requests cost

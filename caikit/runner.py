@@ -225,6 +225,7 @@ class Runner:
     def _fail(self, failures: JsonlFile, key: str, label: str, stage: str, run_id: str, error: BaseException,
               ledger: ItemLedger) -> None:
         failures.append(Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=first_line(error),
+                                kind="unparseable" if isinstance(error, ParseError) else "request",
                                 raw=getattr(error, "raw", None), attempts=ledger.attempts,
                                 usage=self.backend.usage_of(key).to_dict()).to_dict())
 

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from caikit.commands.eval_judge import AgreementConfig, run_agreement
+from caikit.gate import QualityGateFailed
 from caikit.eval.agreement import agreement_report, calibration_table, correctness
 from caikit.prompts import load_labelled_pairs
 from caikit.testing import FakeAPIServer
@@ -65,7 +66,12 @@ def test_agreement_on_shared_hh_rlhf_pairs(tmp_path, shared_data, capsys, favour
     out = tmp_path / "eval"
     with FakeAPIServer(logprobs=hh_judge(shared_data, favour_human=favour_human)) as server:
         cfg = AgreementConfig(backend="openai", base_url=server.openai_base_url, pairs=str(shared_data / HH),
-                              limit=20, out=str(out), progress=False)
+                              limit=20, out=str(out), progress=False, calibrate=8)
+        if not favour_human:  # the gate measures 8 pairs first, and stops a judge that always disagrees (exit 3)
+            with pytest.raises(QualityGateFailed, match="no better than chance"):
+                run_agreement(cfg)
+            assert len(server.log) == 16 and json.loads((out / "gate.json").read_text())["status"] == "failed"
+            cfg.allow_weak_judge = True  # measured knowingly: the 8 calibration pairs are not asked again
         assert run_agreement(cfg) == 0
         assert len(server.log) == 40  # 20 pairs x 2 orders
         run_agreement(cfg)  # resumable: nothing requested again

@@ -258,7 +258,7 @@ def test_anthropic_judges_by_votes_and_refusals_become_failures(tmp_path):
     seen = []
     with FakeAPIServer(responder=recording(seen, vote_responder)) as server:
         cfg = JudgeConfig(backend="anthropic", base_url=server.anthropic_base_url, from_dir=str(gen), out=str(out),
-                          progress=False, votes=3, parse_retries=1)
+                          progress=False, votes=3, parse_retries=1, calibrate=0)  # 1 of 3 refusing: no gate here
         assert run_judge(cfg) == 0  # auto -> vote: Anthropic has no log-probs
         assert {r.provider for r in server.log} == {"anthropic"}
         judgments = read_jsonl(out / "judgments.jsonl")

@@ -56,7 +56,8 @@ def generate(server: FakeAPIServer, prompts: Path, out: Path, *extra: str) -> in
 
 def judge(server: FakeAPIServer, gen: Path, out: Path, *extra: str) -> int:
     return cli_main(["judge", "--backend", "openai", "--model", "fake-judge", "--base-url", server.openai_base_url,
-                     "--constitution", "hhh", "--from", str(gen), "--out", str(out), "--no-progress", *extra])
+                     "--constitution", "hhh", "--from", str(gen), "--out", str(out), "--no-progress",
+                     "--calibrate", "0", *extra])  # shards are merged here, the judge's quality is not at issue
 
 
 def merge(*args) -> int:

@@ -500,7 +500,7 @@ def _injection_run(root: Path, name: str) -> dict[str, list[bool]]:
     with FakeAPIServer(logprobs=GullibleJudge(_template_lines())) as server:
         assert cli_main(["judge", "--backend", "openai", "--model", "judge", "--base-url", server.openai_base_url,
                          "--constitution", "hhh", "--from", str(gen), "--out", str(root / f"judge-{name}"),
-                         "--no-progress"]) == 0
+                         "--no-progress", "--calibrate", "0"]) == 0  # every call is measured below, not gated
     won: dict[str, list[bool]] = {v: [] for v in INJECTIONS}
     for line in (root / f"judge-{name}" / "judgments.jsonl").read_text().splitlines():
         j = json.loads(line)

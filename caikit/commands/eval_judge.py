@@ -16,14 +16,15 @@ from caikit.backends.registry import BackendOptions
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.eval.agreement import agreement_report, format_report, plot_reliability
-from caikit.judge_run import judge_pairs, open_judge, planned
+from caikit.gate import GateOptions, QualityGateFailed
+from caikit.judge_run import judge_pairs, open_judge, planned, run_gate
 from caikit.rundir import RunDir, note
 from caikit.stages.judge import JudgeOptions, Pair, pair_id
 from caikit.store import write_jsonl_atomic
 
 
 @dataclasses.dataclass
-class AgreementConfig(JudgeOptions, BackendOptions):
+class AgreementConfig(GateOptions, JudgeOptions, BackendOptions):
     pairs: str = option("", help="human-labelled pairs: hh-rlhf JSONL(.gz) with chosen/rejected transcripts, "
                                  "prompt/chosen/rejected rows, or a labels.jsonl from caikit label")
     out: str = option("outputs/eval-judge", help="output directory")
@@ -34,6 +35,8 @@ class AgreementConfig(JudgeOptions, BackendOptions):
         BackendOptions.validate(self)
         if not self.pairs:
             raise UserError("--pairs FILE is required (e.g. hh-rlhf harmless-base-test.jsonl.gz)")
+        if self.on_weak_judge != "stop":
+            raise UserError("--on-weak-judge applies to caikit judge (eval judge only measures the judge)")
 
 
 def human_pairs(path: str, limit: int | None) -> list[Pair]:
@@ -47,9 +50,14 @@ def run_agreement(cfg: AgreementConfig) -> int:
     pairs = human_pairs(cfg.pairs, cfg.limit or None)
     jr = open_judge(cfg, cfg.out, "eval-judge", {})
 
+    gate = None
+
     async def main() -> None:
-        try:
-            await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit())
+        nonlocal gate
+        try:  # the gate's sample of these human pairs measures accuracy before the rest is paid for
+            gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(), human_are_pairs=True)
+            if gate is None or gate["status"] != "failed":
+                await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
         finally:
             await jr.cached.aclose()
 
@@ -60,11 +68,13 @@ def run_agreement(cfg: AgreementConfig) -> int:
         write_jsonl_atomic(jr.run.file(RunDir.FAILURES), outstanding)
         jr.run.write_json(RunDir.USAGE, {**jr.meter.summary(), "pairs": len(pairs), "judged": len(judgments)})
         jr.close()
+    if gate is not None and gate["status"] == "failed":
+        raise QualityGateFailed(gate["verdict"])
     setup = jr.setup
     report = {"pairs_file": str(cfg.pairs), "judge": jr.cached.describe(), "method": setup.method.name,
               "swap": cfg.swap, "principles": cfg.principles, "constitution": jr.constitution.name,
               "constitution_hash": jr.constitution.hash, "failures": len(outstanding),
-              **agreement_report(judgments, cfg.bins), "usage": jr.meter.summary()}
+              **agreement_report(judgments, cfg.bins), "gate": gate, "usage": jr.meter.summary()}
     jr.run.write_json(RunDir.REPORT, report)
     plot_reliability(report["calibration"], jr.run.file("calibration.png"),
                      f"{jr.cached.describe().get('model')} judge ({setup.method.name}), n={report['n']}")

@@ -21,7 +21,8 @@ from typing import Any
 from caikit.backends.registry import BackendOptions, make_backend
 from caikit.config import option
 from caikit.errors import UserError
-from caikit.judge_run import judge_pairs, open_judge, planned
+from caikit.gate import GateOptions, QualityGateFailed
+from caikit.judge_run import judge_pairs, open_judge, planned, run_gate
 from caikit.preferences import SOURCES, build_preferences, preference_stats, revision_pairs
 from caikit.rundir import RunDir, note
 from caikit.runner import Runner, open_backend, outstanding_failures, pending
@@ -34,7 +35,7 @@ from caikit.store import latest_by_id, write_jsonl_atomic
 
 
 @dataclasses.dataclass
-class JudgeConfig(JudgeOptions, BackendOptions):
+class JudgeConfig(GateOptions, JudgeOptions, BackendOptions):
     pairs: str = option("revision", help="revision: final revision vs initial response of a generate run (--from); "
                                          "samples: --n policy samples per prompt, judged pairwise",
                         metadata={"choices": list(SOURCES)})
@@ -62,6 +63,8 @@ class JudgeConfig(JudgeOptions, BackendOptions):
         BackendOptions.validate(self)
         if self.pairs == "revision" and not self.from_dir:
             raise UserError("--pairs revision needs --from DIR (a caikit generate run directory)")
+        if self.on_weak_judge == "revision" and self.pairs != "revision":
+            raise UserError("--on-weak-judge revision needs --pairs revision (a revision to prefer)")
 
 
 def samples_identity(cfg: JudgeConfig) -> dict[str, Any]:
@@ -123,46 +126,75 @@ def run_judge(cfg: JudgeConfig) -> int:
         pairs, skipped = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard, keep_truncated=cfg.keep_truncated,
                                         keep_degenerate=cfg.keep_degenerate)
     jr = open_judge(cfg, cfg.out, "judge", extra)
-    policy_meter = None
+    policy_meter, gate = None, None
 
     async def main() -> None:
-        nonlocal pairs, policy_meter
+        nonlocal pairs, policy_meter, gate
         try:
             if cfg.pairs == "samples":
                 pairs, policy_meter = await sample_pairs(cfg, jr.run, prompts, skipped)
-            await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit())
+            gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit())
+            if gate is None or gate["status"] in ("passed", "allowed-weak", "skipped"):
+                await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
         finally:
             await jr.cached.aclose()
 
     try:
         asyncio.run(main())
     finally:
-        stats = finalize_judge(cfg, jr, pairs, skipped, sample_failures(cfg, jr.run, prompts), policy_meter)
+        stats = finalize_judge(cfg, jr, pairs, skipped, sample_failures(cfg, jr.run, prompts), policy_meter, gate)
         jr.close()
+    if gate is not None and gate["status"] == "failed":
+        raise QualityGateFailed(gate["verdict"])
     return report_judge(cfg, stats, jr)
 
 
 def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any],
-                   sample_failures: list[dict[str, Any]], policy_meter) -> dict[str, Any]:
-    """Rebuild failures.jsonl, preferences.jsonl, stats.json and usage.json from the append-only logs."""
+                   sample_failures: list[dict[str, Any]], policy_meter, gate: dict[str, Any] | None) -> dict[str, Any]:
+    """Rebuild failures.jsonl, preferences.jsonl, stats.json and usage.json from the append-only logs. A judge
+    stopped by its gate leaves no preferences (none would mean anything); one that fell back to the revision
+    leaves revision-over-initial pairs that say so."""
     run, setup = jr.run, jr.setup
     judgments, outstanding = planned(jr, pairs)
     write_jsonl_atomic(run.file(RunDir.FAILURES), [*outstanding, *sample_failures])
+    status = gate["status"] if gate else "not run"
     source = SOURCES[cfg.pairs]
     provenance = {"method": setup.method.name, "judge": jr.cached.describe(), "constitution": jr.constitution.name,
-                  "constitution_hash": jr.constitution.hash}
-    preferences, counts = build_preferences(judgments, source=source, min_margin=cfg.min_margin, run_id=run.run_id,
-                                            provenance=provenance)
+                  "constitution_hash": jr.constitution.hash, "judge_gate": status}
+    if status == "failed":
+        preferences, counts = [], {"groups": 0, "ties": 0, "dropped_below_min_margin": 0, "chosen_first": 0}
+    elif status == "fell-back-to-revision":
+        source = "revision-vs-initial (unjudged: the judge failed its gate)"
+        preferences, counts = revision_preferences(pairs, run.run_id, provenance)
+    else:
+        preferences, counts = build_preferences(judgments, source=source, min_margin=cfg.min_margin,
+                                                run_id=run.run_id, provenance=provenance)
     write_jsonl_atomic(run.file(RunDir.PREFERENCES), (p.to_dict() for p in preferences))
     stats = preference_stats(source, run.identity, judgments, preferences, counts, pairs=len(pairs),
                              failures=len(outstanding) + len(sample_failures), min_margin=cfg.min_margin,
                              skipped=skipped)
+    stats["gate"] = gate
+    if status in ("failed", "fell-back-to-revision"):
+        stats["stopped_by_gate"] = True
     run.write_json(RunDir.STATS, stats)
     usage = {**jr.meter.summary(), "pairs": len(pairs), "judged": len(judgments)}
     if policy_meter is not None:
         usage["policy"] = policy_meter.summary()
     run.write_json(RunDir.USAGE, usage)
     return stats
+
+
+def revision_preferences(pairs: list[Pair], run_id: str, provenance: dict[str, Any]):
+    """Every revision preferred over its initial answer, without a judge (the Hugging Face CAI recipe's pairs)."""
+    from caikit.records import PreferencePair, idempotency_key
+    from caikit.stages.judge import split_pair_id
+
+    preferences = [PreferencePair(id=idempotency_key("preference", run_id, split_pair_id(p.id)[0]), run_id=run_id,
+                                  prompt=p.prompt, chosen=[{"role": "assistant", "content": p.response_a}],
+                                  rejected=[{"role": "assistant", "content": p.response_b}], p_chosen=1.0,
+                                  source="revision-vs-initial (unjudged: the judge failed its gate)",
+                                  provenance={**provenance, "group_id": split_pair_id(p.id)[0]}) for p in pairs]
+    return preferences, {"groups": len(pairs), "ties": 0, "dropped_below_min_margin": 0, "chosen_first": len(pairs)}
 
 
 def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:

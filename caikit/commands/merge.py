@@ -292,8 +292,10 @@ def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, 
     identity = runs[0].identity
     source = SOURCES.get(identity.get("pairs", "revision"), SOURCES["revision"])
     run_id = next((j["run_id"] for j in rows if j.get("run_id")), run_id_of(identity))
+    gates = {(r.json(RunDir.STATS).get("gate") or {}).get("status", "not run") for r in runs}
     provenance = {"method": identity.get("method"), "judge": next((j["backend"] for j in rows if j.get("backend")), {}),
-                  "constitution": identity.get("constitution"), "constitution_hash": identity.get("constitution_hash")}
+                  "constitution": identity.get("constitution"), "constitution_hash": identity.get("constitution_hash"),
+                  "judge_gate": gates.pop() if len(gates) == 1 else "mixed (see each shard's gate.json)"}
     preferences, counts = build_preferences(rows, source=source, min_margin=min_margin, run_id=run_id,
                                             provenance=provenance)
     write_jsonl_atomic(tmp / RunDir.PREFERENCES, (p.to_dict() for p in preferences))
@@ -302,6 +304,9 @@ def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, 
     stats = preference_stats(source, identity, rows, preferences, counts, pairs=pairs, failures=len(outstanding),
                              min_margin=min_margin,
                              skipped=sum_summaries([r.json(RunDir.STATS).get("skipped") or {} for r in runs]))
+    shard_gates = [r.json(RunDir.STATS).get("gate") for r in runs]
+    stats["gate"] = shard_gates[0] if all(g == shard_gates[0] for g in shard_gates) else {
+        "status": "mixed", "shards": {str(r.path): g for r, g in zip(runs, shard_gates)}}
     write_json_atomic(tmp / RunDir.STATS, stats)
     usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
     write_json_atomic(tmp / RunDir.USAGE, {**usage, "pairs": pairs, "judged": len(rows)})
