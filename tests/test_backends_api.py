@@ -15,8 +15,8 @@ from caikit.backends.anthropic import AnthropicBackend, cached_turns
 from caikit.backends.base import CACHE_PREFIX_END, BackendError, LogprobsUnsupported, Usage
 from caikit.backends.cost import cost_usd, load_price_overrides, price_for
 from caikit.backends.registry import BackendOptions, make_backend, provider_class
-from caikit.backends.limits import (Admission, RateLimiter, RetryPolicy, call_with_retries, estimate_tokens,
-                                   parse_retry_after)
+from caikit.backends.limits import Admission, RateLimiter, estimate_tokens
+from caikit.backends.retry import RetryPolicy, call_with_retries, parse_retry_after
 from caikit.backends.openai import OpenAIBackend, option_logprobs_from_top
 from caikit.secrets import public_url
 from caikit.errors import UserError

@@ -20,7 +20,7 @@ import pytest
 from caikit.backends.anthropic import AnthropicBackend
 from caikit.backends.base import BackendError
 from caikit.backends.batch import BatchBackend, custom_id
-from caikit.backends.limits import RetryPolicy
+from caikit.backends.retry import RetryPolicy
 from caikit.backends.openai import OpenAIBackend
 from caikit.cli import main as cli_main
 from caikit.records import Trace

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 import caikit
 from caikit.backends.anthropic import AnthropicBackend
 from caikit.backends.base import BackendError, Completion
-from caikit.backends.limits import RateLimiter, RetryPolicy
+from caikit.backends.limits import RateLimiter
+from caikit.backends.retry import RetryPolicy
 from caikit.backends.openai import OpenAIBackend
 from caikit.cli import main as cli_main
 from caikit.config import resolve

@@ -18,8 +18,8 @@ from caikit.backends.api import APIBackend
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
                                   is_text, prefix_ends, token_count)
 from caikit.backends.cost import Price, lookup_model
-from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
-                                    estimate_tokens, retry_after_of_error)
+from caikit.backends.limits import RateLimiter, estimate_tokens
+from caikit.backends.retry import RetryPolicy, call_with_retries, describe_api_error, retry_after_of_error
 from caikit.errors import UserError
 
 MAX_CACHE_BREAKPOINTS = 4  # the API's limit per request

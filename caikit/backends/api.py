@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from caikit.backends.base import Backend, BackendError, MalformedResponse, Usage
-from caikit.backends.limits import RateLimiter, RetryPolicy
+from caikit.backends.limits import RateLimiter
+from caikit.backends.retry import RetryPolicy
 from caikit.secrets import public_url
 from caikit.errors import UserError
 

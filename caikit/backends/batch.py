@@ -48,7 +48,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from caikit.backends.base import Backend, BackendError, Completion, Message, Usage, fill_to_n
 from caikit.backends.batch_jobs import IncompleteResults, JobLog, OutcomeUnknown, RowResult, custom_id
-from caikit.backends.limits import call_with_retries, describe_api_error, retry_after_of_error
+from caikit.backends.retry import call_with_retries, describe_api_error, retry_after_of_error
 from caikit.secrets import one_line, redact
 
 QUIET_WINDOW = 0.2  # seconds without a new request before the pending ones are submitted

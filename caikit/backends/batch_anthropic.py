@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 from caikit.backends.anthropic import AnthropicBackend, check_message, completion_from_message
 from caikit.backends.base import Completion, LogprobsUnsupported, Message, Usage
 from caikit.backends.batch_jobs import IncompleteResults, JobState, OutcomeUnknown, RowResult, check_readable
-from caikit.backends.limits import describe_api_error
+from caikit.backends.retry import describe_api_error
 from caikit.secrets import one_line
 
 NOT_RETRYABLE = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error"}

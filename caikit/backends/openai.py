@@ -14,8 +14,8 @@ from caikit.backends.api import APIBackend
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
                                   fill_to_n, is_text, token_count, without_cache_marks)
 from caikit.backends.cost import Price
-from caikit.backends.limits import (RateLimiter, RetryPolicy, call_with_retries, describe_api_error,
-                                    estimate_tokens, retry_after_of_error)
+from caikit.backends.limits import RateLimiter, estimate_tokens
+from caikit.backends.retry import RetryPolicy, call_with_retries, describe_api_error, retry_after_of_error
 from caikit.errors import UserError
 
 TOP_LOGPROBS = 20  # the most the API returns

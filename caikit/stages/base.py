@@ -87,7 +87,8 @@ def render(name: str, **fields: str) -> str:
     return template(name).format(**fields)
 
 
-_LABEL = re.compile(r"^\s*(?:\*\*)?(critique|revision|revised response|rewritten response)(?:\*\*)?\s*:\s*", re.I)
+_LABEL = re.compile(r"^\s*(?:\*\*)?(critique|revision|revised response|rewritten response)\s*"
+                    r"(?::\s*(?:\*\*)?|\*\*\s*:)\s*", re.I)
 
 
 def strip_label(text: str) -> str:

@@ -25,7 +25,9 @@ _PATTERNS = [
                r"(?:better|preferable|preferred|best|more\s+\w+|less\s+\w+|safer|wiser))"),
 ]
 _WHOLE = re.compile(r"^\s*[*_\"']*" + _OPTION_WORD + r"[(\[]?\s*([AB])\s*[)\]]?\s*[.!*_\"']*\s*$", re.I)
-_LEADING = re.compile(r"^\s*[*_]*" + _OPTION_WORD + r"(?:\(\s*([ABab])\s*\)|([AB])(?=[\s.:,)!]|$))")
+# "A. Because ...", "(B) is safer", "A - it refuses": a leading option set off by punctuation (not "Response A
+# includes ...", which starts describing a response)
+_LEADING = re.compile(r"^\s*[*_]*" + _OPTION_WORD + r"(?:\(\s*([ABab])\s*\)|([AB])(?=[.:,)!]|\s*$|[ \t]*\n|\s+[-\u2013\u2014]\s))")
 _REFUSAL = re.compile(r"\b(?:I\s*(?:can(?:no|')t|cannot|won't|will\s+not|am\s+(?:not\s+able|unable))|I'm\s+"
                       r"(?:sorry|not\s+able|unable)|as\s+an\s+AI|neither|both\s+(?:are|responses|options))", re.I)
 

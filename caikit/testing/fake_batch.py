@@ -27,8 +27,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-if TYPE_CHECKING:
-    from caikit.testing.fake_api import FakeAPIServer, FakeRequest, FaultPlan, _Handler
+from caikit.testing.wire import ERROR_TYPES, FakeRequest, FaultPlan, count_fault, draw_fault
+
+if TYPE_CHECKING:  # types only: fake_api imports this module
+    from caikit.testing.fake_api import FakeAPIServer, _Handler
 
 LINE_FAULTS = ("500", "429", "400", "malformed", "expired")
 JOB_FAULTS = ("failed", "expired", "cancelled")
@@ -484,7 +486,6 @@ class FakeBatches:
             return 500, self._error_body(provider, 500, f"fake server error: {type(e).__name__}: {e}")
 
     def _line_fault(self, req: "FakeRequest") -> str | None:
-        from caikit.testing.fake_api import count_fault, draw_fault  # (fake_api imports this module)
 
         if self.line_fault is not None:
             kind = self.line_fault(req)
@@ -501,9 +502,8 @@ class FakeBatches:
 
     @staticmethod
     def _error_body(provider: str, status: int, message: str) -> dict[str, Any]:
-        from caikit.testing.fake_api import _ERROR_TYPES
 
-        openai_type, anthropic_type = _ERROR_TYPES.get(status, ("invalid_request_error",) * 2 if status < 500
+        openai_type, anthropic_type = ERROR_TYPES.get(status, ("invalid_request_error",) * 2 if status < 500
                                                        else ("server_error", "api_error"))
         if provider == "anthropic":
             return {"type": "error", "error": {"type": anthropic_type, "message": message}}
