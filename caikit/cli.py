@@ -55,7 +55,16 @@ def _run(cmd: Command, rest: list[str]):
     args = parser.parse_args(rest)
     config_file = vars(args).pop("_config_file", None)
     cfg = resolve(cls, args, config_file=config_file)
-    return getattr(module, cmd.func)(cfg)
+    lock = None
+    if cmd.name.startswith("train "):  # a trainer's --out: no finished model overwritten unasked, one writer
+        from caikit.train.loop import guard_output
+
+        lock = guard_output(cfg, cmd.name)
+    try:
+        return getattr(module, cmd.func)(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,16 +118,27 @@ def load_tokenizer(name: str, *, padding_side: str = "left"):
     return tokenizer
 
 
+def from_pretrained(auto_class, name: str, **kwargs):
+    """`auto_class.from_pretrained` on the resolved path, safetensors only, with a one-line error for a bad name,
+    missing files or damaged weights (a truncated or corrupt .safetensors file)."""
+    try:
+        return auto_class.from_pretrained(resolve_model_path(name), use_safetensors=True, **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type, and what transformers wraps it in
+        if "safetensor" not in (type(e).__name__ + str(e)).lower() and "header" not in str(e).lower():
+            raise
+        raise UserError(f"cannot load model '{name}': its weights file is damaged or not safetensors "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+
+
 def load_causal_lm(name: str, *, dtype: str | None = None, device: str | None = None):
     """A causal LM in eval mode, by alias, path or hub id."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch_dtype, use_safetensors=True)
-    except OSError as e:
-        raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+    model = from_pretrained(AutoModelForCausalLM, name, dtype=torch_dtype)
     if device:
         model.to(device)
     model.eval()

@@ -16,6 +16,7 @@ from typing import Any
 
 from caikit.backends.api import APIBackend
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
+                                  check_answer_size,
                                   is_text, prefix_ends, token_count)
 from caikit.backends.cost import Price, lookup_model
 from caikit.backends.limits import RateLimiter, estimate_tokens
@@ -152,7 +153,7 @@ class AnthropicBackend(APIBackend):
             async with self.limiter.slot(estimated) as admission:
                 self.check_not_refused()
                 message = await self._client().messages.create(**params)
-            check_message(message)
+            check_message(message, max_tokens=params.get("max_tokens"))
             return message
 
         try:
@@ -214,7 +215,7 @@ class AnthropicBackend(APIBackend):
         raise LogprobsUnsupported("the Anthropic API returns no log-probabilities: use sampled or parsed votes")
 
 
-def check_message(message) -> None:
+def check_message(message, *, max_tokens: int | None = None) -> None:
     """Raise MalformedResponse unless `message` is a usable Message: a list of typed content blocks,
     text blocks holding text, a text (or null) stop reason."""
     content = getattr(message, "content", None)
@@ -222,6 +223,7 @@ def check_message(message) -> None:
             not isinstance(getattr(b, "type", None), str)
             or (b.type == "text" and not isinstance(getattr(b, "text", None), str)) for b in content):
         raise MalformedResponse("the response had no usable message")
+    check_answer_size("".join(b.text for b in content if b.type == "text"), max_tokens)
 
 
 def completion_from_message(message) -> Completion:

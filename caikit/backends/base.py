@@ -119,6 +119,20 @@ class MalformedResponse(ValueError):
     BackendError, never an AttributeError deep in a stage."""
 
 
+def answer_cap(max_tokens: int | None) -> int | None:
+    """The longest answer text (characters) a request for `max_tokens` may get back: a generous 32 characters a
+    token plus 4 KiB. A server that ignores max_tokens (a 20 MB answer to 256 tokens) gets a malformed-response
+    retry, then a failure row, never a record."""
+    return None if not max_tokens else 32 * int(max_tokens) + 4096
+
+
+def check_answer_size(text: str | None, max_tokens: int | None) -> None:
+    cap = answer_cap(max_tokens)
+    if cap is not None and text is not None and len(text) > cap:
+        raise MalformedResponse(f"an answer of {len(text):,} characters to a request for {max_tokens} tokens "
+                                "(the server ignored max_tokens)")
+
+
 def token_count(value: Any) -> int:
     """A token count read from a response: a non-negative int, else 0 (broken usage is not worth a retry)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

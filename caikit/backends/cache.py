@@ -108,7 +108,7 @@ class CachingBackend(Backend):
         self._inflight: dict[str, asyncio.Future] = {}
         self._reserved: dict[str, float] = {}  # worst-case USD of each request in flight
         self._reserved_total = 0.0  # their sum, kept as they come and go (batch mode has every request in flight)
-        self._over_budget: BudgetExceeded | None = None  # once set, no new request starts
+        self._over_budget: float | None = None  # once set (the worst case that did not fit), no new request starts
         self._by_item: dict[str, Usage] = {}  # item id -> usage of every row made for it
         for row in log.iter():
             self._remember(row)
@@ -167,22 +167,23 @@ class CachingBackend(Backend):
 
     async def _reserve(self, key: str, worst_usd: float) -> None:
         """Hold `worst_usd` of the budget for this request, or stop the run: BudgetExceeded is raised
-        after every request in flight has finished and been logged (a rerun finds them there)."""
+        after every request in flight has finished and been logged (a rerun finds them there), and says
+        what the run directory has spent by then -- the same figure usage.json will hold."""
         spent = self.meter.cost_usd
         if self._over_budget is None and spent + self._reserved_total + worst_usd <= self.max_cost:
             self._reserved[key] = worst_usd
             self._reserved_total += worst_usd
             return
         if self._over_budget is None:
-            from caikit.backends.cost import format_usd
-
-            self._over_budget = BudgetExceeded(
-                f"--max-cost {format_usd(self.max_cost)} reached: this run directory has spent {format_usd(spent)} "
-                f"(usage.json) and the next request could cost up to {format_usd(worst_usd)}; finished work is "
-                "kept: rerun with a higher --max-cost to go on")
+            self._over_budget = worst_usd  # the request that did not fit: no new request starts from now on
         while self._inflight:
             await asyncio.gather(*[asyncio.shield(f) for f in list(self._inflight.values())], return_exceptions=True)
-        raise BudgetExceeded(str(self._over_budget))
+        from caikit.backends.cost import format_usd
+
+        raise BudgetExceeded(f"--max-cost {format_usd(self.max_cost)} reached: this run directory has spent "
+                             f"{format_usd(self.meter.cost_usd)} (usage.json) and the next request could cost up to "
+                             f"{format_usd(self._over_budget)}; finished work is kept: rerun with a higher "
+                             "--max-cost to go on")
 
     async def generate(self, messages: list[Message], *, n=1, temperature=0.7, max_tokens=256, stop=None,
                        seed=None, accept: Callable[[Completion], bool] | None = None) -> list[Completion]:

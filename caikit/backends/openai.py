@@ -12,6 +12,7 @@ from typing import Any
 
 from caikit.backends.api import APIBackend
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
+                                  check_answer_size,
                                   fill_to_n, is_text, token_count, without_cache_marks)
 from caikit.backends.cost import Price
 from caikit.backends.limits import RateLimiter, estimate_tokens
@@ -156,7 +157,7 @@ class OpenAIBackend(APIBackend):
                 # cost ~2 ms of CPU per request and capped throughput at high concurrency.
                 response = await self._client().post("/chat/completions", body=params,
                                                      cast_to=self._sdk.types.chat.ChatCompletion)
-            check_response(response, logprobs=bool(params.get("logprobs")))
+            check_response(response, logprobs=bool(params.get("logprobs")), max_tokens=params.get(self.token_param))
             return response
 
         response = await call_with_retries(attempt, self.retry, is_retryable=self.is_retryable,
@@ -219,7 +220,7 @@ def _is_logprob(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
-def check_response(response, *, logprobs: bool = False) -> None:
+def check_response(response, *, logprobs: bool = False, max_tokens: int | None = None) -> None:
     """Raise MalformedResponse unless `response` is a usable ChatCompletion: choices with text (or
     null) messages and, for a logprobs request, well-formed first-token logprobs where any came
     back (none at all is LogprobsUnsupported, later, not a retry)."""
@@ -232,6 +233,7 @@ def check_response(response, *, logprobs: bool = False) -> None:
                 or not is_text(getattr(c, "finish_reason", None))
                 or not (index is None or (isinstance(index, int) and not isinstance(index, bool)))):
             raise MalformedResponse("a choice had no usable message")
+        check_answer_size(message.content, max_tokens)
     content = getattr(getattr(choices[0], "logprobs", None), "content", None) if logprobs else None
     if content is None or content == []:
         return

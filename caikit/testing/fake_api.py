@@ -98,7 +98,7 @@ class FakeAPIServer:
                  require_key: str | None = None,
                  reject: Callable[[FakeRequest], tuple[int, str] | None] | None = None,
                  max_n: int | None = None, slots: int | None = None, props: dict[str, Any] | None = None,
-                 models: list[str] | None = None, logprobs_supported: bool = True,
+                 models: list[str] | None = None, logprobs_supported: bool = True, honour_max_tokens: bool = True,
                  batch_latency: float = 0.0, batch_faults: BatchFaultPlan | None = None,
                  batch_line_fault: Callable[[FakeRequest], str | None] | None = None,
                  batch_endpoint_faults: FaultPlan | None = None,
@@ -112,7 +112,7 @@ class FakeAPIServer:
         that many slots), their wait counting in the client's timeout; `props`: what GET /props answers
         (llama.cpp: {"total_slots": N}), 404 when None; `models`: what GET /v1/models lists (default: the
         one model name "fake-model"); `logprobs_supported=False`: logprobs requests get none, as some
-        servers answer.
+        servers answer; `honour_max_tokens=False`: answers are not cut at max_tokens (a misbehaving server).
         Batch endpoints (see caikit.testing.fake_batch, reached as `server.batches`): a job takes
         `batch_latency` seconds; `batch_faults` / `batch_line_fault(request) -> kind | None` fail lines
         or jobs; `batch_endpoint_faults` fault the batch HTTP calls; `*_batch_limits` = (requests, bytes)."""
@@ -126,6 +126,7 @@ class FakeAPIServer:
         self.props = props
         self.models = models if models is not None else ["fake-model"]
         self.logprobs_supported = logprobs_supported
+        self.honour_max_tokens = honour_max_tokens
         self._slots = threading.BoundedSemaphore(slots) if slots else None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -357,7 +358,7 @@ class FakeAPIServer:
         if hits:
             text = text[: hits[0][0]]
         tokens, finish = _tokens(text), "stop"
-        if req.max_tokens is not None and len(tokens) > req.max_tokens:
+        if req.max_tokens is not None and len(tokens) > req.max_tokens and self.honour_max_tokens:
             tokens, finish, stop_hit = tokens[: req.max_tokens], "length", None
         return tokens, finish, stop_hit, top
 

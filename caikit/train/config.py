@@ -40,6 +40,8 @@ class CommonTrainConfig:
     gradient_checkpointing: bool = option(False, help="trade compute for memory by recomputing activations")
     seed: int = option(0, help="random seed (data order, init, sampling)")
     resume: bool = option(False, help="continue from the last checkpoint in --out")
+    overwrite: bool = option(False, help="train again from the start into an --out that holds a trained model "
+                                         "(its model, checkpoints and metrics are replaced)")
 
     def validate(self) -> None:
         if not self.out:

@@ -68,6 +68,27 @@ def record_data(cfg, summary, metrics, step: int) -> None:
         metrics.first_row = {"data": summary.to_dict()}
 
 
+def guard_output(cfg, command: str):
+    """Before a `caikit train` command: refuse an --out that is a file, or that holds a finished model or
+    checkpoints unless --resume or --overwrite says what to do with them; then lock it (the main process of a
+    multi-process launch only), so a second trainer cannot write into it at the same time. Returns the lock."""
+    import os
+
+    from caikit.rundir import lock_directory
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError("exists and is not a directory: choose another --out", path=str(out))
+    finished = out.is_dir() and ((out / "config.json").exists() or (out / "checkpoint").exists())
+    if finished and not (cfg.resume or getattr(cfg, "overwrite", False)):
+        raise UserError("holds a trained model or checkpoints: pass --resume to continue from its checkpoint, or "
+                        "--overwrite to train again from the start (replacing the model and its metrics)",
+                        path=str(out))
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    return lock_directory(out, command)
+
+
 def make_accelerator(cfg):
     """Accelerator with bf16 autocast when asked (GPU), fp32 otherwise; seeds every RNG."""
     from accelerate import Accelerator
@@ -95,13 +116,9 @@ def load_pretrained(auto_class, model_name: str, **kwargs):
 
     Keyword arguments that are None are left out (transformers' own defaults apply).
     """
-    from caikit.models import resolve_model_path
+    from caikit.models import from_pretrained
 
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    try:
-        return auto_class.from_pretrained(resolve_model_path(model_name), use_safetensors=True, **kwargs)
-    except OSError as e:
-        raise UserError(f"cannot load model '{model_name}': {str(e).splitlines()[0]}") from None
+    return from_pretrained(auto_class, model_name, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def prepare_model(model, cfg, task_type: str = "CAUSAL_LM"):
