@@ -121,8 +121,9 @@ def load_tokenizer(name: str, *, padding_side: str = "left"):
 def from_pretrained(auto_class, name: str, **kwargs):
     """`auto_class.from_pretrained` on the resolved path, safetensors only, with a one-line error for a bad name,
     missing files or damaged weights (a truncated or corrupt .safetensors file)."""
+    path = resolve_model_path(name)  # its own one-line errors (pickle-only weights, the embedded model missing)
     try:
-        return auto_class.from_pretrained(resolve_model_path(name), use_safetensors=True, **kwargs)
+        return auto_class.from_pretrained(path, use_safetensors=True, **kwargs)
     except OSError as e:
         raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001 - safetensors' own error type, and what transformers wraps it in
