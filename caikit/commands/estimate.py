@@ -129,12 +129,26 @@ def price_samples(cfg: JudgeConfig, prompts, fill: float, tokenizer: str):
     return ask.finish("sample", policy.backend, policy.model_name(), len(prompts), cfg.prices)
 
 
+def server_probe(stage_cfg) -> dict | None:
+    """What a self-hosted server does (n, log-probs): the run directory's probe.json, else asked now."""
+    from caikit.backends.registry import probed_backend
+    from caikit.rundir import RunDir
+    from caikit.store import read_json
+
+    if not stage_cfg.base_url:
+        return None
+    return probed_backend(stage_cfg, cached=read_json(f"{stage_cfg.out}/{RunDir.PROBE}"))[1]
+
+
 def run_estimate(cfg) -> int:
     stage_cfg = stage_config(cfg)
+    probe = server_probe(stage_cfg)
     if cfg.stage == "generate":
         constitution, prompts = load_inputs(stage_cfg)
-        estimate = price(stage_cfg, constitution, prompts, fill=cfg.expected_fill, tokenizer=cfg.tokenizer)
+        honours_n = (probe or {}).get("honours_n")
+        estimate = price(stage_cfg, constitution, prompts, fill=cfg.expected_fill, tokenizer=cfg.tokenizer,
+                         honours_n=honours_n)
     else:
-        estimate = estimate_judge_run(stage_cfg, cfg.expected_fill, cfg.tokenizer)
+        estimate = estimate_judge_run(stage_cfg, cfg.expected_fill, cfg.tokenizer, probe)
     print(json.dumps(estimate.to_dict(), indent=2) if cfg.json else format_estimate(estimate))
     return 0
