@@ -18,7 +18,7 @@ in plain words): a win-rate's `interval` of P(after better) must exclude 0.5; a 
 caikit/eval/noise.py. A --reward-model's own held-out accuracy (its eval.json) is copied beside its scores.
 
 Writes, in --out: report.json (models, judge, counts, table: rows {metric, before, after, note, n, interval
-or interval_before / interval_after / interval_change, beyond_noise, verdict, role, better}),
+or interval_before / interval_after / interval_change, beyond_noise, verdict, role, better}, reward_model),
 samples.jsonl (prompt, before, after, kind, judge_p_after), answers.jsonl (the answer cache: a rerun
 regenerates nothing whose model weights, prompt and settings are unchanged), judgments.jsonl,
 requests.jsonl and usage.json (judge requests, reused on rerun), config.yaml.
@@ -41,6 +41,8 @@ from caikit.config import option
 from caikit.errors import UserError
 from caikit.eval.compare import (JUDGE_TAG, KINDS, build_table, check_model, format_table, generate_answers,
                                  kl_estimate, load_eval_prompts, reward_scores)
+from caikit.report.sources import reward_heldout
+from caikit.report.verdict import describe_heldout
 from caikit.rundir import RunDir, note
 from caikit.runner import Runner, open_backend, pending
 from caikit.stages.judge import METHODS, JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
@@ -203,11 +205,16 @@ def run_eval(cfg: EvalConfig) -> int:
                   **{f"truncated_answers_{side}": sum(a["finish_reason"] == "length" for a in answers[side][0])
                      for side in ("before", "after")}}
         models = {"before": cfg.before, "after": cfg.trained}
-        run.write_json(RunDir.REPORT, {"models": models, "judge": judge, "counts": counts, "table": table})
+        report = {"models": models, "judge": judge, "counts": counts, "table": table}
+        if cfg.reward_model:  # the yardstick's own held-out accuracy travels with the scores it gave
+            report["reward_model"] = {"path": cfg.reward_model, **reward_heldout(Path(cfg.reward_model))}
+        run.write_json(RunDir.REPORT, report)
         write_jsonl_atomic(run.file(RunDir.SAMPLES), ({k: p[k] for k in ("prompt", "before", "after", "kind",
                                                                           "judge_p_after")} for p in pairs))
     print(f"caikit eval: {cfg.trained} (after) vs {cfg.before} (before), judge {cfg.judge}")
     print(format_table(table))
+    if cfg.reward_model:
+        print(f"caikit eval: reward model {cfg.reward_model}: {describe_heldout(report['reward_model'])}")
     print(f"caikit eval: {run.file(RunDir.REPORT)}, {run.file(RunDir.SAMPLES)}"
           + (f"; {failed} pairs could not be judged (rerun to retry)" if failed else ""))
     return 0
