@@ -106,3 +106,20 @@ def test_judge_from_an_eval_judge_directory(tmp_path):
     assert finding.level == "bad" and finding.badge == "CHANCE LEVEL"
     assert finding.text == ("The judge's labels are no better than chance: its agreement with human labels could be "
                             "a coin flip (the 95 % interval includes 0.5).")
+
+
+def test_the_yardstick_is_the_reward_model_eval_scored_with(tmp_path):
+    run = tmp_path / "run"
+    _json(run / "reward" / "eval.json", {"eval_accuracy": 0.51, "eval_accuracy_low": 0.45, "eval_accuracy_high": 0.57,
+                                         "eval_pairs": 256})  # trained on the AI labels, not the one eval used
+    human = tmp_path / "human-rm"
+    _json(human / "eval.json", {"eval_accuracy": 0.62, "eval_accuracy_low": 0.58, "eval_accuracy_high": 0.66,
+                                "eval_pairs": 512, "length_baseline_accuracy": 0.57})
+    _json(run / "eval" / "report.json", {"table": [], "reward_model": {"path": str(human)}})
+    assert reward_finding(detect_layout(run)).level == "good"
+    # moved away since: the figures eval copied into report.json still speak for it
+    _json(run / "eval" / "report.json", {"table": [], "reward_model": {
+        "path": str(tmp_path / "gone"), "accuracy": 0.52, "interval": [0.46, 0.58], "n": 256, "baseline": 0.57}})
+    finding = reward_finding(detect_layout(run))
+    assert finding.level == "bad" and finding.facts.startswith("Held-out pairwise accuracy 0.520 (95 % interval "
+                                                               "0.460-0.580, 256 pairs)")

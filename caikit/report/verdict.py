@@ -179,16 +179,16 @@ def _learned_from_judge(layout: Layout, reward_dir: Path) -> bool:
 
 
 def reward_finding(layout: Layout) -> Finding | None:
-    reward_dir = layout.dir("reward")
+    """The yardstick `caikit eval` scored with (its report.json's reward_model), else the run's reward stage."""
     eval_dir = layout.dir("eval")
     stored = read_json(eval_dir / "report.json").get("reward_model") if eval_dir is not None else None
-    figures: dict[str, Any] = {}
-    if reward_dir is not None:
-        figures = reward_heldout(reward_dir)
-    elif isinstance(stored, dict):
-        path = Path(str(stored.get("path", "")))
-        figures = (reward_heldout(path) if stored.get("path") and path.is_dir() else {}) or stored
-    if not figures and reward_dir is None and not isinstance(stored, dict):
+    stored = stored if isinstance(stored, dict) else None
+    model_dir = layout.dir("reward")
+    if stored is not None:  # its path as eval was given it; from another working directory only the copy is left
+        path = Path(str(stored.get("path") or ""))
+        model_dir = path if stored.get("path") and path.is_dir() else None
+    figures = (reward_heldout(model_dir) if model_dir is not None else {}) or (stored or {})
+    if model_dir is None and stored is None:
         if layout.kind == "run" or eval_dir is not None:
             return Finding("Reward model", "none", "No independent reward model: the before/after verdict rests "
                                                    "on the judge alone.")
@@ -214,7 +214,7 @@ def reward_finding(layout: Layout) -> Finding | None:
                           + (" and the length-only baseline" if is_num(baseline) else "")
                           + " on pairs it did not train on.", "INDEPENDENT CHECK",
                           f"{described[0].upper()}{described[1:]}.")
-    if reward_dir is not None and _learned_from_judge(layout, reward_dir):
+    if model_dir is not None and _learned_from_judge(layout, model_dir):
         finding.facts += " It learned from this run's AI judge labels, so it is not independent of the judge."
         finding.level = "warn" if finding.level == "good" else finding.level
         finding.badge = finding.badge if finding.level == "bad" else "NOT INDEPENDENT"
