@@ -1,5 +1,6 @@
 """What a directory holds, read tolerantly: its layout (a `caikit run` directory or one stage's own), each
-stage's status, and the figures other commands leave behind (judge gate, reward model's held-out accuracy).
+stage's status, and the figures other commands leave behind (judge gate, reward model's held-out accuracy,
+per-stage failure, truncation and skip counts).
 
 A report is read after crashes, interruptions and older versions of caikit, so every reader here returns
 {} / None / an empty list for a missing, torn or malformed file instead of raising.
@@ -244,3 +245,34 @@ def reward_heldout(model_dir: Path) -> dict:
     baseline = summary.get("length_baseline_accuracy")
     return {"accuracy": accuracy, "interval": interval, "n": int(n) if n else None,
             "baseline": float(baseline) if is_num(baseline) else None, "source": source}
+
+
+def stage_counts(layout: Layout) -> list[dict[str, Any]]:
+    """Per stage: failures, truncated, degenerate and skipped items (None where the stage has no such thing)."""
+    out = []
+    gen = layout.dir("generate")
+    if gen is not None:
+        stats = read_json(gen / "stats.json")
+        out.append({"stage": "generate", "failures": stats.get("failures"), "truncated": stats.get("truncated"),
+                    "degenerate": stats.get("degenerate"), "skipped": None, "of": stats.get("prompts"),
+                    "unit": "prompts"})
+    judge = layout.dir("judge")
+    if judge is not None:
+        stats = read_json(judge / "stats.json")
+        skipped = stats.get("skipped") if isinstance(stats.get("skipped"), dict) else {}
+        numbers = {k: v for k, v in skipped.items() if is_num(v) and v}
+        out.append({"stage": "judge", "failures": stats.get("failures"), "truncated": None, "degenerate": None,
+                    "of": stats.get("pairs"), "unit": "pairs",
+                    "skipped": sum(numbers.values()) if skipped else None,
+                    "why": ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in numbers.items())})
+    for name in ("eval", "eval-judge"):
+        d = layout.dir(name)
+        report = read_json(d / "report.json") if d is not None else {}
+        if report:
+            counts = report.get("counts") if isinstance(report.get("counts"), dict) else {}
+            truncated = [counts.get(f"truncated_answers_{s}") for s in ("before", "after")]
+            out.append({"stage": name, "failures": counts.get("judge_failures", report.get("failures")),
+                        "truncated": sum(t for t in truncated if is_num(t)) if any(is_num(t) for t in truncated)
+                        else None, "degenerate": None, "skipped": None, "unit": "pairs",
+                        "of": counts.get("judged_pairs", report.get("n"))})
+    return out

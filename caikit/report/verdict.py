@@ -9,7 +9,7 @@
   Effects       each row of eval/report.json with a role (win-rates, refusal rates, mean reward): beyond its
                 noise or not, read by its role (caikit/eval/noise.py computes the intervals): the aim within
                 noise or worse, or a guard (helpfulness, over-refusal) worse beyond noise, is `bad`.
-  Counts        failures, truncated and degenerate items per stage.
+  Counts        failures, truncated and degenerate items per stage (sources.stage_counts).
 
 A chance-level judge (accuracy interval including 0.5, consistency under the threshold, a failed or
 --allow-weak-judge gate), a reward model at chance or no better than "prefer the shorter reply", and an
@@ -26,7 +26,7 @@ from typing import Any
 
 from caikit.report.markup import table
 from caikit.report.sources import (Layout, consistency_of, detect_layout, interval_of, is_num, judge_gate,
-                                   read_json, read_yaml, reward_heldout, scan_jsonl)
+                                   read_json, read_yaml, reward_heldout, scan_jsonl, stage_counts)
 
 DEFAULT_MIN_CONSISTENCY = 0.6  # `caikit judge --min-consistency` default, used when gate.json names none
 MARKS = {"bad": "!!", "warn": "??", "good": "ok", "none": "--"}
@@ -316,37 +316,6 @@ def effect_findings(layout: Layout, judge: Finding | None = None) -> list[Findin
 
 
 # ---------------------------------------------------------------- counts
-
-def stage_counts(layout: Layout) -> list[dict[str, Any]]:
-    """Per stage: failures, truncated, degenerate and skipped items (None where the stage has no such thing)."""
-    out = []
-    gen = layout.dir("generate")
-    if gen is not None:
-        stats = read_json(gen / "stats.json")
-        out.append({"stage": "generate", "failures": stats.get("failures"), "truncated": stats.get("truncated"),
-                    "degenerate": stats.get("degenerate"), "skipped": None, "of": stats.get("prompts"),
-                    "unit": "prompts"})
-    judge = layout.dir("judge")
-    if judge is not None:
-        stats = read_json(judge / "stats.json")
-        skipped = stats.get("skipped") if isinstance(stats.get("skipped"), dict) else {}
-        numbers = {k: v for k, v in skipped.items() if is_num(v) and v}
-        out.append({"stage": "judge", "failures": stats.get("failures"), "truncated": None, "degenerate": None,
-                    "of": stats.get("pairs"), "unit": "pairs",
-                    "skipped": sum(numbers.values()) if skipped else None,
-                    "why": ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in numbers.items())})
-    for name in ("eval", "eval-judge"):
-        d = layout.dir(name)
-        report = read_json(d / "report.json") if d is not None else {}
-        if report:
-            counts = report.get("counts") if isinstance(report.get("counts"), dict) else {}
-            truncated = [counts.get(f"truncated_answers_{s}") for s in ("before", "after")]
-            out.append({"stage": name, "failures": counts.get("judge_failures", report.get("failures")),
-                        "truncated": sum(t for t in truncated if is_num(t)) if any(is_num(t) for t in truncated)
-                        else None, "degenerate": None, "skipped": None, "unit": "pairs",
-                        "of": counts.get("judged_pairs", report.get("n"))})
-    return out
-
 
 def counts_finding(layout: Layout) -> Finding | None:
     counts = stage_counts(layout)
