@@ -119,7 +119,8 @@ class Stage:
 @dataclasses.dataclass
 class Layout:
     root: Path
-    kind: str  # "run": a `caikit run` layout (or stage sub-directories); "stage": one stage's own directory
+    kind: str  # "run": a `caikit run` layout (or stage sub-directories), where an absent stage is worth saying;
+    #            "stage": one stage's own directory (a plain `caikit generate` has no judge, and that is no defect)
     stages: dict[str, Stage]  # in display order
     run_config: dict  # the run file (config.yaml) of a run layout; {} for one stage's directory
     state: dict
@@ -128,11 +129,6 @@ class Layout:
         """The directory of stage `name` when it exists on disk."""
         stage = self.stages.get(name)
         return stage.path if stage is not None and stage.path.is_dir() else None
-
-    def expects(self, name: str) -> bool:
-        """Should the page say so when stage `name` left nothing? Yes in a run layout, never for one stage's
-        own directory (a plain `caikit generate` directory has no judge, and that is not a defect)."""
-        return self.kind == "run"
 
     def rel(self, name: str, file: str) -> str:
         """How to name `file` of stage `name` on the page: generate/traces.jsonl, or traces.jsonl alone."""
