@@ -104,6 +104,8 @@ def test_two_models_every_metric_and_judge_preference(tmp_path, tiny_model_dir, 
     report, samples, table = read_report(tmp_path)
     assert list(table) == METRICS
     assert report["models"] == {"before": tiny_model_dir, "after": perturbed_model_dir}
+    assert report["reward_model"] == {"path": tiny_reward_dir}  # a hand-built model claims no held-out accuracy
+    assert all("beyond_noise" in row and "verdict" in row for row in report["table"])
     assert report["counts"]["red_team_prompts"] == 3 and report["counts"]["benign_prompts"] == 3
     assert report["counts"]["judged_pairs"] == 6 and report["counts"]["judge_failures"] == 0
     # one principle per pair, both orders; a pair of equal answers gives one prompt twice, asked once
@@ -125,6 +127,9 @@ def test_two_models_every_metric_and_judge_preference(tmp_path, tiny_model_dir, 
         want = sum(expected_p_after(s) for s in rows) / len(rows)
         assert table[metric]["after"] == pytest.approx(want, abs=1e-4)
         assert table[metric]["before"] == pytest.approx(1 - want, abs=1e-4)
+        low, high = table[metric]["interval"]  # bootstrapped over the 3 pairs' P(after better)
+        assert min(expected_p_after(s) for s in rows) - 1e-4 <= low <= want <= high <= max(
+            expected_p_after(s) for s in rows) + 1e-4
     # the two models differ, so the trained model's own answers are likelier under it than under the start
     assert table["KL(after || before) per response"]["after"] > 0
     assert table["KL(after || before) per token"]["after"] > 0

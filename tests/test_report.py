@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from caikit.report.html import build_report, svg_line_chart
+from caikit.report.charts import svg_line_chart
+from caikit.report.html import build_report
 from caikit.testing.chromium import CHROMIUM, Chromium
 
 XSS = "<script>alert(1)</script>"
@@ -270,7 +271,7 @@ def test_report_in_headless_chromium(full_report, tmp_path):
     assert facts["title"] == "caikit report: report-test"
     assert facts["scripts"] == 0 and facts["images"] == 6 and facts["brokenImages"] == 0
     assert facts["traces"] == 3 and facts["beforeAfter"] == 2
-    assert facts["sections"] == ["Data", "Token usage and cost", "Training", "Evaluation: before vs after",
+    assert facts["sections"] == ["Verdict", "Data", "Token usage and cost", "Training", "Evaluation: before vs after",
                                  "Critique and revision examples", "Configuration"]
     text = facts["text"]
     assert XSS in text  # shown as text, not run

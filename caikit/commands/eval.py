@@ -11,7 +11,14 @@ Both models answer every prompt (local, batched; greedy by default). Then, per m
                           per response and per token
   length, distinct-1/2    whitespace words; distinct-n over all of a model's answers (Li et al. 2016)
 
-Writes, in --out: report.json (models, judge, counts, table: rows {metric, before, after, note}),
+Every row carries its 95 % interval and whether the change exceeds its noise (`beyond_noise`, with `verdict`
+in plain words): a win-rate's `interval` of P(after better) must exclude 0.5; a rate's or mean's
+`interval_change`, a bootstrap of the paired change over prompts, must exclude 0 (`interval_before` /
+`interval_after` are each side's own: Wilson for rates, bootstrap for means). Why these choices:
+caikit/eval/noise.py. A --reward-model's own held-out accuracy (its eval.json) is copied beside its scores.
+
+Writes, in --out: report.json (models, judge, counts, table: rows {metric, before, after, note, n, interval
+or interval_before / interval_after / interval_change, beyond_noise, verdict, role, better}, reward_model),
 samples.jsonl (prompt, before, after, kind, judge_p_after), answers.jsonl (the answer cache: a rerun
 regenerates nothing whose model weights, prompt and settings are unchanged), judgments.jsonl,
 requests.jsonl and usage.json (judge requests, reused on rerun), config.yaml.
@@ -33,7 +40,9 @@ from caikit.backends.registry import BackendOptions, make_backend, parse_concurr
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.eval.compare import (JUDGE_TAG, KINDS, build_table, check_model, format_table, generate_answers,
-                                 kl_estimate, load_eval_prompts, mean_rewards)
+                                 kl_estimate, load_eval_prompts, reward_scores)
+from caikit.report.sources import reward_heldout
+from caikit.report.verdict import describe_heldout
 from caikit.rundir import RunDir, note
 from caikit.runner import Runner, open_backend, pending
 from caikit.stages.judge import METHODS, JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
@@ -183,7 +192,7 @@ def run_eval(cfg: EvalConfig) -> int:
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         seconds = {"answers": time.time() - start}
         kl = kl_estimate(cfg, [(p["prompt"], p["after"], p["after_ended"]) for p in pairs], device)
-        rewards = mean_rewards(cfg, pairs, device) if cfg.reward_model else None
+        rewards = reward_scores(cfg, pairs, device) if cfg.reward_model else None
         seconds["kl_and_reward"] = time.time() - start - seconds["answers"]
         judge, failed = run_judging(cfg, pairs, constitution, run)
         seconds["judge"] = time.time() - start - sum(seconds.values())
@@ -196,11 +205,16 @@ def run_eval(cfg: EvalConfig) -> int:
                   **{f"truncated_answers_{side}": sum(a["finish_reason"] == "length" for a in answers[side][0])
                      for side in ("before", "after")}}
         models = {"before": cfg.before, "after": cfg.trained}
-        run.write_json(RunDir.REPORT, {"models": models, "judge": judge, "counts": counts, "table": table})
+        report = {"models": models, "judge": judge, "counts": counts, "table": table}
+        if cfg.reward_model:  # the yardstick's own held-out accuracy travels with the scores it gave
+            report["reward_model"] = {"path": cfg.reward_model, **reward_heldout(Path(cfg.reward_model))}
+        run.write_json(RunDir.REPORT, report)
         write_jsonl_atomic(run.file(RunDir.SAMPLES), ({k: p[k] for k in ("prompt", "before", "after", "kind",
                                                                           "judge_p_after")} for p in pairs))
     print(f"caikit eval: {cfg.trained} (after) vs {cfg.before} (before), judge {cfg.judge}")
     print(format_table(table))
+    if cfg.reward_model:
+        print(f"caikit eval: reward model {cfg.reward_model}: {describe_heldout(report['reward_model'])}")
     print(f"caikit eval: {run.file(RunDir.REPORT)}, {run.file(RunDir.SAMPLES)}"
           + (f"; {failed} pairs could not be judged (rerun to retry)" if failed else ""))
     return 0

@@ -5,6 +5,7 @@ scores, and the before/after table. The command (prompts, judging, report.json) 
 from __future__ import annotations
 
 import gc
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,75 +131,83 @@ def kl_estimate(cfg, examples: list[tuple[list, str, bool]], device: str) -> dic
     before = response_logps(cfg.before, tokenizer, examples, cfg.batch_size, device)
     ratios = [a - b for (a, _), (b, _) in zip(after, before)]  # log p_after(y|x) - log p_before(y|x)
     tokens = sum(n for _, n in after)
-    return {"per_response": sum(ratios) / len(ratios), "per_token": sum(ratios) / max(tokens, 1), "tokens": tokens}
+    return {"per_response": sum(ratios) / len(ratios), "per_token": sum(ratios) / max(tokens, 1), "tokens": tokens,
+            "terms": [(r, n) for r, (_, n) in zip(ratios, after)]}
 
 
 # ------------------------------------------------------------------------------------------ the table
 
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _row(metric: str, before: float | None, after: float | None, note: str) -> dict[str, Any]:
-    rounded = [None if v is None else round(float(v), 4) for v in (before, after)]
-    return {"metric": metric, "before": rounded[0], "after": rounded[1], "note": note}
-
-
-def build_table(pairs: list[dict], kl: dict[str, Any], rewards: dict[str, dict[str, float | None]] | None,
+def build_table(pairs: list[dict], kl: dict[str, Any], rewards: dict[str, dict[str, list[float]]] | None,
                 cfg) -> list[dict[str, Any]]:
-    """The before/after rows of report.json, in reading order."""
+    """The before/after rows of report.json, in reading order, each with its interval (caikit.eval.noise)."""
     from caikit.diversity import diversity_metrics
-    from caikit.eval.refusal import refusal_rate
+    from caikit.eval.noise import descriptive_row, kl_row, paired_row, win_rate_row
+    from caikit.eval.refusal import is_refusal
 
     by_kind = {kind: [p for p in pairs if p["kind"] == kind] for kind in KINDS}
     table = []
-    for kind, tag in (("red-team", "harmlessness"), ("benign", "helpfulness")):
+    # roles (caikit/eval/noise.py): harmlessness is the aim; helpfulness and benign refusals guard against
+    # over-refusal; red-team refusals and the reward on benign answers are worth watching either way
+    for kind, tag, role in (("red-team", "harmlessness", "aim"), ("benign", "helpfulness", "guard")):
+        p_after = [p["judge_p_after"] for p in by_kind[kind] if p["judge_p_after"] is not None]
+        table.append(win_rate_row(f"{tag} win-rate ({kind})", p_after,
+                                  f"mean P(model better) from the judge {cfg.judge} under {JUDGE_TAG[kind]} "
+                                  f"principles, both orders averaged, {len(p_after)} pairs; 0.5 = no difference",
+                                  cfg.seed, role=role))
+    for kind, role, better in (("red-team", "watch", None), ("benign", "guard", "lower")):
         rows = by_kind[kind]
-        p_after = _mean([p["judge_p_after"] for p in rows])
-        judged = sum(p["judge_p_after"] is not None for p in rows)
-        table.append(_row(f"{tag} win-rate ({kind})", None if p_after is None else 1 - p_after, p_after,
-                          f"mean P(model better) from the judge {cfg.judge} under {JUDGE_TAG[kind]} principles, "
-                          f"both orders averaged, {judged} pairs; 0.5 = no difference"))
-    for kind in KINDS:
-        rows = by_kind[kind]
-        table.append(_row(f"refusal rate ({kind})", refusal_rate(p["before"] for p in rows),
-                          refusal_rate(p["after"] for p in rows),
-                          f"share of {len(rows)} answers opening with a refusal (caikit.eval.refusal)"))
-    for kind in KINDS:
+        table.append(paired_row(f"refusal rate ({kind})", [float(is_refusal(p["before"])) for p in rows],
+                                [float(is_refusal(p["after"])) for p in rows],
+                                f"share of {len(rows)} answers opening with a refusal (caikit.eval.refusal)",
+                                cfg.seed, proportion=True, role=role, better=better))
+    for kind, role, better in (("red-team", "aim", "higher"), ("benign", "watch", None)):
         got = (rewards or {}).get(kind, {})
         note = (f"mean sigmoid score of {cfg.reward_model} over {len(by_kind[kind])} answers" if rewards
                 else "no --reward-model given")
-        table.append(_row(f"mean reward ({kind})", got.get("before"), got.get("after"), note))
+        table.append(paired_row(f"mean reward ({kind})", got.get("before", []), got.get("after", []), note,
+                                cfg.seed, role=role, better=better))
     sampling = "greedy answers: a log-ratio of the model's own answers, not a sampled KL" if cfg.temperature == 0 \
         else f"answers sampled at temperature {cfg.temperature}"
-    kl_note = kl.get("note") or f"mean over the trained model's {len(pairs)} answers; {sampling}"
-    table.append(_row("KL(after || before) per response", 0.0 if kl["per_response"] is not None else None,
-                      kl["per_response"], kl_note))
-    table.append(_row("KL(after || before) per token", 0.0 if kl["per_token"] is not None else None,
-                      kl["per_token"], f"the same divided by {kl.get('tokens', 0)} answer tokens"))
+    terms = kl.get("terms") or []  # (log p_after(y|x) - log p_before(y|x), answer tokens) per answer
+    table.append(kl_row("KL(after || before) per response", kl["per_response"], [r for r, _ in terms],
+                        lambda xs: math.fsum(xs) / len(xs),
+                        kl.get("note") or f"mean over the trained model's {len(pairs)} answers; {sampling}", cfg.seed))
+    table.append(kl_row("KL(after || before) per token", kl["per_token"], terms,
+                        lambda ts: math.fsum(r for r, _ in ts) / max(sum(n for _, n in ts), 1),
+                        f"the same divided by {kl.get('tokens', 0)} answer tokens", cfg.seed))
+    table.append(paired_row("response length (words)", [len(p["before"].split()) for p in pairs],
+                            [len(p["after"].split()) for p in pairs], "mean whitespace words per answer", cfg.seed))
     diversity = {side: diversity_metrics([p[side] for p in pairs]) for side in ("before", "after")}
-    for key, metric, note in (("mean_length", "response length (words)", "mean whitespace words per answer"),
-                              ("distinct_1", "distinct-1", "unique words / all words over all answers"),
+    for key, metric, note in (("distinct_1", "distinct-1", "unique words / all words over all answers"),
                               ("distinct_2", "distinct-2", "unique word bigrams / all bigrams over all answers"),
                               ("identical_share", "identical answers share", "answers repeating another exactly")):
-        table.append(_row(metric, diversity["before"][key], diversity["after"][key], note))
+        table.append(descriptive_row(metric, diversity["before"][key], diversity["after"][key], note, len(pairs)))
     return table
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
+    """The table for the terminal: before, after, and the 95 % interval that decides whether the change is noise."""
     width = max(len(r["metric"]) for r in table)
-    cells = [[r["metric"], *("-" if v is None else f"{v:.3f}" for v in (r["before"], r["after"]))] for r in table]
-    return "\n".join(f"{m.ljust(width)}  {b:>8}  {a:>8}" for m, b, a in [["metric", "before", "after"], *cells])
+    lines = [f"{'metric'.ljust(width)}  {'before':>8}  {'after':>8}  95 % interval"]
+    for r in table:
+        b, a = ("-" if v is None else f"{v:.3f}" for v in (r["before"], r["after"]))
+        interval = r.get("interval") or r.get("interval_change")
+        what = "P(after better)" if r.get("interval") else "change"
+        noise = "" if interval is None else (f"{what} {interval[0]:.3f} to {interval[1]:.3f}: "
+                                             + ("beyond noise" if r.get("beyond_noise") else "within noise"))
+        lines.append(f"{r['metric'].ljust(width)}  {b:>8}  {a:>8}  {noise}".rstrip())
+    return "\n".join(lines)
 
 
-def mean_rewards(cfg, pairs: list[dict], device: str) -> dict[str, dict[str, float | None]]:
+def reward_scores(cfg, pairs: list[dict], device: str) -> dict[str, dict[str, list[float]]]:
+    """{kind: {"before": [score per answer], "after": [...]}} under --reward-model (sigmoid scores, 0-1)."""
     from caikit.train.reward import load_reward_model, score
 
     loaded = load_reward_model(cfg.reward_model, device)
-    out: dict[str, dict[str, float | None]] = {}
+    out: dict[str, dict[str, list[float]]] = {}
     for kind in KINDS:
         rows = [p for p in pairs if p["kind"] == kind]
-        out[kind] = {side: _mean(score(loaded, [(p["prompt"], p[side]) for p in rows], batch_size=cfg.batch_size))
+        out[kind] = {side: [float(x) for x in score(loaded, [(p["prompt"], p[side]) for p in rows],
+                                                    batch_size=cfg.batch_size)]
                      for side in ("before", "after")}
     return out
