@@ -165,7 +165,7 @@ def test_the_embedded_judge_is_stopped_on_a_demo_sized_run(tmp_path, smollm2_dir
     are chance), and with --allow-weak-judge it finishes with the verdict in stats.json and the dataset card."""
     gen, out = write_generate_run(tmp_path, 32), tmp_path / "judge"
     args = ["judge", "--backend", "local", "--model", "smollm2", "--constitution", "anthropic-cai", "--from", str(gen),
-            "--out", str(out), "--no-progress", "--calibration-pairs", "bundled", "--calibration-limit", "32"]
+            "--out", str(out), "--no-progress", "--calibration-pairs", "bundled", "--calibration-limit", "8"]
     assert cli_main(args) == 3
     err = capsys.readouterr().err
     gate = json.loads((out / "gate.json").read_text())

@@ -202,6 +202,10 @@ def _execute(run: dict[str, Any], run_dir: Path, planned, force: str, report: bo
 
         path = build_report(run_dir)
         note("run", f"report -> {path}")
+    from caikit.report.verdict import verdict_lines
+
+    for line in verdict_lines(run_dir):  # what the report's verdict box says, at the end of the run
+        note("run", line)
     return status
 
 
