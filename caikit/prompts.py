@@ -55,6 +55,18 @@ def bundled_benign_prompts_path() -> Path:
     return Path(caikit.__file__).resolve().parent / "data" / "benign_prompts.jsonl"
 
 
+def bundled_human_calibration_path() -> Path:
+    """400 human-labelled hh-rlhf harmlessness pairs for checking an AI judge (never trained on): transcripts in
+    `chosen` / `rejected`, as `caikit eval judge --pairs` and `caikit judge --calibration-pairs` read them."""
+    return Path(caikit.__file__).resolve().parent / "data" / "hh_harmless_calibration.jsonl.gz"
+
+
+def bundled_human_reward_pairs_path() -> Path:
+    """1,400 further human-labelled hh-rlhf harmlessness pairs, disjoint from the calibration set, for training
+    a reward model (`caikit train reward --data`, which holds out --eval-fraction of them)."""
+    return Path(caikit.__file__).resolve().parent / "data" / "hh_harmless_reward_pairs.jsonl.gz"
+
+
 def parse_hh_transcript(text: str) -> Messages:
     """'\\n\\nHuman: hi\\n\\nAssistant: hello' -> [{'role': 'user', ...}, {'role': 'assistant', ...}].
 
