@@ -180,8 +180,11 @@ def test_probe_trains_saves_and_scores_reproduce_it(tiny_model_dir, probe_data, 
     assert summary["probe"]["layer"] == 1 and summary["probe"]["l2"] in [r["l2"] for r in summary["probe"]["cross_validation"]]
     final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["eval_accuracy"] == summary["eval_accuracy"]
+    from caikit.train.reward import read_summary, summary_sentence
+
+    assert read_summary(out) == summary and read_summary(tmp_path) is None
     err = capsys.readouterr().err
-    assert "held-out pairwise accuracy" in err and "preferring the shorter reply scores" in err
+    assert summary_sentence(summary) in err and "preferring the shorter reply scores" in err
 
     # the saved model is the backbone cut after block 1 with w as its head ...
     model, tokenizer = load_reward_model(str(out), "cpu")

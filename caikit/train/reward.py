@@ -140,18 +140,33 @@ def heldout_summary(accuracy: float, eval_triples: list[dict], **extra) -> dict:
             "verdict": pairwise_verdict(accuracy, interval, baseline)}
 
 
+def summary_sentence(summary: dict) -> str:
+    """The held-out figures in one line, as `caikit train reward` prints them and a report can show them."""
+    if not summary.get("eval_pairs"):
+        return summary["verdict"]
+    return (f"held-out pairwise accuracy {summary['eval_accuracy']:.3f} (95 % interval "
+            f"{summary['eval_accuracy_low']:.3f}-{summary['eval_accuracy_high']:.3f}) on {summary['eval_pairs']} "
+            f"pairs; preferring the shorter reply scores {summary['length_baseline_accuracy']:.3f}: "
+            f"{summary['verdict']}")
+
+
 def write_summary(out_dir: str | Path, summary: dict) -> None:
-    """eval.json in the model directory, and its verdict on stderr."""
+    """eval.json in the model directory, and its sentence on stderr."""
     from caikit.train.loop import note
 
     (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if summary["eval_pairs"]:
-        note(COMMAND, f"held-out pairwise accuracy {summary['eval_accuracy']:.3f} (95 % interval "
-                      f"{summary['eval_accuracy_low']:.3f}-{summary['eval_accuracy_high']:.3f}) on "
-                      f"{summary['eval_pairs']} pairs; preferring the shorter reply scores "
-                      f"{summary['length_baseline_accuracy']:.3f}: {summary['verdict']}")
-    else:
-        note(COMMAND, summary["verdict"])
+    note(COMMAND, summary_sentence(summary))
+
+
+def read_summary(model_dir: str | Path) -> dict | None:
+    """A reward model directory's eval.json (for `caikit eval` and the report); None when it has none."""
+    path = Path(model_dir) / SUMMARY_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"unreadable reward-model summary: {e}", path=str(path)) from None
 
 
 def train(cfg: RewardConfig) -> str:
