@@ -10,16 +10,12 @@ import gzip
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-WORDS = "the a cat dog runs blue green river stone light quick slow tree house music cloud paper window".split()
-
 
 def two_feature_pairs(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs whose first feature is +1 (chosen) / -1 (rejected) and whose second is a constant 5."""
@@ -142,25 +138,18 @@ def test_split_transcripts_takes_the_final_replies():
 
 # -------------------------------------------------------------------------------- tiny model, end to end
 
-def banana_rows(n: int, seed: int = 0) -> list[dict]:
-    """Preferred replies contain "banana"; half the pairs carry a soft label."""
-    rng = random.Random(seed)
+def probe_rows(n: int) -> list[dict]:
+    """test_trainers' rows (the preferred reply contains "banana"), every other one with a soft label."""
+    from test_trainers import preference_rows
 
-    def reply(marker: bool) -> str:
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 6))]
-        if marker:
-            words.insert(rng.randint(0, len(words)), "banana")
-        return " ".join(words)
-
-    return [{"prompt": f"Question {i}: tell me about the {rng.choice(WORDS)}.", "chosen": reply(True),
-             "rejected": reply(False), **({"p_chosen": 0.9} if i % 2 else {})} for i in range(n)]
+    return [{**row, **({"p_chosen": 0.9} if i % 2 else {})} for i, row in enumerate(preference_rows(n))]
 
 
 @pytest.fixture
 def probe_data(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("CAIKIT_CACHE", str(tmp_path / "cache"))  # a fresh feature cache per test
     path = tmp_path / "prefs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in banana_rows(40)), encoding="utf-8")
+    path.write_text("".join(json.dumps(r) + "\n" for r in probe_rows(40)), encoding="utf-8")
     return path
 
 
@@ -177,7 +166,8 @@ def test_probe_trains_saves_and_scores_reproduce_it(tiny_model_dir, probe_data, 
     summary = json.loads((out / "eval.json").read_text())
     assert summary["eval_pairs"] == 10 and summary["train_pairs"] == 30
     assert {"eval_accuracy_low", "eval_accuracy_high", "length_baseline_accuracy", "verdict"} <= summary.keys()
-    assert summary["probe"]["layer"] == 1 and summary["probe"]["l2"] in [r["l2"] for r in summary["probe"]["cross_validation"]]
+    probe = summary["probe"]
+    assert probe["layer"] == 1 and probe["l2"] in [row["l2"] for row in probe["cross_validation"]]
     final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["eval_accuracy"] == summary["eval_accuracy"]
     from caikit.train.reward import read_summary, summary_sentence
@@ -193,19 +183,21 @@ def test_probe_trains_saves_and_scores_reproduce_it(tiny_model_dir, probe_data, 
     full = AutoModel.from_pretrained(tiny_model_dir).eval()
     captured = {}
     full.layers[0].register_forward_hook(lambda module, args, output: captured.update(h=output))
-    rows = banana_rows(40)
+    rows = probe_rows(40)
     held_out = split_rows(rows, 0.25, 0)[1]
     from caikit.train.reward import reward_input_ids
 
     w = model.score.weight[0].detach()
     correct = 0
     for row in held_out:
-        got = score((model, tokenizer), [(row["prompt"], row["chosen"]), (row["prompt"], row["rejected"])])
-        for side, s in zip(("chosen", "rejected"), got):
-            ids = torch.tensor([reward_input_ids(tokenizer, row["prompt"], row[side], 1024)])
+        replies = [row[side][0]["content"] for side in ("chosen", "rejected")]
+        got = score((model, tokenizer), [(row["prompt"], reply) for reply in replies])
+        for reply, s in zip(replies, got):
+            ids = torch.tensor([reward_input_ids(tokenizer, row["prompt"], reply, 1024)])
             with torch.no_grad():
                 full(input_ids=ids)
-                expected = float(full.norm(captured["h"][0] if isinstance(captured["h"], tuple) else captured["h"])[0, -1] @ w)
+                hidden = captured["h"][0] if isinstance(captured["h"], tuple) else captured["h"]  # (1, T, H)
+                expected = float(full.norm(hidden)[0, -1] @ w)
             assert s == pytest.approx(1 / (1 + math.exp(-expected)), abs=1e-5)
         correct += got[0] > got[1]
     # `caikit score` on the held-out pairs reproduces the probe's held-out accuracy
@@ -253,7 +245,7 @@ def test_probe_bad_data_exit_2(tiny_model_dir, tmp_path, capsys):
     from caikit.cli import main
 
     few = tmp_path / "few.jsonl"
-    few.write_text("".join(json.dumps(r) + "\n" for r in banana_rows(4)), encoding="utf-8")
+    few.write_text("".join(json.dumps(r) + "\n" for r in probe_rows(4)), encoding="utf-8")
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n", encoding="utf-8")
     for data, message in ((few, "needs at least 5 training pairs"), (broken, "row 1 is missing column 'rejected'")):
@@ -304,6 +296,8 @@ def test_full_reward_model_reports_interval_and_length_baseline(tiny_model_dir, 
     from caikit.stats import shorter_wins_accuracy
     from caikit.train.data import split_rows
 
-    held = split_rows(banana_rows(40), 0.25, 0)[1]
-    assert final["length_baseline_accuracy"] == shorter_wins_accuracy([(r["chosen"], r["rejected"]) for r in held])[0]
+    held = split_rows(probe_rows(40), 0.25, 0)[1]
+    replies = [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in held]
+    assert final["length_baseline_accuracy"] == shorter_wins_accuracy(replies)[0]
+    assert final["verdict"] == summary["verdict"]
     assert summary["verdict"].startswith(("weak", "usable"))

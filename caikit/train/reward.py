@@ -250,7 +250,7 @@ def train(cfg: RewardConfig) -> str:
     eval_triples = split_rows(triples, cfg.eval_fraction, cfg.seed)[1]
     summary = heldout_summary(final_eval.get("eval_accuracy", 0.0), eval_triples)
     if final_eval:
-        final_eval.update({k: v for k, v in summary.items() if k.startswith(("eval_accuracy_", "length_"))})
+        final_eval.update({k: v for k, v in summary.items() if k.startswith(("eval_accuracy_", "length_", "verdict"))})
         metrics.log(step, **final_eval)
     metrics.close()
     if accelerator.is_main_process:
