@@ -81,3 +81,18 @@ def longer_preferred_rate(choices: Sequence[tuple[str, str, float]]) -> float | 
     equal length or with p exactly 0.5 are left out. None when nothing is left."""
     picks = [(len(a) > len(b)) == (p > 0.5) for a, b, p in choices if len(a) != len(b) and p != 0.5]
     return sum(picks) / len(picks) if picks else None
+
+
+def pairwise_verdict(accuracy: float, interval: tuple[float, float] | None, baseline: float) -> str:
+    """Plain words for a held-out pairwise accuracy (a reward model's or a judge's) beside the length-only
+    baseline on the same pairs: usable only when the 95 % interval lies above chance and the accuracy
+    beats "prefer the shorter reply"."""
+    if interval is None:
+        return "not measured: no held-out pairs"
+    if interval[1] < 0.5:
+        return "weak: worse than chance on the held-out pairs"
+    if interval[0] <= 0.5:
+        return "weak: the held-out interval includes 0.5"
+    if not accuracy > baseline:
+        return "weak: not better than preferring the shorter reply"
+    return "usable"
