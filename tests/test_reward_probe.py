@@ -235,7 +235,7 @@ def test_probe_bad_data_exit_2(tiny_model_dir, tmp_path, capsys):
     few.write_text("".join(json.dumps(r) + "\n" for r in probe_rows(4)), encoding="utf-8")
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n", encoding="utf-8")
-    for data, message in ((few, "needs at least 5 training pairs"), (broken, "row 1 is missing column 'rejected'")):
+    for data, message in ((few, "needs at least 5 training pairs"), (broken, "broken.jsonl:1: expected 'chosen' and 'rejected'")):
         code = main(["train", "reward", "--freeze-backbone", "--model", tiny_model_dir, "--data", str(data),
                      "--out", str(tmp_path / "rm")])
         err = capsys.readouterr().err
