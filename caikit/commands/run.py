@@ -72,6 +72,10 @@ def _stage_inputs(name: str, spec: dict[str, Any], run: dict[str, Any], run_dir:
         wired |= {"model": policy, "data": prior.get("generate", ""), "seed": seed}
     elif name == "reward":
         wired |= {"model": policy, "data": prior.get("judge", ""), "seed": seed}
+        if (spec or {}).get("data") == "human":  # the human-labelled pairs caikit ships (not a path a file can name)
+            from caikit.prompts import bundled_human_reward_pairs_path
+
+            spec = {**spec, "data": str(bundled_human_reward_pairs_path())}
     elif name == "dpo":
         wired |= {"model": sft_model, "data": prior.get("judge", ""), "seed": seed}
     elif name == "ppo":

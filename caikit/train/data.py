@@ -59,6 +59,8 @@ class DataSummary:
             extra = [f"split '{s['split']}'"] if s.get("split") else []
             extra += [f"{s['duplicates']} duplicates read once"] if s.get("duplicates") else []
             extra += [f"{n} {reason} left out" for reason, n in sorted(s.get("left_out", {}).items())]
+            if s.get("judge_gate") in WEAK_GATES:
+                extra.append(f"WARNING: labelled by a judge whose quality gate says '{s['judge_gate']}' (gate.json)")
             shown = s["file"] if s["file"] == s["path"] else f"{s['path']} ({s['file']})"
             lines.append(f"{s['used']} {self.what} from {shown}" + (f" [{'; '.join(extra)}]" if extra else ""))
         if len(self.sources) > 1:
@@ -131,8 +133,23 @@ def training_data(cfg, what: str) -> tuple[list, DataSummary]:
         else:
             loaded = read_examples(path, split=getattr(cfg, "split", None) or None)
             items += [(e.prompt, e.completion) for e in loaded.items]
-        summary.sources.append(loaded.summary())
+        summary.sources.append({**loaded.summary(), **judge_gate_of(path)})
     return items, summary
+
+
+WEAK_GATES = ("failed", "allowed-weak", "fell-back-to-revision")
+
+
+def judge_gate_of(path: str) -> dict:
+    """{"judge_gate": status} for a judge run directory with a quality-gate verdict: the trainer carries it into
+    its data.json and metrics, so labels from a weak judge stay marked as such wherever they are used."""
+    gate = Path(path) / "gate.json"
+    if not gate.is_file():
+        return {}
+    try:
+        return {"judge_gate": json.loads(gate.read_text(encoding="utf-8")).get("status", "unknown")}
+    except (OSError, ValueError, AttributeError):
+        return {"judge_gate": "unreadable"}
 
 
 LABEL_DROPPED = ("tie", "skip", "undo")  # `caikit label` choices that say nothing about either response
