@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -27,14 +28,19 @@ from caikit.secrets import public_url
 T = TypeVar("T")
 
 
+ALIAS = "_alias_"  # argparse dest prefix of a former option name
 MAX_INT = 2**53  # larger integers are refused for every option: no option needs them, and C code overflows
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, low: float | None = None,  # noqa: A002
-           high: float | None = None, above: float | None = None, below: float | None = None, **kw) -> Any:
+           high: float | None = None, above: float | None = None, below: float | None = None,
+           aliases: tuple[str, ...] = (), **kw) -> Any:
     """A dataclass field with its `--help` text and, for numbers, its valid range declared beside it:
-    `low`/`high` are inclusive bounds, `above`/`below` exclusive ones."""
+    `low`/`high` are inclusive bounds, `above`/`below` exclusive ones. `aliases`: former names, accepted with a
+    warning for one release (flags and YAML alike)."""
     meta = {"help": help, **kw.pop("metadata", {})}
+    if aliases:
+        meta["aliases"] = tuple(aliases)
     bounds = {k: v for k, v in (("low", low), ("high", high), ("above", above), ("below", below)) if v is not None}
     if bounds:
         meta["range"] = bounds
@@ -71,6 +77,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
         kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
+        for alias in f.metadata.get("aliases", ()):  # the former name: hidden, mapped (and warned about) by resolve
+            parser.add_argument(_flag(alias), type=tp if tp in (int, float, str) else str, dest=ALIAS + alias,
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if f.name in positional:
             if typing.get_origin(tp) is list:  # one or more values: `caikit merge DIR DIR ...`
                 (inner,) = typing.get_args(tp) or (str,)
@@ -211,8 +220,13 @@ def from_dict(cls: type[T], data: dict, *, source: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    renamed = {alias: f.name for f in fields.values() for alias in f.metadata.get("aliases", ())}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
+        name = str(key).replace("-", "_").removeprefix(ALIAS)
+        if name in renamed:
+            print(f"caikit: warning: {source}: option '{name}' is now '{renamed[name]}'; the old name works until "
+                  "the next release", file=sys.stderr)
+            key = name = renamed[name]
         if name not in fields:
             raise UserError(f"unknown option {_shown(key)} (known: {', '.join(sorted(fields))})", path=source)
         value = _coerce(str(key), value, _base_type(hints[name]), fields[name], source)
@@ -233,7 +247,7 @@ def resolve(cls: type[T], args: argparse.Namespace | dict, *, config_file: str |
     data: dict = load_yaml(config_file) if config_file else {}
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     names = {f.name for f in dataclasses.fields(cls)}
-    data.update({k: v for k, v in given.items() if k in names})
+    data.update({k: v for k, v in given.items() if k in names or k.startswith(ALIAS)})
     cfg = from_dict(cls, data, source=config_file or "command line")
     check = getattr(cfg, "validate", None)
     if callable(check):

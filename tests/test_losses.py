@@ -129,7 +129,7 @@ def test_gae_three_steps_with_mask():
     rewards = t(1.0, 0.0, 2.0, 7.0).unsqueeze(0)
     values = t(0.5, 1.0, 1.5, 9.0).unsqueeze(0)
     mask = t(1, 1, 1, 0).unsqueeze(0)
-    advantages, returns = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    advantages, returns = gae(rewards, values, mask, gamma=0.9, gae_lambda=0.8)
     # t=2 (last valid, V after it = 0): δ = 2 - 1.5 = 0.5, A = 0.5
     # t=1: δ = 0 + 0.9·1.5 - 1.0 = 0.35, A = 0.35 + 0.72·0.5 = 0.71
     # t=0: δ = 1 + 0.9·1.0 - 0.5 = 1.4,  A = 1.4 + 0.72·0.71 = 1.9112
@@ -141,7 +141,7 @@ def test_gae_rows_are_independent_and_lam_one_is_discounted_return():
     rewards = torch.tensor([[0.0, 0.0, 1.0], [1.0, 5.0, 5.0]])
     values = torch.tensor([[0.2, 0.4, 0.6], [0.3, 8.0, 8.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    advantages, returns = gae(rewards, values, mask, gamma=0.5, lam=1.0)
+    advantages, returns = gae(rewards, values, mask, gamma=0.5, gae_lambda=1.0)
     # λ = 1: returns are Monte-Carlo discounted returns
     assert returns[0].tolist() == pytest.approx([0.25, 0.5, 1.0], abs=1e-6)
     assert advantages[1].tolist() == pytest.approx([0.7, 0.0, 0.0], abs=1e-6)  # one-step episode: 1 - 0.3

@@ -82,7 +82,7 @@ class EvalConfig:
     max_tokens: int = option(128, low=1, high=1_000_000, help="max new tokens per answer")
     temperature: float = option(0.0, low=0, high=2, help="sampling temperature of the answers (0: greedy)")
     out: str = option("outputs/eval", help="output directory")
-    seed: int = option(0, help="seed for sampling answers and drawing judge principles")
+    seed: int = option(0, low=0, high=2**32 - 1, help="seed for sampling answers and drawing judge principles")
     progress: bool = option(True, help="show a progress bar while judging")
 
     @property

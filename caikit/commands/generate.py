@@ -38,7 +38,7 @@ class GenerateConfig(BackendOptions):
     out: str = option("outputs/generate", help="run directory")
     rounds: int = option(1, low=1, high=32, help="critique -> revision rounds per prompt (the CAI paper used up to 4)")
     limit: int = option(0, low=0, help="use only the first N prompts (0: all)")
-    seed: int = option(0, help="seed for principle sampling and model sampling")
+    seed: int = option(0, low=0, high=2**32 - 1, help="seed for principle sampling and model sampling")
     temperature: float = option(0.7, low=0, high=2, help="sampling temperature for answers, critiques and revisions")
     max_tokens: int = option(256, low=1, high=1_000_000, help="max new tokens per model answer")
     few_shot: int = option(1, low=-1, high=1000, help="few-shot critique/revision demonstrations prepended (-1: all "

@@ -46,12 +46,12 @@ class LabelConfig:
     out: str = option("labels.jsonl", help="labels file; one row per answer, appended and fsync'd; rerun the same "
                                            "command to resume at the first unlabelled pair")
     labeler: str = option("", help="your name in the label rows (default: your login name)")
-    sample: int = option(0, help="label this many pairs (0: all); from a judge run, spread evenly over the "
+    sample: int = option(0, low=0, help="label this many pairs (0: all); from a judge run, spread evenly over the "
                                  "judge's confidence so disagreements surface")
-    seed: int = option(0, help="seed of the sample, the order and the left/right placement")
+    seed: int = option(0, low=0, high=2**32 - 1, help="seed of the sample, the order and the left/right placement")
     host: str = option("127.0.0.1", help="address to listen on; anything but 127.0.0.1 / localhost / ::1 "
                                          "requires a token")
-    port: int = option(8765, help="port (0: any free port)")
+    port: int = option(8765, low=0, high=65535, help="port (0: any free port)")
     token: str = option("", help="secret every request must carry (?token=...); generated when --host is not "
                                  "loopback and none is given")
     reveal: bool = option(False, help="after each answer, show the AI judge's verdict on that pair")

@@ -35,7 +35,7 @@ class ReportConfig:
     run_dir: str = option(help="a run directory: `caikit run` / `caikit demo` output, or one stage's own "
                                "(generate, judge, eval judge, eval, train ...)")
     out: str = option("", help="where to write the page (default: RUN_DIR/report.html)")
-    max_examples: int = option(8, help="examples shown per section (SL-CAI traces, before/after answers, pairs)")
+    max_examples: int = option(8, low=0, high=10_000, help="examples shown per section (SL-CAI traces, before/after answers, pairs)")
 
     def validate(self) -> None:
         if self.max_examples < 0:

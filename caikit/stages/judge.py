@@ -94,7 +94,7 @@ class JudgeOptions:
     system_prompt: str = option("", help="system prompt for every judge request")
     parse_retries: int = option(2, low=0, high=20, help="resamples of an unparseable or refused answer before "
                                                         "the pair fails")
-    seed: int = option(0, help="seed for principle sampling, order coins and sampled answers")
+    seed: int = option(0, low=0, high=2**32 - 1, help="seed for principle sampling, order coins and sampled answers")
     progress: bool = option(True, help="show a progress bar")
 
 

@@ -74,20 +74,20 @@ OBJECTIVES: dict[str, Objective] = {
 class DPOConfig(CommonTrainConfig):
     """Offline preference optimisation on preference pairs: DPO, cDPO, IPO (against a reference), ORPO, SimPO."""
 
-    lr: float = option(1e-6, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
+    lr: float = option(1e-6, above=0, high=1, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
     loss: str = option("sigmoid", help="objective: sigmoid (DPO, Rafailov et al. 2023) | cdpo (DPO with label "
                                        "smoothing, for soft AI labels) | ipo (Azar et al. 2023) | orpo (Hong et al. "
                                        "2024, no reference) | simpo (Meng et al. 2024, no reference)",
                        metadata={"choices": list(OBJECTIVES)})
     loss_type: str = option("", help="older name of --loss (sigmoid | ipo), kept so existing commands and configs run")
-    beta: float = option(0.1, help="β: strength of the implicit KL penalty towards the reference (DPO, cDPO, IPO); "
+    beta: float = option(0.1, above=0, help="β: strength of the implicit KL penalty towards the reference (DPO, cDPO, IPO); "
                                    "the reward scale for SimPO (the paper uses 2-10)")
-    label_smoothing: float = option(0.0, help="ε: assumed label-flip probability (conservative DPO); "
+    label_smoothing: float = option(0.0, low=0, below=0.5, help="ε: assumed label-flip probability (conservative DPO); "
                                               "sigmoid / cdpo only")
     use_soft_labels: bool = option(False, help="per-pair ε = 1 - P(chosen preferred) from the judge where rows carry "
                                                "it (p_chosen); --label-smoothing elsewhere; sigmoid / cdpo only")
-    simpo_gamma: float = option(0.5, help="γ: SimPO's target margin between the chosen and rejected rewards")
-    orpo_lambda: float = option(0.1, help="λ: weight of ORPO's odds-ratio term beside the chosen response's NLL")
+    simpo_gamma: float = option(0.5, low=0, help="γ: SimPO's target margin between the chosen and rejected rewards")
+    orpo_lambda: float = option(0.1, low=0, help="λ: weight of ORPO's odds-ratio term beside the chosen response's NLL")
     ref_model: str = option("", help="reference model (default: --model, the policy at step 0); "
                                      "not used by orpo, simpo")
 

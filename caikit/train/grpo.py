@@ -46,17 +46,17 @@ ADVANTAGES: dict[str, Callable[[Tensor, "GRPOConfig"], Tensor]] = {
 class GRPOConfig(RLConfig):
     """GRPO / RLOO on prompts: G samples per prompt, group-relative advantages, KL to the reference in the reward."""
 
-    num_generations: int = option(4, help="G: responses sampled per prompt, the group each one is compared with")
+    num_generations: int = option(4, low=2, high=1024, help="G: responses sampled per prompt, the group each one is compared with")
     estimator: str = option("grpo", help="advantage: grpo = (r − group mean) / group std (Shao et al. 2024) | rloo = "
                                          "r − mean of the other G − 1 (Ahmadian et al. 2024)",
                             metadata={"choices": list(ADVANTAGES)})
     scale_std: bool = option(True, help="grpo: divide by the group's std (--no-scale-std keeps r − mean, as Liu et "
                                         "al. 2025 advise against its bias towards near-uniform groups)")
-    clip_eps: float = option(0.2, help="ε of the clipped policy ratio (PPO's surrogate)")
-    num_iterations: int = option(1, help="μ: optimisation passes over each rollout batch (1: strictly on-policy)")
-    mini_batches: int = option(1, help="minibatches per pass (one optimizer step each)")
-    rollout_batch_size: int = option(4, help="prompts per step; each is answered --num-generations times")
-    temperature: float = option(1.0, help="sampling temperature; log-probs are computed under the same T")
+    clip_eps: float = option(0.2, above=0, high=1, help="ε of the clipped policy ratio (PPO's surrogate)")
+    num_iterations: int = option(1, low=1, high=1000, help="μ: optimisation passes over each rollout batch (1: strictly on-policy)")
+    mini_batches: int = option(1, low=1, high=65_536, help="minibatches per pass (one optimizer step each)")
+    rollout_batch_size: int = option(4, low=1, high=65_536, help="prompts per step; each is answered --num-generations times")
+    temperature: float = option(1.0, above=0, high=10, help="sampling temperature; log-probs are computed under the same T")
     # the lead's judge-based rewards (--judge SPEC, --reward pairwise|rubric) are built above caikit.train and
     # arrive as `train(cfg, reward_fn=...)`; their options join this config there
 

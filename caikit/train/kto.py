@@ -33,10 +33,10 @@ class KTOConfig(CommonTrainConfig):
 
     data: str = option("", help="unpaired rows (prompt, completion, label: true/false), preference pairs (prompt, "
                                 "chosen, rejected) or `caikit label` rows: a run dir, JSONL, parquet or datasets dir")
-    beta: float = option(0.1, help="β: strength of the implicit KL penalty towards the reference")
-    lambda_d: float = option(1.0, help="λ_D: weight of desirable examples (with imbalanced data keep λ_D·n_D / "
+    beta: float = option(0.1, above=0, help="β: strength of the implicit KL penalty towards the reference")
+    lambda_d: float = option(1.0, above=0, help="λ_D: weight of desirable examples (with imbalanced data keep λ_D·n_D / "
                                        "(λ_U·n_U) in [1, 4/3], Ethayarajh et al. 2024)")
-    lambda_u: float = option(1.0, help="λ_U: weight of undesirable examples")
+    lambda_u: float = option(1.0, above=0, help="λ_U: weight of undesirable examples")
     ref_model: str = option("", help="reference model (default: --model, the policy at step 0)")
 
     def validate(self) -> None:

@@ -209,7 +209,7 @@ def rloo_advantages(rewards: Tensor) -> Tensor:
     return rewards - baseline
 
 
-def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over response tokens.
 
     rewards, values, mask: (B, T); mask is 1 on valid response tokens. The value after the last valid
@@ -225,7 +225,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
         next_values = values[:, t + 1] * next_mask if t + 1 < T else torch.zeros_like(last_gae)
         delta = rewards[:, t] + gamma * next_values - values[:, t]  # TD residual δ_t = r_t + γV(s_{t+1}) - V(s_t)
         # A_t = Σ_l (γλ)^l δ_{t+l}, Eq. 16 Schulman et al. 2016, as the recursion A_t = δ_t + γλ A_{t+1}
-        last_gae = (delta + gamma * lam * next_mask * last_gae) * mask[:, t]
+        last_gae = (delta + gamma * gae_lambda * next_mask * last_gae) * mask[:, t]
         advantages[:, t] = last_gae
     returns = (advantages + values) * mask
     return advantages.detach(), returns.detach()

@@ -40,14 +40,15 @@ PLOT_GROUPS = {**RL_PLOT_GROUPS, "losses": ["policy_loss", "value_loss"],
 class PPOConfig(RLConfig):
     """PPO on prompts against a reward model, with a per-token KL penalty (RLHF / RLAIF step)."""
 
-    gamma: float = option(1.0, help="discount γ of GAE over response tokens")
-    lam: float = option(0.95, help="GAE λ: bias-variance trade-off of the advantage estimate")
-    cliprange: float = option(0.2, help="PPO policy ratio clip ε")
-    cliprange_value: float = option(0.2, help="value clip: new values stay within ±this of the rollout values")
-    vf_coef: float = option(0.1, help="weight of the value loss in the total loss")
-    ppo_epochs: int = option(4, help="optimisation passes over each rollout batch")
-    mini_batches: int = option(1, help="minibatches per PPO epoch (one optimizer step each)")
-    rollout_batch_size: int = option(16, help="prompts answered per PPO step")
+    gamma: float = option(1.0, low=0, high=1, help="discount γ of GAE over response tokens")
+    gae_lambda: float = option(0.95, low=0, high=1, aliases=("lam",),
+                               help="GAE λ: bias-variance trade-off of the advantage estimate (Schulman et al. 2016)")
+    cliprange: float = option(0.2, above=0, high=1, help="PPO policy ratio clip ε")
+    cliprange_value: float = option(0.2, above=0, help="value clip: new values stay within ±this of the rollout values")
+    vf_coef: float = option(0.1, low=0, help="weight of the value loss in the total loss")
+    ppo_epochs: int = option(4, low=1, high=1000, help="optimisation passes over each rollout batch")
+    mini_batches: int = option(1, low=1, high=65_536, help="minibatches per PPO epoch (one optimizer step each)")
+    rollout_batch_size: int = option(16, low=1, high=65_536, help="prompts answered per PPO step")
     whiten_rewards: bool = option(False, help="whiten per-token rewards (scale only) before GAE")
 
     def validate(self) -> None:
@@ -138,7 +139,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
         rewards, non_score_reward = per_token_rewards(scores, kl, rmask, kl_coef)
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
         advantages = whiten(advantages, mask)
         rollout_seconds = time.perf_counter() - started
 

@@ -36,17 +36,17 @@ PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_acc
 class RewardConfig(CommonTrainConfig):
     """Reward model on preference pairs (RLAIF)."""
 
-    lr: float = option(1e-5, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
+    lr: float = option(1e-5, above=0, high=1, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
     use_soft_labels: bool = option(True, help="train on the judge's P(chosen preferred) where rows carry one "
                                               "(p_chosen); hard labels otherwise")
     use_margin: bool = option(False, help="subtract each row's `margin` from the score difference (Llama 2 margin loss)")
     freeze_backbone: bool = option(False, help="train only the scalar head on the frozen backbone's last-token "
                                                "features (a linear probe: minutes on CPU, features cached); "
                                                "sequences keep their last --max-length tokens")
-    probe_layer: int = option(PROBE_LAYER, help="with --freeze-backbone: read features after this many blocks "
+    probe_layer: int = option(PROBE_LAYER, low=1, high=1000, help="with --freeze-backbone: read features after this many blocks "
                                                 "(the saved model is cut there, which also makes it cheaper); "
                                                 "0 = all blocks")
-    probe_l2: float = option(0.0, help="with --freeze-backbone: L2 penalty on the head; 0 picks it by 5-fold "
+    probe_l2: float = option(0.0, low=0, help="with --freeze-backbone: L2 penalty on the head; 0 picks it by 5-fold "
                                        "cross-validation on the training pairs")
 
     def validate(self) -> None:
@@ -72,8 +72,8 @@ class ScoreConfig:
     split: str = option("", help="split to read from a `datasets` DatasetDict --input (default: train)")
     prompt: str = option("", help="a single prompt (with --response)")
     response: list[str] = option([], help="one or more responses to --prompt")
-    batch_size: int = option(8, help="sequences per forward pass")
-    max_length: int = option(1024, help="max tokens per sequence (prompt left-truncated)")
+    batch_size: int = option(8, low=1, high=65_536, help="sequences per forward pass")
+    max_length: int = option(1024, low=8, high=1_000_000, help="max tokens per sequence (prompt left-truncated)")
     device: str = option("", help="cpu | cuda | cuda:1 (default: cuda if available)")
 
     def validate(self) -> None:

@@ -24,7 +24,7 @@ PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "learning_rate": ["lr"], "grad_nor
 class SFTConfig(CommonTrainConfig):
     """Supervised fine-tuning (SL-CAI): imitate the final revisions."""
 
-    lr: float = option(2e-5, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
+    lr: float = option(2e-5, above=0, high=1, help="peak learning rate (AdamW); see --warmup-steps and --lr-schedule")
 
 
 def evaluate(model, examples: list[dict], cfg, pad_token_id: int, device) -> dict[str, float]:
