@@ -184,12 +184,18 @@ def _coerce(key: str, value: Any, tp: Any, field: dataclasses.Field, source: str
     return value
 
 
+def _number(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 10_000 else f"{x:g}"
+
+
 def range_text(bounds: dict[str, float]) -> str:
     """'>= 1', '> 0', '0 to 1', '>= 0 and < 1': a declared range in words."""
-    low = f">= {bounds['low']:g}" if "low" in bounds else (f"> {bounds['above']:g}" if "above" in bounds else "")
-    high = f"<= {bounds['high']:g}" if "high" in bounds else (f"< {bounds['below']:g}" if "below" in bounds else "")
+    low = f">= {_number(bounds['low'])}" if "low" in bounds else (
+        f"> {_number(bounds['above'])}" if "above" in bounds else "")
+    high = f"<= {_number(bounds['high'])}" if "high" in bounds else (
+        f"< {_number(bounds['below'])}" if "below" in bounds else "")
     if "low" in bounds and "high" in bounds:
-        return f"{bounds['low']:g} to {bounds['high']:g}"
+        return f"{_number(bounds['low'])} to {_number(bounds['high'])}"
     return " and ".join(part for part in (low, high) if part) or "any"
 
 
@@ -299,3 +305,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def options_table(cls: type, *, skip: tuple[type, ...] = ()) -> str:
+    """A Markdown table of `cls`'s numeric options -- flag, default, valid range -- leaving out the fields of
+    the classes in `skip` (shared option groups shown in a table of their own). The README's option tables
+    are generated from here (scripts/options_doc.py), so a range is written once, where it is declared."""
+    hints = typing.get_type_hints(cls)
+    shared = {f.name for group in skip for f in dataclasses.fields(group)}
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = _base_type(hints[f.name])
+        valid = f.metadata.get("valid")  # a text option with a range of its own (--concurrency: auto or 1-4096)
+        if f.name in shared or (tp not in (int, float) and not valid) or f.metadata.get("cli") is False:
+            continue
+        bounds = f.metadata.get("range")
+        valid = valid or (range_text(bounds) if bounds else "any finite number")
+        rows.append(f"| `{_flag(f.name)}` | {f.default} | {valid} |")
+    if not rows:
+        return ""
+    return "| option | default | valid |\n|---|---|---|\n" + "\n".join(rows)

@@ -273,7 +273,7 @@ def test_training_into_a_finished_model_needs_resume_or_overwrite(tmp_path, tiny
 # -- class 7: options that make no sense ------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag, value, says", [
-    ("--rpm", "-1", ">= 0"), ("--tpm", "-5", ">= 0"), ("--max-tokens", "-5", "1 to 1e+06"),
+    ("--rpm", "-1", ">= 0"), ("--tpm", "-5", ">= 0"), ("--max-tokens", "-5", "1 to 1,000,000"),
     ("--temperature", "-1", "0 to 2"), ("--temperature", "nan", "finite"), ("--timeout", "0", "> 0"),
     ("--concurrency", "0", "auto or a whole number"), ("--concurrency", "1" + "0" * 30, "auto or a whole number"),
     ("--max-retries", "0", "1 to 100"), ("--limit", str(10**30), "out of range"), ("--max-cost", "inf", "finite"),

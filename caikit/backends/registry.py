@@ -74,7 +74,8 @@ class BackendOptions:
                                     "Anthropic proxy")
     concurrency: str = option("auto", help="requests in flight to an API (auto: 16 for a cloud API; for any other "
                                            "--base-url what `caikit probe` finds the server serves at once); a whole "
-                                           "number 1-4096 sets it")
+                                           "number 1-4096 sets it",
+                          metadata={"valid": "auto, or a whole number 1 to 4,096"})
     batch_size: int = option(0, low=0, high=4096, help="local backend: sequences per generate batch (0: 16 on CPU, "
                                                        "64 on a GPU)")
     rpm: float = option(0.0, low=0, help="client-side requests-per-minute limit (0: none)")

@@ -67,7 +67,8 @@ class EvalConfig:
                                               "local | openai | anthropic")
     judge_method: str = option("auto", help="how the judge decides (see `caikit judge --help`): auto | "
                                             + " | ".join(METHODS), metadata={"choices": ["auto", *METHODS]})
-    concurrency: str = option("auto", help="judge requests in flight (see caikit judge --help)")
+    concurrency: str = option("auto", help="judge requests in flight (see caikit judge --help)",
+                              metadata={"valid": "auto, or a whole number 1 to 4,096"})
     rpm: float = option(0.0, low=0, help="judge requests-per-minute limit (0: none)")
     tpm: float = option(0.0, low=0, help="judge tokens-per-minute limit (0: none)")
     timeout: float = option(60.0, above=0, high=86400, help="seconds before a judge request is abandoned and retried")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 from caikit.backends.registry import BackendOptions
 from caikit.config import option
@@ -46,8 +47,31 @@ def human_pairs(path: str, limit: int | None) -> list[Pair]:
     return [Pair(pair_id(r.id, 0, 1), r.messages, r.chosen, r.rejected) for r in load_labelled_pairs(path, limit=limit)]
 
 
+def label_rows(path: str) -> list[dict] | None:
+    """The rows of a `caikit label` file (several people, ties, skips), or None for other pair files."""
+    from caikit.label.rows import is_label_row, read_labels
+    from caikit.store import JsonlFile
+
+    if not str(path).endswith(".jsonl") or not Path(path).is_file():
+        return None
+    first = next(JsonlFile(path).iter(), None)
+    return read_labels(path) if is_label_row(first) else None
+
+
+def label_pairs(rows: list[dict], limit: int | None) -> list[Pair]:
+    """Each pair someone answered, once, with response_a / response_b as labelled (not "the human's choice
+    first": people may disagree, or call it a tie)."""
+    from caikit.label.rows import answered_items
+
+    items = answered_items(rows)[:limit] if limit else answered_items(rows)
+    return [Pair(pair_id(item.pair_id, 0, 1), item.prompt, item.response_a, item.response_b) for item in items]
+
+
 def run_agreement(cfg: AgreementConfig) -> int:
-    pairs = human_pairs(cfg.pairs, cfg.limit or None)
+    labels = label_rows(cfg.pairs)
+    pairs = label_pairs(labels, cfg.limit or None) if labels is not None else human_pairs(cfg.pairs, cfg.limit or None)
+    if labels is not None and cfg.calibration_pairs:
+        raise UserError("--calibration-pairs: give the human pairs as --pairs here (they are measured anyway)")
     jr = open_judge(cfg, cfg.out, "eval-judge", {})
 
     gate = None
@@ -55,7 +79,9 @@ def run_agreement(cfg: AgreementConfig) -> int:
     async def main() -> None:
         nonlocal gate
         try:  # the gate's sample of these human pairs measures accuracy before the rest is paid for
-            gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(), human_are_pairs=True)
+            # the gate's sample measures accuracy too when response_a is the human's choice (not in label files)
+            gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(),
+                                  human_are_pairs=labels is None)
             if gate is None or gate["status"] != "failed":
                 await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
         finally:
@@ -75,6 +101,25 @@ def run_agreement(cfg: AgreementConfig) -> int:
               "swap": cfg.swap, "principles": cfg.principles, "constitution": jr.constitution.name,
               "constitution_hash": jr.constitution.hash, "failures": len(outstanding),
               **agreement_report(judgments, cfg.bins), "gate": gate, "usage": jr.meter.summary()}
+    if labels is not None:  # people's answers, as labelled: the judge against each of them, and they against each other
+        from caikit.label.stats import inter_annotator_agreement, judge_vs_humans
+
+        from caikit.stages.judge import split_pair_id
+
+        from caikit.eval.agreement import calibration_table
+        from caikit.label.rows import latest_answers
+
+        p_a = {split_pair_id(j["pair_id"])[0]: j["p_a"] for j in judgments}
+        humans = judge_vs_humans(labels, p_a)
+        # P(the person's pick is better), per answer that picked a side: the calibration of the judge against them
+        picked = [p_a[r["pair_id"]] if r["choice"] == "a" else 1 - p_a[r["pair_id"]]
+                  for r in latest_answers(labels, ("a", "b")) if r["pair_id"] in p_a]
+        table, ece = calibration_table(picked, cfg.bins)
+        report |= {"labels": True, "humans": humans, "inter_annotator": inter_annotator_agreement(labels),
+                   "n": humans["decided"], "accuracy": humans["accuracy"],
+                   "accuracy_interval": list(humans["interval"]) if humans["interval"] else None,
+                   "kappa": humans["kappa"], "accuracy_first_order": None, "accuracy_swapped_order": None,
+                   "calibration": table, "ece": ece}
     jr.run.write_json(RunDir.REPORT, report)
     plot_reliability(report["calibration"], jr.run.file("calibration.png"),
                      f"{jr.cached.describe().get('model')} judge ({setup.method.name}), n={report['n']}")

@@ -124,6 +124,10 @@ def format_report(report: dict[str, Any]) -> str:
              f"  mean confidence         {pct(report['mean_confidence'])}",
              f"  ECE                     {'n/a' if report['ece'] is None else format(report['ece'], '.3f')}",
              "  confidence bin      n   mean conf  accuracy"]
+    inter = report.get("inter_annotator") or {}
+    if inter.get("labelers", 0) >= 2:
+        lines.insert(2, f"  labellers among themselves  {inter['labelers']} people, {inter['overlapping_pairs']} shared "
+                        f"pairs, mean kappa {'n/a' if inter.get('mean_kappa') is None else format(inter['mean_kappa'], '.3f')}")
     for r in report["calibration"]:
         conf = "" if r["confidence"] is None else f"{r['confidence']:.3f}"
         acc = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
