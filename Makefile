@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-fast install clean bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# the unit and loopback tiers: pure functions and real HTTP servers on 127.0.0.1, no model weights
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "(unit or loopback) and not slow and not e2e" tests
 
 clean:
 	rm -rf $(VENV)
