@@ -115,3 +115,27 @@ def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+# -- test tiers ------------------------------------------------------------------------------------------
+# A test's tier is its own marker, else its file's (below); a test that loads model weights (a tiny random
+# model or the real SmolLM2) is also e2e, so `make test-fast` (unit + loopback, no e2e) never loads one.
+TIERS = ("unit", "loopback", "e2e", "consumer")
+FILE_TIERS = {
+    "test_agreement.py": "loopback", "test_backend_local.py": "e2e", "test_backends_api.py": "loopback",
+    "test_batch.py": "loopback", "test_cli.py": "e2e", "test_constitution.py": "unit", "test_cost.py": "loopback",
+    "test_eval_compare.py": "e2e", "test_export.py": "unit", "test_fake_api.py": "loopback", "test_fuzz.py": "loopback",
+    "test_generate.py": "loopback", "test_judge.py": "loopback", "test_losses.py": "unit", "test_merge.py": "loopback",
+    "test_ppo.py": "e2e", "test_prompts.py": "unit", "test_reliability.py": "e2e", "test_report.py": "e2e",
+    "test_reward_probe.py": "e2e", "test_rows_matrix.py": "unit", "test_run.py": "e2e", "test_security.py": "loopback",
+    "test_store.py": "unit", "test_trainers.py": "e2e",
+}
+MODEL_FIXTURES = {"tiny_model_dir", "smollm2_dir", "lively_model_dir", "toy_policy_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(getattr(pytest.mark, FILE_TIERS.get(item.path.name, "e2e")))
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.e2e)
