@@ -19,13 +19,14 @@ Messages = list[dict[str, str]]
 
 
 def trainer_args(kind: str, out: str | Path, **overrides: Any):
-    """A one-step, CPU, no-logging, no-saving config for TRL's `kind` trainer ("sft" | "dpo" | "reward")."""
+    """A one-step, CPU, fp32, no-logging, no-saving config for TRL's `kind` trainer ("sft" | "dpo" | "reward").
+    (TRL 1.16 turns on bf16 and gradient checkpointing by default: both only slow a tiny model on a CPU.)"""
     import trl
 
     config = {"sft": trl.SFTConfig, "dpo": trl.DPOConfig, "reward": trl.RewardConfig}[kind]
     settings = dict(output_dir=str(out), max_steps=1, per_device_train_batch_size=2, learning_rate=1e-4,
                     report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
-                    disable_tqdm=True, seed=0)
+                    disable_tqdm=True, seed=0, bf16=False, gradient_checkpointing=False)
     return config(**{**settings, **overrides})
 
 
