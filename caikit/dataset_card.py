@@ -100,17 +100,20 @@ def percent(v: float | None) -> str:
 
 def endpoint(backend: str, model: str, base_url: str, probe: dict[str, Any] | None) -> tuple[str, str]:
     """(what kind of endpoint answered, the model's name) in words."""
+    from caikit.backends.registry import PROVIDERS, provider_class
+
+    if backend not in PROVIDERS:
+        return "not recorded (run.json names no provider)", model or "not recorded"
     if backend == "local":
         return "local model, run in process by caikit (transformers)", f"local:{model or 'smollm2'}"
-    from caikit.backends.registry import provider_class
 
-    cls = provider_class(backend)
+    cls, provider = provider_class(backend), PROVIDER_NAMES.get(backend, backend)
     name = f"{backend}:{model or cls.default_model}"
     if probe:
-        return f"self-hosted {PROVIDER_NAMES.get(backend, backend)}-compatible server", name
+        return f"self-hosted {provider}-compatible server", name
     if cls.is_cloud(base_url):
-        return f"cloud API ({PROVIDER_NAMES.get(backend, backend)})", name
-    return f"self-hosted {PROVIDER_NAMES.get(backend, backend)}-compatible server (not probed)", name
+        return f"cloud API ({provider})", name
+    return f"self-hosted {provider}-compatible server (not probed)", name
 
 
 def probe_in_words(probe: dict[str, Any]) -> str:
@@ -151,13 +154,6 @@ def made_between(records: list[dict[str, Any]]) -> str | None:
         return None
     first, last = stamps[0][:10], stamps[-1][:10]
     return first if first == last else f"{first} to {last}"
-
-
-def soft_label_summary(p_chosen: list[float]) -> dict[str, float]:
-    """mean p_chosen and ε = mean(1 - p_chosen): the share of labels a single label-smoothing value stands for."""
-    n = len(p_chosen)
-    mean_p = sum(p_chosen) / n if n else 1.0
-    return {"n": n, "mean_p_chosen": mean_p, "epsilon": 1.0 - mean_p}
 
 
 def table(rows: list[tuple[str, Any]]) -> str:
@@ -234,7 +230,7 @@ def model_rows(role: str, backend: str, model: str, base_url: str,
 
 def generation_rows(run: RunFacts, role: str = "") -> list[tuple[str, Any]]:
     identity = run.identity
-    rows = model_rows(role, identity.get("backend", "?"), identity.get("model", ""), run.config.get("base_url", ""),
+    rows = model_rows(role, identity.get("backend", ""), identity.get("model", ""), run.config.get("base_url", ""),
                       run.probe)
     if "rounds" in identity:
         rows.append((f"{role} critique -> revision rounds".strip(), identity["rounds"]))
@@ -307,7 +303,7 @@ GATE_WARNINGS = {"failed": "**The judge failed its quality gate: these labels ar
 
 def judge_rows(facts: RunFacts) -> list[tuple[str, Any]]:
     identity = facts.identity
-    rows = model_rows("judge", identity.get("backend", "?"), identity.get("model", ""),
+    rows = model_rows("judge", identity.get("backend", ""), identity.get("model", ""),
                       facts.config.get("base_url", ""), facts.probe)
     rows += [("judge method", METHODS.get(identity.get("method"), identity.get("method"))),
              ("order swap (position-bias control)", identity.get("swap")),
@@ -315,7 +311,7 @@ def judge_rows(facts: RunFacts) -> list[tuple[str, Any]]:
     if identity.get("method") == "vote":
         rows.append(("votes per order", identity.get("votes")))
     if identity.get("pairs") == "samples":
-        rows += model_rows("policy", identity.get("policy_backend", "?"), identity.get("policy_model", ""),
+        rows += model_rows("policy", identity.get("policy_backend", ""), identity.get("policy_model", ""),
                            identity.get("policy_base_url", ""), None)
         rows += [("samples per prompt", identity.get("n")),
                  ("policy sampling", f"temperature {shown(identity.get('policy_temperature'))}, at most "
@@ -370,11 +366,12 @@ def quality_rows(facts: RunFacts) -> list[tuple[str, Any]]:
 
 
 def soft_labels(dataset: Exported) -> str:
-    s = soft_label_summary([float(r["p_chosen"]) for r in dataset.rows])
-    if s["epsilon"] <= 0:
+    """mean p_chosen, and epsilon = mean(1 - p_chosen) with where it goes in caikit and in TRL."""
+    mean_p = sum(float(r["p_chosen"]) for r in dataset.rows) / len(dataset.rows)
+    if mean_p >= 1:
         return "Every pair carries a hard label (`p_chosen` = 1: a human or rule label)."
-    eps = f"{s['epsilon']:.3f}"
-    return (f"Over the {s['n']} pairs, mean `p_chosen` = {s['mean_p_chosen']:.3f}, so "
+    eps = f"{1 - mean_p:.3f}"
+    return (f"Over the {len(dataset.rows)} pairs, mean `p_chosen` = {mean_p:.3f}, so "
             f"**epsilon = mean(1 - p_chosen) = {eps}**: the share of the labels that one label-smoothing value "
             "stands for.\n\n"
             "- caikit: `caikit train reward --data <this directory>` trains on `p_chosen` as a per-pair soft label "

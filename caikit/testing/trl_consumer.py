@@ -1,6 +1,6 @@
 """caikit's exports handed to TRL as a user would hand them, and what TRL then trains on.
 
-Used by the consumer tests (tests/test_consumers_trl.py, the llama.cpp test) and scripts/sft_token_share.py.
+Used by the consumer tests (tests/test_consumers_trl.py) and the llama.cpp test (tests/test_llamacpp_server.py).
 TRL is imported lazily: caikit does not depend on it.
 
 `sft_token_share(trainer, rows)` reads the `labels` TRL's SFTTrainer built while preparing its dataset (-100:
