@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 import caikit
+from caikit.errors import UserError
 from caikit.rundir import RunDir
 from caikit.store import read_json
 
@@ -70,7 +71,12 @@ class RunFacts:
 
 def read_run(path: Path, agreement: dict[str, Any] | None = None) -> RunFacts:
     config_file = path / RunDir.CONFIG
-    config = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}) if config_file.exists() else {}
+    try:
+        config = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}) if config_file.exists() else {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError("unreadable YAML (was it edited by hand?)", path=str(config_file)) from None
+    if not isinstance(config, dict):
+        raise UserError("is not a mapping of settings", path=str(config_file))
     run = read_json(path / RunDir.RUN) or {}
     facts = RunFacts(path, run.get("stage", ""), run.get("identity") or {}, config,
                      read_json(path / RunDir.STATS) or {}, read_json(path / RunDir.USAGE) or {},

@@ -92,6 +92,9 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(run), "--format", "jsonl"]) == 2
     err = capsys.readouterr().err
     assert "preferences.jsonl" in err and "chosen" in err and "Traceback" not in err
+    (run / "config.yaml").write_text("prompts: [unclosed\n")
+    assert main(["export", str(run), "--format", "jsonl"]) == 2
+    assert "config.yaml: unreadable YAML" in capsys.readouterr().err
 
 
 def test_sft_layouts_and_older_messages_rows(tmp_path, capsys):
