@@ -45,9 +45,10 @@ def llama_server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
-                                   "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
-                                   "--logits_all", "true"], stdout=out, stderr=subprocess.STDOUT)
+        # as a user starts it (log-probs come back without --logits_all); the alias makes /v1/models list MODEL
+        server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
+                                   MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+                                   "--n_threads", "2"], stdout=out, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -72,7 +73,9 @@ def test_probe_generate_judge_export_against_llama_cpp(llama_server, shared_data
     probe_output = capsys.readouterr().out
     with capsys.disabled():
         print("\n" + probe_output)
-    assert "caikit probe:" in probe_output and "log-probs" in probe_output
+    # what llama-cpp-python 0.3.36 does (requests at once is left out: the ramp's figure varies from probe to probe)
+    for line in ("model listed          yes", "honours n             no", "log-probs             yes"):
+        assert line in probe_output, line
 
     with gzip.open(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt", encoding="utf-8") as fh:
         multi_turn = [r for line in fh if (r := json.loads(line))["chosen"].count("\n\nHuman:") >= 3
