@@ -59,9 +59,11 @@ def test_export_datasets_round_trip_with_trl_columns_and_card(tmp_path):
     assert sft.column_names == ["prompt", "completion"] and sft[1]["prompt"] == PROMPT
     assert sft[1]["completion"] == [{"role": "assistant", "content": "No 1."}]
     card = (run / "export" / "preferences" / "README.md").read_text()
-    for fact in ("anthropic-cai", "ab" * 32, "openai:gpt-4o-mini", "| judge method | logprob |",
-                 "| order swap (position-bias control) | yes |", "| rows | 3 |", "| ties | 1 |",
-                 "| judge agreement with human labels | 0.7125 on 200 pairs", "| judge principles per pair | 2 |"):
+    for fact in ("anthropic-cai", "ab" * 32, "| judge model | `openai:gpt-4o-mini` |", "| judge method | logprob",
+                 "| judge endpoint | cloud API (OpenAI) |", "| order swap (position-bias control) | yes |",
+                 "| rows in this dataset | 3 |", "| ties (p_chosen = 0.5, dropped) | 1 |",
+                 "| agreement with human labels (`caikit eval judge`) | 0.7125 on 200 pairs",
+                 "| judge principles per pair | 2 |", "Prompts** (`?`): not recorded", "license: unknown"):
         assert fact in card, fact
 
 
@@ -90,3 +92,51 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(run), "--format", "jsonl"]) == 2
     err = capsys.readouterr().err
     assert "preferences.jsonl" in err and "chosen" in err and "Traceback" not in err
+    (run / "config.yaml").write_text("prompts: [unclosed\n")
+    assert main(["export", str(run), "--format", "jsonl"]) == 2
+    assert "config.yaml: unreadable YAML" in capsys.readouterr().err
+
+
+def test_sft_layouts_and_older_messages_rows(tmp_path, capsys):
+    run = make_run(tmp_path)
+    assert main(["export", str(run), "--format", "jsonl", "--sft-layout", "messages"]) == 0
+    rows = [json.loads(line) for line in (run / "export" / "sft" / "train.jsonl").read_text().splitlines()]
+    assert rows[1] == {"messages": PROMPT + [{"role": "assistant", "content": "No 1."}]}
+
+    # a run written before the prompt-completion layout: `messages` rows, split at their last assistant turn
+    conversation = PROMPT + [{"role": "assistant", "content": "Why?"}, {"role": "user", "content": "Just tell me."},
+                             {"role": "assistant", "content": "No."}]
+    (run / "sft.jsonl").write_text(json.dumps({"id": "old", "messages": conversation}) + "\n")
+    assert main(["export", str(run), "--format", "jsonl"]) == 0
+    (row,) = [json.loads(line) for line in (run / "export" / "sft" / "train.jsonl").read_text().splitlines()]
+    assert row == {"prompt": conversation[:-1], "completion": conversation[-1:]}
+
+    (run / "sft.jsonl").write_text(json.dumps({"id": "x", "prompt": PROMPT, "completion": None}) + "\n")
+    assert main(["export", str(run), "--format", "jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "sft.jsonl:1: " in err and "completion" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(run), "--sft-layout", "chat"])
+    assert exit_.value.code == 2 and "invalid choice: 'chat'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["prompt-completion", "messages"])
+def test_caikit_train_sft_trains_on_the_revision_alone(tmp_path, tiny_model_dir, layout):
+    """What the SFT card says of `caikit train sft`: of an exported row, only the revision (and EOS) is trained."""
+    from caikit.models import load_tokenizer
+    from caikit.rows import read_examples
+    from caikit.train.data import tokenize_sft
+
+    run = make_run(tmp_path)
+    revision = "I won't help with that, but I can tell you who can."
+    conversation = PROMPT + [{"role": "assistant", "content": "Sure, step 1: ..."},
+                             {"role": "user", "content": "And then?"}]
+    (run / "sft.jsonl").write_text(json.dumps(SFTExample(id="t", prompt=conversation, completion=[
+        {"role": "assistant", "content": revision}]).to_dict()) + "\n")
+    assert main(["export", str(run), "--format", "parquet", "--sft-layout", layout]) == 0
+    examples = read_examples(run / "export" / "sft").items
+    tokenizer = load_tokenizer(tiny_model_dir)
+    (encoded,), _ = tokenize_sft(tokenizer, [(e.prompt, e.completion) for e in examples], 1024, 1024)
+    trained = [t for t, m in zip(encoded["input_ids"], encoded["labels_mask"]) if m]
+    assert tokenizer.decode(trained) == revision + tokenizer.eos_token
+    assert "Sure, step 1" in tokenizer.decode(encoded["input_ids"])  # the earlier turn is there, as context only
