@@ -122,7 +122,10 @@ class RunDir:
             check_identity(path, stage, identity)  # again under the lock: another run may have just started
             run = cls(path, stage=stage, identity=identity, lock=lock)
             save_config(cfg, run.file(cls.CONFIG))
-            write_json_atomic(run.file(cls.RUN), {"stage": stage, "identity": identity, "shard": shard})
+            from caikit import __version__
+
+            write_json_atomic(run.file(cls.RUN), {"stage": stage, "identity": identity, "shard": shard,
+                                                  "caikit_version": __version__})
         except BaseException:
             lock.release()
             raise

@@ -91,15 +91,22 @@ def _slots_from_props(server: Server) -> int | None:
     return slots if isinstance(slots, int) and slots > 0 else None
 
 
-def _ramp(server: Server, one_request: float) -> int:
-    """The largest level of RAMP whose concurrent requests finished without waiting in line."""
+def _ramp(server: Server) -> int:
+    """The largest level of RAMP whose concurrent requests finished without waiting in line, each level timed
+    against warm single requests of the same kind (a server's first request can take seconds: its cold start)."""
     hello = [{"role": "user", "content": "Count from one to five."}]
+
+    def level_seconds(pool, level: int) -> float:
+        start = time.monotonic()
+        list(pool.map(lambda _: server.chat(hello, max_tokens=8, temperature=0), range(level)))
+        return time.monotonic() - start
+
     served = 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=RAMP[-1]) as pool:
+        level_seconds(pool, 1)  # warm-up, not timed
+        one = min(level_seconds(pool, 1) for _ in range(2))
         for level in RAMP[1:]:
-            start = time.monotonic()
-            list(pool.map(lambda _: server.chat(hello, max_tokens=8, temperature=0), range(level)))
-            if time.monotonic() - start > WAITING * max(one_request, 0.02):
+            if level_seconds(pool, level) > WAITING * max(one, 0.02):
                 break
             served = level
     return served
@@ -123,7 +130,7 @@ def probe_server(base_url: str, model: str, api_key: str | None = None, *, timeo
                                       {"role": "user", "content": "Name a fruit."}], max_tokens=8, temperature=0)
         slots, slots_from = _slots_from_props(server), "props"
         if slots is None and ramp:
-            slots, slots_from = _ramp(server, seconds), "ramp"
+            slots, slots_from = _ramp(server), "ramp"
     except ProbeError as e:
         raise UserError(f"cannot probe {public_url(base_url)}: {e}") from None
     logprobs = lp_body["choices"][0].get("logprobs") if lp_body["choices"] else None
