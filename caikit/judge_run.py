@@ -171,3 +171,15 @@ def price_judge(setup: JudgeSetup, pairs: list[Pair], backend: str, model: str, 
 
     asyncio.run(all_pairs())
     return ask.finish("judge", backend, model, len(pairs), prices)
+
+
+GOES_ON = ("passed", "allowed-weak", "skipped")  # gate statuses after which the rest of the pairs are judged
+
+
+async def judge_with_gate(jr: JudgeRun, cfg, pairs: list[Pair], *, human_are_pairs: bool = False
+                          ) -> dict[str, Any] | None:
+    """The gate first (when on), then every pair, unless the gate said the judge is not worth the rest."""
+    gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(), human_are_pairs=human_are_pairs)
+    if gate is None or gate["status"] in GOES_ON:
+        await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
+    return gate

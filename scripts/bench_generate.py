@@ -14,6 +14,11 @@ and what a 10k-prompt run costs online vs --batch-api as `caikit estimate` compu
    Issue 7 target: >= 0.7.
 3. The estimated cost of 10,000 prompts through `caikit generate` (default settings) on gpt-4o-mini
    and claude-haiku-4-5, online and with --batch-api.
+4. The runner's own cost: the same chains (answer -> critique -> revision, built with caikit's stage prompts)
+   sent by `caikit generate` in its own process and by a bare asyncio loop over the same SDK client, to one
+   loopback server with the same latency and concurrency; the ratio of their wall times (bare / caikit, from
+   the first request to the end; caikit's start-up -- interpreter, imports, inputs, probe -- printed apart).
+   Issue 12 target: >= 0.85.
 
     python scripts/bench_generate.py                  # all three; last line: the ratio with faults
     python scripts/bench_generate.py --fault-rate 0   # fault-free only
@@ -129,6 +134,70 @@ def with_faults(args) -> float:
     return steady
 
 
+async def bare_chains(url: str, prompts: list[str], concurrency: int) -> tuple[float, float]:
+    """(first request sent, last answer in): the chains through a bare asyncio loop over the SDK client."""
+    import asyncio
+
+    import openai
+
+    from caikit.constitution import load_constitution
+    from caikit.stages import critique, revise
+
+    principle = load_constitution("hhh").critique_principles[0]
+    client = openai.AsyncOpenAI(base_url=url, api_key=os.environ["OPENAI_API_KEY"], max_retries=0, timeout=60)
+    slots = asyncio.Semaphore(concurrency)
+    first = [float("inf")]
+
+    async def ask(messages):
+        async with slots:
+            first[0] = min(first[0], time.monotonic())
+            response = await client.chat.completions.create(model="bench", messages=messages, max_tokens=256,
+                                                            temperature=0.7)
+        return response.choices[0].message.content
+
+    async def chain(text: str) -> None:
+        prompt = [{"role": "user", "content": text}]
+        answer = await ask(prompt)
+        critique_messages = critique.build_prompt(prompt, answer, principle.critique)
+        note = await ask(critique_messages)
+        await ask(revise.build_prompt(critique_messages, note, principle.revision))
+
+    await asyncio.gather(*(chain(t) for t in prompts))
+    await client.close()
+    return first[0], time.monotonic()
+
+
+def runner_overhead(args) -> float:
+    """Wall time of the same chains through `caikit generate` (its own process) and through a bare loop."""
+    import asyncio
+    import subprocess
+    import sys
+
+    n, c = args.overhead_prompts, args.concurrency
+    texts = [f"bench prompt {i}" for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = Path(tmp) / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+        with server_process(args.latency) as server:
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-m", "caikit.cli", "generate", "--backend", "openai", "--model", "bench",
+                            "--base-url", server["url"], "--constitution", "hhh", "--prompts", str(prompts),
+                            "--out", str(Path(tmp) / "run"), "--concurrency", str(c), "--few-shot", "0",
+                            "--no-progress"], check=True, capture_output=True)
+            ended = time.monotonic()
+        first_arrival = min(a for a, _, _, _ in server["log"])
+        with server_process(args.latency) as server:
+            bare_first, bare_end = asyncio.run(bare_chains(server["url"], texts, c))
+    startup, caikit_work, bare_work = first_arrival - started, ended - first_arrival, bare_end - bare_first
+    print(f"runner overhead: {n} prompts x 3 requests, C={c}, L={args.latency}s")
+    print(f"  caikit generate: start-up {startup:.2f}s (interpreter, imports, inputs, probe), then {caikit_work:.2f}s "
+          f"from its first request to its exit (derived files included)")
+    print(f"  bare asyncio loop over the same SDK client: {bare_work:.2f}s from its first request to its last answer")
+    ratio = bare_work / caikit_work
+    print(f"  ratio bare / caikit: {ratio:.3f} (start-up excluded; with it: {bare_work / (ended - started):.3f})")
+    return ratio
+
+
 def batch_vs_online(n: int = 10_000) -> None:
     """`caikit estimate generate` on n prompts (the bundled red-team sample, repeated)."""
     bundled = Path(__file__).resolve().parents[1] / "caikit" / "data" / "red_team_prompts.jsonl"
@@ -163,9 +232,15 @@ def main() -> None:
     ap.add_argument("--fault-rate", type=float, default=0.2, help="share of requests answered with a fault (0: skip)")
     ap.add_argument("--timeout", type=float, default=0.5, help="client --timeout of the run with faults (cuts hangs)")
     ap.add_argument("--retry-after", type=float, default=0.05, help="Retry-After of an injected 429, seconds")
+    ap.add_argument("--overhead-prompts", type=int, default=256, help="prompts of the runner-overhead comparison")
+    ap.add_argument("--only-overhead", action="store_true", help="run only the runner-overhead comparison")
     args = ap.parse_args()
 
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")
+    if args.only_overhead:
+        print(f"ratio {runner_overhead(args):.3f}")
+        return
+    runner_overhead(args)
     fault_free(args)
     if not args.fault_rate:
         return

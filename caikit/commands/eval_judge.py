@@ -18,7 +18,7 @@ from caikit.config import option
 from caikit.errors import UserError
 from caikit.eval.agreement import agreement_report, format_report, plot_reliability
 from caikit.gate import GateOptions, QualityGateFailed
-from caikit.judge_run import judge_pairs, open_judge, planned, run_gate
+from caikit.judge_run import judge_with_gate, open_judge, planned
 from caikit.rundir import RunDir, note
 from caikit.stages.judge import JudgeOptions, Pair, pair_id
 from caikit.store import write_jsonl_atomic
@@ -78,12 +78,8 @@ def run_agreement(cfg: AgreementConfig) -> int:
 
     async def main() -> None:
         nonlocal gate
-        try:  # the gate's sample of these human pairs measures accuracy before the rest is paid for
-            # the gate's sample measures accuracy too when response_a is the human's choice (not in label files)
-            gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(),
-                                  human_are_pairs=labels is None)
-            if gate is None or gate["status"] != "failed":
-                await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
+        try:  # the gate's sample measures accuracy too where response_a is the human's choice (not in label files)
+            gate = await judge_with_gate(jr, cfg, pairs, human_are_pairs=labels is None)
         finally:
             await jr.cached.aclose()
 

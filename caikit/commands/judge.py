@@ -22,7 +22,7 @@ from caikit.backends.registry import BackendOptions, make_backend
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.gate import GateOptions, QualityGateFailed
-from caikit.judge_run import judge_pairs, open_judge, planned, run_gate
+from caikit.judge_run import judge_with_gate, open_judge, planned
 from caikit.preferences import SOURCES, build_preferences, preference_stats, revision_pairs
 from caikit.rundir import RunDir, note
 from caikit.runner import Runner, open_backend, outstanding_failures, pending
@@ -133,9 +133,7 @@ def run_judge(cfg: JudgeConfig) -> int:
         try:
             if cfg.pairs == "samples":
                 pairs, policy_meter = await sample_pairs(cfg, jr.run, prompts, skipped)
-            gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit())
-            if gate is None or gate["status"] in ("passed", "allowed-weak", "skipped"):
-                await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
+            gate = await judge_with_gate(jr, cfg, pairs)
         finally:
             await jr.cached.aclose()
 
