@@ -167,7 +167,7 @@ def confirm_cost(estimate: Estimate | None, cfg) -> None:
     """Show the estimate on stderr; above --max-cost ask on a terminal, else stop unless --yes.
 
     Going on means spending up to --max-cost: the CachingBackend stops the run there."""
-    if estimate is None or estimate.backend == "local" or estimate.requests == 0:
+    if estimate is None or estimate.requests == 0 or price_for(estimate.model, backend=estimate.backend).local:
         return
     spent = _spent(cfg.out)
     print(f"caikit estimate: {estimate.summary()}" + (f"; {format_usd(spent)} spent already" if spent else ""),

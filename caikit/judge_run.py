@@ -86,7 +86,7 @@ def open_judge(cfg, out: str, stage: str, extra_identity: dict[str, Any], *, con
 
 async def confirm_judge_cost(jr: JudgeRun, pairs: list[Pair]) -> None:
     """Show (and gate on --max-cost) the estimate of the pairs not judged yet, before any is sent."""
-    if jr.cached.name == "local":
+    if jr.cached.in_process:
         return
     stored = set(latest_by_id(jr.run.jsonl(RunDir.JUDGMENTS).iter()))
     todo = [p for p in pairs if jr.setup.key(p) not in stored]
@@ -107,7 +107,7 @@ async def judge_pairs(jr: JudgeRun, pairs: list[Pair], *, concurrency: int, conf
                    f"{where.path}")
     if confirm:
         await confirm_judge_cost(jr, pairs)
-    if jr.cached.name == "local":
+    if jr.cached.in_process:
         concurrency = jr.cached.inner.batch_size  # a batch's worth of pairs keeps the model busy
     if getattr(jr.setup.opts, "batch_api", False):  # every pair in flight at once: each round is one batch
         concurrency = max(1, len(todo))

@@ -160,6 +160,8 @@ class Backend(abc.ABC):
     honours_n: bool = True  # one request returns n samples (False: n samples cost n requests)
     batch_class: str | None = None  # "module:Class" of the provider's batch API, if it has one
     cloud_hosts: tuple[str, ...] = ()  # hosts that are the provider's own API (others are self-hosted servers)
+    in_process: bool = False  # the model runs here (no API, no price, batches by itself)
+    openai_compatible: bool = False  # speaks the chat-completions wire format: a self-hosted one can be probed
     prices: dict[str, Any] = {}  # model (or dated-snapshot prefix) -> cost.Price, USD per 1M tokens
 
     def __init__(self, model: str):

@@ -101,6 +101,7 @@ class CachingBackend(Backend):
         self.name = inner.name
         self.supports_logprobs = inner.supports_logprobs
         self.honours_n = inner.honours_n
+        self.in_process = inner.in_process
         self.log = log
         self.meter = meter or UsageMeter(inner.model)
         self.max_cost = max_cost  # USD for the whole run directory; None: no limit

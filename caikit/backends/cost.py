@@ -45,6 +45,12 @@ def _is_local(model: str) -> bool:
     return model == "smollm2" or model.startswith(("/", ".", "~")) or "/" in model
 
 
+def provider_in_process(backend: str) -> bool:
+    from caikit.backends.registry import provider_class
+
+    return provider_class(backend).in_process
+
+
 def builtin_prices() -> dict[str, Price]:
     """Every provider's price rows (each provider class declares its own `prices`)."""
     from caikit.backends.registry import PROVIDERS, provider_class
@@ -84,7 +90,7 @@ def price_for(model: str, *, overrides: dict | None = None, backend: str | None 
             return Price(inp, float(entry["output"]),
                          float(entry.get("cached_input", base.cached_input if base else inp)),
                          float(entry.get("cache_write", base.cache_write if base else inp)))
-    if backend == "local" or _is_local(name):
+    if (backend and provider_in_process(backend)) or _is_local(name):
         return FREE
     if backend:
         from caikit.backends.registry import provider_class

@@ -81,6 +81,7 @@ class LocalBackend(Backend):
     default_model = "smollm2"
     supports_logprobs = True
     honours_n = True
+    in_process = True
 
     @classmethod
     def from_options(cls, opts, *, in_flight: int) -> "LocalBackend":

@@ -98,6 +98,7 @@ class OpenAIBackend(APIBackend):
     honours_n = True  # the OpenAI API does; servers that don't (llama.cpp, Ollama) are topped up by fill_to_n
     batch_class = "caikit.backends.batch_openai:OpenAIBatches"
     cloud_hosts = ("api.openai.com",)
+    openai_compatible = True
     prices = PRICES
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",

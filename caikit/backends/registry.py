@@ -139,7 +139,8 @@ def make_backend(opts: BackendOptions, *, probe: dict[str, Any] | None = None):
 
 def needs_probe(opts: BackendOptions) -> bool:
     """Is this a self-hosted OpenAI-compatible server, whose capabilities a run asks rather than assumes?"""
-    return opts.backend == "openai" and bool(opts.base_url) and not opts.provider().is_cloud(opts.base_url)
+    cls = opts.provider()
+    return cls.openai_compatible and bool(opts.base_url) and not cls.is_cloud(opts.base_url)
 
 
 def probed_backend(opts: BackendOptions, cached: dict[str, Any] | None = None):

@@ -142,7 +142,7 @@ def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, run: RunDir) -
             await runner.run(todo, lambda item, key: judge_pair(runner.ask, setups[item[0]["kind"]], item[1], key,
                                                                 run.run_id),
                              records=judgments, failures=failures, stage="eval-judge", run_id=run.run_id,
-                             concurrency=opts.requests_in_flight() if opts.backend != "local" else cfg.batch_size,
+                             concurrency=cfg.batch_size if opts.provider().in_process else opts.requests_in_flight(),
                              meter=meter, desc="eval judge", item_label=lambda item: item[0]["kind"])
         finally:
             judgments.close()

@@ -100,7 +100,7 @@ def run_generate(cfg: GenerateConfig) -> int:
             run.write_json(RunDir.PROBE, probe)
         traces, failures = run.jsonl(RunDir.TRACES), run.jsonl(RunDir.FAILURE_LOG)
         todo, done = pending(prompts, lambda row: trace_key(row, cfg, constitution.hash), traces)
-        if cfg.backend != "local":
+        if not cfg.provider().in_process:
             confirm_cost(price(cfg, constitution, [row for row, _ in todo], fill=0.6, honours_n=backend.honours_n), cfg)
         cached, meter = open_backend(run, backend, cfg)
         setup = TraceSetup.make(cfg, constitution, run.run_id, cached.describe())
@@ -108,7 +108,7 @@ def run_generate(cfg: GenerateConfig) -> int:
         note("generate", f"{len(prompts)} prompts, {done} already done, {len(todo)} to go -> {run.path}")
         if cfg.batch_api:  # every prompt in flight at once: each round's requests go out as one batch
             concurrency = max(1, len(todo))
-        elif cfg.backend == "local":
+        elif cfg.provider().in_process:
             concurrency = backend.batch_size  # a batch's worth of prompts keeps the model busy
         else:
             concurrency = cfg.requests_in_flight(probe) * cfg.prefetch
