@@ -257,13 +257,14 @@ class TransformersEngine:
         return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **kwargs)
 
 
-def continuous_batching_available(model: nn.Module) -> bool:
-    """Does the installed transformers offer continuous batching (`init_continuous_batching`)?"""
+def continuous_batching_available(model: nn.Module | None = None) -> bool:
+    """Does the installed transformers offer continuous batching (`init_continuous_batching`) to `model`
+    (None: to its models in general)?"""
     try:
-        from transformers import ContinuousBatchingConfig  # noqa: F401
+        from transformers import ContinuousBatchingConfig, GenerationMixin  # noqa: F401
     except ImportError:
         return False
-    return hasattr(model, "init_continuous_batching")
+    return hasattr(model if model is not None else GenerationMixin, "init_continuous_batching")
 
 
 class ContinuousEngine(TransformersEngine):
