@@ -186,8 +186,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny random model, batch 8, 40-token prompts, "
                                                              "16 new tokens, 1 repeat (CPU smoke test)")
     args = parser.parse_args()
-    if args.smoke:
-        args.random_init, args.batch_sizes, args.prompt_tokens, args.new_tokens, args.repeats = "tiny", "8", 40, 16, 1
+    if args.smoke:  # settings not given on the command line shrink to a CPU smoke test
+        smoke = {"random_init": "tiny", "batch_sizes": "8", "prompt_tokens": 40, "new_tokens": 16, "repeats": 1}
+        for key, value in smoke.items():
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
 
     import importlib.util
 
