@@ -277,12 +277,13 @@ def test_local_backend_generates_through_the_engine(lively_model_dir, lively):
     assert texts == old and len(set(texts)) > 1
 
     continuous = LocalBackend(lively_model_dir, batch_size=2, engine="continuous", max_wait_ms=50)
+    assert [c[0].text for c in continuous.generate_batch(conversations, temperature=0, max_tokens=8)] == texts
+    assert continuous.stats["generate_calls"] == 1  # one call, 2 rows decoding at once, refilled as they end
 
     async def run():
         return await asyncio.gather(*(continuous.generate(m, temperature=0, max_tokens=8) for m in conversations))
 
-    assert [r[0].text for r in asyncio.run(run())] == texts
-    assert continuous.stats["generate_calls"] == 1  # one group, 2 rows decoding at once, refilled as they end
+    assert [r[0].text for r in asyncio.run(run())] == texts  # through the async queue (groups as they arrive)
 
 
 # --- vLLM as an option --------------------------------------------------------------------------------------
