@@ -252,7 +252,8 @@ def main() -> None:
     import transformers
 
     print(f"\n{what} ({parameter_count(model_dir) / 1e6:,.0f}M parameters) on {device_name}, "
-          f"{'bf16' if device == 'cuda' else 'fp32'}, torch {torch.__version__}, transformers {transformers.__version__}; "
+          f"{'bf16' if device == 'cuda' else 'fp32'}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}; "
           f"~{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, T={TEMPERATURE}, "
           f"{args.repeats} timed call(s) per row" + ("  [CPU: smoke figures only]" if device == "cpu" else ""))
     header = "| path | " + " | ".join(f"tokens/s, batch {b}" for b in batches) + " | warm-up s |"

@@ -26,7 +26,8 @@ PAD, EOS = 0, 2
 def lively(lively_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(lively_model_dir).eval(), AutoTokenizer.from_pretrained(lively_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(lively_model_dir).eval()
+    return model, AutoTokenizer.from_pretrained(lively_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +181,8 @@ def test_lora_weights_are_merged_into_a_plain_copy(tiny_model_dir):
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     names = [name for name, _ in named_weights(policy)]
-    assert not any("lora" in n or "base_layer" in n for n in names) and "model.layers.0.self_attn.q_proj.weight" in names
+    assert not any("lora" in n or "base_layer" in n for n in names)
+    assert "model.layers.0.self_attn.q_proj.weight" in names
     plain = generation_copy(policy, torch.float32)
     ids = torch.tensor([[5, 9, 200, 31, 7]])
     with torch.no_grad():

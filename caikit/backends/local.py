@@ -32,7 +32,6 @@ from typing import Any, Callable, Hashable
 
 from caikit.backends.base import Backend, BackendError, Completion, Message, Usage, without_cache_marks
 from caikit.errors import UserError
-from caikit.generation import ENGINES, Decoding, left_pad_rows, length_buckets
 from caikit.models import load_causal_lm, load_tokenizer
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -109,6 +108,8 @@ class LocalBackend(Backend):
             raise UserError(f"local backend: batch_size must be >= 1, got {batch_size}")
         if dtype is not None and dtype not in DTYPES:
             raise UserError(f"local backend: dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+        from caikit.generation import ENGINES  # (torch loads with the model, not with this module)
+
         if engine not in ENGINES:
             raise UserError(f"local backend: engine must be one of {', '.join(ENGINES)}, got '{engine}'")
         if engine == "vllm":
@@ -167,8 +168,9 @@ class LocalBackend(Backend):
             if self.engine_name == "vllm":
                 from caikit.vllm_engine import VLLMEngine
 
+                vllm_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(self.dtype, "float32")
                 self._engine = VLLMEngine(path, eos_token_ids=self._eos_ids, pad_token_id=self._tokenizer.pad_token_id,
-                                          memory=self.vllm_memory, dtype={"fp32": "float32"}.get(self.dtype, "auto"))
+                                          memory=self.vllm_memory, dtype=vllm_dtype)
             else:
                 self._engine = make_engine(self.engine_name, self._model, pad_token_id=self._tokenizer.pad_token_id,
                                            eos_token_ids=self._eos_ids, tokenizer=self._tokenizer,
@@ -207,6 +209,8 @@ class LocalBackend(Backend):
         return ids
 
     def _left_pad(self, prompts: list[list[int]]):
+        from caikit.generation import left_pad_rows
+
         return left_pad_rows(prompts, self._tokenizer.pad_token_id, self._scoring_model().device)
 
     def _scoring_model(self):
@@ -222,6 +226,8 @@ class LocalBackend(Backend):
     ) -> list[list[Completion]]:
         """One engine call over a batch of prompts; `n` completions per prompt (plain temperature sampling, as
         the API providers do by default; greedy at temperature 0)."""
+        from caikit.generation import Decoding
+
         decoding = Decoding(params.max_tokens, params.temperature, params.n, params.stop, seed)
         new_tokens = self._engine.generate(prompts, decoding)  # n per prompt, in order
         self.stats["generate_calls"] += 1
@@ -327,6 +333,8 @@ class LocalBackend(Backend):
         return await request.future
 
     async def _worker(self, queue: _LoopQueue) -> None:
+        from caikit.generation import length_buckets
+
         loop = asyncio.get_running_loop()
         while queue.pending:
             # Let the oldest request's batch fill for up to max_wait_ms, unless some group is already full.
@@ -411,6 +419,8 @@ class LocalBackend(Backend):
     # ---- synchronous helpers (eval, benchmarks) ------------------------------------------------
 
     def _run_sorted(self, kernel: Callable, prompts: list[list[int]], *args: Any) -> list[Any]:
+        from caikit.generation import length_buckets
+
         results: list[Any] = [None] * len(prompts)
         refills = kernel == self._generate_chunk and self._engine.refills
         for chunk in length_buckets([len(p) for p in prompts], None if refills else self.batch_size):

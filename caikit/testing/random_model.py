@@ -26,7 +26,8 @@ SHAPES: dict[str, tuple[int, int, int, int, int]] = {
     "1.7b": (2048, 24, 32, 32, 8192),  # SmolLM2-1.7B's shape
 }
 LLAMA_KEYS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
-              "kv_heads": "num_key_value_heads", "intermediate": "intermediate_size", "context": "max_position_embeddings"}
+              "kv_heads": "num_key_value_heads", "intermediate": "intermediate_size",
+              "context": "max_position_embeddings"}
 BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "smollm2_tokenizer"
 
 
