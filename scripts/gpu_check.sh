@@ -72,8 +72,8 @@ fi
     $PY -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 '| transformers', transformers.__version__, '| accelerate', accelerate.__version__)"
     $PY -c "import trl; print('trl', trl.__version__)" 2>/dev/null || echo "trl: not importable"
-    bench generate-64 110 $PY scripts/bench_generate_local.py --random-init $MODEL $GEN
-    bench generate-256 70 $PY scripts/bench_generate_local.py --random-init $MODEL $GEN256
+    bench generate-64 105 $PY scripts/bench_generate_local.py --random-init $MODEL $GEN
+    bench generate-256 65 $PY scripts/bench_generate_local.py --random-init $MODEL $GEN256
     bench ppo-grpo 70 $PY scripts/bench_ppo.py --random-init $MODEL $PPO
     if grep -q -- "--random-init" scripts/bench_train.py; then
         bench train 45 $PY scripts/bench_train.py --random-init $MODEL --compare-trl
