@@ -66,6 +66,24 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def lively_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """The tiny Llama with its weights re-drawn at scale 0.3, so greedy outputs depend on the prompt."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, 0.3, generator=generator)
+    out = tmp_path_factory.mktemp("lively-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return str(out)
+
+
 TOY_TARGET = " excellent"  # the token the toy policy is calibrated on
 TOY_RESPONSE_LENGTH = 6
 

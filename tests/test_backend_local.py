@@ -1,8 +1,8 @@
 """LocalBackend: dynamic batching, left padding, option log-probs, usage, stop strings, truncation.
 
 The conftest tiny Llama has near-uniform logits and tied embeddings, so greedy decoding just repeats
-"\\n". `lively_model_dir` re-draws its weights with a larger scale so greedy outputs depend on the
-prompt, which the batching and padding checks need.
+"\\n". conftest's `lively_model_dir` re-draws its weights with a larger scale so greedy outputs depend on
+the prompt, which the batching and padding checks need.
 """
 
 from __future__ import annotations
@@ -19,22 +19,6 @@ from caikit.errors import UserError
 SHORT = [{"role": "user", "content": "Hi"}]
 LONG = [{"role": "user", "content": "word " * 200}]
 MEDIUM = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "other things " * 40}]
-
-
-@pytest.fixture(scope="module")
-def lively_model_dir(tiny_model_dir, tmp_path_factory) -> str:
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.normal_(0.0, 0.3, generator=generator)
-    out = tmp_path_factory.mktemp("lively-llama")
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture

@@ -1,10 +1,18 @@
-"""Local transformers backend: concurrent calls are batched into one `model.generate` / forward pass.
+"""Local transformers backend: concurrent calls are batched into one generation call / forward pass.
 
 The pipeline awaits `generate` (or `option_logprobs`) once per prompt from many coroutines. Each call
 tokenises its prompt and joins a queue keyed by its sampling parameters; one worker per event loop
-waits up to `max_wait_ms` for a batch to fill, sorts the group by prompt length (less padding),
-left-pads it and runs one `model.generate` with the KV cache on a dedicated thread, so the event
-loop stays responsive. Model and tokenizer load once, lazily, on that same thread.
+waits up to `max_wait_ms` for a batch to fill, cuts the group into length buckets of --batch-size
+(less padding; --concurrency plays no part) and hands each to the generation engine
+(caikit/generation.py, the one PPO / GRPO sample with) on a dedicated thread, so the event loop stays
+responsive. Model and tokenizer load once, lazily, on that same thread.
+
+Engines (--engine): padded (the default, `auto`) left-pads each bucket into one `model.generate`, with a
+static KV cache and compiled decoding on CUDA; a bucket's rows wait for its longest. continuous hands the
+whole group to transformers' continuous batching, which refills a finished row's slot with the next prompt
+(--batch-size rows decode at once); it is not the default until a GPU run of
+scripts/bench_generate_local.py shows it ahead (see caikit/generation.py). vllm generates with vLLM in
+this process (option log-probs still use the transformers model, loaded on first use).
 
 Seeds: a batch is seeded with the first seed among its requests (`torch.manual_seed`) before it
 runs, so sampled outputs depend on which requests happened to share the batch. Greedy decoding
@@ -20,7 +28,7 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable
 
 from caikit.backends.base import Backend, BackendError, Completion, Message, Usage, without_cache_marks
 from caikit.errors import UserError
@@ -57,12 +65,6 @@ class _LoopQueue:
     in_flight: list[_Request] = field(default_factory=list)  # the batch now on the worker thread
 
 
-def _length_sorted_chunks(indices: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices sorted by length and cut into batches, so each batch pads to similar lengths."""
-    ordered = sorted(indices, key=lambda i: lengths[i])
-    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
-
-
 def _cuda() -> bool:
     import torch
 
@@ -86,7 +88,8 @@ class LocalBackend(Backend):
     @classmethod
     def from_options(cls, opts, *, in_flight: int) -> "LocalBackend":
         """--batch-size sizes the generate batches (default by device); --concurrency plays no part here."""
-        return cls(opts.model_name(), batch_size=opts.batch_size or None, device=opts.device or None)
+        return cls(opts.model_name(), batch_size=opts.batch_size or None, device=opts.device or None,
+                   engine=opts.engine, vllm_memory=opts.vllm_memory)
 
     def __init__(
         self,
@@ -96,6 +99,8 @@ class LocalBackend(Backend):
         device: str | None = None,
         dtype: str | None = None,
         max_wait_ms: float = 5.0,
+        engine: str = "auto",
+        vllm_memory: float = 0.8,
     ):
         super().__init__(model)
         if batch_size is None:  # a GPU keeps a bigger batch busy; 2 CPU cores gain little past 16
@@ -104,6 +109,14 @@ class LocalBackend(Backend):
             raise UserError(f"local backend: batch_size must be >= 1, got {batch_size}")
         if dtype is not None and dtype not in DTYPES:
             raise UserError(f"local backend: dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+        from caikit.generation import ENGINES  # (torch loads with the model, not with this module)
+
+        if engine not in ENGINES:
+            raise UserError(f"local backend: engine must be one of {', '.join(ENGINES)}, got '{engine}'")
+        if engine == "vllm":
+            from caikit.generation import require_vllm
+
+            require_vllm()
         if device is None:
             import torch
 
@@ -116,6 +129,8 @@ class LocalBackend(Backend):
                 dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         self.batch_size, self.device, self.dtype = batch_size, device, dtype
         self.max_wait_ms = max_wait_ms
+        self.engine_name, self.vllm_memory = engine, vllm_memory
+        self._engine = None
         self.stats = dict.fromkeys(
             ("generate_calls", "forward_calls", "sequences", "scored_sequences", "prompt_tokens",
              "completion_tokens", "truncated_prompts"), 0)  # fmt: skip
@@ -129,15 +144,38 @@ class LocalBackend(Backend):
     def load(self) -> None:
         """Load tokenizer (left padding, pad != EOS) and model once; safe to call from any thread."""
         with self._load_lock:
-            if self._model is not None:
+            if self._engine is not None:
                 return
+            from transformers import AutoConfig, GenerationConfig
+
+            from caikit.generation import make_engine
+            from caikit.models import resolve_model_path
+
             self._tokenizer = load_tokenizer(self.model, padding_side="left")
-            self._model = load_causal_lm(self.model, dtype=self.dtype, device=self.device)  # eval(): dropout off
-            ids = self._model.generation_config.eos_token_id
+            path = resolve_model_path(self.model)
+            if self.engine_name != "vllm":  # vLLM holds its own copy; option log-probs load this one on first use
+                self._model = load_causal_lm(self.model, dtype=self.dtype, device=self.device)  # eval(): dropout off
+            config = self._model.config if self._model is not None else AutoConfig.from_pretrained(path)
+            try:
+                generation_config = self._model.generation_config if self._model is not None else \
+                    GenerationConfig.from_pretrained(path)
+            except OSError:
+                generation_config = GenerationConfig()
+            ids = generation_config.eos_token_id
             ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
             self._eos_ids = sorted({self._tokenizer.eos_token_id, *ids} - {None})
-            limits = [getattr(self._model.config, "max_position_embeddings", None), self._tokenizer.model_max_length]
+            limits = [getattr(config, "max_position_embeddings", None), self._tokenizer.model_max_length]
             self.context_length = min(x for x in limits if isinstance(x, int) and 0 < x < 10**7)
+            if self.engine_name == "vllm":
+                from caikit.vllm_engine import VLLMEngine
+
+                vllm_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(self.dtype, "float32")
+                self._engine = VLLMEngine(path, eos_token_ids=self._eos_ids, pad_token_id=self._tokenizer.pad_token_id,
+                                          memory=self.vllm_memory, dtype=vllm_dtype)
+            else:
+                self._engine = make_engine(self.engine_name, self._model, pad_token_id=self._tokenizer.pad_token_id,
+                                           eos_token_ids=self._eos_ids, tokenizer=self._tokenizer,
+                                           batch_size=self.batch_size)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -145,7 +183,7 @@ class LocalBackend(Backend):
         return self._pool
 
     async def _ensure_loaded(self) -> None:
-        if self._model is None:
+        if self._engine is None:
             await asyncio.get_running_loop().run_in_executor(self._executor(), self.load)
 
     def prompt_text(self, messages: list[Message]) -> str:
@@ -172,46 +210,29 @@ class LocalBackend(Backend):
         return ids
 
     def _left_pad(self, prompts: list[list[int]]):
-        import torch
+        from caikit.generation import left_pad_rows
 
-        width = max(len(p) for p in prompts)
-        pad = self._tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._model.device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=input_ids.device)
-        return input_ids, attention_mask
+        return left_pad_rows(prompts, self._tokenizer.pad_token_id, self._scoring_model().device)
+
+    def _scoring_model(self):
+        """The transformers model option log-probs are computed with (under --engine vllm loaded here, once)."""
+        if self._model is None:
+            self._model = load_causal_lm(self.model, dtype=self.dtype, device=self.device)
+        return self._model
 
     # ---- batch kernels (run on the worker thread) ----------------------------------------------
 
     def _generate_chunk(
         self, prompts: list[list[int]], params: SamplingParams, seed: int | None
     ) -> list[list[Completion]]:
-        """One `model.generate` over a batch of prompts; `n` completions per prompt."""
-        import torch
+        """One engine call over a batch of prompts; `n` completions per prompt (plain temperature sampling, as
+        the API providers do by default; greedy at temperature 0)."""
+        from caikit.generation import Decoding
 
-        input_ids, attention_mask = self._left_pad(prompts)
-        sampling = {"do_sample": params.temperature > 0}
-        copies = params.n if params.temperature > 0 else 1  # greedy: n identical answers, decoded once
-        if params.temperature > 0:  # plain temperature sampling, as the API providers do by default
-            sampling.update(temperature=params.temperature, top_p=1.0, top_k=0)
-        if params.stop:
-            sampling.update(stop_strings=list(params.stop), tokenizer=self._tokenizer)
-        if seed is not None:
-            torch.manual_seed(seed)
-        with torch.inference_mode():
-            # (B * n, width + T): HF repeats each prompt n times, in order, and takes position ids from the mask
-            out = self._model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=params.max_tokens,
-                num_return_sequences=copies,
-                pad_token_id=self._tokenizer.pad_token_id,
-                eos_token_id=self._eos_ids,
-                use_cache=True,
-                **sampling,
-            )
-        new_tokens = out[:, input_ids.shape[1] :].repeat_interleave(params.n // copies, dim=0).tolist()
+        decoding = Decoding(params.max_tokens, params.temperature, params.n, params.stop, seed)
+        new_tokens = self._engine.generate(prompts, decoding)  # n per prompt, in order
         self.stats["generate_calls"] += 1
-        self.stats["sequences"] += out.shape[0]  # generated, before greedy copies
+        self.stats["sequences"] += len(prompts) * (1 if decoding.greedy else params.n)  # before greedy copies
         results = []
         for i, prompt in enumerate(prompts):
             completions, completion_tokens = [], 0
@@ -260,7 +281,7 @@ class LocalBackend(Backend):
         k_max = max(len(v) for _, _, v in rows)
         with torch.inference_mode():
             # Left padding right-aligns every option, so only the last k_max + 1 logits are needed: (R, k_max + 1, V)
-            logits = self._model(
+            logits = self._scoring_model()(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=k_max + 1, use_cache=False,
             ).logits[:, -(k_max + 1) :]  # fmt: skip
@@ -286,7 +307,7 @@ class LocalBackend(Backend):
         input_ids, attention_mask = self._left_pad(prompts)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits = self._model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            logits = self._scoring_model()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                  logits_to_keep=1, use_cache=False).logits[:, -1]  # (P, V)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
         self.stats["forward_calls"] += 1
@@ -313,6 +334,8 @@ class LocalBackend(Backend):
         return await request.future
 
     async def _worker(self, queue: _LoopQueue) -> None:
+        from caikit.generation import length_buckets
+
         loop = asyncio.get_running_loop()
         while queue.pending:
             # Let the oldest request's batch fill for up to max_wait_ms, unless some group is already full.
@@ -330,7 +353,9 @@ class LocalBackend(Backend):
             kind, arg = group_key
             kernel: Callable = self._generate_chunk if kind == "generate" else self._score_chunk
             lengths = [len(r.prompt_ids) for r in group]
-            for chunk in _length_sorted_chunks(range(len(group)), lengths, self.batch_size):
+            # an engine that refills finished rows takes the whole group (it keeps --batch-size rows decoding)
+            refills = kind == "generate" and self._engine.refills
+            for chunk in length_buckets(lengths, None if refills else self.batch_size):
                 requests = [group[i] for i in chunk]
                 requests = [r for r in requests if not r.future.done()]  # callers may have given up
                 if not requests:
@@ -395,8 +420,11 @@ class LocalBackend(Backend):
     # ---- synchronous helpers (eval, benchmarks) ------------------------------------------------
 
     def _run_sorted(self, kernel: Callable, prompts: list[list[int]], *args: Any) -> list[Any]:
+        from caikit.generation import length_buckets
+
         results: list[Any] = [None] * len(prompts)
-        for chunk in _length_sorted_chunks(range(len(prompts)), [len(p) for p in prompts], self.batch_size):
+        refills = kernel == self._generate_chunk and self._engine.refills
+        for chunk in length_buckets([len(p) for p in prompts], None if refills else self.batch_size):
             for i, result in zip(chunk, kernel([prompts[i] for i in chunk], *args)):
                 results[i] = result
         return results

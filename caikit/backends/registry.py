@@ -78,6 +78,13 @@ class BackendOptions:
                           metadata={"valid": "auto, or a whole number 1 to 4,096"})
     batch_size: int = option(0, low=0, high=4096, help="local backend: sequences per generate batch (0: 16 on CPU, "
                                                        "64 on a GPU)")
+    engine: str = option("auto", help="local backend: what generates: padded = transformers generate over length "
+                                      "buckets (static KV cache + compiled decoding on CUDA) | continuous = "
+                                      "transformers' continuous batching, finished rows refilled | vllm = vLLM in "
+                                      "this process (pip install 'caikit[vllm]') | auto = padded",
+                         metadata={"choices": ["auto", "padded", "continuous", "vllm"]})
+    vllm_memory: float = option(0.8, above=0, below=1, help="local backend, --engine vllm: share of the GPU's memory "
+                                                            "vLLM may take for its weights and KV cache")
     rpm: float = option(0.0, low=0, help="client-side requests-per-minute limit (0: none)")
     tpm: float = option(0.0, low=0, help="client-side tokens-per-minute limit, estimated then corrected by usage "
                                          "(0: none)")
@@ -103,6 +110,13 @@ class BackendOptions:
 
     def validate(self) -> None:
         parse_concurrency(self.concurrency)
+        if self.engine != "auto" and self.backend != "local":
+            raise UserError(f"--engine {self.engine} chooses how the local backend generates; --backend "
+                            f"{self.backend} generates on its server")
+        if self.engine == "vllm":
+            from caikit.generation import require_vllm
+
+            require_vllm()
         if self.batch_api and not provider_class(self.backend).batch_class:
             raise UserError(f"--batch-api needs a provider with a batch API; {self.backend} has none "
                             "(a local model batches by itself)")

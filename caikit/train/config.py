@@ -90,6 +90,14 @@ class RLConfig(CommonTrainConfig):
     kl_max: float = option(20.0, above=0, help="warning when the KL to the reference exceeds this many nats per response")
     hack_window: int = option(10, low=2, high=100_000, help="steps over which RM score and check trends are compared")
     progress: bool = option(True, help="show a progress bar")
+    engine: str = option("auto", help="what samples the rollouts: padded = transformers generate over length buckets "
+                                      "(static KV cache + compiled decoding on CUDA) | continuous = transformers' "
+                                      "continuous batching | vllm = vLLM in this process, weights pushed after each "
+                                      "update (pip install 'caikit[vllm]') | auto = padded",
+                         metadata={"choices": ["auto", "padded", "continuous", "vllm"]})
+    generation_batch_size: int = option(0, low=0, help="rollouts decoded per batch (0: all of a step's at once)")
+    vllm_memory: float = option(0.3, above=0, below=1, help="--engine vllm: share of the GPU's memory vLLM may take "
+                                                            "for its weights and KV cache (the rest is training's)")
 
     def validate(self) -> None:
         self.policy = self.policy or self.model
@@ -107,3 +115,7 @@ class RLConfig(CommonTrainConfig):
             raise UserError("--check-every must be >= 1")
         if self.reward_model and self.reward_fn:
             raise UserError("give --reward-model or --reward-fn, not both")
+        if self.engine == "vllm":
+            from caikit.generation import require_vllm
+
+            require_vllm()

@@ -74,21 +74,24 @@ class GRPOConfig(RLConfig):
                             f"--mini-batches × --grad-accum = {self.mini_batches * self.grad_accum}")
 
 
-def sample_responses(lm, prompt_ids: Tensor, prompt_mask: Tensor, cfg: GRPOConfig, pad_token_id: int,
+def sample_responses(engine, prompt_ids: Tensor, prompt_mask: Tensor, cfg: GRPOConfig, pad_token_id: int,
                      eos_token_id: int):
     """The one place GRPO samples: (query_responses, responses, response_mask, has_eos), as PPO's rollout."""
     from caikit.train.rollout import generate_responses
 
-    return generate_responses(lm, prompt_ids, prompt_mask, cfg.response_length, cfg.temperature, pad_token_id,
+    return generate_responses(engine, prompt_ids, prompt_mask, cfg.response_length, cfg.temperature, pad_token_id,
                               eos_token_id)
 
 
-def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: Callable | None = None) -> str:
-    """Train; `reward_fn` (a RewardFn, or a plain f(prompts, responses) -> scores) and `check` (the independent
-    reward-hacking check) default to what --reward-model / --reward-fn and --check-rm / --check-judge name."""
+def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: Callable | None = None,
+          engine=None) -> str:
+    """Train; `reward_fn` (a RewardFn, or a plain f(prompts, responses) -> scores), `check` (the independent
+    reward-hacking check) and `engine` (a caikit.generation engine) default to what --reward-model /
+    --reward-fn, --check-rm / --check-judge and --engine name."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
+    from caikit.generation import push_weights
     from caikit.train.losses import kl_per_token, ppo_policy_loss
     from caikit.train.loop import (finish, load_pretrained, make_accelerator, make_optimizer, make_scheduler, note,
                                    prepare_model)
@@ -96,7 +99,7 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
     from caikit.train.rl import RLRun, load_reference, timing_metrics
     from caikit.train.rollout import (apply_missing_eos_penalty, decode_responses, disable_dropout, left_pad,
                                       prompt_indices, reference_logprobs, response_forward, rollout_attention_mask,
-                                      rollout_stats, update_steps)
+                                      rollout_engine, rollout_stats, update_steps)
 
     cfg.validate()  # also when called from Python rather than the CLI (fills the --policy/--prompts aliases)
     accelerator = make_accelerator(cfg)
@@ -119,6 +122,8 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
     step = run.start(policy, optimizer, scheduler)  # β controller, monitors, --resume
     kl_ctl = run.kl_ctl
     policy, optimizer = accelerator.prepare(policy, optimizer)
+    engine = engine or rollout_engine(cfg, accelerator, accelerator.unwrap_model(policy), tokenizer)
+    push_weights(engine, accelerator.unwrap_model(policy))  # a given engine or a resumed policy: start in step
 
     bar = tqdm(total=total_steps, initial=step, desc=cfg.estimator, unit="step",
                disable=not (cfg.progress and accelerator.is_local_main_process))
@@ -137,7 +142,7 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
         policy.eval()  # KV cache on; dropout is off in both modes
         lm = accelerator.unwrap_model(policy)
         with torch.no_grad(), accelerator.autocast():
-            qr, responses, rmask, has_eos = sample_responses(lm, p_ids, p_mask, cfg, pad_id, eos_id)
+            qr, responses, rmask, has_eos = sample_responses(engine, p_ids, p_mask, cfg, pad_id, eos_id)
             gen_seconds = time.perf_counter() - started
             attn = rollout_attention_mask(p_mask, rmask)
             parts = [response_forward(policy, qr[i:i + micro], attn[i:i + micro], P, cfg.temperature,
@@ -176,6 +181,10 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
                 stats[key].append(float(value.detach()))
             train_tokens += int(attn[idx].sum())
         train_seconds = time.perf_counter() - train_started
+        # the next rollout and the probe answers sample the updated policy; pushing it is part of generating
+        synced = time.perf_counter()
+        push_weights(engine, accelerator.unwrap_model(policy))
+        gen_seconds += time.perf_counter() - synced
 
         # 4. β update from the KL measured on this batch (Ziegler et al. 2019, §2.2), the same on every process
         mean_kl = float(accelerator.reduce(kl.sum(1).mean(), reduction="mean"))
@@ -192,7 +201,7 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
             **{k: sum(v) / len(v) for k, v in stats.items()}, "lr": scheduler.get_last_lr()[0],
             **timing_metrics(started, gen_seconds, rollout_seconds, train_seconds, B, train_tokens),
         }
-        run.end_step(step, total_steps, row, batch_convs, texts, lm, accelerator.unwrap_model(policy), optimizer,
+        run.end_step(step, total_steps, row, batch_convs, texts, engine, accelerator.unwrap_model(policy), optimizer,
                      scheduler)
         bar.set_postfix(score=f"{row['rm_score']:.3f}", kl=f"{mean_kl:.3f}", beta=f"{kl_coef:.3g}")
         bar.update(1)

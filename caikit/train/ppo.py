@@ -60,13 +60,15 @@ class PPOConfig(RLConfig):
                             f"--grad-accum = {self.mini_batches * self.grad_accum}")
 
 
-def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: Callable | None = None) -> str:
+def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: Callable | None = None,
+          engine=None) -> str:
     """Train; `reward_fn` (a RewardFn, or a plain f(prompts, responses) -> scores) and `check` (the independent
     reward-hacking check, f(conversations, responses) -> 0-1 scores) default to what --reward-model /
-    --reward-fn and --check-rm / --check-judge name."""
+    --reward-fn and --check-rm / --check-judge name; `engine` (a caikit.generation engine) to what --engine names."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
+    from caikit.generation import push_weights
     from caikit.train.losses import gae, kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
     from caikit.train.loop import (finish, load_pretrained, make_accelerator, make_optimizer, make_scheduler, note,
                                    prepare_model)
@@ -75,7 +77,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
     from caikit.train.rollout import (PolicyWithValueHead, apply_missing_eos_penalty, decode_responses,
                                       disable_dropout, generate_responses, left_pad, per_token_rewards,
                                       prompt_indices, reference_logprobs, response_forward, rollout_attention_mask,
-                                      rollout_stats, update_steps)
+                                      rollout_engine, rollout_stats, update_steps)
 
     cfg.validate()  # also when called from Python rather than the CLI (fills the --policy/--prompts aliases)
     out = Path(cfg.out)
@@ -99,6 +101,8 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
     step = run.start(policy, optimizer, scheduler)  # β controller, monitors, --resume
     kl_ctl = run.kl_ctl
     policy, optimizer = accelerator.prepare(policy, optimizer)
+    engine = engine or rollout_engine(cfg, accelerator, accelerator.unwrap_model(policy).lm, tokenizer)
+    push_weights(engine, accelerator.unwrap_model(policy).lm)  # a given engine or a resumed policy: start in step
 
     B, micro = cfg.rollout_batch_size, cfg.rollout_batch_size // (cfg.mini_batches * cfg.grad_accum)
     bar = tqdm(total=total_steps, initial=step, desc="ppo", unit="step", disable=not (cfg.progress and
@@ -115,9 +119,8 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
         # 1. rollout: sample, then log-probs / values / entropy of what was sampled, and the reference's
         policy.eval()  # KV cache on; dropout is off in both modes
         with torch.no_grad(), accelerator.autocast():
-            qr, responses, rmask, has_eos = generate_responses(
-                accelerator.unwrap_model(policy).lm, p_ids, p_mask, cfg.response_length, cfg.temperature, pad_id,
-                eos_id)
+            qr, responses, rmask, has_eos = generate_responses(engine, p_ids, p_mask, cfg.response_length,
+                                                               cfg.temperature, pad_id, eos_id)
             gen_seconds = time.perf_counter() - started
             attn = rollout_attention_mask(p_mask, rmask)
             parts = [response_forward(policy, qr[i:i + micro], attn[i:i + micro], P, cfg.temperature,
@@ -162,6 +165,10 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
                 stats[key].append(float(value.detach()))
             train_tokens += int(attn[idx].sum())
         train_seconds = time.perf_counter() - train_started
+        # the next rollout and the probe answers sample the updated policy; pushing it is part of generating
+        synced = time.perf_counter()
+        push_weights(engine, accelerator.unwrap_model(policy).lm)
+        gen_seconds += time.perf_counter() - synced
 
         # 4. β update from the KL measured on this batch (Ziegler et al. 2019, §2.2), the same on every process
         mean_kl = float(accelerator.reduce(kl.sum(1).mean(), reduction="mean"))
@@ -179,7 +186,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
             **timing_metrics(started, gen_seconds, rollout_seconds, train_seconds, B, train_tokens),
         }
         unwrapped = accelerator.unwrap_model(policy)
-        run.end_step(step, total_steps, row, batch_convs, texts, unwrapped.lm, unwrapped, optimizer, scheduler)
+        run.end_step(step, total_steps, row, batch_convs, texts, engine, unwrapped, optimizer, scheduler)
         bar.set_postfix(score=f"{row['rm_score']:.3f}", kl=f"{mean_kl:.3f}", beta=f"{kl_coef:.3g}")
         bar.update(1)
     bar.close()

@@ -104,9 +104,10 @@ class RLRun:
         return step
 
     def end_step(self, step: int, total_steps: int, row: dict[str, float], conversations: list[Messages],
-                 texts: list[str], lm: nn.Module, model: nn.Module, optimizer, scheduler) -> None:
-        """After an update: the independent check's score, the monitors, the metrics row, greedy answers to the
-        probes (from `lm`) and, every --save-every steps, a checkpoint of `model` (unwrapped)."""
+                 texts: list[str], engine, model: nn.Module, optimizer, scheduler) -> None:
+        """After an update (its weights already pushed to `engine`): the independent check's score, the monitors,
+        the metrics row, greedy answers to the probes (from `engine`) and, every --save-every steps, a checkpoint
+        of `model` (unwrapped)."""
         from caikit.train.rewards import compute_rewards, last_user_text
 
         cfg, main = self.cfg, self.accelerator.is_main_process
@@ -118,7 +119,7 @@ class RLRun:
                 self.metrics.log(step, **row)
             if cfg.sample_every and (step == 1 or step % cfg.sample_every == 0 or step == total_steps):
                 with torch.no_grad(), self.accelerator.autocast():
-                    answers, has_eos = greedy_answers(lm, self.probe_ids, self.tokenizer, cfg.response_length,
+                    answers, has_eos = greedy_answers(engine, self.probe_ids, self.tokenizer, cfg.response_length,
                                                       self.accelerator.device)
                 append_samples(self.out / "samples.jsonl", step, [last_user_text(c) for c in self.probes], answers,
                                compute_rewards(self.reward, self.probes, answers).scores, has_eos)
@@ -190,13 +191,13 @@ def load_reference(cfg) -> nn.Module | None:
     return ref.eval()
 
 
-def greedy_answers(lm: nn.Module, prompt_ids: list[list[int]], tokenizer, response_length: int,
+def greedy_answers(engine, prompt_ids: list[list[int]], tokenizer, response_length: int,
                    device) -> tuple[list[str], list[bool]]:
-    """Greedy answers to the fixed probe prompts (for samples.jsonl): (texts, has_eos)."""
+    """Greedy answers to the fixed probe prompts (for samples.jsonl) from the rollout engine: (texts, has_eos)."""
     from caikit.train.rollout import decode_responses, generate_responses, left_pad
 
     ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
-    _, responses, response_mask, has_eos = generate_responses(lm, ids, mask, response_length, 1.0,
+    _, responses, response_mask, has_eos = generate_responses(engine, ids, mask, response_length, 1.0,
                                                               tokenizer.pad_token_id, tokenizer.eos_token_id,
                                                               greedy=True)
     return decode_responses(tokenizer, responses, response_mask), has_eos.tolist()

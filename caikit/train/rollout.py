@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from caikit.generation import left_pad_rows as left_pad, sampling_config  # noqa: F401 (used by the trainers and tests)
 from caikit.train.logprobs import selective_log_softmax
 from caikit.train.losses import entropy_from_logits
 
@@ -103,42 +104,52 @@ def truncate_after_eos(responses: Tensor, eos_token_id: int, pad_token_id: int) 
     return responses.masked_fill(~response_mask, pad_token_id), response_mask, has_eos
 
 
-def sampling_config(max_new_tokens: int, temperature: float, pad_token_id: int, eos_token_id: int,
-                    greedy: bool = False):
-    """A GenerationConfig that samples from softmax(logits / T) and nothing else.
-
-    Every processor the model's own generation_config might switch on (top-k, top-p, repetition
-    penalty...) is set to its neutral value: PPO's log-probs must be those of the sampling distribution.
-    """
-    from transformers import GenerationConfig
-
-    neutral = dict(top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-                   repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_repetition_penalty=1.0,
-                   min_new_tokens=0, suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None,
-                   use_cache=True)  # also under --gradient-checkpointing, which turns the config's cache off
-    if greedy:
-        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id,
-                                eos_token_id=eos_token_id, **neutral)
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                            pad_token_id=pad_token_id, eos_token_id=eos_token_id, **neutral)
-
-
-@torch.no_grad()
-def generate_responses(lm: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, response_length: int,
-                       temperature: float, pad_token_id: int, eos_token_id: int, greedy: bool = False):
+def generate_responses(engine, prompt_ids: Tensor, prompt_mask: Tensor, response_length: int, temperature: float,
+                       pad_token_id: int, eos_token_id: int, greedy: bool = False):
     """Sample (or greedily decode) up to `response_length` tokens after left-padded prompts.
 
+    `engine` is a caikit.generation engine (`rollout_engine`), or a bare causal LM, decoded in one padded batch.
     prompt_ids, prompt_mask: (B, P). Returns (query_responses (B, P+R), responses (B, R),
     response_mask (B, R), has_eos (B,)), R = response_length (shorter generations are padded).
     """
-    config = sampling_config(response_length, temperature, pad_token_id, eos_token_id, greedy)
-    out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
-    P = prompt_ids.size(1)
-    responses = out[:, P:]
-    if responses.size(1) < response_length:
-        responses = nn.functional.pad(responses, (0, response_length - responses.size(1)), value=pad_token_id)
+    from caikit.generation import Decoding, TransformersEngine
+
+    if isinstance(engine, nn.Module):
+        engine = TransformersEngine(engine, pad_token_id=pad_token_id, eos_token_ids=[eos_token_id], compile=False)
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+    continuations = engine.generate(prompts, Decoding(response_length, 0.0 if greedy else temperature))
+    rows = [tokens[:response_length] + [pad_token_id] * (response_length - len(tokens)) for tokens in continuations]
+    responses = torch.tensor(rows, dtype=torch.long, device=prompt_ids.device)
     responses, response_mask, has_eos = truncate_after_eos(responses, eos_token_id, pad_token_id)
     return torch.cat([prompt_ids, responses], 1), responses, response_mask, has_eos
+
+
+def rollout_engine(cfg, accelerator, lm: nn.Module, tokenizer):
+    """The engine PPO / GRPO sample with (--engine). transformers engines decode from `lm` itself, or under
+    --bf16 from a bf16 generation copy that `push_weights` refreshes after every update; vLLM gets the policy
+    path and the pushed weights. Sharded policies (FSDP, DeepSpeed) decode from `lm` itself."""
+    from accelerate.utils import DistributedType
+
+    from caikit.generation import generation_copy, make_engine, notice, push_weights
+    from caikit.models import resolve_model_path
+
+    eos = [tokenizer.eos_token_id]
+    if cfg.engine == "vllm":
+        from caikit.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(resolve_model_path(cfg.policy), eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id,
+                            memory=cfg.vllm_memory, dtype="bfloat16" if cfg.bf16 else "auto", seed=cfg.seed)
+        push_weights(engine, lm)  # a resumed or LoRA policy differs from the weights on disk
+        return engine
+    model = lm
+    param_dtype = next(lm.parameters()).dtype
+    if cfg.bf16 and param_dtype != torch.bfloat16:
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            notice("a sharded policy decodes from its own weights under autocast (no bf16 generation copy)")
+        else:
+            model = generation_copy(lm, torch.bfloat16)
+    return make_engine(cfg.engine, model, pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, tokenizer=tokenizer,
+                       batch_size=cfg.generation_batch_size or None)
 
 
 def rollout_attention_mask(prompt_mask: Tensor, response_mask: Tensor) -> Tensor:
@@ -179,14 +190,6 @@ def encode_prompt(tokenizer, conversation: list[dict], max_prompt_length: int) -
 
     prompt_ids, _ = encode_prompt_response(tokenizer, conversation, [{"role": "assistant", "content": ""}])
     return prompt_ids[-max_prompt_length:]
-
-
-def left_pad(sequences: list[list[int]], pad_token_id: int, device=None) -> tuple[Tensor, Tensor]:
-    """Left-pad id lists -> (ids (B, P), attention_mask (B, P))."""
-    P = max(len(s) for s in sequences)
-    ids = torch.tensor([[pad_token_id] * (P - len(s)) + s for s in sequences], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * (P - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long, device=device)
-    return ids, mask
 
 
 def prompt_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
