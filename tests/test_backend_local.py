@@ -169,7 +169,7 @@ def test_user_errors_and_plain_layout_without_chat_template(backend, lively_mode
 
 @pytest.mark.slow
 def test_real_smollm2_answers_in_english_and_batching_keeps_greedy(smollm2_dir):
-    backend = LocalBackend(smollm2_dir, batch_size=8)
+    backend = LocalBackend(smollm2_dir, batch_size=8, max_wait_ms=500)  # a busy machine must not split the batch
     questions = ["What is the capital of France?", "Why is the sky blue?", "Give one tip for sleeping well."]
 
     async def run():

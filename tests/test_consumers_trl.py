@@ -11,7 +11,7 @@ import math
 import pytest
 
 from caikit.cli import main
-from caikit.testing.scripted_runs import generate_and_judge, scripted_server
+from scripted_runs import generate_and_judge, scripted_server
 
 pytestmark = pytest.mark.consumer
 trl = pytest.importorskip("trl", reason="TRL is a test-only dependency (pip install -e '.[test]')")
@@ -93,7 +93,7 @@ def test_label_smoothing_advice_of_the_card_holds_in_trl(exports, tiny_model_dir
                              processing_class=AutoTokenizer.from_pretrained(tiny_model_dir))
     batch = next(iter(trainer.get_train_dataloader()))
     assert hasattr(trainer, "label_smoothing") and hasattr(trainer, "loss_types"), \
-        "TRL's DPOTrainer changed: recheck the label_smoothing advice in caikit.dataset_card"
+        "TRL's DPOTrainer changed: recheck the label_smoothing advice in caikit.commands.dataset_card"
 
     def loss(loss_type: str, epsilon: float) -> float:
         trainer.loss_types, trainer.label_smoothing = [loss_type], epsilon

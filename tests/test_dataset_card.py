@@ -13,7 +13,7 @@ import yaml
 
 import caikit
 from caikit.cli import main
-from caikit.testing.scripted_runs import endpoint_args, generate_and_judge, scripted_server
+from scripted_runs import endpoint_args, generate_and_judge, scripted_server
 
 pytestmark = pytest.mark.loopback
 
@@ -118,7 +118,8 @@ def test_preference_card_of_a_revision_judge(runs, tmp_path):
                  f"sha256 `{gen_identity['constitution_hash']}`",
                  "| position consistency (same verdict in both orders) | 100.0 % of 3 pairs |",
                  "| revision preferred over the initial answer | 100.0 % |",
-                 "| quality gate | not measured (no gate.json in the run) |",
+                 "| quality gate | **passed** (min position consistency 0.6) |",  # on by default: --calibrate 32
+                 "| calibration pairs judged by the gate | 3 |", "mean confidence \\|p - 0.5\\| was 0.30",
                  "| agreement with human labels | not measured |",
                  "| pairs to judge | 3 |", "| judged | 3 |", "| prompts that failed in the generate run | 0 |",
                  "| traces whose revision equals the initial answer (not judged) | 0 |",

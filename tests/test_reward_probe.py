@@ -86,7 +86,7 @@ def test_pairwise_verdict(accuracy, n, baseline, verdict):
 @pytest.mark.unit
 def test_heldout_summary_puts_the_length_baseline_beside_the_interval():
     from caikit.stats import wilson_interval
-    from caikit.train.reward import heldout_summary
+    from caikit.train.heldout import heldout_summary
 
     def triple(chosen: str, rejected: str) -> dict:
         return {"chosen": [{"role": "assistant", "content": chosen}],
@@ -157,7 +157,7 @@ def test_probe_trains_saves_and_scores_reproduce_it(tiny_model_dir, probe_data, 
     assert probe["layer"] == 1 and probe["l2"] in [row["l2"] for row in probe["cross_validation"]]
     final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["eval_accuracy"] == summary["eval_accuracy"]
-    from caikit.train.reward import read_summary, summary_sentence
+    from caikit.train.heldout import read_summary, summary_sentence
 
     assert read_summary(out) == summary and read_summary(tmp_path) is None
     err = capsys.readouterr().err
@@ -216,7 +216,7 @@ def test_probe_rerun_hits_the_feature_cache(tiny_model_dir, probe_data, tmp_path
 @pytest.mark.parametrize("flags, message", [
     (["--probe-layer", "5"], "--probe-layer 5: the backbone has 2 blocks"),
     (["--lora"], "--freeze-backbone trains only a head on cached features: drop --lora"),
-    (["--probe-l2", "-1"], "--probe-layer and --probe-l2 must be >= 0"),
+    (["--probe-l2", "-1"], "--probe-l2 must be >= 0, got -1.0"),
 ])
 def test_probe_bad_options_exit_2(tiny_model_dir, probe_data, tmp_path, capsys, flags, message):
     from caikit.cli import main

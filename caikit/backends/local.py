@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from caikit.backends.base import Backend, BackendError, Completion, Message, Usage, without_cache_marks
+from caikit.backends.option_scoring import checked_options, max_option_tokens
 from caikit.errors import UserError
 from caikit.models import load_causal_lm, load_tokenizer
 
@@ -65,17 +66,6 @@ class _LoopQueue:
     in_flight: list[_Request] = field(default_factory=list)  # the batch now on the worker thread
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _option_variants(option: str) -> list[str]:
-    """"A" and " A": chat models put either after the assistant header; we sum over both."""
-    return [option] if option[:1].isspace() else [option, " " + option]
-
-
 class LocalBackend(Backend):
     """A Hugging Face causal LM in this process (alias `smollm2`, an HF id, or a local path)."""
 
@@ -103,8 +93,12 @@ class LocalBackend(Backend):
         vllm_memory: float = 0.8,
     ):
         super().__init__(model)
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if batch_size is None:  # a GPU keeps a bigger batch busy; 2 CPU cores gain little past 16
-            batch_size = 64 if str(device or "").startswith("cuda") or (device is None and _cuda()) else 16
+            batch_size = 64 if device.startswith("cuda") else 16
         if batch_size < 1:
             raise UserError(f"local backend: batch_size must be >= 1, got {batch_size}")
         if dtype is not None and dtype not in DTYPES:
@@ -117,10 +111,6 @@ class LocalBackend(Backend):
             from caikit.generation import require_vllm
 
             require_vllm()
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype is None:
             dtype = "fp32"
             if device.startswith("cuda"):
@@ -209,11 +199,6 @@ class LocalBackend(Backend):
             ids = ids[-limit:]
         return ids
 
-    def _left_pad(self, prompts: list[list[int]]):
-        from caikit.generation import left_pad_rows
-
-        return left_pad_rows(prompts, self._tokenizer.pad_token_id, self._scoring_model().device)
-
     def _scoring_model(self):
         """The transformers model option log-probs are computed with (under --engine vllm loaded here, once)."""
         if self._model is None:
@@ -264,58 +249,10 @@ class LocalBackend(Backend):
         return Completion(text=text, finish_reason="stop" if stopped else "length"), count
 
     def _score_chunk(self, prompts: list[list[int]], options: tuple[str, ...]) -> list[dict[str, float]]:
-        """log p(option | prompt) by teacher forcing, for every prompt x option x variant, in one forward."""
-        import torch
+        """log p(option | prompt) for every prompt and option, in one forward (caikit/backends/option_scoring.py)."""
+        from caikit.backends.option_scoring import score_options
 
-        variants = {o: [] for o in options}  # option -> distinct token-id sequences of its variants
-        for option in options:
-            for text in _option_variants(option):
-                ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
-                if ids and ids not in variants[option]:
-                    variants[option].append(ids)
-        if all(len(v) == 1 for vs in variants.values() for v in vs):
-            return self._score_next_token(prompts, variants)
-        rows = [(i, o, v) for i in range(len(prompts)) for o in options for v in variants[o]]
-        input_ids, attention_mask = self._left_pad([prompts[i] + v for i, o, v in rows])
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
-        k_max = max(len(v) for _, _, v in rows)
-        with torch.inference_mode():
-            # Left padding right-aligns every option, so only the last k_max + 1 logits are needed: (R, k_max + 1, V)
-            logits = self._scoring_model()(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=k_max + 1, use_cache=False,
-            ).logits[:, -(k_max + 1) :]  # fmt: skip
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-        self.stats["forward_calls"] += 1
-        self.stats["scored_sequences"] += len(rows)
-        self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
-        per_variant: dict[tuple[int, str], list[torch.Tensor]] = {}
-        for r, (i, option, ids) in enumerate(rows):
-            k = len(ids)
-            # the logit at position t predicts token t + 1: option token j sits at kept index k_max - k + j + 1
-            steps = logprobs[r, k_max - k : k_max].gather(-1, torch.tensor(ids, device=logprobs.device)[:, None])
-            per_variant.setdefault((i, option), []).append(steps.sum())
-        return [
-            {o: torch.logsumexp(torch.stack(per_variant[(i, o)]), 0).item() for o in options}
-            for i in range(len(prompts))
-        ]  # fmt: skip
-
-    def _score_next_token(self, prompts: list[list[int]], variants: dict[str, list[list[int]]]) -> list[dict[str, float]]:
-        """Every option variant is one token (" A", "A", ...): one row per prompt, one next-token softmax."""
-        import torch
-
-        input_ids, attention_mask = self._left_pad(prompts)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            logits = self._scoring_model()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 logits_to_keep=1, use_cache=False).logits[:, -1]  # (P, V)
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-        self.stats["forward_calls"] += 1
-        self.stats["scored_sequences"] += len(prompts)
-        self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
-        token_ids = {o: torch.tensor([v[0] for v in vs], device=logprobs.device) for o, vs in variants.items()}
-        return [{o: torch.logsumexp(logprobs[i, ids], 0).item() for o, ids in token_ids.items()}
-                for i in range(len(prompts))]
+        return score_options(self._scoring_model(), self._tokenizer, prompts, options, self.stats)
 
     # ---- dynamic batching ----------------------------------------------------------------------
 
@@ -397,8 +334,8 @@ class LocalBackend(Backend):
 
     async def option_logprobs(self, messages: list[Message], options: list[str]) -> dict[str, float]:
         await self._ensure_loaded()
-        options_key = self._check_options(options)
-        prompt_ids = self.encode_prompt(messages, reserve=self._max_option_tokens(options_key))
+        options_key = checked_options(options)
+        prompt_ids = self.encode_prompt(messages, reserve=max_option_tokens(self._tokenizer, options_key))
         return await self._submit(("score", options_key), prompt_ids)
 
     def _sampling_params(self, n: int, temperature: float, max_tokens: int, stop: list[str] | None) -> SamplingParams:
@@ -407,15 +344,6 @@ class LocalBackend(Backend):
                 f"local backend: need n >= 1, max_tokens >= 1, temperature >= 0 (got {n}, {max_tokens}, {temperature})"
             )
         return SamplingParams(float(temperature), int(max_tokens), int(n), tuple(s for s in stop or () if s))
-
-    def _check_options(self, options: list[str]) -> tuple[str, ...]:
-        if not options or any(not o for o in options):
-            raise UserError(f"local backend: options must be non-empty strings, got {options!r}")
-        return tuple(options)
-
-    def _max_option_tokens(self, options: tuple[str, ...]) -> int:
-        variants = [v for o in options for v in _option_variants(o)]
-        return max(len(self._tokenizer(v, add_special_tokens=False)["input_ids"]) for v in variants)
 
     # ---- synchronous helpers (eval, benchmarks) ------------------------------------------------
 
@@ -448,8 +376,8 @@ class LocalBackend(Backend):
     def score_options_batch(self, list_of_messages: list[list[Message]], options: list[str]) -> list[dict[str, float]]:
         """`option_logprobs` for many conversations now, one forward pass per batch (blocking)."""
         self.load()
-        options_key = self._check_options(options)
-        reserve = self._max_option_tokens(options_key)
+        options_key = checked_options(options)
+        reserve = max_option_tokens(self._tokenizer, options_key)
         prompts = [self.encode_prompt(m, reserve=reserve) for m in list_of_messages]
         return self._executor().submit(self._run_sorted, self._score_chunk, prompts, options_key).result()
 

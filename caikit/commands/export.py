@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from caikit.config import option
-from caikit.dataset_card import Exported, dataset_card, made_between, read_run
+from caikit.commands.card_facts import made_between, read_run
+from caikit.commands.dataset_card import Exported, dataset_card
 from caikit.errors import UserError
 from caikit.rows.layouts import RowError, example_of
 from caikit.store import JsonlFile, read_json

@@ -23,9 +23,9 @@ import torch
 from caikit.config import option, save_config
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
+from caikit.train.heldout import heldout_summary, write_summary
 
 COMMAND = "train reward"
-SUMMARY_FILE = "eval.json"  # held-out accuracy, its interval, the length baseline and the verdict
 PROBE_LAYER = 4  # of SmolLM2's 30 blocks: cross-validates as well as any block up to 12, at a seventh of the cost
 PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_accuracy"],
                "score_margin": ["score_margin", "eval_score_margin"], "learning_rate": ["lr"],
@@ -43,11 +43,11 @@ class RewardConfig(CommonTrainConfig):
     freeze_backbone: bool = option(False, help="train only the scalar head on the frozen backbone's last-token "
                                                "features (a linear probe: minutes on CPU, features cached); "
                                                "sequences keep their last --max-length tokens")
-    probe_layer: int = option(PROBE_LAYER, low=1, high=1000, help="with --freeze-backbone: read features after this many blocks "
-                                                "(the saved model is cut there, which also makes it cheaper); "
-                                                "0 = all blocks")
+    probe_layer: int = option(PROBE_LAYER, low=0, high=1000,
+                              help="with --freeze-backbone: read features after this many blocks (the saved model is "
+                                   "cut there, which also makes it cheaper); 0 = all blocks")
     probe_l2: float = option(0.0, low=0, help="with --freeze-backbone: L2 penalty on the head; 0 picks it by 5-fold "
-                                       "cross-validation on the training pairs")
+                                              "cross-validation on the training pairs")
 
     def validate(self) -> None:
         super().validate()
@@ -57,8 +57,6 @@ class RewardConfig(CommonTrainConfig):
                                             ("--bf16", self.bf16)) if on]
             if unused:
                 raise UserError(f"--freeze-backbone trains only a head on cached features: drop {unused[0]}")
-        if self.probe_layer < 0 or self.probe_l2 < 0:
-            raise UserError("--probe-layer and --probe-l2 must be >= 0")
 
 
 @dataclass
@@ -122,53 +120,6 @@ def evaluate(model, examples: list[dict], cfg: RewardConfig, pad_token_id: int, 
     model.train()
     n = len(examples)
     return {"eval_loss": loss_sum / n, "eval_accuracy": correct / n, "eval_score_margin": gap_sum / n}
-
-
-def reply_text(messages: list[dict]) -> str:
-    return "".join(m["content"] for m in messages)
-
-
-def heldout_summary(accuracy: float, eval_triples: list[dict], **extra) -> dict:
-    """The figures a reward model is judged by: held-out pairwise accuracy with its 95 % Wilson interval, the
-    length-only baseline ("prefer the shorter reply") on the same pairs, and a verdict in plain words."""
-    from caikit.stats import pairwise_verdict, shorter_wins_accuracy, wilson_interval
-
-    n = len(eval_triples)
-    interval = wilson_interval(accuracy * n, n) if n else None
-    baseline, _ = shorter_wins_accuracy([(reply_text(t["chosen"]), reply_text(t["rejected"])) for t in eval_triples])
-    return {"eval_accuracy": accuracy if n else None, "eval_accuracy_low": interval[0] if interval else None,
-            "eval_accuracy_high": interval[1] if interval else None, "eval_pairs": n,
-            "length_baseline_accuracy": baseline if n else None, **extra,
-            "verdict": pairwise_verdict(accuracy, interval, baseline)}
-
-
-def summary_sentence(summary: dict) -> str:
-    """The held-out figures in one line, as `caikit train reward` prints them and a report can show them."""
-    if not summary.get("eval_pairs"):
-        return summary["verdict"]
-    return (f"held-out pairwise accuracy {summary['eval_accuracy']:.3f} (95 % interval "
-            f"{summary['eval_accuracy_low']:.3f}-{summary['eval_accuracy_high']:.3f}) on {summary['eval_pairs']} "
-            f"pairs; preferring the shorter reply scores {summary['length_baseline_accuracy']:.3f}: "
-            f"{summary['verdict']}")
-
-
-def write_summary(out_dir: str | Path, summary: dict) -> None:
-    """eval.json in the model directory, and its sentence on stderr."""
-    from caikit.train.loop import note
-
-    (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    note(COMMAND, summary_sentence(summary))
-
-
-def read_summary(model_dir: str | Path) -> dict | None:
-    """A reward model directory's eval.json (for `caikit eval` and the report); None when it has none."""
-    path = Path(model_dir) / SUMMARY_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"unreadable reward-model summary: {e}", path=str(path)) from None
 
 
 def train(cfg: RewardConfig) -> str:

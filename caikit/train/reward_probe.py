@@ -234,7 +234,7 @@ def train_probe(cfg) -> str:
     from caikit.train.checkpoint import save_pretrained
     from caikit.train.data import split_rows
     from caikit.train.loop import load_pretrained, load_train_tokenizer, read_training_data
-    from caikit.train.reward import heldout_summary, write_summary
+    from caikit.train.heldout import heldout_summary, write_summary
 
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
