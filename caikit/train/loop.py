@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -69,13 +70,18 @@ def record_data(cfg, summary, metrics, step: int) -> None:
 
 
 def make_accelerator(cfg):
-    """Accelerator with bf16 autocast when asked (GPU), fp32 otherwise; seeds every RNG."""
+    """Accelerator with bf16 autocast when asked (GPU), fp32 otherwise; seeds every RNG. Under `accelerate
+    launch` with no GPU the processes train together over gloo (configs/accelerate/cpu_gloo.yaml)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     if cfg.bf16 and not torch.cuda.is_available():
         raise UserError("--bf16 needs a GPU with bfloat16 support; drop it on CPU")
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    # launched as several processes on a machine with no accelerator: gloo over CPUs, rather than N lone copies
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    has_accelerator = getattr(torch, "accelerator", None) and torch.accelerator.is_available()
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum,
+                              cpu=distributed and not (has_accelerator or torch.cuda.is_available()))
     set_seed(cfg.seed)
     return accelerator
 
@@ -167,7 +173,8 @@ def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dic
     skip = start_step * cfg.grad_accum
     epoch = 0
     while True:
-        mine = batches(examples, cfg.batch_size, cfg.seed, epoch)[process_index::num_processes]
+        mine = batches(examples, cfg.batch_size, cfg.seed, epoch, group_by_length=cfg.group_by_length,
+                       group_batches=cfg.length_group_batches)[process_index::num_processes]
         if not mine:
             raise UserError("not enough training examples for one batch per process")
         for micro in mine:
@@ -176,6 +183,41 @@ def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dic
                 continue
             yield collate(micro)
         epoch += 1
+
+
+def forward_options(cfg, model, command: str, accelerator):
+    """How this run's forwards go (`caikit.train.logprobs.ForwardOptions`), decided after `accelerator.prepare`.
+
+    Packing: --packing / --no-packing, or by default wherever a probe of the prepared model shows packed
+    sequences kept apart (one stderr line says which and why); every process must agree. The output layer
+    runs in chunks of --logprob-chunk tokens, except where its weights are sharded (FSDP, ZeRO-3)."""
+    import transformers
+
+    from caikit.train.logprobs import ForwardOptions
+    from caikit.train.packing import attention_name, keeps_sequences_apart
+
+    packed = False
+    if cfg.packing is not False:
+        works = keeps_sequences_apart(model)
+        if accelerator.num_processes > 1:  # one process failing the probe turns packing off everywhere
+            works = bool(accelerator.gather(torch.tensor([works], device=accelerator.device)).all())
+        name = attention_name(model)
+        if cfg.packing and not works:
+            raise UserError(f"--packing: with {name} attention this model lets packed sequences attend to each other "
+                            f"(transformers {transformers.__version__}); drop --packing or pick another "
+                            "--attn-implementation")
+        if cfg.packing is None:
+            note(command, f"packing {'on' if works else 'off'}: {name} attention "
+                          f"{'keeps packed sequences apart' if works else 'would mix packed sequences'} "
+                          "(--packing / --no-packing to choose)")
+        packed = works
+    chunk = cfg.logprob_chunk
+    kind = accelerator.distributed_type.value
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if chunk and (kind == "FSDP" or (kind == "DEEPSPEED" and getattr(plugin, "zero_stage", 0) == 3)):
+        note(command, "--logprob-chunk off: the output layer's weights are sharded outside the model's forward")
+        chunk = 0
+    return ForwardOptions(packed=packed, chunk=chunk)
 
 
 def to_device(batch: dict, device) -> dict:
