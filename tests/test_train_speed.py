@@ -290,10 +290,11 @@ def test_resumed_stream_skips_exactly_the_grouped_batches_it_did():
     straight = ids(micro_batches(examples, cfg, lambda m: m), 40)  # 14 batches an epoch: crosses two epochs
     resumed = ids(micro_batches(examples, cfg, lambda m: m, start_step=5), 30)
     assert resumed == straight[10:]
-    # two processes split each epoch's batches between them
-    first = ids(micro_batches(examples, cfg, lambda m: m, 0, 0, 2), 7)
-    second = ids(micro_batches(examples, cfg, lambda m: m, 0, 1, 2), 7)
-    assert sorted(first + second) == sorted(straight[:14])
+    # two processes share each global batch: together they see what one process with twice the batch sees
+    first = ids(micro_batches(examples, cfg, lambda m: m, 0, 0, 2), 12)
+    second = ids(micro_batches(examples, cfg, lambda m: m, 0, 1, 2), 12)
+    doubled = ids(micro_batches(examples, SimpleNamespace(**{**vars(cfg), "batch_size": 6}), lambda m: m), 12)
+    assert [a + b for a, b in zip(first, second)] == doubled
 
 
 # ------------------------------------------------------------------------------------ the trainers, whole

@@ -224,7 +224,7 @@ def train(cfg: DPOConfig) -> str:
     model, optimizer = accelerator.prepare(model, optimizer)
     how = forward_options(cfg, model, COMMAND, accelerator)
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0)
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
     record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), step,
@@ -244,8 +244,10 @@ def train(cfg: DPOConfig) -> str:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            rows.append(dpo_step_metrics(losses.detach(), chosen_rewards, rejected_rewards, pairs.chosen,
-                                         pairs.rejected))
+            # metrics over the global batch: every process's pairs (accelerate's gather; itself with one process)
+            everyone = [accelerator.gather(t.detach()) for t in (losses, chosen_rewards, rejected_rewards, pairs.chosen,
+                                                                 pairs.rejected)]
+            rows.append(dpo_step_metrics(*everyone))
             tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         scheduler.step()
         step += 1

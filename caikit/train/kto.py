@@ -171,7 +171,7 @@ def train(cfg: KTOConfig) -> str:
     model, optimizer = accelerator.prepare(model, optimizer)
     how = forward_options(cfg, model, COMMAND, accelerator)
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0)
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_unpaired(m, pad_id), step,
                            accelerator.process_index, accelerator.num_processes)
@@ -188,7 +188,9 @@ def train(cfg: KTOConfig) -> str:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            sums = add_sums(sums, kto_sums(losses, rewards, logps, batch["label"], z_ref))
+            # metrics over the global batch: every process's examples (accelerate's gather; itself with one process)
+            everyone = [accelerator.gather(t.detach()) for t in (losses, rewards, logps, batch["label"].float())]
+            sums = add_sums(sums, kto_sums(*everyone, accelerator.reduce(z_ref, "mean")))
             tokens += int(batch["attention_mask"].sum() + batch["kl_attention_mask"].sum())
         scheduler.step()
         step += 1

@@ -5,7 +5,7 @@ shared run plumbing is in rl.py), flat and top to bottom; this module only holds
 otherwise repeat.
 
 Multi-GPU: run the same command under `accelerate launch --config_file configs/accelerate/<x>.yaml -m
-caikit.cli train ...`; each process takes every num_processes-th micro-batch.
+caikit.cli train ...`; each process takes its share of every global batch (`micro_batches`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ PEFT_HINT = "--lora needs peft: pip install 'caikit[lora]' (or pip install peft)
 
 
 def note(command: str, message: str) -> None:
-    """One informational line on stderr (stdout stays for results)."""
-    print(f"caikit {command}: {message}", file=sys.stderr, flush=True)
+    """One informational line on stderr (stdout stays for results); said once, by the first of several processes."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"caikit {command}: {message}", file=sys.stderr, flush=True)
 
 
 def tokenized_split(command: str, cfg, items: list, tokenize, tokenizer, what: str) -> tuple[list[dict], list[dict]]:
@@ -167,14 +168,20 @@ def count_steps(cfg, n_examples: int, num_processes: int = 1) -> int:
 
 def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dict], start_step: int = 0,
                   process_index: int = 0, num_processes: int = 1) -> Iterator[dict]:
-    """Endless stream of collated micro-batches over seeded epochs, resuming after start_step optimizer steps."""
+    """Endless stream of collated micro-batches over seeded epochs, resuming after start_step optimizer steps.
+
+    The epoch is cut into global batches of batch_size x num_processes examples (length-grouped as such), each
+    split between the processes: N processes see exactly what one process with N times the batch would (a
+    last global batch too small to give every process an example is left out)."""
     from caikit.train.data import batches
 
     skip = start_step * cfg.grad_accum
     epoch = 0
     while True:
-        mine = batches(examples, cfg.batch_size, cfg.seed, epoch, group_by_length=cfg.group_by_length,
-                       group_batches=cfg.length_group_batches)[process_index::num_processes]
+        mine = [group[process_index * len(group) // num_processes:(process_index + 1) * len(group) // num_processes]
+                for group in batches(examples, cfg.batch_size * num_processes, cfg.seed, epoch,
+                                     group_by_length=cfg.group_by_length, group_batches=cfg.length_group_batches)
+                if len(group) >= num_processes]
         if not mine:
             raise UserError("not enough training examples for one batch per process")
         for micro in mine:

@@ -90,9 +90,11 @@ def pack(input_ids: Tensor, attention_mask: Tensor, width: int | None) -> Packed
 def keeps_sequences_apart(model) -> bool:
     """Whether `model` gives two sequences packed into one row (position ids restarting, no attention mask)
     the same final hidden states as it gives each alone: the check that packing is exact for this model."""
-    try:
+    from caikit.train.checkpoint import unwrap
+
+    try:  # the call goes through any DDP / FSDP wrapper (every process runs it); the config is the model's own
         device = next(model.parameters()).device
-        vocab = int(getattr(model.config, "vocab_size", 0) or 100)
+        vocab = int(getattr(unwrap(model).config, "vocab_size", 0) or 100)
         g = torch.Generator().manual_seed(0)
         first, second = (torch.randint(3, vocab, (1, n), generator=g).to(device) for n in (7, 5))
         row = torch.cat([first, second], 1)

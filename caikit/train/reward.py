@@ -148,7 +148,7 @@ def train(cfg: RewardConfig) -> str:
     model, optimizer = accelerator.prepare(model, optimizer)
     packed = forward_options(cfg, model, COMMAND, accelerator).packed  # no vocabulary here: nothing to chunk
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0)
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
     record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, tokenizer.pad_token_id), step,
@@ -169,9 +169,11 @@ def train(cfg: RewardConfig) -> str:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses_seen.append(loss.item())
+            # metrics over the global batch: every process's pairs (accelerate's gather; itself with one process)
+            chosen, rejected = accelerator.gather(chosen.detach()), accelerator.gather(rejected.detach())
+            losses_seen.append(accelerator.reduce(loss.detach(), "mean").item())
             correct.append(float((chosen > rejected).float().mean()))
-            gaps.append(float((chosen - rejected).detach().mean()))
+            gaps.append(float((chosen - rejected).mean()))
             tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         scheduler.step()
         step += 1

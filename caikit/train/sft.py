@@ -80,7 +80,7 @@ def train(cfg: SFTConfig) -> str:
     model, optimizer = accelerator.prepare(model, optimizer)
     how = forward_options(cfg, model, COMMAND, accelerator)
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0)
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
     record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_sft(m, tokenizer.pad_token_id), step,
@@ -100,7 +100,7 @@ def train(cfg: SFTConfig) -> str:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            step_losses.append(loss.item())
+            step_losses.append(accelerator.reduce(loss.detach(), "mean").item())  # over every process's batch
             tokens += int(batch["attention_mask"].sum())
         scheduler.step()
         step += 1
