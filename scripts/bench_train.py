@@ -6,8 +6,8 @@
 
 Model: --model (smollm2, a path, an HF id) or --random-init SPEC (caikit.random_init: a config or a shape such
 as llama-0.5b, with the tokenizer bundled in caikit/data/tokenizer, so no weights and no network are needed).
-Data: the real hh-rlhf lengths of ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz beside the checkout (or
---data FILE); without it, or with --synthetic, rows long enough to fill --max-length. caikit tokenises and
+Data: the real hh-rlhf lengths of shared/data/hh-rlhf/harmless-base-test.jsonl.gz beside the checkout or in it
+(or --data FILE); without it, or with --synthetic, rows long enough to fill --max-length. caikit tokenises and
 truncates every row once (prompt + response <= --max-length); TRL gets those rows already truncated (SFT and
 reward as token ids, DPO as text: its DPOTrainer takes text only).
 Runs: "caikit" is `caikit train` as it runs by default (length-grouped batches, packed rows where the probe
@@ -38,7 +38,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-HH_RLHF = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+# the shared data beside the checkout, or inside it (where a copy of the tree carries shared/ along)
+HH_RLHF = next((p for p in (root / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+                            for root in (REPO.parent, REPO)) if p.exists()),
+               REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz")
 WORDS = ("the of and a to in is you that it he was for on are as with his they at be this have from or one had by "
          "word but not what all were we when your can said there use an each which she do how their if will up other "
          "about out many then them these so some her would make like him into time has look two more write go see").split()
