@@ -137,7 +137,8 @@ def load_data(args, tokenizer) -> tuple[list[dict], list[dict], str]:
 
     prompts = [e["chosen_labels_mask"].index(1) for e in pairs]
     responses = [sum(e[f"{s}_labels_mask"]) for e in pairs for s in ("chosen", "rejected")]
-    return pairs, sft, f"{what}, {len(pairs)} pairs: prompt {quantiles(prompts)}, response {quantiles(responses)} tokens"
+    return pairs, sft, (f"{what}, {len(pairs)} pairs: prompt {quantiles(prompts)}, response {quantiles(responses)} "
+                        "tokens")
 
 
 # ------------------------------------------------------------------------------------------------ caikit

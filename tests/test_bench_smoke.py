@@ -41,7 +41,8 @@ def test_random_init_specs_and_their_errors(tmp_path):
     assert random_init_model("tiny", out, seed=3) == out  # the same spec and seed: reused, not rewritten
     assert load_file(str(Path(out) / "model.safetensors"))["model.norm.weight"].equal(weights["model.norm.weight"])
     tokenizer = AutoTokenizer.from_pretrained(out)  # a plain model directory: the bundled tokenizer came along
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                         add_generation_prompt=True)
     assert text.endswith("<|im_start|>assistant\n")
     assert json.loads((Path(out) / "config.json").read_text())["num_hidden_layers"] == 2
 

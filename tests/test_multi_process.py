@@ -54,8 +54,8 @@ def data(tmp_path_factory) -> dict[str, str]:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
     # SFT responses all of one length: each process's token-mean loss then averages to the global batch's
-    sft = [{"prompt": [{"role": "user", "content": text(1, 20)}],
-            "completion": [{"role": "assistant", "content": "Hello there, it is lovely to meet you."}]} for _ in range(24)]
+    reply = [{"role": "assistant", "content": "Hello there, it is lovely to meet you."}]
+    sft = [{"prompt": [{"role": "user", "content": text(1, 20)}], "completion": reply} for _ in range(24)]
     pairs = [{"prompt": [{"role": "user", "content": text(1, 20)}], "chosen": [{"role": "assistant",
               "content": text(2, 12) + " banana"}], "rejected": [{"role": "assistant", "content": text(2, 12)}]}
              for _ in range(24)]

@@ -160,7 +160,8 @@ def test_one_packed_row_as_varlen_kernels_get_it(policy, tokenized, monkeypatch)
     seen = []
     monkeypatch.setattr(logprobs, "row_width", lambda model, width: seen.append(width) or None)
     with torch.no_grad():
-        got = token_logps(policy, b["input_ids"], b["attention_mask"], b["labels_mask"], how=ForwardOptions(packed=True))
+        got = token_logps(policy, b["input_ids"], b["attention_mask"], b["labels_mask"],
+                          how=ForwardOptions(packed=True))
         want = token_logps(policy, b["input_ids"], b["attention_mask"], b["labels_mask"])
     assert seen == [b["input_ids"].size(1)]
     torch.testing.assert_close(got, want, **LOGP_TOL)
@@ -233,9 +234,9 @@ def test_packing_default_follows_the_probe_and_forcing_it_on_a_mixing_model_is_r
     accelerator = Accelerator()
     cfg = SimpleNamespace(packing=None, logprob_chunk=64)
     assert forward_options(cfg, policy, "train sft", accelerator).packed
-    assert "packing on: sdpa attention keeps packed sequences apart" in capsys.readouterr().err
+    assert "packing on: sdpa attention keeps packed sequences apart in a probe" in capsys.readouterr().err
     assert not forward_options(cfg, mixing, "train sft", accelerator).packed
-    assert "packing off" in capsys.readouterr().err
+    assert "packing off: sdpa attention did not keep packed sequences apart" in capsys.readouterr().err
     with pytest.raises(UserError, match="--packing: with sdpa attention this model lets packed sequences attend"):
         forward_options(SimpleNamespace(packing=True, logprob_chunk=64), mixing, "train sft", accelerator)
     assert forward_options(SimpleNamespace(packing=False, logprob_chunk=0), mixing, "x", accelerator).packed is False

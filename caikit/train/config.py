@@ -47,8 +47,8 @@ class CommonTrainConfig:
                                              "where a probe shows the model's attention keeps packed sequences "
                                              "apart, said on stderr)")
     attn_implementation: str = option("", help="attention kernel: sdpa | eager | flex_attention | flash_attention_2 "
-                                               "(default: transformers' choice); packing runs each micro-batch as one "
-                                               "row with flash-attention / FlexAttention, as padded-width rows otherwise")
+                                               "(default: transformers' choice); packing runs each micro-batch as "
+                                               "one row with flash-attention / FlexAttention, else padded-width rows")
     logprob_chunk: int = option(1024, low=0, help="tokens per chunk of the output layer and log-softmax, so the "
                                                   "full-vocabulary fp32 logits never exist at once (0: whole logits)")
     seed: int = option(0, help="random seed (data order, init, sampling)")

@@ -207,7 +207,7 @@ def forward_options(cfg, model, command: str, accelerator):
     if cfg.packing is not False:
         works = keeps_sequences_apart(model)
         if accelerator.num_processes > 1:  # one process failing the probe turns packing off everywhere
-            works = bool(accelerator.gather(torch.tensor([works], device=accelerator.device)).all())
+            works = bool(accelerator.gather(torch.tensor([int(works)], device=accelerator.device)).min())
         name = attention_name(model)
         if cfg.packing and not works:
             raise UserError(f"--packing: with {name} attention this model lets packed sequences attend to each other "
@@ -215,7 +215,7 @@ def forward_options(cfg, model, command: str, accelerator):
                             "--attn-implementation")
         if cfg.packing is None:
             note(command, f"packing {'on' if works else 'off'}: {name} attention "
-                          f"{'keeps packed sequences apart' if works else 'would mix packed sequences'} "
+                          f"{'keeps' if works else 'did not keep'} packed sequences apart in a probe of this model "
                           "(--packing / --no-packing to choose)")
         packed = works
     chunk = cfg.logprob_chunk
