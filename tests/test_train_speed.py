@@ -296,6 +296,10 @@ def test_resumed_stream_skips_exactly_the_grouped_batches_it_did():
     second = ids(micro_batches(examples, cfg, lambda m: m, 0, 1, 2), 12)
     doubled = ids(micro_batches(examples, SimpleNamespace(**{**vars(cfg), "batch_size": 6}), lambda m: m), 12)
     assert [a + b for a, b in zip(first, second)] == doubled
+    # an epoch's short last global batch (41 = 6 x 6 + 5) is shared evenly: gathers need equal shapes
+    odd = fake_examples([(i * 37) % 50 + 3 for i in range(41)])
+    first, second = (ids(micro_batches(odd, cfg, lambda m: m, 0, rank, 2), 7) for rank in (0, 1))
+    assert [len(a) for a in first] == [len(b) for b in second] and sorted(map(len, first)) == [2] + [3] * 6
 
 
 # ------------------------------------------------------------------------------------ the trainers, whole

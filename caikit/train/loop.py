@@ -171,17 +171,17 @@ def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dic
     """Endless stream of collated micro-batches over seeded epochs, resuming after start_step optimizer steps.
 
     The epoch is cut into global batches of batch_size x num_processes examples (length-grouped as such), each
-    split between the processes: N processes see exactly what one process with N times the batch would (a
-    last global batch too small to give every process an example is left out)."""
+    split evenly between the processes: N processes see exactly what one process with N times the batch would
+    (an epoch's last, short global batch loses the examples that would make the shares unequal)."""
     from caikit.train.data import batches
 
     skip = start_step * cfg.grad_accum
     epoch = 0
     while True:
-        mine = [group[process_index * len(group) // num_processes:(process_index + 1) * len(group) // num_processes]
-                for group in batches(examples, cfg.batch_size * num_processes, cfg.seed, epoch,
-                                     group_by_length=cfg.group_by_length, group_batches=cfg.length_group_batches)
-                if len(group) >= num_processes]
+        groups = batches(examples, cfg.batch_size * num_processes, cfg.seed, epoch,
+                         group_by_length=cfg.group_by_length, group_batches=cfg.length_group_batches)
+        shares = [(group, len(group) // num_processes) for group in groups]
+        mine = [group[process_index * share:(process_index + 1) * share] for group, share in shares if share]
         if not mine:
             raise UserError("not enough training examples for one batch per process")
         for micro in mine:
