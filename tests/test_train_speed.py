@@ -206,6 +206,8 @@ def test_pack_lays_sequences_back_to_back_with_restarting_positions():
     tail = pack(ids[1:], mask[1:], width=3)  # [31 32 21] fits one row exactly; a 4-wide row keeps a tail
     assert tail.input_ids.tolist() == [[31, 32, 21]]
     assert pack(ids[:2], mask[:2], width=5).position_ids.tolist() == [[0, 1, 2, 0, 0]]  # tail: its own sequence
+    with pytest.raises(ValueError, match="right-padded"):
+        pack(ids, mask.flip(-1), width=3)  # left padding would put tokens in other sequences' places
 
 
 class MixesSequences(torch.nn.Module):
@@ -339,3 +341,17 @@ def test_trainers_give_the_same_losses_packed_and_padded(tiny_model_dir, tmp_pat
         got_w, want_w = (load_file(str(Path(d) / "model.safetensors")) for d in (fast, plain))
         for key in want_w:
             torch.testing.assert_close(got_w[key], want_w[key], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_another_data_order_says_so(tmp_path, capsys):
+    from caikit.train.loop import order_changed
+
+    cfg = SimpleNamespace(out=str(tmp_path), seed=0, batch_size=4, grad_accum=1, group_by_length=True,
+                          length_group_batches=64)
+    (tmp_path / "config.yaml").write_text("seed: 0\nbatch_size: 4\ngrad_accum: 1\n")  # a run from before grouping
+    order_changed(cfg, "train sft")
+    assert "--resume: --group-by-length False -> True since the first run" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("seed: 0\nbatch_size: 4\ngrad_accum: 1\ngroup_by_length: true\n"
+                                          "length_group_batches: 64\n")
+    order_changed(cfg, "train sft")
+    assert capsys.readouterr().err == ""

@@ -242,7 +242,31 @@ def resume_or_start(cfg, command: str, model, optimizer, scheduler) -> tuple[int
         note(command, f"--resume: no checkpoint in {cfg.out}, starting from step 0")
         return 0, {}
     note(command, f"resuming from step {loaded[0]} ({cfg.out}/checkpoint)")
+    from caikit.train.config import RLConfig
+
+    if not isinstance(cfg, RLConfig):  # the offline trainers skip the batches they did: same order, or say so
+        order_changed(cfg, command)
     return loaded
+
+
+# what fixes the offline trainers' data order, with the value a run started before the option existed had
+ORDER_OPTIONS = {"seed": None, "batch_size": None, "grad_accum": None, "group_by_length": False,
+                 "length_group_batches": None}
+
+
+def order_changed(cfg, command: str) -> None:
+    """A note when --resume runs with options that order the data differently from the run it continues
+    (read from the config.yaml that run left in --out): it will not skip exactly the examples it saw."""
+    import yaml
+
+    path = Path(cfg.out) / "config.yaml"
+    first = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+    changed = [f"--{name.replace('_', '-')} {first.get(name, legacy)} -> {getattr(cfg, name)}"
+               for name, legacy in ORDER_OPTIONS.items()
+               if first and first.get(name, legacy) is not None and first.get(name, legacy) != getattr(cfg, name)]
+    if changed:
+        note(command, f"--resume: {', '.join(changed)} since the first run: the data come in another order, so "
+                      "the resumed run does not skip exactly the examples already trained on")
 
 
 def finish(accelerator, model, tokenizer, cfg, plot_groups: dict[str, list[str]] | None) -> str:

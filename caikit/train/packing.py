@@ -75,6 +75,8 @@ def pack(input_ids: Tensor, attention_mask: Tensor, width: int | None) -> Packed
     n_rows = max(len(rows), 1)
     keep = attention_mask.bool()
     steps = torch.arange(input_ids.size(1), device=device)
+    if not torch.equal(keep, steps[None] < attention_mask.sum(-1, keepdim=True)):
+        raise ValueError("pack() takes right-padded rows (attention_mask 1 on a prefix of each row)")
     starts = torch.tensor(start, device=device)
     index = (starts[:, None] + steps[None])[keep]
     ids = torch.zeros(n_rows * width, dtype=input_ids.dtype, device=device)
