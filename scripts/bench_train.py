@@ -46,7 +46,11 @@ WORDS = ("the of and a to in is you that it he was for on are as with his they a
          "word but not what all were we when your can said there use an each which she do how their if will up other "
          "about out many then them these so some her would make like him into time has look two more write go see").split()
 CAIKIT_RUNS = {"caikit": dict(group_by_length=True, packing=True, chunk=1024),
-               "caikit padded": dict(group_by_length=False, packing=False, chunk=0)}
+               "caikit padded": dict(group_by_length=False, packing=False, chunk=0),
+               # each default switched off alone, to see what it is worth (--runs "caikit,no packing,...")
+               "no grouping": dict(group_by_length=False, packing=True, chunk=1024),
+               "no packing": dict(group_by_length=True, packing=False, chunk=1024),
+               "no chunking": dict(group_by_length=True, packing=True, chunk=0)}
 
 
 class Meter:
@@ -248,10 +252,11 @@ def bench_trl(mode: str, args, model_dir: str, tokenizer, pairs, sft, device) ->
     wanted = dict(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.batch_size,
                   max_steps=args.warmup + args.steps, max_length=None, learning_rate=1e-6, bf16=args.bf16,
                   logging_steps=10**6, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=0,
-                  gradient_checkpointing=args.gradient_checkpointing, precompute_ref_log_probs=True, beta=0.1,
-                  gradient_checkpointing_kwargs={"use_reentrant": False}, completion_only_loss=True,
+                  precompute_ref_log_probs=True, beta=0.1, completion_only_loss=True,
                   use_cpu=device.type == "cpu", disable_tqdm=True)
     known = {f.name for f in dataclasses.fields(classes[0])}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    wanted.update({checkpointing: args.gradient_checkpointing, f"{checkpointing}_kwargs": {"use_reentrant": False}})
     config = classes[0](**{k: v for k, v in wanted.items() if k in known})
     rows = trl_rows(mode, tokenizer, pairs, sft, (args.warmup + args.steps) * args.batch_size)
     trainer = classes[1](model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -323,11 +328,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} {mode} ...", flush=True)
             results[mode, name] = bench_caikit(mode, CAIKIT_RUNS[name], args, model_dir, tokenizer.pad_token_id,
                                                pairs, sft, device)
+            print(f"  {results[mode, name]['tokens_per_s']:.0f} tokens/s, peak {results[mode, name]['peak_mb']:.0f} MB",
+                  flush=True)  # so a run cut short still leaves its figures
         if args.compare_trl:
             print(f"TRL {mode} ...", flush=True)
             trl_result = bench_trl(mode, args, model_dir, tokenizer, pairs, sft, device)
             if trl_result:
                 results[mode, "TRL"] = trl_result
+                print(f"  {trl_result['tokens_per_s']:.0f} tokens/s, peak {trl_result['peak_mb']:.0f} MB", flush=True)
 
     from transformers import AutoConfig
 

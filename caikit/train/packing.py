@@ -2,9 +2,10 @@
 
 Each sequence keeps its own positions (position ids restart at 0 where it starts) and attends only to
 itself: given restarting position ids and no attention mask, transformers (5.x) builds a per-sequence
-causal mask for sdpa, eager and flex_attention, and flash-attention runs varlen over the sequences.
-Older versions and some models let packed sequences attend to each other, so `keeps_sequences_apart`
-asks the model itself, once, before a trainer packs anything.
+causal mask for sdpa, eager and flex_attention (`masking_utils.find_packed_sequence_indices`, any number
+of rows), and flash-attention runs varlen (`_is_packed_sequence`: a batch of one row only). Older
+versions and some models let packed sequences attend to each other, so `keeps_sequences_apart` asks the
+model itself, once, before a trainer packs anything.
 
 Row width: with a varlen kernel (flash-attention, FlexAttention) the whole micro-batch is one row; with
 a dense kernel (sdpa, eager: the mask is materialised, cost grows with the row length squared) sequences
