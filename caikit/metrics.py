@@ -22,16 +22,18 @@ class MetricsLogger:
     """Appends one JSON object per `log` call to `out_dir/metrics.jsonl`, flushed at once.
 
     resume=False starts a fresh file; resume=True keeps rows up to the resumed step (later rows, from a
-    run that went past its last checkpoint, are dropped on the first `log`).
+    run that went past its last checkpoint, are dropped on the first `log`). writes=False (every process of
+    a multi-process run but the main one) touches no file: `log` only returns the row.
     """
 
-    def __init__(self, out_dir: str | Path, resume: bool = False):
+    def __init__(self, out_dir: str | Path, resume: bool = False, writes: bool = True):
         self.path = Path(out_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._resume = resume
+        self._resume, self._writes = resume, writes
         self._file = None
         self.first_row: dict[str, Any] = {}  # facts about the run (e.g. what data it read) for the next row only
-        if not resume:
+        if writes:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if writes and not resume:
             self.path.write_text("", encoding="utf-8")
 
     def _open(self, first_step: int):
@@ -47,11 +49,13 @@ class MetricsLogger:
         self._file = self.path.open("a", encoding="utf-8")
 
     def log(self, step: int, **metrics: Any) -> dict:
-        if self._file is None:
-            self._open(step)
         row = {"step": int(step), "time": round(time.time(), 3), **{k: _plain(v) for k, v in metrics.items()},
                **self.first_row}
         self.first_row = {}
+        if not self._writes:
+            return row
+        if self._file is None:
+            self._open(step)
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         return row

@@ -106,6 +106,11 @@ def load_tokenizer(name: str, *, padding_side: str = "left"):
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
     tokenizer.padding_side = padding_side
+    return with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer):
+    """`tokenizer` with a pad token distinct from EOS where the vocabulary has one (set in place)."""
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # PPO and DPO masks rely on pad != EOS: prefer an existing non-EOS special token.
         for candidate in ("<|endoftext|>", "<pad>", "<unk>", tokenizer.bos_token):

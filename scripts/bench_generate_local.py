@@ -198,12 +198,12 @@ def main() -> None:
 
     from caikit.generation import continuous_batching_available, left_pad_rows
     from caikit.models import load_tokenizer, resolve_model_path
-    from caikit.testing.random_model import parameter_count, random_model_dir
+    from caikit.random_init import parameter_count, random_init_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tmp = tempfile.TemporaryDirectory()
-    model_dir = resolve_model_path(args.model) if args.model else random_model_dir(args.random_init, tmp.name)
+    model_dir = resolve_model_path(args.model) if args.model else random_init_model(args.random_init, tmp.name)
     what = args.model or f"random-init {args.random_init}"
     tokenizer = load_tokenizer(model_dir, padding_side="left")
     wanted = args.rows.split(",")

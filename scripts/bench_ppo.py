@@ -72,10 +72,10 @@ def main() -> None:
 
     import torch
 
-    from caikit.testing.random_model import random_model_dir
+    from caikit.random_init import random_init_model
 
     tmp = tempfile.TemporaryDirectory()
-    policy = random_model_dir(args.random_init, tmp.name) if args.random_init else args.policy
+    policy = random_init_model(args.random_init, tmp.name) if args.random_init else args.policy
     results = {trainer: run(trainer, policy, args) for trainer in args.trainers.split(",")}
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"policy {args.random_init and 'random-init ' + args.random_init or args.policy} on {device}; "

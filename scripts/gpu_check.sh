@@ -3,7 +3,7 @@
 # outputs/gpu_check.log (and to $OUT/ when that is set, as on the device machine).
 #
 #   bash scripts/gpu_check.sh --prepare   # here, with the network: the wheels the GPU machine lacks (trl, datasets,
-#                                         # dill, multiprocess) and the SmolLM2 tokenizer files, into .whl/
+#                                         # dill, multiprocess), into .whl/ (the tokenizer ships in caikit/data/)
 #   bash scripts/gpu_check.sh             # on the GPU machine, with .whl carried along
 #   bash scripts/gpu_check.sh --smoke     # anywhere: the same steps on a tiny model, to check the script itself
 #
@@ -13,7 +13,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
 PY=${PYTHON:-python3}
-TOKENIZER=caikit/data/smollm2_tokenizer  # bundled with caikit when present; else carried in .whl/
 
 if [ "${1:-}" = "--prepare" ]; then
     exclude=$(git rev-parse --git-path info/exclude)
@@ -26,13 +25,6 @@ if [ "${1:-}" = "--prepare" ]; then
     # versions as in the development virtualenv; the GPU image has torch, transformers, accelerate and peft
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
         -d "$WHEELS" trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 || exit 1
-    if [ ! -f "$TOKENIZER/tokenizer.json" ]; then
-        src=$($PY -c "from caikit.testing.random_model import tokenizer_dir; print(tokenizer_dir())") || exit 1
-        mkdir -p "$WHEELS/smollm2_tokenizer"
-        for f in tokenizer.json tokenizer_config.json special_tokens_map.json chat_template.jinja; do
-            [ -f "$src/$f" ] && cp "$src/$f" "$WHEELS/smollm2_tokenizer/"
-        done
-    fi
     du -sh "$WHEELS"
     echo "now: run 'bash scripts/gpu_check.sh' on the GPU machine with carry [\".whl\"]"
     exit 0
@@ -46,7 +38,6 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-[ -f "$WHEELS/smollm2_tokenizer/tokenizer.json" ] && export CAIKIT_TOKENIZER=$PWD/$WHEELS/smollm2_tokenizer
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p outputs
 LOG=outputs/gpu_check.log
@@ -62,9 +53,11 @@ bench() {  # bench NAME SECONDS COMMAND...
 
 if [ $SMOKE = 1 ]; then
     MODEL=tiny; GEN="--smoke"; GEN256="--smoke --batch-sizes 16 --rows plain,static,rollout,local"; PPO="--steps 2 --rollout-batch-size 4 --response-length 16"
+    TRAIN="--smoke"
 else
     MODEL=0.48b; GEN="--batch-sizes 64"; GEN256="--batch-sizes 256 --rows plain,static,rollout,local"
     PPO="--steps 3 --rollout-batch-size 64 --response-length 128 --num-generations 8 --ppo-epochs 1 --bf16"
+    TRAIN="--bf16 --batch-size 8 --steps 10 --warmup 3"
 fi
 {
     echo "gpu_check $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -75,11 +68,7 @@ fi
     bench generate-64 105 $PY scripts/bench_generate_local.py --random-init $MODEL $GEN
     bench generate-256 65 $PY scripts/bench_generate_local.py --random-init $MODEL $GEN256
     bench ppo-grpo 70 $PY scripts/bench_ppo.py --random-init $MODEL $PPO
-    if grep -q -- "--random-init" scripts/bench_train.py; then
-        bench train 45 $PY scripts/bench_train.py --random-init $MODEL --compare-trl
-    else
-        echo "=== train: skipped (scripts/bench_train.py has no --random-init yet)"
-    fi
+    bench train 60 $PY scripts/bench_train.py --random-init $MODEL --compare-trl $TRAIN
     echo "gpu_check done in ${SECONDS}s"
 } 2>&1 | grep --line-buffered -v -E "Loading weights|Writing model shards" | tee "$LOG"
 [ -n "${OUT:-}" ] && cp "$LOG" "$OUT/"

@@ -39,6 +39,19 @@ class CommonTrainConfig:
     bf16: bool = option(False, help="bfloat16 mixed precision (GPU); fp32 otherwise")
     gradient_checkpointing: bool = option(False, help="trade compute for memory by recomputing activations")
     seed: int = option(0, low=0, high=2**32 - 1, help="random seed (data order, init, sampling)")
+    group_by_length: bool = option(True, help="batch sequences of similar length (sorted inside shuffled mega-batches "
+                                              "of --length-group-batches micro-batches), so batches carry less padding")
+    length_group_batches: int = option(64, low=1, help="micro-batches per mega-batch that --group-by-length sorts "
+                                                       "(larger: less padding, a less random order)")
+    packing: bool | None = option(None, help="padding-free: each micro-batch runs as packed rows, position ids "
+                                             "restarting per sequence and attention kept per sequence (default: on "
+                                             "where a probe shows the model's attention keeps packed sequences "
+                                             "apart, said on stderr)")
+    attn_implementation: str = option("", help="attention kernel: sdpa | eager | flex_attention | flash_attention_2 "
+                                               "(default: transformers' choice); packing runs each micro-batch as "
+                                               "one row with flash-attention / FlexAttention, else padded-width rows")
+    logprob_chunk: int = option(1024, low=0, help="tokens per chunk of the output layer and log-softmax, so the "
+                                                  "full-vocabulary fp32 logits never exist at once (0: whole logits)")
     resume: bool = option(False, help="continue from the last checkpoint in --out")
     overwrite: bool = option(False, help="train again from the start into an --out that holds a trained model "
                                          "(its model, checkpoints and metrics are replaced)")

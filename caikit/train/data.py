@@ -376,9 +376,33 @@ def collate_preferences(examples: list[dict], pad_token_id: int) -> dict[str, to
     return batch
 
 
-def batches(examples: list[dict], batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[dict]]:
-    """The micro-batches of one epoch, in a seeded order (so a resumed run can skip exactly what it did)."""
+def example_length(example: dict) -> int:
+    """Tokens of an example's longest sequence (SFT: input_ids; pairs: chosen or rejected; KTO: example or KL)."""
+    return max(len(v) for k, v in example.items() if k.endswith("input_ids"))
+
+
+def batches(examples: list[dict], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+            group_by_length: bool = False, group_batches: int = 64) -> list[list[dict]]:
+    """The micro-batches of one epoch, in a seeded order (so a resumed run can skip exactly what it did).
+
+    group_by_length: shuffle, cut the order into mega-batches of `group_batches` micro-batches, sort each
+    mega-batch longest first, cut it into micro-batches and shuffle those (the batch holding the longest
+    example goes first, so a run that runs out of memory does so at once). Without `shuffle` the whole
+    list is sorted by length (evaluation, reference log-probs: order-free sums, less padding).
+    """
     order = list(range(len(examples)))
+    rng = random.Random(seed * 100_003 + epoch)
     if shuffle:
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-    return [[examples[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+        rng.shuffle(order)
+    if not group_by_length:
+        return [[examples[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+    mega = batch_size * group_batches if shuffle else max(len(order), 1)
+    groups = []
+    for k in range(0, len(order), mega):
+        by_length = sorted(order[k:k + mega], key=lambda i: -example_length(examples[i]))  # stable: seeded ties
+        groups += [by_length[j:j + batch_size] for j in range(0, len(by_length), batch_size)]
+    if shuffle and groups:
+        rng.shuffle(groups)
+        longest = max(range(len(groups)), key=lambda g: example_length(examples[groups[g][0]]))
+        groups.insert(0, groups.pop(longest))
+    return [[examples[i] for i in group] for group in groups]

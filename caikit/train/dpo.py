@@ -20,6 +20,7 @@ from torch import Tensor
 from caikit.config import option, save_config
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
+from caikit.train.logprobs import PADDED, ForwardOptions
 from caikit.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
 
 COMMAND = "train dpo"
@@ -115,12 +116,14 @@ class DPOConfig(CommonTrainConfig):
             raise UserError("--orpo-lambda must be >= 0")
 
 
-def pair_logps(model, batch: dict, pad_token_id: int, ref: dict | None, split: str) -> PairLogps:
-    """Policy log-probs of a collated batch of pairs (one concatenated forward), with their token counts and,
-    when `ref` holds precomputed reference log-probs, the batch's rows of `<split>_chosen` / `<split>_rejected`."""
+def pair_logps(model, batch: dict, pad_token_id: int, ref: dict | None, split: str,
+               how: ForwardOptions = PADDED) -> PairLogps:
+    """Policy log-probs of a collated batch of pairs (one concatenated forward, run as `how` says), with their
+    token counts and, when `ref` holds precomputed reference log-probs, the batch's rows of `<split>_chosen` /
+    `<split>_rejected`."""
     from caikit.train.logprobs import concatenated_forward
 
-    chosen, rejected = concatenated_forward(model, batch, pad_token_id)  # one forward, 2B rows
+    chosen, rejected = concatenated_forward(model, batch, pad_token_id, how=how)  # one forward, 2B rows
     ref_chosen = ref_rejected = None
     if ref is not None:
         idx = batch["index"].cpu()
@@ -138,9 +141,9 @@ def preference_reference(cfg: DPOConfig, accelerator, pad_token_id: int,
     from caikit.train.loop import to_device
     from caikit.train.reference import reference_logps
 
-    def sequences(ref, micro: list[dict]) -> dict[str, torch.Tensor]:
+    def sequences(ref, micro: list[dict], how: ForwardOptions) -> dict[str, torch.Tensor]:
         chosen, rejected = concatenated_forward(ref, to_device(collate_preferences(micro, pad_token_id),
-                                                               accelerator.device), pad_token_id)
+                                                               accelerator.device), pad_token_id, how=how)
         return {"chosen": chosen, "rejected": rejected}
 
     return reference_logps(cfg, accelerator, COMMAND, splits, ("chosen_input_ids", "chosen_labels_mask",
@@ -164,7 +167,7 @@ def dpo_step_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rej
 
 
 def evaluate(model, examples: list[dict], ref: dict | None, cfg: DPOConfig, pad_token_id: int,
-             device) -> dict[str, float]:
+             device, how: ForwardOptions) -> dict[str, float]:
     """The objective's loss, implicit-reward margin and accuracy on the held-out pairs (example-weighted means)."""
     from caikit.train.data import batches, collate_preferences
     from caikit.train.loop import to_device
@@ -175,9 +178,9 @@ def evaluate(model, examples: list[dict], ref: dict | None, cfg: DPOConfig, pad_
     model.eval()
     sums: dict[str, float] = {}
     with torch.no_grad():
-        for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False):
+        for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False, group_by_length=cfg.group_by_length):
             b = to_device(collate_preferences(micro, pad_token_id), device)
-            pairs = pair_logps(model, b, pad_token_id, ref, "eval")
+            pairs = pair_logps(model, b, pad_token_id, ref, "eval", how)
             out = objective.loss(pairs, cfg, smoothing(b, cfg))
             for k, v in dpo_step_metrics(*out, pairs.chosen, pairs.rejected).items():
                 sums[k] = sums.get(k, 0.0) + v * len(micro)
@@ -191,9 +194,9 @@ def train(cfg: DPOConfig) -> str:
 
     from caikit.train.checkpoint import save_checkpoint
     from caikit.train.data import collate_preferences, tokenize_preferences
-    from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
-                                   make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   read_training_data, record_data, resume_or_start, to_device,
+    from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
+                                   make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
+                                   prepare_model, read_training_data, record_data, resume_or_start, to_device,
                                    tokenized_split)
     from caikit.metrics import MetricsLogger
 
@@ -212,15 +215,16 @@ def train(cfg: DPOConfig) -> str:
     if objective.uses_reference:
         ref = preference_reference(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})
 
-    model = load_pretrained(AutoModelForCausalLM, cfg.model)
+    model = load_pretrained(AutoModelForCausalLM, cfg.model, attn_implementation=cfg.attn_implementation or None)
     model = prepare_model(model, cfg, "CAUSAL_LM")
     optimizer = make_optimizer(model, cfg)
     total_steps = count_steps(cfg, len(train_examples), accelerator.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
+    how = forward_options(cfg, model, COMMAND, accelerator)
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0)
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
     record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), step,
@@ -232,16 +236,18 @@ def train(cfg: DPOConfig) -> str:
         started, rows, tokens, grad_norm = time.perf_counter(), [], 0, None
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
-            with accelerator.accumulate(model):
-                pairs = pair_logps(model, batch, pad_id, ref, "train")
+            with accelerator.accumulate(model), accelerator.autocast():
+                pairs = pair_logps(model, batch, pad_id, ref, "train", how)
                 losses, chosen_rewards, rejected_rewards = objective.loss(pairs, cfg, smoothing(batch, cfg))
                 accelerator.backward(losses.mean())
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            rows.append(dpo_step_metrics(losses.detach(), chosen_rewards, rejected_rewards, pairs.chosen,
-                                         pairs.rejected))
+            # metrics over the global batch: every process's pairs (accelerate's gather; itself with one process)
+            everyone = [accelerator.gather(t.detach()) for t in (losses, chosen_rewards, rejected_rewards, pairs.chosen,
+                                                                 pairs.rejected)]
+            rows.append(dpo_step_metrics(*everyone))
             tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         scheduler.step()
         step += 1
@@ -251,7 +257,7 @@ def train(cfg: DPOConfig) -> str:
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            row.update(evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device))
+            row.update(evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how))
         if step % cfg.log_every == 0 or step == total_steps:
             metrics.log(step, **row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", margin=f"{row['reward_margin']:.3f}",
@@ -261,7 +267,7 @@ def train(cfg: DPOConfig) -> str:
             save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
     bar.close()
 
-    final_eval = evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device)
+    final_eval = evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how)
     if final_eval:
         metrics.log(step, **final_eval)
         note(COMMAND, f"held-out reward margin {final_eval['eval_reward_margin']:.4f}, accuracy "

@@ -20,6 +20,7 @@ import torch
 from caikit.config import option, save_config
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
+from caikit.train.logprobs import ForwardOptions
 
 COMMAND = "train kto"
 PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "rewards": ["reward_desirable", "reward_undesirable"],
@@ -73,8 +74,8 @@ def add_sums(total: dict[str, float], part: dict[str, float]) -> dict[str, float
     return {k: total.get(k, 0.0) + v for k, v in part.items()}
 
 
-def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig):
-    """Policy log-probs of a collated batch, the reference point and the KTO losses.
+def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig, how: ForwardOptions):
+    """Policy log-probs of a collated batch (forwards run as `how` says), the reference point and the KTO losses.
 
     Returns (losses (B,), rewards (B,), policy_logps (B,), z_ref scalar)."""
     from caikit.train.logprobs import sequence_logps
@@ -82,9 +83,10 @@ def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig):
 
     idx = batch["index"].cpu()
     device = batch["input_ids"].device
-    policy_logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels_mask"])
+    policy_logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels_mask"], how=how)
     with torch.no_grad():  # z_ref carries no gradient (Ethayarajh et al. 2024, §4.1)
-        policy_kl = sequence_logps(model, batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels_mask"])
+        policy_kl = sequence_logps(model, batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels_mask"],
+                                   how=how)
     z_ref = kto_reference_point(policy_kl, ref[f"{split}_kl"][idx].to(device))
     losses, rewards = kto_loss(policy_logps, ref[f"{split}_completion"][idx].to(device), batch["label"], z_ref,
                                cfg.beta, cfg.lambda_d, cfg.lambda_u)
@@ -99,16 +101,17 @@ def unpaired_reference(cfg: KTOConfig, accelerator, pad_token_id: int,
     from caikit.train.loop import to_device
     from caikit.train.reference import reference_logps
 
-    def sequences(ref, micro: list[dict]) -> dict[str, torch.Tensor]:
+    def sequences(ref, micro: list[dict], how: ForwardOptions) -> dict[str, torch.Tensor]:
         b = to_device(collate_unpaired(micro, pad_token_id), accelerator.device)
-        return {"completion": sequence_logps(ref, b["input_ids"], b["attention_mask"], b["labels_mask"]),
-                "kl": sequence_logps(ref, b["kl_input_ids"], b["kl_attention_mask"], b["kl_labels_mask"])}
+        return {"completion": sequence_logps(ref, b["input_ids"], b["attention_mask"], b["labels_mask"], how=how),
+                "kl": sequence_logps(ref, b["kl_input_ids"], b["kl_attention_mask"], b["kl_labels_mask"], how=how)}
 
     return reference_logps(cfg, accelerator, COMMAND, splits,
                            ("input_ids", "labels_mask", "kl_input_ids", "kl_labels_mask"), sequences)
 
 
-def evaluate(model, examples: list[dict], ref: dict, cfg: KTOConfig, pad_token_id: int, device) -> dict[str, float]:
+def evaluate(model, examples: list[dict], ref: dict, cfg: KTOConfig, pad_token_id: int, device,
+             how: ForwardOptions) -> dict[str, float]:
     """KTO loss, implicit rewards of each kind and their margin on the held-out examples."""
     from caikit.train.data import batches, collate_unpaired
     from caikit.train.loop import to_device
@@ -120,7 +123,7 @@ def evaluate(model, examples: list[dict], ref: dict, cfg: KTOConfig, pad_token_i
     with torch.no_grad():
         for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False):
             b = to_device(collate_unpaired(micro, pad_token_id), device)
-            losses, rewards, logps, z_ref = kto_step(model, b, ref, "eval", cfg)
+            losses, rewards, logps, z_ref = kto_step(model, b, ref, "eval", cfg, how)
             sums = add_sums(sums, kto_sums(losses, rewards, logps, b["label"], z_ref))
     model.train()
     return kto_means(sums, "eval_")
@@ -133,9 +136,9 @@ def train(cfg: KTOConfig) -> str:
     from caikit.metrics import MetricsLogger
     from caikit.train.checkpoint import save_checkpoint
     from caikit.train.data import collate_unpaired, data_sources, load_rows, tokenize_unpaired, unpaired_examples
-    from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
-                                   make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   resume_or_start, to_device, tokenized_split)
+    from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
+                                   make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
+                                   prepare_model, resume_or_start, to_device, tokenized_split)
 
     cfg.validate()
     accelerator = make_accelerator(cfg)
@@ -159,14 +162,16 @@ def train(cfg: KTOConfig) -> str:
     # reference log-probs first (of each example and of its mismatched KL sequence), then only the policy
     ref = unpaired_reference(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})
 
-    model = prepare_model(load_pretrained(AutoModelForCausalLM, cfg.model), cfg, "CAUSAL_LM")
+    model = load_pretrained(AutoModelForCausalLM, cfg.model, attn_implementation=cfg.attn_implementation or None)
+    model = prepare_model(model, cfg, "CAUSAL_LM")
     optimizer = make_optimizer(model, cfg)
     total_steps = count_steps(cfg, len(train_examples), accelerator.num_processes)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
+    how = forward_options(cfg, model, COMMAND, accelerator)
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0)
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_unpaired(m, pad_id), step,
                            accelerator.process_index, accelerator.num_processes)
@@ -176,14 +181,16 @@ def train(cfg: KTOConfig) -> str:
         started, sums, tokens, grad_norm = time.perf_counter(), {}, 0, None
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
-            with accelerator.accumulate(model):
-                losses, rewards, logps, z_ref = kto_step(model, batch, ref, "train", cfg)
+            with accelerator.accumulate(model), accelerator.autocast():
+                losses, rewards, logps, z_ref = kto_step(model, batch, ref, "train", cfg, how)
                 accelerator.backward(losses.mean())
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            sums = add_sums(sums, kto_sums(losses, rewards, logps, batch["label"], z_ref))
+            # metrics over the global batch: every process's examples (accelerate's gather; itself with one process)
+            everyone = [accelerator.gather(t.detach()) for t in (losses, rewards, logps, batch["label"].float())]
+            sums = add_sums(sums, kto_sums(*everyone, accelerator.reduce(z_ref, "mean")))
             tokens += int(batch["attention_mask"].sum() + batch["kl_attention_mask"].sum())
         scheduler.step()
         step += 1
@@ -193,7 +200,7 @@ def train(cfg: KTOConfig) -> str:
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            row.update(evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device))
+            row.update(evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how))
         if step % cfg.log_every == 0 or step == total_steps:
             metrics.log(step, **row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -202,7 +209,7 @@ def train(cfg: KTOConfig) -> str:
             save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
     bar.close()
 
-    final_eval = evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device)
+    final_eval = evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how)
     if final_eval:
         metrics.log(step, **final_eval)
         if "eval_reward_margin" in final_eval:

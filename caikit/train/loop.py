@@ -5,13 +5,14 @@ shared run plumbing is in rl.py), flat and top to bottom; this module only holds
 otherwise repeat.
 
 Multi-GPU: run the same command under `accelerate launch --config_file configs/accelerate/<x>.yaml -m
-caikit.cli train ...`; each process takes every num_processes-th micro-batch.
+caikit.cli train ...`; each process takes its share of every global batch (`micro_batches`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -27,8 +28,9 @@ PEFT_HINT = "--lora needs peft: pip install 'caikit[lora]' (or pip install peft)
 
 
 def note(command: str, message: str) -> None:
-    """One informational line on stderr (stdout stays for results)."""
-    print(f"caikit {command}: {message}", file=sys.stderr, flush=True)
+    """One informational line on stderr (stdout stays for results); said once, by the first of several processes."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"caikit {command}: {message}", file=sys.stderr, flush=True)
 
 
 def tokenized_split(command: str, cfg, items: list, tokenize, tokenizer, what: str) -> tuple[list[dict], list[dict]]:
@@ -90,13 +92,18 @@ def guard_output(cfg, command: str):
 
 
 def make_accelerator(cfg):
-    """Accelerator with bf16 autocast when asked (GPU), fp32 otherwise; seeds every RNG."""
+    """Accelerator with bf16 autocast when asked (GPU), fp32 otherwise; seeds every RNG. Under `accelerate
+    launch` with no GPU the processes train together over gloo (configs/accelerate/cpu_gloo.yaml)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     if cfg.bf16 and not torch.cuda.is_available():
         raise UserError("--bf16 needs a GPU with bfloat16 support; drop it on CPU")
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    # launched as several processes on a machine with no accelerator: gloo over CPUs, rather than N lone copies
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    has_accelerator = getattr(torch, "accelerator", None) and torch.accelerator.is_available()
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum,
+                              cpu=distributed and not (has_accelerator or torch.cuda.is_available()))
     set_seed(cfg.seed)
     return accelerator
 
@@ -178,13 +185,20 @@ def count_steps(cfg, n_examples: int, num_processes: int = 1) -> int:
 
 def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dict], start_step: int = 0,
                   process_index: int = 0, num_processes: int = 1) -> Iterator[dict]:
-    """Endless stream of collated micro-batches over seeded epochs, resuming after start_step optimizer steps."""
+    """Endless stream of collated micro-batches over seeded epochs, resuming after start_step optimizer steps.
+
+    The epoch is cut into global batches of batch_size x num_processes examples (length-grouped as such), each
+    split evenly between the processes: N processes see exactly what one process with N times the batch would
+    (an epoch's last, short global batch loses the examples that would make the shares unequal)."""
     from caikit.train.data import batches
 
     skip = start_step * cfg.grad_accum
     epoch = 0
     while True:
-        mine = batches(examples, cfg.batch_size, cfg.seed, epoch)[process_index::num_processes]
+        groups = batches(examples, cfg.batch_size * num_processes, cfg.seed, epoch,
+                         group_by_length=cfg.group_by_length, group_batches=cfg.length_group_batches)
+        shares = [(group, len(group) // num_processes) for group in groups]
+        mine = [group[process_index * share:(process_index + 1) * share] for group, share in shares if share]
         if not mine:
             raise UserError("not enough training examples for one batch per process")
         for micro in mine:
@@ -193,6 +207,41 @@ def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dic
                 continue
             yield collate(micro)
         epoch += 1
+
+
+def forward_options(cfg, model, command: str, accelerator):
+    """How this run's forwards go (`caikit.train.logprobs.ForwardOptions`), decided after `accelerator.prepare`.
+
+    Packing: --packing / --no-packing, or by default wherever a probe of the prepared model shows packed
+    sequences kept apart (one stderr line says which and why); every process must agree. The output layer
+    runs in chunks of --logprob-chunk tokens, except where its weights are sharded (FSDP, ZeRO-3)."""
+    import transformers
+
+    from caikit.train.logprobs import ForwardOptions
+    from caikit.train.packing import attention_name, keeps_sequences_apart
+
+    packed = False
+    if cfg.packing is not False:
+        works = keeps_sequences_apart(model)
+        if accelerator.num_processes > 1:  # one process failing the probe turns packing off everywhere
+            works = bool(accelerator.gather(torch.tensor([int(works)], device=accelerator.device)).min())
+        name = attention_name(model)
+        if cfg.packing and not works:
+            raise UserError(f"--packing: with {name} attention this model lets packed sequences attend to each other "
+                            f"(transformers {transformers.__version__}); drop --packing or pick another "
+                            "--attn-implementation")
+        if cfg.packing is None:
+            note(command, f"packing {'on' if works else 'off'}: {name} attention "
+                          f"{'keeps' if works else 'did not keep'} packed sequences apart in a probe of this model "
+                          "(--packing / --no-packing to choose)")
+        packed = works
+    chunk = cfg.logprob_chunk
+    kind = accelerator.distributed_type.value
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if chunk and (kind == "FSDP" or (kind == "DEEPSPEED" and getattr(plugin, "zero_stage", 0) == 3)):
+        note(command, "--logprob-chunk off: the output layer's weights are sharded outside the model's forward")
+        chunk = 0
+    return ForwardOptions(packed=packed, chunk=chunk)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -210,7 +259,31 @@ def resume_or_start(cfg, command: str, model, optimizer, scheduler) -> tuple[int
         note(command, f"--resume: no checkpoint in {cfg.out}, starting from step 0")
         return 0, {}
     note(command, f"resuming from step {loaded[0]} ({cfg.out}/checkpoint)")
+    from caikit.train.config import RLConfig
+
+    if not isinstance(cfg, RLConfig):  # the offline trainers skip the batches they did: same order, or say so
+        order_changed(cfg, command)
     return loaded
+
+
+# what fixes the offline trainers' data order, with the value a run started before the option existed had
+ORDER_OPTIONS = {"seed": None, "batch_size": None, "grad_accum": None, "group_by_length": False,
+                 "length_group_batches": None}
+
+
+def order_changed(cfg, command: str) -> None:
+    """A note when --resume runs with options that order the data differently from the run it continues
+    (read from the config.yaml that run left in --out): it will not skip exactly the examples it saw."""
+    import yaml
+
+    path = Path(cfg.out) / "config.yaml"
+    first = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+    changed = [f"--{name.replace('_', '-')} {first.get(name, legacy)} -> {getattr(cfg, name)}"
+               for name, legacy in ORDER_OPTIONS.items()
+               if first and first.get(name, legacy) is not None and first.get(name, legacy) != getattr(cfg, name)]
+    if changed:
+        note(command, f"--resume: {', '.join(changed)} since the first run: the data come in another order, so "
+                      "the resumed run does not skip exactly the examples already trained on")
 
 
 def finish(accelerator, model, tokenizer, cfg, plot_groups: dict[str, list[str]] | None) -> str:

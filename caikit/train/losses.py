@@ -49,6 +49,17 @@ def sft_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     return (nll * shift_mask).sum() / shift_mask.sum().clamp_min(1.0)
 
 
+def sft_loss_from_logps(token_logps: Tensor, mask: Tensor) -> Tensor:
+    """`sft_loss` from per-token log-probs (as `caikit.train.logprobs.token_logps` returns them) instead of logits.
+
+    token_logps: (B, T) log p(token t | tokens < t), aligned with the tokens (position 0: nothing predicts it).
+    mask: (B, T) 1 on response tokens (mask[:, 0] ignored). Returns a scalar: the token-level mean of
+    -log p(y_t | y_<t, x) over the batch, the same number `sft_loss` gives on the logits.
+    """
+    counted = mask[:, 1:].to(token_logps.dtype)
+    return -(token_logps[:, 1:] * counted).sum() / counted.sum().clamp_min(1.0)
+
+
 def bradley_terry_loss(chosen_scores: Tensor, rejected_scores: Tensor, margin: Tensor | float | None = None,
                        soft_labels: Tensor | None = None) -> Tensor:
     """Pairwise reward-model loss, one value per pair.

@@ -81,13 +81,30 @@ class ScoreConfig:
             raise UserError("give --input FILE, or --prompt TEXT with --response TEXT [TEXT ...]")
 
 
-def pair_scores(model, batch: dict, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over chosen+rejected: (chosen_scores (B,), rejected_scores (B,)) raw rewards."""
-    from caikit.train.logprobs import concatenate_pairs
+def score_head(model) -> torch.nn.Module | None:
+    """The scalar head (`score`) of a sequence-classification model, under any wrappers; None if it has none."""
+    from caikit.train.logprobs import bare_model
+
+    return getattr(bare_model(model), "score", None)
+
+
+def pair_scores(model, batch: dict, pad_token_id: int, packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over chosen+rejected: (chosen_scores (B,), rejected_scores (B,)) raw rewards.
+
+    packed: run the 2B sequences as packed rows and read the head at each sequence's last token (the EOS the
+    padded path reads too), where the model has a `score` head; the padded forward otherwise."""
+    from caikit.train.logprobs import concatenate_pairs, final_hidden
+    from caikit.train.packing import pack, row_width
 
     both = concatenate_pairs(batch, pad_token_id)
-    scores = model(input_ids=both["input_ids"], attention_mask=both["attention_mask"], use_cache=False).logits
-    scores = scores.squeeze(-1).float()  # (2B,)
+    head = score_head(model) if packed else None
+    if head is not None:
+        rows = pack(both["input_ids"], both["attention_mask"], row_width(model, both["input_ids"].size(1)))
+        hidden = final_hidden(model, rows.input_ids, None, rows.position_ids)  # (R, W, H)
+        scores = head(hidden.flatten(0, 1)[rows.ends]).squeeze(-1).float()  # (2B,)
+    else:
+        scores = model(input_ids=both["input_ids"], attention_mask=both["attention_mask"], use_cache=False).logits
+        scores = scores.squeeze(-1).float()  # (2B,)
     B = batch["chosen_input_ids"].size(0)
     return scores[:B], scores[B:]
 
@@ -99,7 +116,8 @@ def soft_labels_and_margin(batch: dict, cfg: RewardConfig) -> tuple[torch.Tensor
     return soft, margin
 
 
-def evaluate(model, examples: list[dict], cfg: RewardConfig, pad_token_id: int, device) -> dict[str, float]:
+def evaluate(model, examples: list[dict], cfg: RewardConfig, pad_token_id: int, device,
+             packed: bool) -> dict[str, float]:
     """Held-out pairwise accuracy (chosen scored above rejected), mean loss and mean score gap."""
     from caikit.train.data import batches, collate_preferences
     from caikit.train.losses import bradley_terry_loss
@@ -110,9 +128,9 @@ def evaluate(model, examples: list[dict], cfg: RewardConfig, pad_token_id: int, 
     model.eval()
     correct, loss_sum, gap_sum = 0.0, 0.0, 0.0
     with torch.no_grad():
-        for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False):
+        for micro in batches(examples, cfg.batch_size, cfg.seed, 0, shuffle=False, group_by_length=cfg.group_by_length):
             b = to_device(collate_preferences(micro, pad_token_id), device)
-            chosen, rejected = pair_scores(model, b, pad_token_id)
+            chosen, rejected = pair_scores(model, b, pad_token_id, packed)
             soft, margin = soft_labels_and_margin(b, cfg)
             loss_sum += float(bradley_terry_loss(chosen, rejected, margin, soft).sum())
             correct += float((chosen > rejected).float().sum())
@@ -134,9 +152,9 @@ def train(cfg: RewardConfig) -> str:
     from caikit.train.checkpoint import save_checkpoint
     from caikit.train.data import collate_preferences, split_rows, tokenize_preferences
     from caikit.train.losses import bradley_terry_loss
-    from caikit.train.loop import (count_steps, finish, load_pretrained, load_train_tokenizer, make_accelerator,
-                                   make_optimizer, make_scheduler, micro_batches, note, prepare_model,
-                                   read_training_data, record_data, resume_or_start, to_device,
+    from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
+                                   make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
+                                   prepare_model, read_training_data, record_data, resume_or_start, to_device,
                                    tokenized_split)
     from caikit.metrics import MetricsLogger
 
@@ -148,7 +166,8 @@ def train(cfg: RewardConfig) -> str:
     train_examples, eval_examples = tokenized_split(COMMAND, cfg, triples, tokenize_preferences, tokenizer, "pairs")
 
     # scalar head on the backbone; the head reads the last non-pad token, so the config must know the pad id
-    model = load_pretrained(AutoModelForSequenceClassification, cfg.model, num_labels=1)
+    model = load_pretrained(AutoModelForSequenceClassification, cfg.model, num_labels=1,
+                           attn_implementation=cfg.attn_implementation or None)
     model.config.pad_token_id = tokenizer.pad_token_id
     model = prepare_model(model, cfg, "SEQ_CLS")
     optimizer = make_optimizer(model, cfg)
@@ -156,8 +175,9 @@ def train(cfg: RewardConfig) -> str:
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
+    packed = forward_options(cfg, model, COMMAND, accelerator).packed  # no vocabulary here: nothing to chunk
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0)
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
     record_data(cfg, data_summary, metrics, step)
 
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, tokenizer.pad_token_id), step,
@@ -169,8 +189,8 @@ def train(cfg: RewardConfig) -> str:
         started, losses_seen, correct, gaps, tokens, grad_norm = time.perf_counter(), [], [], [], 0, None
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
-            with accelerator.accumulate(model):
-                chosen, rejected = pair_scores(model, batch, tokenizer.pad_token_id)
+            with accelerator.accumulate(model), accelerator.autocast():
+                chosen, rejected = pair_scores(model, batch, tokenizer.pad_token_id, packed)
                 soft, margin = soft_labels_and_margin(batch, cfg)
                 loss = bradley_terry_loss(chosen, rejected, margin, soft).mean()
                 accelerator.backward(loss)
@@ -178,9 +198,11 @@ def train(cfg: RewardConfig) -> str:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses_seen.append(loss.item())
+            # metrics over the global batch: every process's pairs (accelerate's gather; itself with one process)
+            chosen, rejected = accelerator.gather(chosen.detach()), accelerator.gather(rejected.detach())
+            losses_seen.append(accelerator.reduce(loss.detach(), "mean").item())
             correct.append(float((chosen > rejected).float().mean()))
-            gaps.append(float((chosen - rejected).detach().mean()))
+            gaps.append(float((chosen - rejected).mean()))
             tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         scheduler.step()
         step += 1
@@ -191,7 +213,7 @@ def train(cfg: RewardConfig) -> str:
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            row.update(evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device))
+            row.update(evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device, packed))
         if step % cfg.log_every == 0 or step == total_steps:
             metrics.log(step, **row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -200,7 +222,7 @@ def train(cfg: RewardConfig) -> str:
             save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
     bar.close()
 
-    final_eval = evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device)
+    final_eval = evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device, packed)
     # the same held-out pairs as tokenized_split (split_rows is seeded); truncation drops none at defaults
     eval_triples = split_rows(triples, cfg.eval_fraction, cfg.seed)[1]
     summary = heldout_summary(final_eval.get("eval_accuracy", 0.0), eval_triples)
