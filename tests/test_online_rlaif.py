@@ -139,7 +139,7 @@ def test_resume_after_kills_equals_an_uninterrupted_run(online_run, eos_policy_d
             with pytest.raises(KeyboardInterrupt):
                 run_online_dpo(cfg)
         progress = json.loads((out / "progress.json").read_text())["stages"]
-        assert progress == {"iter-0/samples": "done"}  # the judge was cut short
+        assert progress == {"iter-0/samples": "done", "iter-0/figures": "done"}  # the judge was cut short
         judged = (out / "iter-1" / "judge" / "judgments.jsonl").read_text().splitlines()
         assert len(judged) == 10  # each pair stored as it finished: the rerun judges the rest
         with monkeypatch.context() as mp:
@@ -174,7 +174,8 @@ def test_a_judge_that_always_picks_a_stops_the_loop_with_exit_3(eos_policy_dir, 
     assert "failed its quality gate" in capsys.readouterr().err
     assert json.loads((out / "iter-1" / "judge" / "gate.json").read_text())["status"] == "failed"
     assert not (out / "iter-1" / "dpo").exists()
-    assert json.loads((out / "progress.json").read_text())["stages"] == {"iter-0/samples": "done"}
+    assert json.loads((out / "progress.json").read_text())["stages"] == {"iter-0/samples": "done",
+                                                                         "iter-0/figures": "done"}
 
 
 def test_report_draws_the_iterations(online_run, tmp_path):

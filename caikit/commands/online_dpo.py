@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ STATE, POLICY_LINK = "progress.json", "policy"
 # options that may change between reruns without changing what the finished iterations mean
 NOT_IDENTITY = (*(f.name for f in dataclasses.fields(GateOptions)), "iterations", "progress", "max_length_growth",
                 "max_failure_rate", "judge_max_cost", "resume", "overwrite", "log_every", "save_every", "eval_every",
-                "device", "sample_batch_size", "out", "model", "data")
+                "device", "sample_batch_size", "engine", "out", "model", "data")
 
 
 @dataclasses.dataclass
@@ -97,11 +98,15 @@ class OnlineDPOConfig(GateOptions, DPOConfig):
                                   "available)")
     sample_batch_size: int = option(0, low=0, high=4096, help="local backend: sequences per generate batch (0: 16 "
                                                               "on CPU, 64 on a GPU)")
+    engine: str = option("auto", help="what generates the policy's answers (and a local judge's): padded | "
+                                      "continuous | vllm (pip install 'caikit[vllm]') | auto = padded",
+                         metadata={"choices": ["auto", "padded", "continuous", "vllm"]})
     progress: bool = option(True, help="show progress bars")
     max_steps: int = option(-1, help="optimizer steps of each iteration's DPO (-1: --epochs over its pairs)")
     epochs: float = option(1.0, help="passes over each iteration's pairs when --max-steps is -1")
     eval_fraction: float = option(0.0, help="share of each iteration's pairs held out for DPO's evaluation")
     resume: bool = option(False, help="not needed: online-dpo always continues from what OUT holds")
+    overwrite: bool = option(False, help="not used: a finished stage is never redone (start again in a new --out)")
 
     def validate(self) -> None:
         self.policy = self.policy or self.model
@@ -136,7 +141,7 @@ def judge_config(cfg: OnlineDPOConfig, policy: str, out: Path) -> JudgeConfig:
                         policy_temperature=cfg.temperature, policy_max_tokens=cfg.response_length,
                         keep_truncated=cfg.keep_truncated, min_margin=cfg.min_margin,
                         max_failure_rate=cfg.max_failure_rate, device=cfg.device, batch_size=cfg.sample_batch_size,
-                        max_cost=cfg.judge_max_cost, out=str(out))
+                        engine=cfg.engine, max_cost=cfg.judge_max_cost, out=str(out))
     return judge.with_spec(cfg.judge, what="--judge")
 
 
@@ -222,27 +227,30 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> int:
     save_config(cfg, out / RunDir.CONFIG)
     write_json_atomic(out / RunDir.RUN, {"stage": STAGE, "identity": identity})
     state = read_json(out / STATE) or {"stages": {}}
+    state.setdefault("seconds", {})
 
     def step(name: str, work) -> Any:
-        """Run `work` unless progress.json says stage `name` finished; then record it."""
+        """Run `work` unless progress.json says stage `name` finished; then record it and its time."""
         if state["stages"].get(name) == "done":
             return None
+        started = time.perf_counter()
         result = work()
         state["stages"][name] = "done"
+        state["seconds"][name] = round(time.perf_counter() - started, 3)
         write_json_atomic(out / STATE, state)
         return result
 
     policies = [cfg.policy] + [str(out / f"iter-{i}" / "dpo") for i in range(1, cfg.iterations + 1)]
     figures = Figures(cfg, out, lambda where: judge_config(cfg, cfg.policy, where))
     step("iter-0/samples", lambda: sample(cfg, policies[0], out / "iter-0" / "samples", prompts))
-    figures.row(0, policies[0], out / "iter-0" / "samples")
+    step("iter-0/figures", lambda: figures.row(0, policies[0], out / "iter-0" / "samples"))
     for i in range(1, cfg.iterations + 1):
         here, before = out / f"iter-{i}", out / f"iter-{i - 1}" / "samples"
         step(f"iter-{i}/judge", lambda: judge_iteration(cfg, policies[i - 1], before, here / "judge", prompts))
         step(f"iter-{i}/pairs", lambda: training_pairs(cfg, here / "judge", here / "pairs.jsonl"))
         step(f"iter-{i}/dpo", lambda: train_dpo(dpo_config(cfg, policies[i - 1], here / "pairs.jsonl", here / "dpo")))
         step(f"iter-{i}/samples", lambda: sample(cfg, policies[i], here / "samples", prompts))
-        figures.row(i, policies[i], here / "samples", judge_dir=here / "judge")
+        step(f"iter-{i}/figures", lambda: figures.row(i, policies[i], here / "samples", judge_dir=here / "judge"))
     link_policy(out, Path(policies[-1]))
     figures.close()
     note(STAGE, f"{cfg.iterations} iterations; the last policy is {out / POLICY_LINK}; figures in {out / ITERATIONS}")
