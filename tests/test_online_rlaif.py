@@ -188,9 +188,12 @@ def test_report_draws_the_iterations(online_run, tmp_path):
     assert "<script" not in page
 
 
-def test_help_and_run_file_wiring(tmp_path, capsys):
+def test_help_configs_and_run_file_wiring(repo_root, tmp_path, capsys):
     from caikit.cli import main
-    from caikit.commands.run import _build_stage_configs
+    from caikit.commands.online_dpo import OnlineDPOConfig
+    from caikit.commands.rl import GRPOConfig
+    from caikit.commands.run import _build_stage_configs, _load_run_file
+    from caikit.config import resolve
 
     with pytest.raises(SystemExit):
         main(["train", "online-dpo", "--help"])
@@ -205,6 +208,15 @@ def test_help_and_run_file_wiring(tmp_path, capsys):
     assert (online.policy, online.prompts, online.constitution, online.seed, online.iterations) == (
         str(tmp_path / "run" / "sft"), "p.jsonl", "hhh", 3, 3)
     assert planned["eval"].after == str(tmp_path / "run" / "online_dpo" / "policy")
+    # the shipped configs resolve and validate
+    configs = repo_root / "configs"
+    online = resolve(OnlineDPOConfig, {}, config_file=str(configs / "online-dpo.yaml"))
+    assert (online.iterations, online.pairs_from, online.judge) == (3, "all", "openai:gpt-4o-mini")
+    grpo = resolve(GRPOConfig, {}, config_file=str(configs / "grpo-judge-reward.yaml"))
+    assert (grpo.judge, grpo.reward, grpo.num_generations) == ("openai:gpt-4o-mini", "pairwise", 4)
+    run = _load_run_file(str(configs / "online-rlaif-run.yaml"))
+    stages = [name for name, _, _ in _build_stage_configs(run, tmp_path / "r", "online-rlaif-run.yaml")]
+    assert stages == ["generate", "sft", "online_dpo", "eval"]
 
 
 # -- GRPO with a pairwise judge --------------------------------------------------------------------------------
@@ -241,3 +253,47 @@ def test_grpo_with_a_pairwise_judge_raises_what_the_judge_prefers(toy_policy_dir
     logged = (tmp_path / "g" / "requests.jsonl").read_text().splitlines()
     assert len(logged) == sent > 0
     assert json.loads((tmp_path / "g" / "usage.json").read_text())["judge"]["requests"] == sent
+
+
+# -- the pieces, by hand -------------------------------------------------------------------------------------------
+
+def test_each_iterations_dpo_gets_the_reference_and_labels_it_asks_for(tmp_path):
+    from caikit.commands.online_dpo import OnlineDPOConfig, dpo_config
+    from caikit.errors import UserError
+
+    def made(**overrides):
+        cfg = OnlineDPOConfig(policy="pi0", prompts="p.jsonl", out=str(tmp_path), **overrides)
+        cfg.validate()
+        return dpo_config(cfg, "pi1", tmp_path / "pairs.jsonl", tmp_path / "dpo")
+
+    first = made()
+    assert (first.model, first.ref_model, first.data, first.use_soft_labels, first.resume) == (
+        "pi1", "pi0", [str(tmp_path / "pairs.jsonl")], False, False)
+    assert made(reference="previous").ref_model == ""  # DPO's default: the model it starts from
+    assert made(loss="simpo", beta=2.0).ref_model == ""  # no reference at all
+    assert made(pairs_from="all").use_soft_labels is True  # every pair, weighted by its margin
+    assert made(pairs_from="all", loss="ipo").use_soft_labels is False
+    (tmp_path / "dpo" / "checkpoint").mkdir(parents=True)
+    assert made().resume is True  # a killed DPO goes on from its checkpoint
+    with pytest.raises(UserError, match="--reference initial | previous"):
+        made(ref_model="other")
+    with pytest.raises(UserError, match="--allow-weak-judge"):
+        made(on_weak_judge="revision")
+
+
+def test_length_growth_is_warned_in_warnings_jsonl(tmp_path):
+    import types
+
+    from caikit.commands.online_figures import Figures
+
+    cfg = types.SimpleNamespace(iterations=3, max_length_growth=1.5)
+    figures = Figures(cfg, tmp_path, make_judge=None)
+    for i, words in enumerate((4.0, 5.0, 7.0)):
+        figures.rows[i] = {"iteration": i, "mean_length_words": words, "length_growth": words / 4.0}
+    figures.write()
+    warnings = [json.loads(line) for line in (tmp_path / "warnings.jsonl").read_text().splitlines()]
+    assert [(w["iteration"], w["kind"], w["value"]) for w in warnings] == [(2, "length_growth", 1.75)]
+    assert "1.75x the initial policy's (limit 1.5x)" in warnings[0]["message"]
+    assert [r["iteration"] for r in iterations(tmp_path)] == [0, 1, 2]
+    # a rerun keeps the rows it finds, up to --iterations
+    assert sorted(Figures(types.SimpleNamespace(iterations=1, max_length_growth=1.5), tmp_path, None).rows) == [0, 1]

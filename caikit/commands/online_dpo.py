@@ -62,7 +62,7 @@ class OnlineDPOConfig(GateOptions, DPOConfig):
                                   "(default: --model)")
     model: str = option("smollm2", help="alias of --policy, used when --policy is not given")
     prompts: str = option("", help="prompt file (JSONL/JSON/CSV/parquet with `prompt` or `messages`): the same "
-                                   "prompts every iteration")
+                                   "prompts every iteration (default: the bundled red-team sample)")
     data: str = option("", help="alias of --prompts")
     iterations: int = option(2, low=1, high=1000, help="sample -> judge -> DPO rounds (a rerun with more continues)")
     samples_per_prompt: int = option(4, low=2, high=64, help="K: answers sampled per prompt and iteration")
@@ -114,8 +114,6 @@ class OnlineDPOConfig(GateOptions, DPOConfig):
         if self.ref_model:
             raise UserError("--ref-model is not an online-dpo option: choose --reference initial | previous")
         DPOConfig.validate(self)
-        if not self.prompts:
-            raise UserError("--prompts is required (a prompt file)")
         if self.on_weak_judge != "stop":
             raise UserError("--on-weak-judge revision needs revisions; online-dpo has samples: use "
                             "--allow-weak-judge to go on with a weak judge")
@@ -213,14 +211,15 @@ def training_pairs(cfg: OnlineDPOConfig, judge_dir: Path, out: Path) -> int:
 
 def run_online_dpo(cfg: OnlineDPOConfig) -> int:
     from caikit.commands.online_figures import ITERATIONS, Figures
-    from caikit.prompts import load_prompts
+    from caikit.prompts import bundled_prompts_path, load_prompts
     from caikit.train.dpo import train as train_dpo
 
     cfg.validate()
     out = Path(cfg.out)
-    prompts = load_prompts(cfg.prompts, limit=cfg.limit or None, split=cfg.split or None)
+    source = cfg.prompts or bundled_prompts_path()
+    prompts = load_prompts(source, limit=cfg.limit or None, split=cfg.split or None)
     if not prompts:
-        raise UserError("no prompts in file", path=cfg.prompts)
+        raise UserError("no prompts in file", path=str(source))
     identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}
     check_identity(out, STAGE, identity)
     out.mkdir(parents=True, exist_ok=True)

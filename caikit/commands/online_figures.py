@@ -1,18 +1,21 @@
 """The figures of `caikit train online-dpo` (caikit/commands/online_dpo.py): one row per policy π_0 .. π_N in
-OUT/iterations.json, each from that policy's own answers (iter-i/samples), so the row of π_i describes what
-π_i says:
+OUT/iterations.json, each from that policy's own answers in iter-i/samples -- every answer it gave, read from
+the sampler's request log, so the empty, repeated and cut ones that the judge never sees count too (leaving
+out the cut ones would hide exactly the answers that grew too long):
 
   win_rate_vs_initial  mean judge P(π_i's answer better than π_0's) over pairs (answer k of π_i against answer k
-                       of π_0 to the same prompt), both orders averaged; 0.5 for π_0 by definition; its 95 %
-                       bootstrap interval over pairs. The judgments live in OUT/winrate (one judge run directory
-                       with its own request log, so a rerun asks nothing twice)
+                       of π_0 to the same prompt, the same sampling seed), both orders averaged; 0.5 for π_0 by
+                       definition, and for two identical answers (not asked); its 95 % bootstrap interval over
+                       pairs. The judgments live in OUT/winrate, one judge run directory with its own request log,
+                       so a rerun asks nothing twice
   kl_from_initial      Monte-Carlo KL(π_i || π_0) = E_{y ~ π_i}[log π_i(y|x) − log π_0(y|x)] per answer (and per
                        token) over π_i's answers (caikit.eval.compare.kl_estimate); exact in expectation at
                        sampling temperature 1, a log-ratio of the model's own answers otherwise
-  mean_length_words    mean whitespace words per answer (and mean_length_chars); length_growth = this / π_0's
+  mean_length_words    mean whitespace words per answer (and mean_length_chars); length_growth = this / π_0's;
+                       truncated_share: answers cut at --response-length; empty_share: answers with no text
   distinct_1/2         unique word n-grams / all n-grams over the answers (Li et al. 2016)
-  judge                for i >= 1, the judge that labelled the pairs π_i was trained on: pairs, preferences,
-                       ties, position consistency, its gate's status; `dpo_pairs` how many DPO trained on
+  judge, dpo_pairs     for i >= 1, the judge that labelled the pairs π_i was trained on (pairs, preferences, ties,
+                       position consistency, its gate's status) and how many pairs DPO trained on
 
 A length_growth above --max-length-growth is warned about on stderr and in OUT/warnings.jsonl ("length_growth"):
 a judge that favours longer answers teaches verbosity, and the loop amplifies it iteration after iteration.
