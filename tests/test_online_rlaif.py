@@ -56,7 +56,7 @@ def online_config(policy: str, prompts: str, out: Path, server: FakeAPIServer, *
     settings = dict(policy=policy, prompts=prompts, limit=8, out=str(out), iterations=2, samples_per_prompt=4,
                     response_length=16, judge=f"openai:judge@{server.openai_base_url}", pairs_from="all", lr=1e-4,
                     beta=0.1, batch_size=4, max_steps=8, lr_schedule="constant", calibrate=8, progress=False,
-                    device="cpu", seed=0)
+                    device="cpu", seed=0, sample_concurrency=1)  # one prompt per batch: the same answers every run
     return OnlineDPOConfig(**(settings | overrides))
 
 
@@ -83,8 +83,8 @@ def online_run(eos_policy_dir, toy_prompts_file, tmp_path_factory):
 
 def test_a_judge_that_prefers_shorter_answers_shortens_them(online_run):
     out, rows, _ = online_run
-    print("online DPO, mean words per answer by iteration:", [round(r["mean_length_words"], 3) for r in rows],
-          "win-rate vs π0:", [round(r["win_rate_vs_initial"], 3) for r in rows])
+    for key in ("mean_length_words", "mean_length_chars", "win_rate_vs_initial", "kl_from_initial", "truncated_share"):
+        print(f"online DPO, {key} by iteration:", [round(r[key], 3) for r in rows])  # pytest -rP shows them
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert rows[2]["mean_length_chars"] < 0.6 * rows[0]["mean_length_chars"]
     assert rows[2]["mean_length_words"] < rows[1]["mean_length_words"] < rows[0]["mean_length_words"]
@@ -219,39 +219,68 @@ def test_help_configs_and_run_file_wiring(repo_root, tmp_path, capsys):
     assert stages == ["generate", "sft", "online_dpo", "eval"]
 
 
-# -- GRPO with a pairwise judge --------------------------------------------------------------------------------
+# -- GRPO with a judge as the reward ----------------------------------------------------------------------------
 
-def prefer_excellent(req) -> dict[str, float]:
-    a, b = shown(req)
-    return two_options(a.count("excellent") - b.count("excellent"))
+RUBRIC = re.compile(r"<response>\n(.*?)\n</response>", re.S)
+TWO_RULES = """\
+name: toy-rules
+version: 1
+principles:
+  - id: praise
+    judge: Choose the response that praises the item more.
+    weight: 3.0
+  - id: anything
+    judge: Choose any response.
+    weight: 1.0
+"""
 
 
-def test_grpo_with_a_pairwise_judge_raises_what_the_judge_prefers(toy_policy_dir, toy_prompts_file, tmp_path,
-                                                                  monkeypatch):
+def toy_judge(req) -> dict[str, float]:
+    """Pairwise: the answer with more "excellent" wins; rubric: P(yes) for praise grows with the count of
+    "excellent" (0.05 + 0.15 each), 0.5 for the other principle whatever the answer."""
+    rubric = RUBRIC.search(req.last_user_message)
+    if rubric is None:
+        a, b = shown(req)
+        return two_options(a.count("excellent") - b.count("excellent"))
+    p = 0.5 if "Choose any response" in req.last_user_message else min(0.95, 0.05 + 0.15 * rubric.group(1).count(
+        "excellent"))
+    return {"Yes": math.log(p), "No": math.log(1 - p)}
+
+
+@pytest.mark.parametrize("reward", ["pairwise", "rubric"])
+def test_grpo_with_a_judge_reward_raises_what_the_judge_prefers(reward, toy_policy_dir, toy_prompts_file, tmp_path,
+                                                                 monkeypatch):
     from caikit.commands.rl import GRPOConfig, run_trainer
     from caikit.metrics import read_metrics
     from caikit.train import grpo
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
+    constitution = tmp_path / "toy-rules.yaml"
+    constitution.write_text(TWO_RULES)
 
     def share(conversations, responses):  # the toy objective, logged as the check score
         return [r.count("excellent") / 6 for r in responses]
 
-    with FakeAPIServer(logprobs=prefer_excellent) as server:
+    with FakeAPIServer(logprobs=toy_judge) as server:
         cfg = GRPOConfig(policy=toy_policy_dir, prompts=toy_prompts_file, out=str(tmp_path / "g"), max_steps=4,
                          rollout_batch_size=4, num_generations=4, response_length=6, temperature=1.0, lr=3e-4,
-                         kl_coef=0.0, sample_every=0, progress=False, seed=0,
-                         judge=f"openai:judge@{server.openai_base_url}", reward="pairwise")
+                         kl_coef=0.0, sample_every=0, progress=False, seed=0, constitution=str(constitution),
+                         judge=f"openai:judge@{server.openai_base_url}", reward=reward)
         run_trainer(lambda c, reward_fn, check: grpo.train(c, reward_fn=reward_fn, check=share), cfg)
         sent = len(server.log)
     rows = read_metrics(tmp_path / "g" / "metrics.jsonl")
     shares = [r["check_score"] for r in rows]
-    print("GRPO with a pairwise judge, share of 'excellent' per step:", [round(s, 3) for s in shares])
+    print(f"GRPO with a {reward} judge, share of 'excellent' per step:", [round(s, 3) for s in shares])
     assert shares[-1] > shares[0] + 0.3
-    assert all(r["rm_score"] == pytest.approx(0.5) for r in rows)  # win rates average 0.5 within each group
-    assert rows[-1]["detail_judge_failed"] == 0.0 and rows[1]["reward_std"] > 0
-    logged = (tmp_path / "g" / "requests.jsonl").read_text().splitlines()
-    assert len(logged) == sent > 0
+    assert rows[-1]["detail_judge_failed"] == 0.0
+    if reward == "pairwise":
+        assert all(r["rm_score"] == pytest.approx(0.5) for r in rows)  # win rates average 0.5 in each group
+    else:  # one curve per principle; the score is their weighted mean
+        for r in rows:
+            assert r["detail_rubric_anything"] == pytest.approx(0.5)
+            assert r["rm_score"] == pytest.approx((3 * r["detail_rubric_praise"] + 0.5) / 4)
+        assert rows[-1]["detail_rubric_praise"] > rows[0]["detail_rubric_praise"]
+    assert len((tmp_path / "g" / "requests.jsonl").read_text().splitlines()) == sent > 0
     assert json.loads((tmp_path / "g" / "usage.json").read_text())["judge"]["requests"] == sent
 
 

@@ -51,7 +51,7 @@ STATE, POLICY_LINK = "progress.json", "policy"
 # options that may change between reruns without changing what the finished iterations mean
 NOT_IDENTITY = (*(f.name for f in dataclasses.fields(GateOptions)), "iterations", "progress", "max_length_growth",
                 "max_failure_rate", "judge_max_cost", "resume", "overwrite", "log_every", "save_every", "eval_every",
-                "device", "sample_batch_size", "engine", "out", "model", "data")
+                "device", "sample_batch_size", "sample_concurrency", "engine", "out", "model", "data")
 
 
 @dataclasses.dataclass
@@ -98,6 +98,10 @@ class OnlineDPOConfig(GateOptions, DPOConfig):
                                   "available)")
     sample_batch_size: int = option(0, low=0, high=4096, help="local backend: sequences per generate batch (0: 16 "
                                                               "on CPU, 64 on a GPU)")
+    sample_concurrency: int = option(0, low=0, high=4096, help="prompts the local policy answers at once (0: the "
+                                                               "backend's default); 1 makes the answers independent "
+                                                               "of timing, as the local backend seeds each batch with "
+                                                               "its first request's seed")
     engine: str = option("auto", help="what generates the policy's answers (and a local judge's): padded | "
                                       "continuous | vllm (pip install 'caikit[vllm]') | auto = padded",
                          metadata={"choices": ["auto", "padded", "continuous", "vllm"]})
@@ -159,6 +163,8 @@ def dpo_config(cfg: OnlineDPOConfig, start: str, pairs: Path, out: Path) -> DPOC
 def sample(cfg: OnlineDPOConfig, policy: str, where: Path, prompts) -> None:
     """K answers per prompt from `policy` into `where` (a sample run directory with its own request log)."""
     judge = judge_config(cfg, policy, where)
+    if cfg.sample_concurrency:
+        judge = dataclasses.replace(judge, concurrency=str(cfg.sample_concurrency))
     identity = {**samples_identity(judge), "seed": cfg.seed, "keep_truncated": cfg.keep_truncated}
     run = RunDir.open(where, "sample", identity, judge, command=COMMAND)
     try:
