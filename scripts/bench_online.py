@@ -62,7 +62,7 @@ def online_dpo(policy: str, judge: str, prompts: str, out: Path, args) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="smollm2")
-    parser.add_argument("--random-init", default="", help="CONFIG_OR_SHAPE instead of --policy (tiny, 135m, 0.48b, ...)")
+    parser.add_argument("--random-init", default="", help="CONFIG_OR_SHAPE instead of --policy (tiny, 0.48b, ...)")
     parser.add_argument("--judge", default="self", help="judge spec (PROVIDER:MODEL[@URL]); self: the policy, local")
     parser.add_argument("--reward", default="pairwise", help="GRPO's judge reward: pairwise | rubric")
     parser.add_argument("--algorithms", default="grpo-judge,online-dpo")
@@ -103,15 +103,17 @@ def main() -> None:
         sampling = seconds.get("iter-0/samples", 0) + seconds.get("iter-1/samples", 0)
         figures = seconds.get("iter-0/figures", 0) + seconds.get("iter-1/figures", 0)
         dpo = seconds.get("iter-1/dpo", 0)
+        steps_per_s = len(dpo_rows) / dpo if dpo else 0.0
         lines.append(f"online-dpo: one iteration of {args.prompts_per_step} prompts × K = {args.num_generations} in "
-                     f"{total:.1f} s: sampling {sampling:.1f} s (two rounds), judging {seconds.get('iter-1/judge', 0):.1f}"
-                     f" s, DPO {dpo:.1f} s for {len(dpo_rows)} steps ({len(dpo_rows) / dpo if dpo else 0:.2f} steps/s "
-                     f"with loading, the reference pass and saving; {tokens_per_s:,.0f} train tokens/s within a "
-                     f"step), figures {figures:.1f} s; generation share {sampling / total:.0%}")
+                     f"{total:.1f} s: sampling {sampling:.1f} s (two rounds), judging "
+                     f"{seconds.get('iter-1/judge', 0):.1f} s, DPO {dpo:.1f} s for {len(dpo_rows)} steps "
+                     f"({steps_per_s:.2f} steps/s with loading, the reference pass and saving; {tokens_per_s:,.0f} "
+                     f"train tokens/s within a step), figures {figures:.1f} s; generation share {sampling / total:.0%}")
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"policy {args.random_init and 'random-init ' + args.random_init or args.policy} on {device}; judge "
-          f"{args.judge}; ≤{args.response_length} answer tokens, --engine {args.engine}{', bf16' if args.bf16 else ''}"
-          + ("  [CPU: smoke figures only]" if device.startswith("CPU") else ""), file=sys.stderr)
+          f"{args.judge}; ≤{args.response_length} answer tokens, --engine {args.engine}"
+          f"{', bf16' if args.bf16 else ''}" + ("  [CPU: smoke figures only]" if device.startswith("CPU") else ""),
+          file=sys.stderr)
     for line in lines:
         print(line)
 

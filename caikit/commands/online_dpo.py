@@ -33,7 +33,7 @@ from typing import Any
 
 from caikit.backends.registry import parse_spec
 from caikit.commands.judge import JudgeConfig, judge_gated, sample_pairs, samples_identity
-from caikit.config import option, save_config
+from caikit.config import option, save_config, scrubbed
 from caikit.errors import UserError
 from caikit.gate import GateOptions
 from caikit.judge_run import open_judge
@@ -202,8 +202,9 @@ def training_pairs(cfg: OnlineDPOConfig, judge_dir: Path, out: Path) -> int:
             chosen, rejected = (j["response_a"], j["response_b"]) if p > 0.5 else (j["response_b"], j["response_a"])
             rows.append(PreferencePair(
                 id=idempotency_key("preference", j["id"]), run_id=j.get("run_id", ""), prompt=j["prompt"],
-                chosen=[{"role": "assistant", "content": chosen}], rejected=[{"role": "assistant", "content": rejected}],
-                p_chosen=max(p, 1 - p), source="judged-samples (all pairs)",
+                chosen=[{"role": "assistant", "content": chosen}],
+                rejected=[{"role": "assistant", "content": rejected}], p_chosen=max(p, 1 - p),
+                source="judged-samples (all pairs)",
                 provenance={"judgment_id": j["id"], "pair_id": j["pair_id"], "principle_ids": j["principle_ids"],
                             "method": j.get("method")}).to_dict())
     if not rows:
@@ -226,7 +227,8 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> int:
     prompts = load_prompts(source, limit=cfg.limit or None, split=cfg.split or None)
     if not prompts:
         raise UserError("no prompts in file", path=str(source))
-    identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY}
+    # scrubbed: a judge spec's user:password@ never reaches run.json
+    identity = scrubbed({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY})
     check_identity(out, STAGE, identity)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / RunDir.CONFIG)
@@ -258,7 +260,7 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> int:
         step(f"iter-{i}/figures", lambda: figures.row(i, policies[i], here / "samples", judge_dir=here / "judge"))
     link_policy(out, Path(policies[-1]))
     figures.close()
-    note(STAGE, f"{cfg.iterations} iterations; the last policy is {out / POLICY_LINK}; figures in {out / ITERATIONS}")
+    note(COMMAND, f"{cfg.iterations} iterations; the last policy is {out / POLICY_LINK}; figures in {out / ITERATIONS}")
     return 0
 
 
