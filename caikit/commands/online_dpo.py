@@ -106,9 +106,10 @@ class OnlineDPOConfig(GateOptions, DPOConfig):
                                       "continuous | vllm (pip install 'caikit[vllm]') | auto = padded",
                          metadata={"choices": ["auto", "padded", "continuous", "vllm"]})
     progress: bool = option(True, help="show progress bars")
-    max_steps: int = option(-1, help="optimizer steps of each iteration's DPO (-1: --epochs over its pairs)")
-    epochs: float = option(1.0, help="passes over each iteration's pairs when --max-steps is -1")
-    eval_fraction: float = option(0.0, help="share of each iteration's pairs held out for DPO's evaluation")
+    max_steps: int = option(-1, low=-1, help="optimizer steps of each iteration's DPO (-1: --epochs over its pairs)")
+    epochs: float = option(1.0, above=0, high=10_000, help="passes over each iteration's pairs when --max-steps is -1")
+    eval_fraction: float = option(0.0, low=0, below=1, help="share of each iteration's pairs held out for DPO's "
+                                                          "evaluation")
     resume: bool = option(False, help="not needed: online-dpo always continues from what OUT holds")
     overwrite: bool = option(False, help="not used: a finished stage is never redone (start again in a new --out)")
 
