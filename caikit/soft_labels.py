@@ -122,3 +122,39 @@ def round_robin_pairs(n: int, neighbours: int) -> list[tuple[int, int]]:
             j = (i + d) % n
             pairs.add((min(i, j), max(i, j)))
     return sorted(pairs)
+
+
+def bradley_terry(comparisons: Iterable[tuple[int, int, float]], n: int, *, prior: float = 1.0,
+                  iterations: int = 200, tol: float = 1e-10) -> list[float | None]:
+    """Bradley–Terry log-strengths s_i of `n` responses from soft comparisons, P(i beats j) = σ(s_i − s_j),
+    centred on their mean; None for a response never compared.
+
+    comparisons: (i, j, p) with p = P(response i better than response j), soft wins counted as fractions.
+    The maximum-likelihood strengths come from Hunter's (2004) MM iteration π_i ← W_i / Σ_j n_ij / (π_i + π_j)
+    (Zermelo 1929). `prior` > 0 lets each response also meet a virtual opponent of strength 1 that many times
+    with a draw: a response that wins every comparison then gets a large finite strength instead of an
+    infinite one (prior = 0 is the plain MLE, rescaled each round as it has no anchor)."""
+    comparisons = [(i, j, p) for i, j, p in comparisons]
+    judged = {k for i, j, _ in comparisons for k in (i, j)}
+    wins = [prior / 2] * n  # W_i: soft wins, the virtual draws included
+    for i, j, p in comparisons:
+        wins[i] += p
+        wins[j] += 1.0 - p
+    strength = [1.0] * n
+    for _ in range(iterations):
+        denominators = [prior / (strength[k] + 1.0) for k in range(n)]
+        for i, j, _ in comparisons:
+            share = 1.0 / (strength[i] + strength[j])
+            denominators[i] += share
+            denominators[j] += share
+        new = [max(wins[k], 1e-300) / denominators[k] if k in judged else 1.0 for k in range(n)]
+        if prior <= 0:  # no anchor: only ratios are identified, keep the geometric mean of the judged at 1
+            centre = math.exp(mean(math.log(new[k]) for k in judged) or 0.0)
+            new = [v / centre for v in new]
+        change = max((abs(math.log(new[k]) - math.log(strength[k])) for k in judged), default=0.0)
+        strength = new
+        if change < tol:
+            break
+    logs = {k: math.log(strength[k]) for k in judged}
+    centre = mean(logs.values()) or 0.0
+    return [logs[k] - centre if k in logs else None for k in range(n)]

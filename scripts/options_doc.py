@@ -34,6 +34,9 @@ GROUPS = [  # (title, "module:Class", shared groups to leave out)
     ("RL trainers (caikit train ppo, grpo)", "caikit.train.config:RLConfig", ("caikit.train.config:CommonTrainConfig",)),
     ("caikit train ppo", "caikit.train.ppo:PPOConfig", ("caikit.train.config:RLConfig",)),
     ("caikit train grpo", "caikit.train.grpo:GRPOConfig", ("caikit.train.config:RLConfig",)),
+    ("an AI judge as the reward (caikit train ppo, grpo --judge)", "caikit.commands.rl:JudgeRewardOptions", ()),
+    ("caikit train online-dpo", "caikit.commands.online_dpo:OnlineDPOConfig",
+     ("caikit.train.dpo:DPOConfig", "caikit.gate:GateOptions")),
     ("caikit score", "caikit.train.reward:ScoreConfig", ()),
     ("caikit report", "caikit.report.html:ReportConfig", ()),
 ]

@@ -98,11 +98,11 @@ def toy_prompts_file(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
-    """Untied tiny Llama (real SmolLM2 tokenizer) whose " excellent" output row points along the mean final hidden
-    state, so that token starts at ~20% of sampled tokens after the prompts "Tell me about item {i}.": a reward
-    "share of ' excellent' in the response" is then dense enough for a few CPU steps of PPO / GRPO to show learning."""
+def calibrated_policy(tiny_model_dir: str, out, token: str | None, scale: float, *, not_first: bool = False) -> str:
+    """Untied tiny Llama (real SmolLM2 tokenizer) whose output row of `token` (None: EOS) points along the mean final
+    hidden state after the prompts "Tell me about item {i}.", `scale` long, so that token is sampled often: the
+    larger the scale, the more often. `not_first`: the row is made orthogonal to the hidden state before the first
+    response token, so the token is rarely the first one (an EOS there would be an empty answer)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -117,7 +117,7 @@ def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
                          pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    target = tok.encode(TOY_TARGET, add_special_tokens=False)[0]
+    target = tok.eos_token_id if token is None else tok.encode(token, add_special_tokens=False)[0]
     ids, mask = left_pad([encode_prompt(tok, [{"role": "user", "content": f"Tell me about item {i}."}], 64)
                           for i in range(8)], tok.pad_token_id)
     with torch.no_grad():
@@ -128,11 +128,28 @@ def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
         hidden = model(input_ids=qr, attention_mask=attn, position_ids=position_ids_from_mask(attn),
                        output_hidden_states=True).hidden_states[-1][:, ids.size(1) - 1:-1]
         direction = torch.nn.functional.normalize(hidden, dim=-1).mean((0, 1))
-        model.lm_head.weight[target] = 2.7 * direction / direction.norm()
-    out = tmp_path_factory.mktemp("toy-policy")
+        if not_first:
+            first = torch.nn.functional.normalize(hidden[:, 0].mean(0), dim=-1)
+            direction = direction - (direction @ first) * first
+        model.lm_head.weight[target] = scale * direction / direction.norm()
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def toy_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """The toy policy: " excellent" starts at ~20% of sampled tokens after the prompts "Tell me about item {i}.", so
+    a reward "share of ' excellent' in the response" is dense enough for a few CPU steps of PPO / GRPO to show
+    learning."""
+    return calibrated_policy(tiny_model_dir, tmp_path_factory.mktemp("toy-policy"), TOY_TARGET, 2.7)
+
+
+@pytest.fixture(scope="session")
+def eos_policy_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """A toy policy whose answers end at EOS after 1 to ~17 tokens (mean ~5; ~15% run past 16), almost never at
+    the first token: answer length is then something a judge can prefer and DPO can move."""
+    return calibrated_policy(tiny_model_dir, tmp_path_factory.mktemp("eos-policy"), None, 3.3, not_first=True)
 
 
 # -- test tiers ------------------------------------------------------------------------------------------
@@ -148,7 +165,7 @@ FILE_TIERS = {
     "test_reward_probe.py": "e2e", "test_rows_matrix.py": "unit", "test_run.py": "e2e", "test_security.py": "loopback",
     "test_store.py": "unit", "test_trainers.py": "e2e",
 }
-MODEL_FIXTURES = {"tiny_model_dir", "smollm2_dir", "lively_model_dir", "toy_policy_dir"}
+MODEL_FIXTURES = {"tiny_model_dir", "smollm2_dir", "lively_model_dir", "toy_policy_dir", "eos_policy_dir"}
 
 
 def pytest_collection_modifyitems(config, items):

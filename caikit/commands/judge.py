@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from caikit.backends.registry import BackendOptions, make_backend
 from caikit.config import option
@@ -126,13 +126,23 @@ def run_judge(cfg: JudgeConfig) -> int:
         pairs, skipped = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard, keep_truncated=cfg.keep_truncated,
                                         keep_degenerate=cfg.keep_degenerate)
     jr = open_judge(cfg, cfg.out, "judge", extra)
+    sampler = (lambda: sample_pairs(cfg, jr.run, prompts, skipped)) if cfg.pairs == "samples" else None
+    stats = judge_gated(cfg, jr, pairs, skipped, prompts=prompts, sampler=sampler)
+    return report_judge(cfg, stats, jr)
+
+
+def judge_gated(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any], *, prompts=(),
+                sampler: Callable[[], Awaitable[tuple[list[Pair], Any]]] | None = None) -> dict[str, Any]:
+    """The judge over an open JudgeRun: the pairs (or what `sampler` samples and pairs up first), the quality gate,
+    every pair the gate lets through, then the files (`finalize_judge`). Returns stats.json's contents; a gate
+    that failed raises QualityGateFailed (exit 3) once the files say so."""
     policy_meter, gate = None, None
 
     async def main() -> None:
         nonlocal pairs, policy_meter, gate
         try:
-            if cfg.pairs == "samples":
-                pairs, policy_meter = await sample_pairs(cfg, jr.run, prompts, skipped)
+            if sampler is not None:
+                pairs, policy_meter = await sampler()
             gate = await judge_with_gate(jr, cfg, pairs)
         finally:
             await jr.cached.aclose()
@@ -144,7 +154,7 @@ def run_judge(cfg: JudgeConfig) -> int:
         jr.close()
     if gate is not None and gate["status"] == "failed":
         raise QualityGateFailed(gate["verdict"])
-    return report_judge(cfg, stats, jr)
+    return stats
 
 
 def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any],

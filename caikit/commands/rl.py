@@ -1,5 +1,5 @@
-"""`caikit train ppo` and `caikit train grpo`: the RL trainers (caikit/train/ppo.py, grpo.py), with a judge as the
-independent check.
+"""`caikit train ppo` and `caikit train grpo`: the RL trainers (caikit/train/ppo.py, grpo.py), with an AI judge as
+the reward (`--judge SPEC --reward pairwise|rubric`, caikit/commands/judge_rewards.py) or as the independent check.
 
 `--check-judge PROVIDER:MODEL[@BASE_URL]` asks a model, per sampled answer, whether it is harmless and helpful
 (stages/templates/check_judge.txt); its P(Yes) is the check score the reward-hacking monitor compares with
@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass
 
 from caikit.backends.base import LogprobsUnsupported
 from caikit.backends.registry import BackendOptions, make_backend, parse_spec
+from caikit.config import option
 from caikit.errors import UserError
+from caikit.commands.judge_rewards import PAIRWISE_SCORES, make_judge_reward
 from caikit.stages.base import render
+from caikit.stages.judge import JudgeOptions
+from caikit.stages.judge_methods import METHODS
 from caikit.train import grpo, ppo
-from caikit.train.grpo import GRPOConfig
-from caikit.train.ppo import PPOConfig
 
 
 class JudgeCheck:
@@ -68,9 +71,88 @@ def judge_check(cfg) -> JudgeCheck | None:
     return JudgeCheck(cfg.check_judge) if cfg.check_judge else None
 
 
+@dataclass
+class JudgeRewardOptions:
+    """An AI judge as the reward (instead of --reward-model / --reward-fn)."""
+
+    judge: str = option("", help="an AI judge as the reward: PROVIDER:MODEL[@BASE_URL] (e.g. openai:gpt-4o-mini, "
+                                 "local:smollm2); its requests are logged in OUT/requests.jsonl, so a resumed run "
+                                 "pays for none twice, and its tokens and cost go to OUT/usage.json")
+    reward: str = option("pairwise", help="with --judge: pairwise = the samples of one prompt judged against each "
+                                          "other in both orders, scored by --pairwise-score (grpo only) | rubric = "
+                                          "each judge principle asked as a yes/no question per sample, P(yes) "
+                                          "combined by the principles' weights (logged per principle as "
+                                          "detail_rubric_<id>)", metadata={"choices": ["pairwise", "rubric"]})
+    pairwise_score: str = option("winrate", help="--reward pairwise: winrate = mean win probability over the "
+                                                 "group (0-1) | bt = Bradley-Terry log-strength, centred on the group",
+                                 metadata={"choices": list(PAIRWISE_SCORES)})
+    constitution: str = option("anthropic-cai", help="constitution YAML file or bundled name whose judge principles "
+                                                     "the judge applies")
+    judge_method: str = option("auto", help="how the judge answers: logprob (option log-probs) | vote / cot (parsed "
+                                            "answers); auto: logprob where the backend returns log-probs",
+                               metadata={"choices": ["auto", *METHODS]})
+    judge_principles: int = option(1, low=1, high=1000, help="--reward pairwise: judge principles sampled per pair "
+                                                             "and averaged (rubric asks every principle)")
+
+    def judge_options(self) -> JudgeOptions:
+        return JudgeOptions(constitution=self.constitution, method=self.judge_method,
+                            principles=self.judge_principles, seed=getattr(self, "seed", 0), progress=False)
+
+    def check_reward(self, groups: bool) -> None:
+        given = [flag for flag, value in (("--reward-model", getattr(self, "reward_model", "")),
+                                          ("--reward-fn", getattr(self, "reward_fn", "")), ("--judge", self.judge))
+                 if value]
+        if len(given) > 1:
+            raise UserError(f"give one reward: {' or '.join(given)}, not both")
+        if self.judge:
+            parse_spec(self.judge, what="--judge")
+            if self.reward == "pairwise" and not groups:
+                raise UserError("--reward pairwise compares the samples of one prompt, and PPO samples one per "
+                                "prompt: use --reward rubric, or caikit train grpo")
+
+    def make_reward(self):
+        """The judge reward these options name, or None (the trainer then builds --reward-model / --reward-fn)."""
+        if not self.judge:
+            return None
+        return make_judge_reward(self.reward, self.judge, self.judge_options(), self.out,
+                                 score=self.pairwise_score)
+
+
+@dataclass
+class PPOConfig(JudgeRewardOptions, ppo.PPOConfig):
+    """PPO on prompts against a reward model, a Python function or an AI judge (--reward rubric), with a per-token
+    KL penalty (RLHF / RLAIF step)."""
+
+    def validate(self) -> None:
+        ppo.PPOConfig.validate(self)
+        self.check_reward(groups=False)
+
+
+@dataclass
+class GRPOConfig(JudgeRewardOptions, grpo.GRPOConfig):
+    """GRPO / RLOO on prompts against a reward model, a Python function or an AI judge (pairwise or rubric)."""
+
+    def validate(self) -> None:
+        grpo.GRPOConfig.validate(self)
+        self.check_reward(groups=True)
+
+
+def run_trainer(train, cfg) -> str:
+    """Build the judge reward and the check here (above caikit/train), train, and release both."""
+    cfg.validate()
+    check, reward = judge_check(cfg), None
+    try:
+        reward = cfg.make_reward()
+        return train(cfg, reward_fn=reward, check=check)
+    finally:
+        for part in (reward, check):
+            if part is not None:
+                part.close()
+
+
 def run_ppo(cfg: PPOConfig) -> str:
-    return ppo.train(cfg, check=judge_check(cfg))
+    return run_trainer(ppo.train, cfg)
 
 
 def run_grpo(cfg: GRPOConfig) -> str:
-    return grpo.train(cfg, check=judge_check(cfg))
+    return run_trainer(grpo.train, cfg)

@@ -56,7 +56,8 @@ def _stage_inputs(name: str, spec: dict[str, Any], run: dict[str, Any], run_dir:
     policy = run.get("policy", "smollm2")
     seed = run.get("seed", 0)
     prior = {s: str(run_dir / s) for s in done}
-    last_model = next((prior[s] for s in ("dpo", "ppo", "sft") if s in prior and s != name), None)
+    prior |= {"online_dpo": f"{prior['online_dpo']}/policy"} if "online_dpo" in prior else {}  # the last iteration
+    last_model = next((prior[s] for s in ("online_dpo", "dpo", "ppo", "sft") if s in prior and s != name), None)
     sft_model = prior.get("sft", policy)
     wired: dict[str, Any] = {"out": str(run_dir / name)}
     if name == "generate":
@@ -81,6 +82,9 @@ def _stage_inputs(name: str, spec: dict[str, Any], run: dict[str, Any], run_dir:
     elif name == "ppo":
         wired |= {"policy": sft_model, "reward_model": prior.get("reward", ""), "prompts": run.get("prompts", ""),
                   "seed": seed}
+    elif name == "online_dpo":
+        wired |= {"policy": sft_model, "prompts": run.get("prompts", ""),
+                  "constitution": run.get("constitution", "anthropic-cai"), "seed": seed}
     elif name == "eval":
         wired |= {"before": policy, "after": last_model or policy, "constitution": run.get("constitution", "hhh"),
                   "prompts": run.get("eval_prompts", ""), "seed": seed}

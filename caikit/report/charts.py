@@ -16,8 +16,8 @@ SVG_METRICS = 4
 
 
 def svg_line_chart(title: str, series: dict[str, list[tuple[float, float]]],
-                   width: int = 480, height: int = 220) -> str:
-    """An inline SVG line chart of (step, value) points; one polyline per series, shared axes.
+                   width: int = 480, height: int = 220, x_label: str = "step") -> str:
+    """An inline SVG line chart of (x, value) points (x: `x_label`); one polyline per series, shared axes.
 
     Plot area: x in [48, width - 12], y in [24, height - 28] pixels; the smallest value sits on the
     bottom edge, the largest on the top one (a flat series is drawn across the middle).
@@ -50,7 +50,7 @@ def svg_line_chart(title: str, series: dict[str, list[tuple[float, float]]],
             f'<text x="{left - 4}" y="{bottom}" text-anchor="end" {label}>{y0:.3g}</text>'
             f'<text x="{left}" y="{bottom + 14}" {label}>{x0:g}</text>'
             f'<text x="{right}" y="{bottom + 14}" text-anchor="end" {label}>{x1:g}</text>'
-            f'<text x="{(left + right) / 2}" y="{bottom + 24}" text-anchor="middle" {label}>step</text>')
+            f'<text x="{(left + right) / 2}" y="{bottom + 24}" text-anchor="middle" {label}>{escape(x_label)}</text>')
     heading = f'<text x="{left}" y="14" font-size="12" font-weight="600">{escape(title)}</text>'
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
             f'aria-label="{escape(title)}">{heading}{axes}{"".join(lines)}{"".join(legend)}</svg>')

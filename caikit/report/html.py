@@ -22,6 +22,7 @@ from typing import Any
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.report.charts import curves
+from caikit.report.iterations import iterations_part
 from caikit.report.markup import Raw, cards, col, fmt, messages, missing, table, text
 from caikit.report.sources import (TRAINERS, Layout, detect_layout, interval_of, is_num, read_json, read_text,
                                    reward_heldout, scan_jsonl)
@@ -303,6 +304,7 @@ SECTIONS = [
     ("counts", "Data", (_counts, _failures)),
     ("usage", "Token usage and cost", (_usage,)),
     ("training", "Training", (_training,)),
+    ("iterations", "Online DPO iterations", (iterations_part,)),
     ("eval", "Evaluation: before vs after", (_eval,)),
     ("examples", "Critique and revision examples", (_traces, _pairs)),
     ("config", "Configuration", (_config,)),

@@ -1,10 +1,10 @@
 """Untrusted text inside a prompt: the conversation and the responses a judge compares.
 
-Each sits in its own tagged block (<conversation>, <response_a>, <response_b>) and the judge is told the
-blocks are data. A response must not be able to close its block and write a verdict outside it, so any of
-our tags written inside the text is escaped -- however a reader might spell it: upper case, spaces or a
-newline before `>`, `-` or a space for `_`, an escaped slash (`<\\/response_a>`), attributes, fullwidth or
-look-alike brackets and letters, zero-width characters.
+Each sits in its own tagged block (<conversation>, <response_a>, <response_b>; the rubric's <response>) and
+the judge is told the blocks are data. A response must not be able to close its block and write a verdict
+outside it, so any of our tags written inside the text is escaped -- however a reader might spell it: upper
+case, spaces or a newline before `>`, `-` or a space for `_`, an escaped slash (`<\\/response_a>`),
+attributes, fullwidth or look-alike brackets and letters, zero-width characters.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 import unicodedata
 
 # our tags as a lenient XML/HTML reader takes them, matched against `reads_as(span)`
-_TAG = re.compile(r"<\s*(?:\\?/)?\s*(?:conversation|response[\s_\-]*[ab])(?:\s[^<>]*)?\s*/?\s*>")
+_TAG = re.compile(r"<\s*(?:\\?/)?\s*(?:conversation|response(?:[\s_\-]*[ab])?)(?:\s[^<>]*)?\s*/?\s*>")
 # What a reader may take for our tags' brackets, slash and letters beyond what NFKC folds (fullwidth
 # and small forms): angle quotes and brackets, Cyrillic / Greek letters that look Latin; and invisibles.
 _LOOKS_LIKE = str.maketrans({

@@ -57,8 +57,8 @@ class GRPOConfig(RLConfig):
     mini_batches: int = option(1, low=1, high=65_536, help="minibatches per pass (one optimizer step each)")
     rollout_batch_size: int = option(4, low=1, high=65_536, help="prompts per step; each is answered --num-generations times")
     temperature: float = option(1.0, above=0, high=10, help="sampling temperature; log-probs are computed under the same T")
-    # the lead's judge-based rewards (--judge SPEC, --reward pairwise|rubric) are built above caikit.train and
-    # arrive as `train(cfg, reward_fn=...)`; their options join this config there
+    # judge-based rewards (--judge SPEC, --reward pairwise|rubric) are built above caikit.train and arrive as
+    # `train(cfg, reward_fn=...)`; their options join this config in caikit/commands/rl.py
 
     def validate(self) -> None:
         RLConfig.validate(self)

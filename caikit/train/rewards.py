@@ -8,9 +8,9 @@ or per-part scores, logged as metrics `detail_<name>`). Implementations here:
   FunctionReward      a plain Python function, e.g. a rule; `--reward-fn module:function` or `path.py:function`
 
 Judge-based rewards (pairwise win rates, rubric yes/no log-probs) live above `caikit.train`, which must
-not import backends: they subclass RewardFn there and are passed to a trainer's entry function
-(`train(cfg, reward_fn=...)`). Samples of one prompt arrive with the same `groups` id (GRPO / RLOO
-pass them; PPO passes None), so a pairwise judge can compare within a group.
+not import backends: they subclass RewardFn in caikit/commands/judge_rewards.py and are passed to a
+trainer's entry function (`train(cfg, reward_fn=...)`). Samples of one prompt arrive with the same
+`groups` id (GRPO / RLOO pass them; PPO passes None), so a pairwise judge can compare within a group.
 """
 
 from __future__ import annotations
