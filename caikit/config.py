@@ -220,14 +220,17 @@ def check_range(key: str, value: Any, field: dataclasses.Field, source: str) -> 
         raise UserError(f"{_named(key, source)} must be {range_text(bounds)}, got {_shown(value)}", path=_file(source))
 
 
-def from_dict(cls: type[T], data: dict, *, source: str = "config") -> T:
+def from_dict(cls: type[T], data: dict, *, source: str = "config", flags: frozenset[str] = frozenset()) -> T:
     """Build `cls` from a plain dict, rejecting unknown keys, values of the wrong type and values
-    outside a field's `choices`, and coercing numbers given as text (and the reverse)."""
+    outside a field's `choices`, and coercing numbers given as text (and the reverse). Keys in `flags` came
+    from the command line: their errors name the flag, the others name `source` (the config file)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     renamed = {alias: f.name for f in fields.values() for alias in f.metadata.get("aliases", ())}
+    file_source = source
     for key, value in data.items():
+        source = "command line" if key in flags else file_source
         name = str(key).replace("-", "_").removeprefix(ALIAS)
         if name in renamed:
             print(f"caikit: warning: {source}: option '{name}' is now '{renamed[name]}'; the old name works until "
@@ -245,7 +248,7 @@ def from_dict(cls: type[T], data: dict, *, source: str = "config") -> T:
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise UserError(f"bad options: {e}", path=source) from None
+        raise UserError(f"bad options: {e}", path=file_source) from None
 
 
 def resolve(cls: type[T], args: argparse.Namespace | dict, *, config_file: str | None = None) -> T:
@@ -253,8 +256,9 @@ def resolve(cls: type[T], args: argparse.Namespace | dict, *, config_file: str |
     data: dict = load_yaml(config_file) if config_file else {}
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     names = {f.name for f in dataclasses.fields(cls)}
-    data.update({k: v for k, v in given.items() if k in names or k.startswith(ALIAS)})
-    cfg = from_dict(cls, data, source=config_file or "command line")
+    flags = {k: v for k, v in given.items() if k in names or k.startswith(ALIAS)}
+    data.update(flags)
+    cfg = from_dict(cls, data, source=config_file or "command line", flags=frozenset(flags))
     check = getattr(cfg, "validate", None)
     if callable(check):
         check()

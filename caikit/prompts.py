@@ -60,12 +60,6 @@ def bundled_human_reward_pairs_path() -> Path:
     return Path(caikit.__file__).resolve().parent / "data" / "hh_harmless_reward_pairs.jsonl.gz"
 
 
-def bundled_human_reward_pairs_path() -> Path:
-    """1,400 further human-labelled hh-rlhf harmlessness pairs, disjoint from the calibration set, for training
-    a reward model (`caikit train reward --data`, which holds out --eval-fraction of them)."""
-    return Path(caikit.__file__).resolve().parent / "data" / "hh_harmless_reward_pairs.jsonl.gz"
-
-
 def load_prompts(path: str | Path, limit: int | None = None, *, split: str | None = None) -> list[PromptRow]:
     """Prompts from a file or directory (see caikit.rows); identical duplicates are kept once, an id given
     twice with different prompts is an error; `limit` keeps the first that many prompts."""

@@ -161,7 +161,7 @@ def load_model(mode: str, args, model_dir: str, pad_id: int, device):
 
 def bench_caikit(mode: str, run: dict, args, model_dir: str, pad_id: int, pairs, sft, device) -> dict:
     """The trainers' own stream, forward and loss calls, AdamW, timed over --steps after --warmup."""
-    from caikit.train.data import collate_preferences, collate_sft
+    from caikit.train.batches import collate_preferences, collate_sft
     from caikit.train.logprobs import ForwardOptions, concatenated_forward, token_logps
     from caikit.train.loop import micro_batches, prepare_model, to_device
     from caikit.train.losses import bradley_terry_loss, dpo_loss, sft_loss_from_logps

@@ -177,7 +177,7 @@ def test_cli_config_file_rule_reward_and_outputs(toy_policy_dir, toy_prompts_fil
     capsys.readouterr()
     assert main(args[:-1] + ["--num-generations", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--num-generations must be >= 2" in err[0]
+    assert len(err) == 1 and "--num-generations must be 2 to 1024, got 1" in err[0]  # the flag, not the config file it overrides
 
 
 @pytest.mark.parametrize("command,flags", [

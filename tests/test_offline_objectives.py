@@ -24,7 +24,8 @@ def held_out_margin(model_dir: str, pairs_file: str) -> float:
     from transformers import AutoModelForCausalLM
 
     from caikit.models import load_tokenizer
-    from caikit.train.data import collate_preferences, load_rows, preference_triples, tokenize_preferences
+    from caikit.train.data import load_rows, preference_triples, tokenize_preferences
+    from caikit.train.batches import collate_preferences
     from caikit.train.dpo import pair_logps
 
     tokenizer = load_tokenizer(model_dir, padding_side="right")

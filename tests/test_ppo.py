@@ -87,7 +87,7 @@ def test_per_token_rewards_gae_and_whitening_by_hand():
     assert non_score.sum(1).tolist() == pytest.approx([-0.15, -0.2])
 
     values = torch.tensor([[0.2, 0.4, 9.0], [0.1, 0.0, 0.3]])
-    adv, ret = gae(rewards, values * mask, mask.float(), gamma=0.9, lam=0.5)
+    adv, ret = gae(rewards, values * mask, mask.float(), gamma=0.9, gae_lambda=0.5)
     # row 0: δ1 = 0.7 − 0.4 = 0.3; δ0 = −0.05 + 0.9·0.4 − 0.2 = 0.11; A0 = 0.11 + 0.45·0.3 = 0.245
     # row 1: δ2 = −0.5 − 0.3 = −0.8; δ1 = 0.05 + 0.27 − 0 = 0.32; A1 = 0.32 − 0.36 = −0.04
     #        δ0 = −0.15 + 0 − 0.1 = −0.25; A0 = −0.25 + 0.45·(−0.04) = −0.268
@@ -217,7 +217,7 @@ def test_every_contract_flag_is_documented():
     add_dataclass_args(parser, PPOConfig)
     text = parser.format_help()
     for flag in ("--policy", "--reward-model", "--prompts", "--out", "--kl-coef", "--kl-target", "--kl-horizon",
-                 "--kl-estimator", "--gamma", "--lam", "--cliprange", "--cliprange-value", "--vf-coef", "--ppo-epochs",
+                 "--kl-estimator", "--gamma", "--gae-lambda", "--cliprange", "--cliprange-value", "--vf-coef", "--ppo-epochs",
                  "--mini-batches", "--rollout-batch-size", "--response-length", "--temperature",
                  "--missing-eos-penalty", "--whiten-rewards", "--lora", "--bf16", "--seed", "--max-steps",
                  "--check-judge", "--check-rm", "--probe-prompts", "--sample-every", "--resume"):

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from caikit.report.charts import svg_line_chart
-from caikit.report.html import build_report
 from caikit.testing.chromium import CHROMIUM, Chromium
 
 XSS = "<script>alert(1)</script>"

@@ -306,12 +306,13 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
 
 
 def pickle_weight_loads(source: str, filename: str) -> list[str]:
-    """`X.from_pretrained(...)` of a model (not a tokenizer) without use_safetensors=True or a gguf_file."""
+    """`X.from_pretrained(...)` of a model (not a tokenizer or a config: those read JSON) without
+    use_safetensors=True or a gguf_file."""
     found = []
     for node in ast.walk(ast.parse(source, filename)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained":
             receiver = ast.unparse(node.func.value)
-            if "Tokenizer" in receiver or _keyword(node, "gguf_file") is not None:
+            if "Tokenizer" in receiver or receiver.endswith("Config") or _keyword(node, "gguf_file") is not None:
                 continue
             if _keyword(node, "use_safetensors") is not True:
                 found.append(f"{filename}:{node.lineno}: {receiver}.from_pretrained without use_safetensors=True")
@@ -348,6 +349,7 @@ yaml.safe_load(text); yaml.safe_dump(obj); yaml.compose(text, Loader=yaml.SafeLo
 torch.load(p, weights_only=True); model.eval(); re.compile("x")
 AutoTokenizer.from_pretrained(p); AutoModelForCausalLM.from_pretrained(p, use_safetensors=True)
 AutoModelForCausalLM.from_pretrained(d, gguf_file=f)
+AutoConfig.from_pretrained(p); GenerationConfig.from_pretrained(p)
 """
     assert unsafe_calls(ok, "ok.py") == [] and pickle_weight_loads(ok, "ok.py") == []
     assert len(pickle_weight_loads("auto_class.from_pretrained(p, **kw)\nM.from_pretrained(p, use_safetensors=None)",

@@ -80,7 +80,7 @@ VARIANTS = {"chunked": dict(chunk=16), "packed": dict(packed=True), "packed+chun
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_sft_loss_and_grads_equal_the_padded_path(variant, policy, tokenized):
-    from caikit.train.data import collate_sft
+    from caikit.train.batches import collate_sft
     from caikit.train.logprobs import ForwardOptions, response_logits, token_logps
     from caikit.train.losses import sft_loss, sft_loss_from_logps
 
@@ -105,7 +105,7 @@ def test_sft_loss_and_grads_equal_the_padded_path(variant, policy, tokenized):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dpo_loss_and_grads_equal_the_padded_path(variant, policy, tokenized):
-    from caikit.train.data import collate_preferences
+    from caikit.train.batches import collate_preferences
     from caikit.train.logprobs import ForwardOptions, concatenate_pairs, concatenated_forward
     from caikit.train.losses import dpo_loss
 
@@ -127,7 +127,7 @@ def test_dpo_loss_and_grads_equal_the_padded_path(variant, policy, tokenized):
 def test_packed_reward_scores_and_grads_equal_the_padded_path(tiny_model_dir, tokenized):
     from transformers import AutoModelForSequenceClassification
 
-    from caikit.train.data import collate_preferences
+    from caikit.train.batches import collate_preferences
     from caikit.train.losses import bradley_terry_loss
     from caikit.train.reward import pair_scores
 
@@ -153,7 +153,7 @@ def test_one_packed_row_as_varlen_kernels_get_it(policy, tokenized, monkeypatch)
     """With flash-attention / FlexAttention the whole micro-batch is one row; sdpa's per-sequence mask stands
     in for them here (neither trains on CPU) and must give the same log-probs as the padded path."""
     import caikit.train.logprobs as logprobs
-    from caikit.train.data import collate_sft
+    from caikit.train.batches import collate_sft
     from caikit.train.logprobs import ForwardOptions, token_logps
 
     b = collate_sft(tokenized.sft, tokenized.pad)
@@ -170,7 +170,7 @@ def test_one_packed_row_as_varlen_kernels_get_it(policy, tokenized, monkeypatch)
 def test_chunked_output_layer_never_sees_more_than_a_chunk(policy, tokenized):
     """The full-vocabulary logits are never built: the model returns logits for one position, and the output
     layer is called on at most `chunk` response positions at a time, in forward and in backward."""
-    from caikit.train.data import collate_sft
+    from caikit.train.batches import collate_sft
     from caikit.train.logprobs import ForwardOptions, token_logps
 
     b = collate_sft(tokenized.sft, tokenized.pad)
@@ -251,7 +251,7 @@ def fake_examples(lengths: list[int]) -> list[dict]:
 
 
 def test_group_by_length_sorts_inside_mega_batches_and_keeps_every_example_once():
-    from caikit.train.data import batches
+    from caikit.train.batches import batches
 
     rng = random.Random(0)
     examples = fake_examples([rng.randint(5, 400) for _ in range(203)])

@@ -59,8 +59,8 @@ def test_data_layouts_and_tokenisation(tiny_model_dir, tmp_path):
     import datasets
 
     from caikit.models import load_tokenizer
-    from caikit.train.data import (collate_preferences, load_rows, preference_triples, sft_pairs, tokenize_preferences,
-                                   tokenize_sft)
+    from caikit.train.data import load_rows, preference_triples, sft_pairs, tokenize_preferences, tokenize_sft
+    from caikit.train.batches import collate_preferences
 
     # p_chosen is the label; ratings such as score_chosen are not probabilities and are not read as one
     standard = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "p_chosen": 0.8, "score_chosen": 9.0,

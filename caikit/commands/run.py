@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import re
 import importlib
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable

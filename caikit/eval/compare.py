@@ -95,7 +95,8 @@ def response_logps(name: str, tokenizer, examples: list[tuple[list, str, bool]],
     import torch
 
     from caikit.models import load_causal_lm
-    from caikit.train.data import collate_sft, encode_prompt_response
+    from caikit.train.data import encode_prompt_response
+    from caikit.train.batches import collate_sft
     from caikit.train.logprobs import sequence_logps
 
     encoded = []

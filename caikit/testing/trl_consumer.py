@@ -94,6 +94,6 @@ def sft_trainer(model_dir: str, dataset, out: str | Path, **overrides: Any):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
     return trl.SFTTrainer(model=model, args=trainer_args("sft", out, max_length=1024, **overrides),
                           train_dataset=dataset, processing_class=tokenizer)

@@ -136,7 +136,7 @@ def pair_logps(model, batch: dict, pad_token_id: int, ref: dict | None, split: s
 def preference_reference(cfg: DPOConfig, accelerator, pad_token_id: int,
                          splits: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
     """{"<split>_chosen", "<split>_rejected": (N,)} summed reference log-probs, computed once and cached."""
-    from caikit.train.data import collate_preferences
+    from caikit.train.batches import collate_preferences
     from caikit.train.logprobs import concatenated_forward
     from caikit.train.loop import to_device
     from caikit.train.reference import reference_logps
@@ -169,7 +169,7 @@ def dpo_step_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rej
 def evaluate(model, examples: list[dict], ref: dict | None, cfg: DPOConfig, pad_token_id: int,
              device, how: ForwardOptions) -> dict[str, float]:
     """The objective's loss, implicit-reward margin and accuracy on the held-out pairs (example-weighted means)."""
-    from caikit.train.data import batches, collate_preferences
+    from caikit.train.batches import batches, collate_preferences
     from caikit.train.loop import to_device
 
     if not examples:
@@ -193,7 +193,8 @@ def train(cfg: DPOConfig) -> str:
     from transformers import AutoModelForCausalLM
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_preferences, tokenize_preferences
+    from caikit.train.data import tokenize_preferences
+    from caikit.train.batches import collate_preferences
     from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
                                    make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
                                    prepare_model, read_training_data, record_data, resume_or_start, to_device,

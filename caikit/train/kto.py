@@ -96,7 +96,7 @@ def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig, how: For
 def unpaired_reference(cfg: KTOConfig, accelerator, pad_token_id: int,
                        splits: dict[str, list[dict]]) -> dict[str, torch.Tensor]:
     """{"<split>_completion", "<split>_kl": (N,)} summed reference log-probs, computed once and cached."""
-    from caikit.train.data import collate_unpaired
+    from caikit.train.batches import collate_unpaired
     from caikit.train.logprobs import sequence_logps
     from caikit.train.loop import to_device
     from caikit.train.reference import reference_logps
@@ -113,7 +113,7 @@ def unpaired_reference(cfg: KTOConfig, accelerator, pad_token_id: int,
 def evaluate(model, examples: list[dict], ref: dict, cfg: KTOConfig, pad_token_id: int, device,
              how: ForwardOptions) -> dict[str, float]:
     """KTO loss, implicit rewards of each kind and their margin on the held-out examples."""
-    from caikit.train.data import batches, collate_unpaired
+    from caikit.train.batches import batches, collate_unpaired
     from caikit.train.loop import to_device
 
     if not examples:
@@ -135,7 +135,8 @@ def train(cfg: KTOConfig) -> str:
 
     from caikit.metrics import MetricsLogger
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_unpaired, data_sources, load_rows, tokenize_unpaired, unpaired_examples
+    from caikit.train.data import data_sources, load_rows, tokenize_unpaired, unpaired_examples
+    from caikit.train.batches import collate_unpaired
     from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
                                    make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
                                    prepare_model, resume_or_start, to_device, tokenized_split)

@@ -190,7 +190,7 @@ def micro_batches(examples: list[dict], cfg, collate: Callable[[list[dict]], dic
     The epoch is cut into global batches of batch_size x num_processes examples (length-grouped as such), each
     split evenly between the processes: N processes see exactly what one process with N times the batch would
     (an epoch's last, short global batch loses the examples that would make the shares unequal)."""
-    from caikit.train.data import batches
+    from caikit.train.batches import batches
 
     skip = start_step * cfg.grad_accum
     epoch = 0

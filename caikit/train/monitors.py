@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from caikit.errors import UserError
 
 
 @dataclass

@@ -47,7 +47,7 @@ def reference_logps(cfg, accelerator, command: str, splits: dict[str, list[dict]
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from caikit.train.data import batches
+    from caikit.train.batches import batches
     from caikit.train.logprobs import ForwardOptions
     from caikit.train.loop import load_pretrained, note
     from caikit.train.packing import keeps_sequences_apart

@@ -119,7 +119,7 @@ def soft_labels_and_margin(batch: dict, cfg: RewardConfig) -> tuple[torch.Tensor
 def evaluate(model, examples: list[dict], cfg: RewardConfig, pad_token_id: int, device,
              packed: bool) -> dict[str, float]:
     """Held-out pairwise accuracy (chosen scored above rejected), mean loss and mean score gap."""
-    from caikit.train.data import batches, collate_preferences
+    from caikit.train.batches import batches, collate_preferences
     from caikit.train.losses import bradley_terry_loss
     from caikit.train.loop import to_device
 
@@ -150,7 +150,8 @@ def train(cfg: RewardConfig) -> str:
     from transformers import AutoModelForSequenceClassification
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_preferences, split_rows, tokenize_preferences
+    from caikit.train.data import split_rows, tokenize_preferences
+    from caikit.train.batches import collate_preferences
     from caikit.train.losses import bradley_terry_loss
     from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
                                    make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
@@ -280,7 +281,7 @@ def score(model_dir, prompts_and_responses: list[tuple], batch_size: int = 8, ma
 
     model_dir: a reward model directory, or a (model, tokenizer) pair from `load_reward_model`.
     """
-    from caikit.train.data import collate_sft
+    from caikit.train.batches import collate_sft
 
     model, tokenizer = model_dir if isinstance(model_dir, tuple) else load_reward_model(model_dir, device)
     device = next(model.parameters()).device

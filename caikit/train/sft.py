@@ -29,7 +29,7 @@ class SFTConfig(CommonTrainConfig):
 
 def evaluate(model, examples: list[dict], cfg, pad_token_id: int, device, how) -> dict[str, float]:
     """Token-weighted mean response NLL on held-out examples, and its perplexity (forwards run as `how` says)."""
-    from caikit.train.data import batches, collate_sft
+    from caikit.train.batches import batches, collate_sft
     from caikit.train.logprobs import token_logps
     from caikit.train.loop import to_device
 
@@ -55,7 +55,8 @@ def train(cfg: SFTConfig) -> str:
     from transformers import AutoModelForCausalLM
 
     from caikit.train.checkpoint import save_checkpoint
-    from caikit.train.data import collate_sft, tokenize_sft
+    from caikit.train.data import tokenize_sft
+    from caikit.train.batches import collate_sft
     from caikit.train.logprobs import token_logps
     from caikit.train.losses import sft_loss_from_logps
     from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
