@@ -6,7 +6,7 @@ r(x) = w · norm(h_k(x)). The saved model is the backbone cut to those k blocks 
 a plain `AutoModelForSequenceClassification`, so `caikit score` and `caikit eval --reward-model` load it
 like a fully trained reward model and reproduce the probe's scores. Cutting the blocks also makes every
 forward pass cheaper: on SmolLM2 the features after 4 of 30 blocks cross-validate as well as any up to block
-12 (deeper ones gain about a point at 4-5x the cost; docs-draft/reward-probe.md has the measurements).
+12 (deeper ones gain about a point at 4-5x the cost; docs/reward-probe.md has the measurements).
 
 Sequences keep their last --max-length tokens (the end of the conversation and the whole final reply).
 Features are cached on disk under `caikit.models.cache_root()/features`, keyed by the backbone's
