@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -302,7 +303,7 @@ def _public_spec(value: str) -> str:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace `path` with `text` in one rename; a failed write leaves the old file and no temporary."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

@@ -156,7 +156,8 @@ async def run_gate(jr: JudgeRun, cfg, pairs: list[Pair], *, concurrency: int, hu
     human = planned(jr, human_pairs, calibration)[0] if human_pairs else (judged if human_are_pairs else None)
     gate = assess(cfg, judged, sum(f.get("kind") == "unparseable" for f in failed), human, len(human_pairs))
     jr.run.write_json(RunDir.GATE, gate)
-    note(jr.stage, gate["verdict"])
+    if gate["status"] != "failed":  # a failed gate is said once, as the command's error (exit 3)
+        note(jr.stage, gate["verdict"])
     return gate
 
 

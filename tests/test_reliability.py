@@ -125,7 +125,7 @@ def judge_args(server, backend: str, from_dir: Path, out: Path, key_file: Path, 
     base = server.openai_base_url if backend == "openai" else server.anthropic_base_url
     args = ["judge", "--backend", backend, "--model", "fake-judge", "--base-url", base, "--api-key-file",
             str(key_file), "--constitution", "hhh", "--pairs", "revision", "--from", str(from_dir), "--out", str(out),
-            "--seed", "5", "--no-progress"]
+            "--seed", "5", "--no-progress", "--allow-weak-judge"]  # the scripted judge is at chance; the gate runs
     return args + [x for k, v in extra.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 
 

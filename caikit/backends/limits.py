@@ -74,7 +74,8 @@ class RateLimiter:
 
     A timeout counts as overload too: a self-hosted server that serves fewer requests at once than are
     sent keeps the rest waiting in its queue, and the client's timeout counts that wait. So a timeout
-    is an outcome like a 429 (repeated ones cut the cap), and the request the client abandoned still
+    halves the cap at once (one per burst, as above: it wasted a whole --timeout of the server's work,
+    where a 429 cost it nothing), and the request the client abandoned still
     holds its place for `abandoned_hold` seconds -- the server is still working on it -- so its retry
     waits until the in-flight count has come down instead of doubling the queue.
     """
@@ -194,12 +195,15 @@ class RateLimiter:
             self._outcomes.append(True)
             limited = sum(self._outcomes)
             if limited >= self.CUT_AFTER and limited >= self.CUT_SHARE * len(self._outcomes):
-                self.cap = max(1, self.cap // 2)  # multiplicative decrease
-                self.generation += 1
-                self._outcomes.clear()
-                self._successes = 0
-                self.stats["cuts"] += 1
-                self.stats["lowest_cap"] = min(self.stats["lowest_cap"], self.cap)
+                self._cut()
+
+    def _cut(self) -> None:
+        self.cap = max(1, self.cap // 2)  # multiplicative decrease
+        self.generation += 1
+        self._outcomes.clear()
+        self._successes = 0
+        self.stats["cuts"] += 1
+        self.stats["lowest_cap"] = min(self.stats["lowest_cap"], self.cap)
 
     def after_failure(self, exc: BaseException, admission: Admission | None) -> None:
         """`call_with_retries`' on_retry hook: a failed attempt that was a 429 or a timeout slows everyone down."""
@@ -207,7 +211,9 @@ class RateLimiter:
             self.record_rate_limit(admission, retry_after_of_error(exc))
         elif type(exc).__name__ == "APITimeoutError":  # both SDKs name it so
             self.stats["timeouts"] += 1
-            self.record_rate_limit(admission)
+            self._recent.append(True)
+            if admission is not None and admission.generation == self.generation:
+                self._cut()  # one is enough: each costs the server a whole --timeout of work for nothing
             self._hold_abandoned()
 
     def _hold_abandoned(self) -> None:

@@ -13,6 +13,7 @@ Content-Security-Policy that forbids scripts and network loads. Curves: caikit/r
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from html import escape
 from pathlib import Path
@@ -341,7 +342,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, max_example
         title=escape(str(title)), body="".join(body), generated=escape(time.strftime("%Y-%m-%d %H:%M:%S %Z")))
     path = Path(out) if out else run_dir / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path

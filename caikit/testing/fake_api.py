@@ -21,6 +21,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,6 +85,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512  # a burst of connections must not overflow the listen backlog
     fake: "FakeAPIServer"
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-reply (a run that stops at once, a timeout) is normal here; anything else
+        is a fault of this server, printed as socketserver does."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class FakeAPIServer:
