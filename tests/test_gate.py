@@ -114,14 +114,14 @@ def test_a_position_biased_judge_is_stopped_and_its_calibration_reused(tmp_path,
 def test_weak_labels_carry_their_verdict_into_each_pair(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     gen, out = write_generate_run(tmp_path, 6), tmp_path / "judge"
-    flip = {"n": 0}
 
-    def inconsistent(request) -> dict[str, float]:  # honest in one order of a pair, reversed in the other
-        flip["n"] += 1
-        return honest(request) if flip["n"] % 2 else always_a(request)
+    def inconsistent(request) -> dict[str, float]:  # honest on even prompts, position-biased on odd ones
+        index = int(request.last_user_message.split("hurt ", 1)[1].split("?", 1)[0])
+        return honest(request) if index % 2 == 0 else always_a(request)
 
     with FakeAPIServer(logprobs=inconsistent) as server:
         assert judge(server, gen, out, "--allow-weak-judge") == 0
+    assert json.loads((out / "gate.json").read_text())["position_consistency"] == 0.5
     prefs = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
     assert prefs and all(p["provenance"]["judge_gate"] == "allowed-weak" for p in prefs)
 
