@@ -63,7 +63,7 @@ def test_sft_card_of_a_generate_run_on_a_self_hosted_server(runs, tmp_path):
     identity = json.loads((gen / "run.json").read_text())["identity"]
     probe = json.loads((gen / "probe.json").read_text())
     for fact in ("| endpoint | self-hosted OpenAI-compatible server |", "| model | `openai:fake-model` |",
-                 f"log-probs yes (top {probe['top_logprobs']})", f"honours `n` yes",
+                 f"log-probs yes (top {probe['top_logprobs']})", "honours `n` yes",
                  f"requests served at once {probe['slots']} ({probe['slots_from']})",
                  f"| constitution | anthropic-cai (sha256 `{identity['constitution_hash']}`) |",
                  "| critique -> revision rounds | 1 |", "temperature 0.7, at most 256 new tokens per answer, seed 0",

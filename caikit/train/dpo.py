@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from caikit.config import option, save_config
+from caikit.config import option
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
 from caikit.train.logprobs import PADDED, ForwardOptions
@@ -189,17 +189,13 @@ def evaluate(model, examples: list[dict], ref: dict | None, cfg: DPOConfig, pad_
 
 
 def train(cfg: DPOConfig) -> str:
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from caikit.train.checkpoint import save_checkpoint
     from caikit.train.data import tokenize_preferences
     from caikit.train.batches import collate_preferences
-    from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
-                                   make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
-                                   prepare_model, read_training_data, record_data, resume_or_start, to_device,
-                                   tokenized_split)
-    from caikit.metrics import MetricsLogger
+    from caikit.train.loop import (load_pretrained, load_train_tokenizer, make_accelerator, micro_batches, note,
+                                   read_training_data, to_device, tokenized_split)
+    from caikit.train.session import start_session
 
     cfg.validate()  # also when called from Python rather than the CLI (resolves --loss-type into --loss)
     objective = OBJECTIVES[cfg.loss]
@@ -217,65 +213,33 @@ def train(cfg: DPOConfig) -> str:
         ref = preference_reference(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})
 
     model = load_pretrained(AutoModelForCausalLM, cfg.model, attn_implementation=cfg.attn_implementation or None)
-    model = prepare_model(model, cfg, "CAUSAL_LM")
-    optimizer = make_optimizer(model, cfg)
-    total_steps = count_steps(cfg, len(train_examples), accelerator.num_processes)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    how = forward_options(cfg, model, COMMAND, accelerator)
-    save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
-    record_data(cfg, data_summary, metrics, step)
-
-    stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), step,
+    session = start_session(cfg, COMMAND, accelerator, model, "CAUSAL_LM", len(train_examples), cfg.loss,
+                            data_summary)
+    model, how = session.model, session.how
+    stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), session.step,
                            accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(total=total_steps, initial=step, desc=cfg.loss, unit="step",
-               disable=not accelerator.is_local_main_process)
-    model.train()
-    while step < total_steps:
-        started, rows, tokens, grad_norm = time.perf_counter(), [], 0, None
+    while session.step < session.total_steps:
+        started, rows, tokens = time.perf_counter(), [], 0
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
-            with accelerator.accumulate(model), accelerator.autocast():
+            with session.accumulate():
                 pairs = pair_logps(model, batch, pad_id, ref, "train", how)
                 losses, chosen_rewards, rejected_rewards = objective.loss(pairs, cfg, smoothing(batch, cfg))
-                accelerator.backward(losses.mean())
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                session.apply(losses.mean())
             # metrics over the global batch: every process's pairs (accelerate's gather; itself with one process)
             everyone = [accelerator.gather(t.detach()) for t in (losses, chosen_rewards, rejected_rewards, pairs.chosen,
                                                                  pairs.rejected)]
             rows.append(dpo_step_metrics(*everyone))
             tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
-        scheduler.step()
-        step += 1
-
         row = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-        row.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens / (time.perf_counter() - started))
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            row.update(evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how))
-        if step % cfg.log_every == 0 or step == total_steps:
-            metrics.log(step, **row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", margin=f"{row['reward_margin']:.3f}",
-                        tok_s=f"{row['tokens_per_s']:.0f}")
-        bar.update(1)
-        if cfg.save_every and step % cfg.save_every == 0 and accelerator.is_main_process:
-            save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
-    bar.close()
+        session.end_step(row, tokens, started,
+                         lambda: evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how),
+                         postfix={"loss": f"{row['loss']:.4f}", "margin": f"{row['reward_margin']:.3f}"})
 
     final_eval = evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how)
     if final_eval:
-        metrics.log(step, **final_eval)
         note(COMMAND, f"held-out reward margin {final_eval['eval_reward_margin']:.4f}, accuracy "
                       f"{final_eval['eval_reward_accuracy']:.3f} on {len(eval_examples)} pairs")
-    metrics.close()
-    if accelerator.is_main_process:
-        save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler, final_eval)
-    out = finish(accelerator, model, tokenizer, cfg, PLOT_GROUPS)
+    out = session.finish(tokenizer, PLOT_GROUPS, final_eval)
     note(COMMAND, f"saved model to {out}")
     return out

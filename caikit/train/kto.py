@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from caikit.config import option, save_config
+from caikit.config import option
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
 from caikit.train.logprobs import ForwardOptions
@@ -130,16 +130,13 @@ def evaluate(model, examples: list[dict], ref: dict, cfg: KTOConfig, pad_token_i
 
 
 def train(cfg: KTOConfig) -> str:
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from caikit.metrics import MetricsLogger
-    from caikit.train.checkpoint import save_checkpoint
     from caikit.train.data import data_sources, load_rows, tokenize_unpaired, unpaired_examples
     from caikit.train.batches import collate_unpaired
-    from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
-                                   make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
-                                   prepare_model, resume_or_start, to_device, tokenized_split)
+    from caikit.train.loop import (load_pretrained, load_train_tokenizer, make_accelerator, micro_batches, note,
+                                   to_device, tokenized_split)
+    from caikit.train.session import start_session
 
     cfg.validate()
     accelerator = make_accelerator(cfg)
@@ -164,61 +161,30 @@ def train(cfg: KTOConfig) -> str:
     ref = unpaired_reference(cfg, accelerator, pad_id, {"train": train_examples, "eval": eval_examples})
 
     model = load_pretrained(AutoModelForCausalLM, cfg.model, attn_implementation=cfg.attn_implementation or None)
-    model = prepare_model(model, cfg, "CAUSAL_LM")
-    optimizer = make_optimizer(model, cfg)
-    total_steps = count_steps(cfg, len(train_examples), accelerator.num_processes)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    how = forward_options(cfg, model, COMMAND, accelerator)
-    save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
-
-    stream = micro_batches(train_examples, cfg, lambda m: collate_unpaired(m, pad_id), step,
+    session = start_session(cfg, COMMAND, accelerator, model, "CAUSAL_LM", len(train_examples), "kto")
+    model, how = session.model, session.how
+    stream = micro_batches(train_examples, cfg, lambda m: collate_unpaired(m, pad_id), session.step,
                            accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(total=total_steps, initial=step, desc="kto", unit="step", disable=not accelerator.is_local_main_process)
-    model.train()
-    while step < total_steps:
-        started, sums, tokens, grad_norm = time.perf_counter(), {}, 0, None
+    while session.step < session.total_steps:
+        started, sums, tokens = time.perf_counter(), {}, 0
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
-            with accelerator.accumulate(model), accelerator.autocast():
+            with session.accumulate():
                 losses, rewards, logps, z_ref = kto_step(model, batch, ref, "train", cfg, how)
-                accelerator.backward(losses.mean())
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                session.apply(losses.mean())
             # metrics over the global batch: every process's examples (accelerate's gather; itself with one process)
             everyone = [accelerator.gather(t.detach()) for t in (losses, rewards, logps, batch["label"].float())]
             sums = add_sums(sums, kto_sums(*everyone, accelerator.reduce(z_ref, "mean")))
             tokens += int(batch["attention_mask"].sum() + batch["kl_attention_mask"].sum())
-        scheduler.step()
-        step += 1
-
         row = kto_means(sums)
-        row.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens / (time.perf_counter() - started))
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            row.update(evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how))
-        if step % cfg.log_every == 0 or step == total_steps:
-            metrics.log(step, **row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-        bar.update(1)
-        if cfg.save_every and step % cfg.save_every == 0 and accelerator.is_main_process:
-            save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
-    bar.close()
+        session.end_step(row, tokens, started,
+                         lambda: evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how),
+                         postfix={"loss": f"{row['loss']:.4f}", "kl": f"{row['kl']:.3f}"})
 
     final_eval = evaluate(model, eval_examples, ref, cfg, pad_id, accelerator.device, how)
-    if final_eval:
-        metrics.log(step, **final_eval)
-        if "eval_reward_margin" in final_eval:
-            note(COMMAND, f"held-out reward margin (desirable - undesirable) {final_eval['eval_reward_margin']:.4f} "
-                          f"on {len(eval_examples)} examples")
-    metrics.close()
-    if accelerator.is_main_process:
-        save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler, final_eval)
-    out = finish(accelerator, model, tokenizer, cfg, PLOT_GROUPS)
+    if "eval_reward_margin" in final_eval:
+        note(COMMAND, f"held-out reward margin (desirable - undesirable) {final_eval['eval_reward_margin']:.4f} "
+                      f"on {len(eval_examples)} examples")
+    out = session.finish(tokenizer, PLOT_GROUPS, final_eval)
     note(COMMAND, f"saved model to {out}")
     return out

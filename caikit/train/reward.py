@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from caikit.config import option, save_config
+from caikit.config import option
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
 from caikit.train.heldout import heldout_summary, write_summary
@@ -146,21 +146,18 @@ def train(cfg: RewardConfig) -> str:
 
         return train_probe(cfg)
 
-    from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification
 
-    from caikit.train.checkpoint import save_checkpoint
     from caikit.train.data import split_rows, tokenize_preferences
     from caikit.train.batches import collate_preferences
     from caikit.train.losses import bradley_terry_loss
-    from caikit.train.loop import (count_steps, finish, forward_options, load_pretrained, load_train_tokenizer,
-                                   make_accelerator, make_optimizer, make_scheduler, micro_batches, note,
-                                   prepare_model, read_training_data, record_data, resume_or_start, to_device,
-                                   tokenized_split)
-    from caikit.metrics import MetricsLogger
+    from caikit.train.loop import (load_pretrained, load_train_tokenizer, make_accelerator, micro_batches, note,
+                                   read_training_data, to_device, tokenized_split)
+    from caikit.train.session import start_session
 
     accelerator = make_accelerator(cfg)
     tokenizer = load_train_tokenizer(cfg.model)
+    pad_id = tokenizer.pad_token_id
 
     # data: preference rows -> held-out split -> chosen / rejected token ids (prompt + response + EOS)
     triples, data_summary = read_training_data(COMMAND, cfg, "pairs")
@@ -169,71 +166,39 @@ def train(cfg: RewardConfig) -> str:
     # scalar head on the backbone; the head reads the last non-pad token, so the config must know the pad id
     model = load_pretrained(AutoModelForSequenceClassification, cfg.model, num_labels=1,
                            attn_implementation=cfg.attn_implementation or None)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model = prepare_model(model, cfg, "SEQ_CLS")
-    optimizer = make_optimizer(model, cfg)
-    total_steps = count_steps(cfg, len(train_examples), accelerator.num_processes)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    step, _ = resume_or_start(cfg, COMMAND, model, optimizer, scheduler)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    packed = forward_options(cfg, model, COMMAND, accelerator).packed  # no vocabulary here: nothing to chunk
-    save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
-    record_data(cfg, data_summary, metrics, step)
-
-    stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, tokenizer.pad_token_id), step,
+    model.config.pad_token_id = pad_id
+    session = start_session(cfg, COMMAND, accelerator, model, "SEQ_CLS", len(train_examples), "reward", data_summary)
+    model, packed = session.model, session.how.packed  # no vocabulary here: nothing to chunk
+    stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), session.step,
                            accelerator.process_index, accelerator.num_processes)
-    bar = tqdm(total=total_steps, initial=step, desc="reward", unit="step",
-               disable=not accelerator.is_local_main_process)
-    model.train()
-    while step < total_steps:
-        started, losses_seen, correct, gaps, tokens, grad_norm = time.perf_counter(), [], [], [], 0, None
+    while session.step < session.total_steps:
+        started, losses_seen, correct, gaps, tokens = time.perf_counter(), [], [], [], 0
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
-            with accelerator.accumulate(model), accelerator.autocast():
-                chosen, rejected = pair_scores(model, batch, tokenizer.pad_token_id, packed)
+            with session.accumulate():
+                chosen, rejected = pair_scores(model, batch, pad_id, packed)
                 soft, margin = soft_labels_and_margin(batch, cfg)
                 loss = bradley_terry_loss(chosen, rejected, margin, soft).mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                session.apply(loss)
             # metrics over the global batch: every process's pairs (accelerate's gather; itself with one process)
             chosen, rejected = accelerator.gather(chosen.detach()), accelerator.gather(rejected.detach())
             losses_seen.append(accelerator.reduce(loss.detach(), "mean").item())
             correct.append(float((chosen > rejected).float().mean()))
             gaps.append(float((chosen - rejected).mean()))
             tokens += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
-        scheduler.step()
-        step += 1
-
         row = {"loss": sum(losses_seen) / len(losses_seen), "accuracy": sum(correct) / len(correct),
-               "score_margin": sum(gaps) / len(gaps), "lr": scheduler.get_last_lr()[0],
-               "tokens_per_s": tokens / (time.perf_counter() - started)}
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            row.update(evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device, packed))
-        if step % cfg.log_every == 0 or step == total_steps:
-            metrics.log(step, **row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
-        bar.update(1)
-        if cfg.save_every and step % cfg.save_every == 0 and accelerator.is_main_process:
-            save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler)
-    bar.close()
+               "score_margin": sum(gaps) / len(gaps)}
+        session.end_step(row, tokens, started,
+                         lambda: evaluate(model, eval_examples, cfg, pad_id, accelerator.device, packed),
+                         postfix={"loss": f"{row['loss']:.4f}", "acc": f"{row['accuracy']:.2f}"})
 
-    final_eval = evaluate(model, eval_examples, cfg, tokenizer.pad_token_id, accelerator.device, packed)
+    final_eval = evaluate(model, eval_examples, cfg, pad_id, accelerator.device, packed)
     # the same held-out pairs as tokenized_split (split_rows is seeded); truncation drops none at defaults
     eval_triples = split_rows(triples, cfg.eval_fraction, cfg.seed)[1]
     summary = heldout_summary(final_eval.get("eval_accuracy", 0.0), eval_triples)
     if final_eval:
         final_eval.update({k: v for k, v in summary.items() if k.startswith(("eval_accuracy_", "length_", "verdict"))})
-        metrics.log(step, **final_eval)
-    metrics.close()
-    if accelerator.is_main_process:
-        save_checkpoint(cfg.out, step, accelerator.unwrap_model(model), optimizer, scheduler, final_eval)
-    out = finish(accelerator, model, tokenizer, cfg, PLOT_GROUPS)
+    out = session.finish(tokenizer, PLOT_GROUPS, final_eval)
     if accelerator.is_main_process:
         write_summary(out, summary)
     note(COMMAND, f"saved reward model to {out}")
