@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import json
 import math
 import shutil
@@ -307,7 +308,8 @@ def damage(draw, data: bytes, name: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=int(os.environ.get("CAIKIT_FUZZ_EXAMPLES", 30)), deadline=None,
+          derandomize=not os.environ.get("CAIKIT_FUZZ_EXAMPLES"), database=None)
 @given(st.data())
 def test_damaged_inputs_give_one_line_errors_and_leave_out_alone(runs, data):
     root, _ = runs
@@ -328,5 +330,8 @@ def test_damaged_inputs_give_one_line_errors_and_leave_out_alone(runs, data):
             assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         else:
             assert rc == 0 and json.loads((out / "merge.json").read_text())["stage"] == "generate"
-            assert len(read_jsonl(out / "sft.jsonl")) == len(read_jsonl(out / "traces.jsonl"))
+            kept = json.loads((out / "stats.json").read_text())
+            usable = [t for t in read_jsonl(out / "traces.jsonl") if (kept.get("keep_truncated") or not t.get("truncated"))
+                      and (kept.get("keep_degenerate") or not t.get("degenerate"))]
+            assert len(read_jsonl(out / "sft.jsonl")) == len(usable)  # truncated or degenerate: counted, not used
         assert sorted(p.name for p in tmp.iterdir()) == ["gen1", "gen2", "gen3", "out"]

@@ -56,6 +56,10 @@ RECORD_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     RunDir.JUDGMENTS: {"pair_id": str, "prompt": list, "response_a": str, "response_b": str, "p_a": _NUMBER,
                         "principle_ids": list, "position_consistent": (bool, type(None))},
 }
+# Fields a record may lack (runs before they existed), but of this type when present.
+OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    RunDir.TRACES: {"truncated": bool, "degenerate": str},
+}
 _PAIR_ID = re.compile(r".+#\d+-\d+")
 
 
@@ -90,11 +94,12 @@ class ShardRun:
     def rows(self, name: str, key: str = "id") -> Iterator[dict[str, Any]]:
         """Rows of a JSONL file, each checked for `key` and the fields the merge reads from it."""
         path = self.path / name
-        fields = RECORD_FIELDS.get(name, {})
+        fields, optional = RECORD_FIELDS.get(name, {}), OPTIONAL_FIELDS.get(name, {})
         for row in JsonlFile(path).iter():
             if not isinstance(row, dict) or not isinstance(row.get(key), str):
                 raise UserError(f"a row without a '{key}' (not written by caikit?)", path=str(path))
-            for field, kind in fields.items():
+            checked = {**fields, **{f: kind for f, kind in optional.items() if f in row}}
+            for field, kind in checked.items():
                 value = row.get(field)
                 if not isinstance(value, kind) or (kind is _NUMBER and isinstance(value, bool)):
                     raise UserError(f"record {_short(row[key])}: '{field}' is missing or of the wrong type",
