@@ -21,12 +21,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/caikit demo
 
+# four workers, one test file each at a time: the waits on servers, sleeps and subprocesses overlap (on 2 cores:
+# the whole suite 11.5 -> 6.9 min, the fast tiers 166 -> 67 s)
+PYTEST_PARALLEL := -n 4 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests
 
 # the unit and loopback tiers: pure functions and real HTTP servers on 127.0.0.1, no model weights
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "(unit or loopback) and not slow and not e2e" tests
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "(unit or loopback) and not slow and not e2e" tests
 
 clean:
 	rm -rf $(VENV)

@@ -78,12 +78,13 @@ def test_probe_of_a_server_that_is_not_there_is_one_line(capsys):
 # -- concurrency that fits the server ----------------------------------------------------------------------
 
 def test_default_generate_fits_a_one_slot_server(tmp_path):
-    """The issue's case: one slot, 0.5 s a request, --timeout 5, 12 prompts. 16 requests in flight would wait
-    up to 8 s in the server's queue, time out and be sent again; `--concurrency auto` asks the server first."""
-    with FakeAPIServer(slots=1, latency=0.5) as server:
+    """The issue's case at half its time scale (there: 0.5 s a request, --timeout 5, 12 prompts): 16 requests in
+    flight would wait up to 4 s in the server's queue, time out after 2.5 s and be sent again; `--concurrency
+    auto` asks the server first."""
+    with FakeAPIServer(slots=1, latency=0.25) as server:
         code = cli_main(["generate", "--backend", "openai", "--model", "m", "--base-url", server.openai_base_url,
                          "--constitution", "hhh", "--few-shot", "0", "--prompts",
-                         str(prompts_file(tmp_path / "p.jsonl", 12)), "--out", str(tmp_path / "run"), "--timeout", "5",
+                         str(prompts_file(tmp_path / "p.jsonl", 12)), "--out", str(tmp_path / "run"), "--timeout", "2.5",
                          "--no-progress"])
         by_key = server.requests_by_key()
     assert code == 0 and read_jsonl(tmp_path / "run" / "failures.jsonl") == []
@@ -95,10 +96,10 @@ def test_default_generate_fits_a_one_slot_server(tmp_path):
 def test_timeouts_slow_the_client_down_when_it_was_told_too_many(tmp_path):
     """With --concurrency 12 forced on a one-slot server, timeouts count as overload: the in-flight cap drops
     and abandoned requests hold their place, so work done twice stays far below one resend per request."""
-    with FakeAPIServer(slots=1, latency=0.3) as server:
+    with FakeAPIServer(slots=1, latency=0.15) as server:  # 12 in flight wait up to 1.8 s: past --timeout 1
         code = cli_main(["generate", "--backend", "openai", "--model", "m", "--base-url", server.openai_base_url,
                          "--constitution", "hhh", "--few-shot", "0", "--prompts",
-                         str(prompts_file(tmp_path / "p.jsonl", 8)), "--out", str(tmp_path / "run"), "--timeout", "2",
+                         str(prompts_file(tmp_path / "p.jsonl", 8)), "--out", str(tmp_path / "run"), "--timeout", "1",
                          "--no-progress", "--concurrency", "12", "--prefetch", "1", "--max-retries", "8"])
         by_key = server.requests_by_key()
     assert code == 0 and read_jsonl(tmp_path / "run" / "failures.jsonl") == []
