@@ -78,13 +78,12 @@ def test_probe_of_a_server_that_is_not_there_is_one_line(capsys):
 # -- concurrency that fits the server ----------------------------------------------------------------------
 
 def test_default_generate_fits_a_one_slot_server(tmp_path):
-    """The issue's case at half its time scale (there: 0.5 s a request, --timeout 5, 12 prompts): 16 requests in
-    flight would wait up to 4 s in the server's queue, time out after 2.5 s and be sent again; `--concurrency
-    auto` asks the server first."""
-    with FakeAPIServer(slots=1, latency=0.25) as server:
+    """The issue's case: one slot, 0.5 s a request, --timeout 5, 12 prompts. 16 requests in flight would wait
+    up to 8 s in the server's queue, time out and be sent again; `--concurrency auto` asks the server first."""
+    with FakeAPIServer(slots=1, latency=0.5) as server:
         code = cli_main(["generate", "--backend", "openai", "--model", "m", "--base-url", server.openai_base_url,
                          "--constitution", "hhh", "--few-shot", "0", "--prompts",
-                         str(prompts_file(tmp_path / "p.jsonl", 12)), "--out", str(tmp_path / "run"), "--timeout", "2.5",
+                         str(prompts_file(tmp_path / "p.jsonl", 12)), "--out", str(tmp_path / "run"), "--timeout", "5",
                          "--no-progress"])
         by_key = server.requests_by_key()
     assert code == 0 and read_jsonl(tmp_path / "run" / "failures.jsonl") == []
