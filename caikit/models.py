@@ -72,7 +72,13 @@ def resolve_model_path(name: str) -> str:
         target = cache_root() / "models" / "smollm2-135m-instruct"
         if not (target / "config.json").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            _dequantise_embedded(target)
+            import fcntl
+
+            # processes starting together (several workers, a sharded run) wait for one de-quantisation
+            with open(target.parent / (target.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (target / "config.json").exists():
+                    _dequantise_embedded(target)
         return str(target)
     path = Path(name).expanduser()
     if path.exists():

@@ -97,6 +97,13 @@ def test_option_logprobs_match_manual_forward_batched_and_unbatched(backend, liv
 
     batched = asyncio.run(run())
     assert backend.stats["forward_calls"] == 1
+
+    async def one():  # each call's usage, as CachingBackend reads it right after the call returns
+        scores = await backend.option_logprobs(LONG, options)
+        return scores, backend.last_usage
+
+    usage = asyncio.run(one())[1]
+    assert usage.requests == 1 and usage.prompt_tokens == len(template_ids(tokenizer, LONG)) > 0
     unbatched = [backend.score_options_batch([m], options)[0] for m in conversations]
     for got_batched, got_alone, want in zip(batched, unbatched, expected):
         for option in options:

@@ -125,6 +125,7 @@ class LocalBackend(Backend):
             ("generate_calls", "forward_calls", "sequences", "scored_sequences", "prompt_tokens",
              "completion_tokens", "truncated_prompts"), 0)  # fmt: skip
         self._model = self._tokenizer = None
+        self.last_usage: Usage | None = None  # of the latest option_logprobs call (read by CachingBackend)
         self._load_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
@@ -336,7 +337,10 @@ class LocalBackend(Backend):
         await self._ensure_loaded()
         options_key = checked_options(options)
         prompt_ids = self.encode_prompt(messages, reserve=max_option_tokens(self._tokenizer, options_key))
-        return await self._submit(("score", options_key), prompt_ids)
+        scores = await self._submit(("score", options_key), prompt_ids)
+        # read by CachingBackend right after this returns (no await in between), as for the API backends
+        self.last_usage = Usage(prompt_tokens=len(prompt_ids), requests=1)
+        return scores
 
     def _sampling_params(self, n: int, temperature: float, max_tokens: int, stop: list[str] | None) -> SamplingParams:
         if n < 1 or max_tokens < 1 or temperature < 0:
