@@ -14,10 +14,9 @@ whole group to transformers' continuous batching, which refills a finished row's
 scripts/bench_generate_local.py shows it ahead (see caikit/generation.py). vllm generates with vLLM in
 this process (option log-probs still use the transformers model, loaded on first use).
 
-Seeds: a batch is seeded with the first seed among its requests (`torch.manual_seed`) before it
-runs, so sampled outputs depend on which requests happened to share the batch. Greedy decoding
-(temperature 0) does not depend on batch composition: left padding is masked and HF derives
-position ids from the attention mask.
+Seeds: a batch is seeded with the first seed among its requests (`torch.manual_seed`) before it runs, so
+sampled outputs depend on which requests shared the batch. Greedy decoding (temperature 0) does not depend
+on batch composition: left padding is masked and HF derives position ids from the attention mask.
 """
 
 from __future__ import annotations
@@ -125,7 +124,7 @@ class LocalBackend(Backend):
             ("generate_calls", "forward_calls", "sequences", "scored_sequences", "prompt_tokens",
              "completion_tokens", "truncated_prompts"), 0)  # fmt: skip
         self._model = self._tokenizer = None
-        self.last_usage: Usage | None = None  # of the latest option_logprobs call (read by CachingBackend)
+        self.last_usage: Usage | None = None  # of the latest option_logprobs call
         self._load_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
@@ -338,8 +337,7 @@ class LocalBackend(Backend):
         options_key = checked_options(options)
         prompt_ids = self.encode_prompt(messages, reserve=max_option_tokens(self._tokenizer, options_key))
         scores = await self._submit(("score", options_key), prompt_ids)
-        # read by CachingBackend right after this returns (no await in between), as for the API backends
-        self.last_usage = Usage(prompt_tokens=len(prompt_ids), requests=1)
+        self.last_usage = Usage(prompt_tokens=len(prompt_ids), requests=1)  # read by CachingBackend, no await between
         return scores
 
     def _sampling_params(self, n: int, temperature: float, max_tokens: int, stop: list[str] | None) -> SamplingParams:
