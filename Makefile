@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/caikit demo
 
 # four workers, one test file each at a time: the waits on servers, sleeps and subprocesses overlap (on 2 cores:
-# the whole suite 11.5 -> 6.9 to 8.0 min over three clean runs, the fast tiers 166 -> 72 s)
+# the whole suite 11.5 -> 6.9 to 8.7 min over four clean runs, the fast tiers 166 -> 72 s)
 PYTEST_PARALLEL := -n 4 --dist loadfile
 
 test: $(STAMP)
