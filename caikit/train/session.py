@@ -29,7 +29,6 @@ from caikit.config import save_config
 @dataclass
 class TrainingSession:
     cfg: Any
-    command: str
     accelerator: Any
     model: Any
     optimizer: Any
@@ -116,5 +115,4 @@ def start_session(cfg, command: str, accelerator, model, task_type: str, n_examp
         record_data(cfg, data_summary, metrics, step)
     bar = tqdm(total=total_steps, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process)
     model.train()
-    return TrainingSession(cfg, command, accelerator, model, optimizer, scheduler, total_steps, step, how, metrics,
-                           bar)
+    return TrainingSession(cfg, accelerator, model, optimizer, scheduler, total_steps, step, how, metrics, bar)
