@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import types
 import typing
@@ -25,6 +24,7 @@ import yaml
 
 from caikit.errors import UserError
 from caikit.secrets import public_url
+from caikit.store import write_text_atomic
 
 T = TypeVar("T")
 
@@ -298,18 +298,6 @@ def _public_spec(value: str) -> str:
     if 0 <= at < value.index("://"):  # provider:model@URL
         return value[: at + 1] + (public_url(value[at + 1:]) or "")
     return public_url(value) or value
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` in one rename; a failed write leaves the old file and no temporary."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def options_table(cls: type, *, skip: tuple[type, ...] = ()) -> str:

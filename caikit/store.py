@@ -96,11 +96,16 @@ class JsonlFile:
                 self._fh = None
 
 
+def temporary_path(path: Path) -> Path:
+    """Where to write `path` before renaming it into place: one name per process, since two may write one file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """Replace `path` with `rows` in one rename: readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file
+    tmp = temporary_path(path)
     n = 0
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -117,13 +122,18 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` in one rename; a failed write leaves the old file and no temporary."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file
+    tmp = temporary_path(path)
     try:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    except BaseException:
+    except BaseException:  # a full or read-only disk: the old file stays, no half-written temporary
         tmp.unlink(missing_ok=True)
         raise
 

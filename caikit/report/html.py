@@ -13,7 +13,6 @@ Content-Security-Policy that forbids scripts and network loads. Curves: caikit/r
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from html import escape
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from caikit.config import option
 from caikit.errors import UserError
+from caikit.store import write_text_atomic
 from caikit.report.charts import curves
 from caikit.report.iterations import iterations_part
 from caikit.report.markup import Raw, cards, col, fmt, messages, missing, table, text
@@ -341,10 +341,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, max_example
     page = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=escape(str(title)), body="".join(body), generated=escape(time.strftime("%Y-%m-%d %H:%M:%S %Z")))
     path = Path(out) if out else run_dir / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, page)
     return path
 
 

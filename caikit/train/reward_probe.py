@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from caikit.errors import UserError
+from caikit.store import temporary_path
 from caikit.train.loop import note
 
 COMMAND = "train reward"
@@ -146,7 +146,7 @@ def cached_features(backbone, model_path: str, layer: int, sequences: list[list[
         return load_file(str(path))["features"], True
     features = extract_features(backbone.to(device).eval(), sequences, pad_token_id, device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file
+    tmp = temporary_path(path)
     save_file({"features": features.contiguous()}, str(tmp))
     tmp.replace(path)  # atomic: a killed run leaves no half-written cache entry
     return features, False
