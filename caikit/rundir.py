@@ -28,6 +28,7 @@ from caikit.records import canonical_json, idempotency_key
 from caikit.store import JsonlFile, read_json, write_json_atomic
 
 LOCK_NAME = ".caikit.lock"
+SAID = {"prompt_set": "the prompt set (--prompts: another file or other rows)"}  # identity keys, as a person reads them
 
 
 class DirLock:
@@ -178,7 +179,7 @@ def check_identity(path: str | Path, stage: str, identity: dict[str, Any]) -> No
     if old.get("stage") not in (None, stage):
         raise UserError(f"holds a '{old['stage']}' run; use a new --out directory", path=str(path))
     previous = old.get("identity") or {}
-    changed = [k for k in identity if k in previous and previous[k] != identity[k]]
+    changed = [SAID.get(k, k) for k in identity if k in previous and previous[k] != identity[k]]
     if changed:
         raise UserError(f"holds a run with other settings ({', '.join(changed)} changed); "
                         "use a new --out directory", path=str(path))

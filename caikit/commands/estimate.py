@@ -144,7 +144,7 @@ def run_estimate(cfg) -> int:
     stage_cfg = stage_config(cfg)
     probe = server_probe(stage_cfg)
     if cfg.stage == "generate":
-        constitution, prompts = load_inputs(stage_cfg)
+        constitution, prompts, _ = load_inputs(stage_cfg)
         honours_n = (probe or {}).get("honours_n")
         estimate = price(stage_cfg, constitution, prompts, fill=cfg.expected_fill, tokenizer=cfg.tokenizer,
                          honours_n=honours_n)

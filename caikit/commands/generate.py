@@ -21,6 +21,7 @@ import dataclasses
 from caikit.backends.registry import BackendOptions, probed_backend
 from caikit.config import option
 from caikit.errors import UserError
+from caikit.records import idempotency_key
 from caikit.estimate import confirm_cost, dry_ask
 from caikit.rundir import RunDir, note
 from caikit.store import read_json
@@ -60,16 +61,26 @@ class GenerateConfig(BackendOptions):
 
 
 def load_inputs(cfg: GenerateConfig):
-    """The constitution and this shard's prompts, validated before anything is written or sent."""
+    """The constitution, this shard's prompts and the prompt set's facts, validated before anything is
+    written or sent. The facts: `hash` (of every prompt in the file, before --limit and --shard, so a larger
+    --limit or another shard resumes the same run while another prompt file does not) and `planned` (the
+    prompts of the whole set after --limit: what the shards of one run cover together)."""
     from caikit.constitution import load_constitution
     from caikit.prompts import bundled_prompts_path, load_prompts
 
     constitution = load_constitution(cfg.constitution)
     if not constitution.critique_principles:
         raise UserError("has no critique/revision principles", path=str(constitution.path))
-    prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
-                           cfg.shard, lambda row: row.id)
-    return constitution, prompts
+    every = load_prompts(cfg.prompts or bundled_prompts_path())
+    limited = every[:cfg.limit] if cfg.limit else every
+    prompts = select_shard(limited, cfg.shard, lambda row: row.id)
+    prompt_set = {"hash": prompt_set_hash(every), "planned": len(limited)}
+    return constitution, prompts, prompt_set
+
+
+def prompt_set_hash(prompts) -> str:
+    """The prompt set's part of the run identity: ids and conversations of every prompt, in file order."""
+    return idempotency_key("prompt-set", [[row.id, row.messages] for row in prompts])[-16:]
 
 
 def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer: str = "auto", honours_n=None):
@@ -90,8 +101,10 @@ def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer:
 
 
 def run_generate(cfg: GenerateConfig) -> int:
-    constitution, prompts = load_inputs(cfg)
-    key_identity = identity(cfg, constitution.hash)
+    constitution, prompts, prompt_set = load_inputs(cfg)
+    # the prompt set belongs to the run: traces of two prompt files never mix in one directory (check_identity
+    # refuses a changed one); trace keys leave it out, so a trace is the same record whichever set it came from
+    key_identity = {**identity(cfg, constitution.hash), "prompt_set": prompt_set["hash"]}
     # a missing API key fails here, before anything is written; a self-hosted server is probed (or its probe
     # read back from the run directory) and the run fits itself to what it found
     backend, probe = probed_backend(cfg, cached=read_json(f"{cfg.out}/{RunDir.PROBE}") if cfg.base_url else None)
@@ -120,7 +133,9 @@ def run_generate(cfg: GenerateConfig) -> int:
             traces.close()
             failures.close()
             counts = finalize_generate(run, [row.id for row in prompts], keep_truncated=cfg.keep_truncated,
-                                       keep_degenerate=cfg.keep_degenerate, meter=meter)
+                                       keep_degenerate=cfg.keep_degenerate, meter=meter,
+                                       extra_stats={"prompt_set": prompt_set["hash"],
+                                                    "planned_prompts": prompt_set["planned"]})
     return report_generate(cfg, counts, meter)
 
 
