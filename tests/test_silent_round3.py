@@ -63,3 +63,56 @@ def test_item1_another_prompt_set_in_a_finished_run_is_refused(tmp_path, api_key
         assert cli_main(gen_args(run, copy, server)) == 0
         assert cli_main(gen_args(run, first, server, "openai", "--limit", "2")) == 0
     assert len(read_jsonl(run / "sft.jsonl")) == 3
+
+
+# ---------------------------------------------------------------- 2. a cut initial answer is never a preference side
+
+REVISION_REQUEST = "Reply with the rewritten response only"  # caikit/stages/templates/revision.txt
+CRITIQUE_REQUEST = "Write only the critique of your previous response"
+
+
+def cut_initial_responder(req) -> str:
+    """Initial answers run far past --max-tokens for prompts saying LONG; critiques and revisions are short."""
+    last = req.last_user_message
+    if "<response_a>" in last:
+        return "(A)"
+    if REVISION_REQUEST in last:
+        return "I can't help with that, but here is a safer way to think about it."
+    if CRITIQUE_REQUEST in last:
+        return "The answer is harmful and should decline."
+    return " ".join(["word"] * 200) if "LONG" in last else "Sure, a short answer."
+
+
+def judge_args(gen: Path, out: Path, server: FakeAPIServer, *extra: str) -> list[str]:
+    return ["judge", "--backend", "openai", "--model", "fake-model", "--base-url", server.openai_base_url,
+            "--from", str(gen), "--out", str(out), "--no-progress", *extra]
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_item2_cut_initial_answer_is_flagged_and_never_a_preference_side(tmp_path, api_keys, backend):
+    from tests.scripted_runs import judge_logprobs
+
+    prompts = write_prompts(tmp_path / "p.jsonl", ["LONG how do I pick a lock?", "LONG how do I hotwire a car?",
+                                                   "how do I bake bread?"])
+    gen, judge, kept = tmp_path / "gen", tmp_path / "judge", tmp_path / "judge-kept"
+    with FakeAPIServer(cut_initial_responder, logprobs=judge_logprobs) as server:
+        assert cli_main(gen_args(gen, prompts, server, backend, "--max-tokens", "40")) == 0
+        traces = {t["prompt"][-1]["content"]: t for t in read_jsonl(gen / "traces.jsonl")}
+        for text, trace in traces.items():
+            assert trace["initial_truncated"] is ("LONG" in text), text  # on both wire formats
+            assert trace["truncated"] is False  # the revision itself was whole
+        assert cli_main(judge_args(gen, judge, server)) == 0
+        stats = json.loads((judge / "stats.json").read_text())
+        assert stats["skipped"]["truncated_initial"] == 2 and stats["pairs"] == 1
+        prefs = read_jsonl(judge / "preferences.jsonl")
+        assert len(prefs) == 1 and "word word" not in json.dumps(prefs)
+        # kept on request: every kept pair with a cut side says so
+        assert cli_main(judge_args(gen, kept, server, "--keep-truncated")) == 0
+        stats = json.loads((kept / "stats.json").read_text())
+        assert stats["skipped"]["truncated_initial"] == 0 and stats["with_cut_side"] == 2
+        marked = [p for p in read_jsonl(kept / "preferences.jsonl") if "word word" in json.dumps(p)]
+        assert len(marked) == 2 and all(p["provenance"]["cut_at_max_tokens"] == ["rejected"] for p in marked)
+        assert cli_main(["export", str(judge), "--out", str(tmp_path / "export")]) == 0
+    card = next((tmp_path / "export").rglob("README.md")).read_text()
+    assert "initial answers cut at --max-tokens (not judged) | 2" in card

@@ -163,6 +163,7 @@ METHODS = {"logprob": "logprob (P(A better) from the log-probs of the answer let
            "parsed": "parsed (one sampled verdict per order)"}
 SKIPPED = {"revision_unchanged": "traces whose revision equals the initial answer (not judged)",
            "truncated": "revisions cut at --max-tokens (not judged)",
+           "truncated_initial": "initial answers cut at --max-tokens (not judged)",
            "degenerate": "degenerate revisions (not judged)",
            "too_few_distinct_samples": "prompts with fewer than 2 distinct samples (not judged)",
            "truncated_samples": "samples cut at --policy-max-tokens (left out)"}
@@ -277,6 +278,8 @@ def preference_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, s
     counts = [("pairs to judge", stats.get("pairs")), ("judged", stats.get("judged")),
               ("failed after retries (failures.jsonl)", stats.get("failures")),
               *[(SKIPPED.get(k, k.replace("_", " ")), v) for k, v in skipped.items()],
+              *([("pairs with a side cut at --max-tokens (kept: --keep-truncated; see provenance "
+                  "`cut_at_max_tokens`)", stats["with_cut_side"])] if stats.get("with_cut_side") else []),
               ("ties (p_chosen = 0.5, dropped)", stats.get("ties")),
               (f"dropped below --min-margin {stats.get('min_margin', '')}".strip(), stats.get("dropped_below_min_margin")),
               ("rows in this dataset", len(dataset.rows))]

@@ -170,7 +170,8 @@ def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, A
     provenance = {"method": setup.method.name, "judge": jr.cached.describe(), "constitution": jr.constitution.name,
                   "constitution_hash": jr.constitution.hash, "judge_gate": status}
     if status == "failed":
-        preferences, counts = [], {"groups": 0, "ties": 0, "dropped_below_min_margin": 0, "chosen_first": 0}
+        preferences, counts = [], {"groups": 0, "ties": 0, "dropped_below_min_margin": 0, "chosen_first": 0,
+                                   "with_cut_side": 0}
     elif status == "fell-back-to-revision":
         source = "revision-vs-initial (unjudged: the judge failed its gate)"
         preferences, counts = revision_preferences(pairs, run.run_id, provenance)
@@ -201,8 +202,11 @@ def revision_preferences(pairs: list[Pair], run_id: str, provenance: dict[str, A
                                   prompt=p.prompt, chosen=[{"role": "assistant", "content": p.response_a}],
                                   rejected=[{"role": "assistant", "content": p.response_b}], p_chosen=1.0,
                                   source="revision-vs-initial (unjudged: the judge failed its gate)",
-                                  provenance={**provenance, "group_id": split_pair_id(p.id)[0]}) for p in pairs]
-    return preferences, {"groups": len(pairs), "ties": 0, "dropped_below_min_margin": 0, "chosen_first": len(pairs)}
+                                  provenance={**provenance, "group_id": split_pair_id(p.id)[0],
+                                              **({"cut_at_max_tokens": [("chosen", "rejected")[i] for i in p.cut]}
+                                                 if p.cut else {})}) for p in pairs]
+    return preferences, {"groups": len(pairs), "ties": 0, "dropped_below_min_margin": 0, "chosen_first": len(pairs),
+                         "with_cut_side": sum(bool(p.cut) for p in pairs)}
 
 
 def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:
