@@ -27,7 +27,7 @@ from caikit.backends.base import BackendError, Completion
 from caikit.backends.cache import CachingBackend, ItemLedger, UsageMeter, current_item
 from caikit.errors import UserError
 from caikit.records import Failure, Record
-from caikit.rundir import RunDir
+from caikit.rundir import RunDir, note
 from caikit.stages.base import ParseError, Reply, Request
 from caikit.store import JsonlFile, latest_by_id
 
@@ -240,6 +240,26 @@ def _takes(accept: Callable[[Any, int], Any], attempt: int = 0) -> Callable[[Any
         return True
 
     return check
+
+
+def exit_status(command: str, *, made: int, made_what: str, failures: int, attempted: int, what: str,
+                max_failure_rate: float, failures_file: str) -> int:
+    """The closing verdict every stage shares: 1 when nothing usable came out, whatever --max-failure-rate
+    allows (0 records is never "done"); else 1 when more than that share of the `attempted` items failed; else 0.
+    The rate is failures / attempted, so it never reads above 100 %."""
+    if not made:
+        note(command, f"nothing usable came out (0 {made_what}"
+                      + (f"; {failures} of {attempted} {what} failed, see {failures_file}" if failures else "")
+                      + "): exit 1, whatever --max-failure-rate allows")
+        return 1
+    if not failures:
+        return 0
+    note(command, f"{failures} {what} failed after retries (see {failures_file}); rerun the same command to retry them")
+    rate = failures / max(1, attempted, failures)
+    if rate > max_failure_rate:
+        note(command, f"{rate:.0%} of the {what} failed, more than --max-failure-rate {max_failure_rate:g}: exit 1")
+        return 1
+    return 0
 
 
 def pending(items: list[Any], key_of: Callable[[Any], str], records: JsonlFile) -> tuple[list[tuple[Any, str]], int]:

@@ -116,3 +116,30 @@ def test_item2_cut_initial_answer_is_flagged_and_never_a_preference_side(tmp_pat
         assert cli_main(["export", str(judge), "--out", str(tmp_path / "export")]) == 0
     card = next((tmp_path / "export").rglob("README.md")).read_text()
     assert "initial answers cut at --max-tokens (not judged) | 2" in card
+
+
+# ---------------------------------------------------------------- 4. a run that produced nothing exits 1
+
+def dead(**kwargs):
+    from caikit.testing.fake_api import FaultPlan
+
+    return FaultPlan(always_fail_keys=lambda req: True, retry_after=0.01, **kwargs)
+
+
+@pytest.mark.loopback
+def test_item4_a_run_that_produced_nothing_exits_1_whatever_the_allowance(tmp_path, api_keys, capsys):
+    from tests.scripted_runs import judge_logprobs
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {i}" for i in range(3)])
+    with FakeAPIServer(faults=dead()) as server:
+        rc = cli_main(gen_args(tmp_path / "gen-dead", prompts, server, "openai", "--max-failure-rate", "1",
+                               "--max-retries", "1"))
+    assert rc == 1
+    assert "nothing usable came out (0 traces" in capsys.readouterr().err
+    gen = tmp_path / "gen"
+    with FakeAPIServer(cut_initial_responder, logprobs=judge_logprobs) as server:
+        assert cli_main(gen_args(gen, prompts, server)) == 0
+    with FakeAPIServer(faults=dead()) as server:
+        rc = cli_main(judge_args(gen, tmp_path / "judge", server, "--max-failure-rate", "1", "--max-retries", "1"))
+    assert rc == 1
+    assert "nothing usable came out (0 preference pairs" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from caikit.records import idempotency_key
 from caikit.estimate import confirm_cost, dry_ask
 from caikit.rundir import RunDir, note
 from caikit.store import read_json
-from caikit.runner import Runner, open_backend, pending, run_then_close
+from caikit.runner import Runner, exit_status, open_backend, pending, run_then_close
 from caikit.sft_data import finalize_generate
 from caikit.shard import select_shard
 from caikit.stages.trace import TraceSetup, build_trace, identity, trace_key
@@ -154,13 +154,6 @@ def report_generate(cfg: GenerateConfig, counts: dict[str, int], meter) -> int:
         note("generate", "no trace made a usable SFT example (every revision was cut at --max-tokens or "
                          "degenerate): raise --max-tokens, or pass --keep-truncated / --keep-degenerate; exit 1")
         return 1
-    if not counts["failures"]:
-        return 0
-    rate = counts["failures"] / max(1, counts["prompts"])
-    note("generate", f"{counts['failures']} prompts failed after retries (see {cfg.out}/failures.jsonl); rerun the "
-                     "same command to retry them")
-    if rate > cfg.max_failure_rate:
-        note("generate", f"{rate:.0%} of the prompts failed, more than --max-failure-rate {cfg.max_failure_rate:g}: "
-                         "exit 1")
-        return 1
-    return 0
+    return exit_status("generate", made=counts["traces"], made_what="traces", failures=counts["failures"],
+                       attempted=counts["prompts"], what="prompts", max_failure_rate=cfg.max_failure_rate,
+                       failures_file=f"{cfg.out}/failures.jsonl")

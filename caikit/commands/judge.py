@@ -25,7 +25,7 @@ from caikit.gate import GateOptions, QualityGateFailed
 from caikit.judge_run import judge_with_gate, open_judge, planned
 from caikit.preferences import SOURCES, build_preferences, preference_stats, revision_pairs
 from caikit.rundir import RunDir, note
-from caikit.runner import Runner, open_backend, outstanding_failures, pending
+from caikit.runner import Runner, exit_status, open_backend, outstanding_failures, pending
 from caikit.secrets import public_url
 from caikit.shard import select_shard
 from caikit.soft_labels import round_robin_pairs
@@ -183,6 +183,8 @@ def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, A
                              failures=len(outstanding) + len(sample_failures), min_margin=cfg.min_margin,
                              skipped=skipped)
     stats["gate"] = gate
+    if sample_failures:
+        stats["sample_failures"] = len(sample_failures)
     if status in ("failed", "fell-back-to-revision"):
         stats["stopped_by_gate"] = True
     run.write_json(RunDir.STATS, stats)
@@ -216,11 +218,9 @@ def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:
                   f"{stats['failures']} failures), position consistency "
                   f"{'n/a' if consistency is None else f'{consistency:.1%}'}, {jr.meter.usage.total_tokens:,} tokens, "
                   f"${jr.meter.cost_usd:.4f} -> {cfg.out}/preferences.jsonl")
-    if not stats["failures"]:
-        return 0
-    note("judge", f"{stats['failures']} failed (see {cfg.out}/failures.jsonl); rerun the same command to retry them")
-    rate = stats["failures"] / max(1, stats["pairs"])
-    if rate > cfg.max_failure_rate:
-        note("judge", f"{rate:.0%} failed, more than --max-failure-rate {cfg.max_failure_rate:g}: exit 1")
-        return 1
-    return 0
+    # a prompt whose sampling failed made no pair at all: it counts once among the items tried, so a dead
+    # policy server reads 100 % failed, not failures / 0 pairs
+    return exit_status("judge", made=stats["preferences"], made_what="preference pairs", failures=stats["failures"],
+                       attempted=stats["pairs"] + stats.get("sample_failures", 0), what="pairs (and prompts sampled)"
+                       if stats.get("sample_failures") else "pairs", max_failure_rate=cfg.max_failure_rate,
+                       failures_file=f"{cfg.out}/failures.jsonl")
