@@ -28,7 +28,8 @@ SOURCES = {"revision": "revision-vs-initial", "samples": "judged-samples"}
 
 
 def revision_pairs(from_dir: str, limit: int, shard: str = "", *, keep_truncated: bool = False,
-                   keep_degenerate: bool = False) -> tuple[list[Pair], dict[str, int]]:
+                   keep_degenerate: bool = False, sizes: dict[str, int] | None = None
+                   ) -> tuple[list[Pair], dict[str, int]]:
     """(final revision = response 0, initial response = 1) per trace of the first `limit` in shard `shard`,
     and the counts of traces left out: revision unchanged, revision cut at --max-tokens, initial answer cut
     at --max-tokens, degenerate (per shard, so merged shards add up)."""
@@ -38,7 +39,11 @@ def revision_pairs(from_dir: str, limit: int, shard: str = "", *, keep_truncated
                         "its failures.jsonl and rerun caikit generate)", path=from_dir)
     # by id, not file order: traces.jsonl is in completion order, which differs from run to run
     traces = sorted(latest_by_id(JsonlFile(path).iter()).values(), key=lambda trace: trace["id"])
-    traces = select_shard(traces[:limit] if limit else traces, shard, lambda trace: trace["id"])
+    traces = traces[:limit] if limit else traces
+    planned = len(traces)
+    traces = select_shard(traces, shard, lambda trace: trace["id"])
+    if sizes is not None:  # the whole set's size and this shard's: what caikit merge checks coverage with
+        sizes |= {"planned_items": planned, "items": len(traces)}
     pairs: list[Pair] = []
     skipped = {"revision_unchanged": 0, "truncated": 0, "truncated_initial": 0, "degenerate": 0}
     for trace in traces:

@@ -208,7 +208,7 @@ def test_conflicting_record_is_reported_and_the_first_copy_kept(runs, tmp_path, 
 def test_missing_shard_is_reported(runs, tmp_path, capsys):
     root, _ = runs
     out = tmp_path / "m"
-    assert merge(root / "gen1", root / "gen3", "--out", out) == 0
+    assert merge(root / "gen1", root / "gen3", "--out", out) == 1  # a partial merge is not "done"
     assert json.loads((out / "merge.json").read_text())["missing_shards"] == ["2/3"]
     assert "missing shards 2/3" in capsys.readouterr().err
     assert missing_shards(["1/2", "1/3"]) is None and missing_shards(["", "2/4"]) == []

@@ -143,3 +143,37 @@ def test_item4_a_run_that_produced_nothing_exits_1_whatever_the_allowance(tmp_pa
         rc = cli_main(judge_args(gen, tmp_path / "judge", server, "--max-failure-rate", "1", "--max-retries", "1"))
     assert rc == 1
     assert "nothing usable came out (0 preference pairs" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 3. a merge with a shard missing says so everywhere
+
+@pytest.mark.loopback
+def test_item3_merge_with_a_missing_shard_exits_1_and_counts_the_lost_prompts(tmp_path, api_keys, capsys):
+    from caikit.prompts import load_prompts
+    from caikit.shard import shard_of
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"question {i}: how do I pick lock {i}?" for i in range(12)])
+    lost = sum(shard_of(row.id, 3) == 2 for row in load_prompts(prompts))
+    assert 0 < lost < 12
+    with FakeAPIServer() as server:
+        for i in (1, 3):
+            assert cli_main(gen_args(tmp_path / f"gen{i}", prompts, server, "openai", "--shard", f"{i}/3")) == 0
+    out = tmp_path / "merged"
+    capsys.readouterr()
+    assert cli_main(["merge", str(tmp_path / "gen1"), str(tmp_path / "gen3"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "missing shards 2/3" in err and f"{lost} prompts" in err and "--allow-partial" in err
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["prompts"] == 12 and stats["failures"] == lost and stats["missing_prompts"] == lost
+    assert stats["missing_shards"] == ["2/3"]
+    assert json.loads((out / "usage.json").read_text())["failures"] == lost
+    assert cli_main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
+    card = next((tmp_path / "export").rglob("README.md")).read_text()
+    assert "missing shards 2/3" in card and f"failed after retries (failures.jsonl) | {lost}" in card
+    assert cli_main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "Nothing failed." not in page and f"{lost} items failed." in page
+    # asked for: a partial merge exits 0, and still counts what is missing
+    assert cli_main(["merge", str(tmp_path / "gen1"), str(tmp_path / "gen3"), "--out", str(out),
+                     "--allow-partial"]) == 0
+    assert json.loads((out / "stats.json").read_text())["missing_prompts"] == lost

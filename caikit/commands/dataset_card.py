@@ -150,12 +150,24 @@ def sft_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, str]]:
         " (" + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")" if reasons else "")
     counts = [("prompts", stats.get("prompts")), ("traces (prompts answered, critiqued and revised)", stats.get("traces")),
               ("failed after retries (failures.jsonl)", stats.get("failures")),
+              *missing_rows(stats, "missing_prompts", "prompts"),
               ("revisions cut at --max-tokens (truncated)", fate("truncated", "truncated")),
               ("degenerate revisions (unchanged, the critique again, empty)", degenerate),
               ("rows in this dataset", len(dataset.rows))]
     return [("Dataset summary", summary), ("Dataset structure", structure), ("How to use", use),
             ("How it was made", table(generation_rows(facts) + made_with(facts, dataset))),
             ("Counts", table(counts))]
+
+
+def missing_rows(stats: dict[str, Any], key: str, unit: str) -> list[tuple[str, Any]]:
+    """A merge of some shards only (`caikit merge --allow-partial`): which shards, and how many items they held
+    (counted among the failures above)."""
+    shards = stats.get("missing_shards")
+    if not shards:
+        return []
+    held = stats.get(key)
+    return [(f"**missing shards {', '.join(map(str, shards))}** (not merged: {unit} never run, among the failures)",
+             NOT_MEASURED if held is None else held)]
 
 
 METHODS = {"logprob": "logprob (P(A better) from the log-probs of the answer letter)",
@@ -277,6 +289,7 @@ def preference_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, s
     skipped = stats.get("skipped") or {}
     counts = [("pairs to judge", stats.get("pairs")), ("judged", stats.get("judged")),
               ("failed after retries (failures.jsonl)", stats.get("failures")),
+              *missing_rows(stats, "missing_items", "traces / prompts"),
               *[(SKIPPED.get(k, k.replace("_", " ")), v) for k, v in skipped.items()],
               *([("pairs with a side cut at --max-tokens (kept: --keep-truncated; see provenance "
                   "`cut_at_max_tokens`)", stats["with_cut_side"])] if stats.get("with_cut_side") else []),

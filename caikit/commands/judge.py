@@ -117,22 +117,24 @@ def run_judge(cfg: JudgeConfig) -> int:
     from caikit.prompts import bundled_prompts_path, load_prompts
 
     extra: dict[str, Any] = {"pairs": cfg.pairs}
-    prompts, pairs, skipped = [], [], {}
+    prompts, pairs, skipped, sizes = [], [], {}, {}
     if cfg.pairs == "samples":
-        prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
-                               cfg.shard, lambda row: row.id)
+        every = load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None)
+        prompts = select_shard(every, cfg.shard, lambda row: row.id)
+        sizes = {"planned_items": len(every), "items": len(prompts)}
         extra |= samples_identity(cfg)
     else:
         pairs, skipped = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard, keep_truncated=cfg.keep_truncated,
-                                        keep_degenerate=cfg.keep_degenerate)
+                                        keep_degenerate=cfg.keep_degenerate, sizes=sizes)
     jr = open_judge(cfg, cfg.out, "judge", extra)
     sampler = (lambda: sample_pairs(cfg, jr.run, prompts, skipped)) if cfg.pairs == "samples" else None
-    stats = judge_gated(cfg, jr, pairs, skipped, prompts=prompts, sampler=sampler)
+    stats = judge_gated(cfg, jr, pairs, skipped, prompts=prompts, sampler=sampler, extra_stats=sizes)
     return report_judge(cfg, stats, jr)
 
 
 def judge_gated(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any], *, prompts=(),
-                sampler: Callable[[], Awaitable[tuple[list[Pair], Any]]] | None = None) -> dict[str, Any]:
+                sampler: Callable[[], Awaitable[tuple[list[Pair], Any]]] | None = None,
+                extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """The judge over an open JudgeRun: the pairs (or what `sampler` samples and pairs up first), the quality gate,
     every pair the gate lets through, then the files (`finalize_judge`). Returns stats.json's contents; a gate
     that failed raises QualityGateFailed (exit 3) once the files say so."""
@@ -150,7 +152,8 @@ def judge_gated(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any]
     try:
         asyncio.run(main())
     finally:
-        stats = finalize_judge(cfg, jr, pairs, skipped, sample_failures(cfg, jr.run, prompts), policy_meter, gate)
+        stats = finalize_judge(cfg, jr, pairs, skipped, sample_failures(cfg, jr.run, prompts), policy_meter, gate,
+                               extra_stats)
         jr.close()
     if gate is not None and gate["status"] == "failed":
         raise QualityGateFailed(gate["verdict"])
@@ -158,7 +161,8 @@ def judge_gated(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any]
 
 
 def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any],
-                   sample_failures: list[dict[str, Any]], policy_meter, gate: dict[str, Any] | None) -> dict[str, Any]:
+                   sample_failures: list[dict[str, Any]], policy_meter, gate: dict[str, Any] | None,
+                   extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild failures.jsonl, preferences.jsonl, stats.json and usage.json from the append-only logs. A judge
     stopped by its gate leaves no preferences (none would mean anything); one that fell back to the revision
     leaves revision-over-initial pairs that say so."""
@@ -183,6 +187,7 @@ def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, A
                              failures=len(outstanding) + len(sample_failures), min_margin=cfg.min_margin,
                              skipped=skipped)
     stats["gate"] = gate
+    stats |= extra_stats or {}
     if sample_failures:
         stats["sample_failures"] = len(sample_failures)
     if status in ("failed", "fell-back-to-revision"):

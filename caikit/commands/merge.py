@@ -15,6 +15,12 @@ stage rerun on OUT (without --shard) requests nothing that is already done:
   run.json, config.yaml   the shared identity; the config of the first input, without --shard
   merge.json         inputs, counts, duplicates, conflicts, missing shards
 
+A shard missing from the inputs (1/3 and 3/3 without 2/3) leaves a merge that does not cover its run: the
+merge is still written, its stats.json, usage.json and merge.json name the missing shards and count the
+items they held (a generate run's prompts are counted among `prompts` and `failures`, as `missing_prompts`;
+a judge run's traces or prompts as `missing_items`), so the card and the report never read "nothing failed";
+the command exits 1 unless --allow-partial says a partial merge is what is wanted.
+
 One record id in two inputs is a duplicate: kept once and counted when both copies say the same
 (timestamps, backend address and token counts aside), else a conflict: the first input's copy is
 kept and both directories are named. batches.jsonl (batch-API job ids) is not carried over: finish
@@ -69,6 +75,8 @@ class MergeConfig:
                                       "with --shard i/n")
     out: str = option("", help="the merged run directory (built beside it, then renamed into place; an earlier "
                                "merge there is replaced)")
+    allow_partial: bool = option(False, help="exit 0 when shards are missing (the merge counts their items as "
+                                             "missing either way); default: exit 1")
 
     def validate(self) -> None:
         if not self.dirs:
@@ -272,16 +280,44 @@ def write_logs(tmp: Path, runs: list[ShardRun], records: str) -> tuple[MergedRow
     return merged, failures, request_duplicates
 
 
+def missing_items(runs: list[ShardRun], planned_field: str, own_field: str) -> int | None:
+    """Items of the whole set that no input covers: the set's size (recorded by each shard as `planned_field`
+    in stats.json) less the items of each distinct shard at hand. 0 when nothing is missing; None when the
+    inputs do not record the set's size (runs of an older caikit)."""
+    missing = missing_shards([r.shard for r in runs])
+    if not missing:
+        return 0
+    planned = {r.count(RunDir.STATS, planned_field) for r in runs if isinstance(r.json(RunDir.STATS).get(planned_field), int)}
+    if len(planned) != 1:
+        return None
+    covered = planned_total(runs, RunDir.STATS, own_field)
+    return max(0, planned.pop() - covered)
+
+
+def missing_facts(runs: list[ShardRun], missing: int | None, key: str) -> dict[str, Any]:
+    shards = missing_shards([r.shard for r in runs])
+    return {"missing_shards": shards or [], key: missing} if shards else {}
+
+
 def write_generate(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
     traces, _, request_duplicates = write_logs(tmp, runs, RunDir.TRACES)
     stats = runs[0].json(RunDir.STATS)
+    lost = missing_items(runs, "planned_prompts", "prompts")
+    extra = missing_facts(runs, lost, "missing_prompts")
     counts = finalize_generate(RunDir(tmp), [t.get("prompt_id", "") for t in traces.rows.values()],
                                keep_truncated=bool(stats.get("keep_truncated")),
-                               keep_degenerate=bool(stats.get("keep_degenerate")))
+                               keep_degenerate=bool(stats.get("keep_degenerate")), extra_stats=extra)
     counts["prompts"] = max(planned_total(runs, RunDir.USAGE, "prompts"), counts["traces"] + counts["failures"])
+    if lost:  # prompts of the missing shards: never asked, so among the prompts and the failures
+        counts["prompts"] += lost
+        counts["failures"] += lost
+    merged_stats = {**read_json(tmp / RunDir.STATS), **{k: counts[k] for k in ("prompts", "failures")}}
+    if stats.get("prompt_set"):
+        merged_stats |= {"prompt_set": stats["prompt_set"], "planned_prompts": stats.get("planned_prompts")}
+    write_json_atomic(tmp / RunDir.STATS, merged_stats)
     usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
-    write_json_atomic(tmp / RunDir.USAGE, {**usage, **counts})
-    return traces, {**counts, "duplicate_requests": request_duplicates}
+    write_json_atomic(tmp / RunDir.USAGE, {**usage, **counts, **extra})
+    return traces, {**counts, "duplicate_requests": request_duplicates, **extra}
 
 
 def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
@@ -312,11 +348,19 @@ def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, 
     shard_gates = [r.json(RunDir.STATS).get("gate") for r in runs]
     stats["gate"] = shard_gates[0] if all(g == shard_gates[0] for g in shard_gates) else {
         "status": "mixed", "shards": {str(r.path): g for r, g in zip(runs, shard_gates)}}
+    lost = missing_items(runs, "planned_items", "items")
+    extra = missing_facts(runs, lost, "missing_items")
+    if lost:  # each trace / prompt of a missing shard is at least one pair never judged
+        stats["failures"] += lost
+    stats |= extra
+    for key in ("planned_items",):
+        if isinstance(runs[0].json(RunDir.STATS).get(key), int):
+            stats[key] = runs[0].json(RunDir.STATS)[key]
     write_json_atomic(tmp / RunDir.STATS, stats)
     usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
-    write_json_atomic(tmp / RunDir.USAGE, {**usage, "pairs": pairs, "judged": len(rows)})
+    write_json_atomic(tmp / RunDir.USAGE, {**usage, "pairs": pairs, "judged": len(rows), **extra})
     return judgments, {"pairs": pairs, "judged": len(rows), "failures": stats["failures"],
-                       "preferences": len(preferences), "duplicate_requests": request_duplicates}
+                       "preferences": len(preferences), "duplicate_requests": request_duplicates, **extra}
 
 
 def install(tmp: Path, out: Path, runs: list[ShardRun]) -> None:
@@ -338,12 +382,12 @@ def run_merge(cfg: MergeConfig) -> int:
     check_out(out, runs)
     lock = lock_directory(out, "merge", beside=True)
     try:
-        return merge_into(runs, out)
+        return merge_into(runs, out, allow_partial=cfg.allow_partial)
     finally:
         lock.release()
 
 
-def merge_into(runs: list[ShardRun], out: Path) -> int:
+def merge_into(runs: list[ShardRun], out: Path, *, allow_partial: bool = False) -> int:
     stage = runs[0].stage
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
@@ -380,5 +424,9 @@ def merge_into(runs: list[ShardRun], out: Path) -> int:
         print("caikit merge: the inputs split the work in different ways (different n in i/n): "
               "coverage not checked", file=sys.stderr)
     elif missing:
-        print(f"caikit merge: missing shards {', '.join(missing)}: run them and merge again", file=sys.stderr)
+        lost = counts.get("missing_prompts", counts.get("missing_items"))
+        held = f" ({lost} {'prompts' if stage == 'generate' else 'traces / prompts'}, counted as failures)" if lost else ""
+        print(f"caikit merge: missing shards {', '.join(missing)}{held}: run them and merge again"
+              + ("" if allow_partial else "; exit 1 (--allow-partial to accept a partial merge)"), file=sys.stderr)
+        return 0 if allow_partial else 1
     return 0
