@@ -177,3 +177,24 @@ def test_item3_merge_with_a_missing_shard_exits_1_and_counts_the_lost_prompts(tm
     assert cli_main(["merge", str(tmp_path / "gen1"), str(tmp_path / "gen3"), "--out", str(out),
                      "--allow-partial"]) == 0
     assert json.loads((out / "stats.json").read_text())["missing_prompts"] == lost
+
+
+# ---------------------------------------------------------------- 8. the card states the length rule gate.json used
+
+@pytest.mark.unit
+def test_item8_card_states_the_length_rule_the_gate_measured():
+    from types import SimpleNamespace
+
+    from caikit.commands.dataset_card import quality_rows
+    from caikit.gate import human_figures
+
+    # response_a is the human's choice; the humans chose the shorter reply 3 times of 4
+    judgments = [{"response_a": a, "response_b": b, "p_a": 0.8} for a, b in
+                 [("short", "a much longer reply"), ("tiny", "a longer reply here"), ("ok", "fine, longer"),
+                  ("the long winded chosen reply", "brief")]]
+    human = human_figures(judgments, 4)
+    assert human["length_baseline"] == 0.75 and human["length_baseline_rule"] == "shorter"
+    gate = {"status": "passed", "human": human, "thresholds": {}}
+    rows = dict(quality_rows(SimpleNamespace(stats={}, gate=gate, agreement=None)))
+    label = next(k for k in rows if k.startswith("length-only baseline"))
+    assert "shorter answer wins" in label and "longer answer wins" not in label and rows[label] == "75.0 %"

@@ -184,6 +184,10 @@ GATE_WARNINGS = {"failed": "**The judge failed its quality gate: these labels ar
                                  "--allow-weak-judge was given. Read the judge quality section first.**"}
 
 
+# gate.json's `length_baseline_rule` in words (gates written before it existed used "shorter")
+LENGTH_RULES = {"shorter": "the shorter answer wins, ties count half", "longer": "the longer answer wins, ties count half"}
+
+
 def judge_rows(facts: RunFacts) -> list[tuple[str, Any]]:
     identity = facts.identity
     rows = model_rows("judge", identity.get("backend", ""), identity.get("model", ""),
@@ -234,7 +238,8 @@ def quality_rows(facts: RunFacts) -> list[tuple[str, Any]]:
         rows += [("agreement with human labels (gate)", f"{percent(human.get('accuracy'))} on {human.get('n')} pairs "
                                                         f"(interval {percent(lo)} to {percent(hi)}), kappa "
                                                         f"{shown(human.get('kappa'))}"),
-                 ("length-only baseline (the longer answer wins)", percent(human.get("length_baseline"))),
+                 (f"length-only baseline ({LENGTH_RULES.get(human.get('length_baseline_rule', 'shorter'), '?')})",
+                  percent(human.get("length_baseline"))),
                  ("longer answer preferred: judge / humans", f"{percent(gate.get('judge_longer_rate'))} / "
                                                              f"{percent(human.get('human_longer_rate'))}")]
     agreement = facts.agreement
