@@ -252,7 +252,7 @@ def test_out_is_replaced_whole_or_left_alone(runs, tmp_path, capsys):
     root, _ = runs
     shards = [root / f"gen{s[0]}" for s in SHARDS]
     out = tmp_path / "m"
-    assert merge(*shards[:2], "--out", out) == 0
+    assert merge(*shards[:2], "--out", out, "--allow-partial") == 0
     assert merge(*shards, "--out", out) == 0  # an earlier merge is replaced
     assert len(read_jsonl(out / "traces.jsonl")) == N_PROMPTS
     before = {p.name: p.read_bytes() for p in out.iterdir()}

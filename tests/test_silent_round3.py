@@ -198,3 +198,26 @@ def test_item8_card_states_the_length_rule_the_gate_measured():
     rows = dict(quality_rows(SimpleNamespace(stats={}, gate=gate, agreement=None)))
     label = next(k for k in rows if k.startswith("length-only baseline"))
     assert "shorter answer wins" in label and "longer answer wins" not in label and rows[label] == "75.0 %"
+
+
+# ---------------------------------------------------------------- 7. estimate counts what the sampler sends
+
+@pytest.mark.loopback
+def test_item7_estimate_counts_policy_requests_on_a_server_that_ignores_n(tmp_path, api_keys, capsys):
+    from tests.scripted_runs import judge_logprobs
+
+    prompts = write_prompts(tmp_path / "p.jsonl", ["Is fire hot?", "Tell me a joke.", "Name a colour."])
+    with FakeAPIServer(lambda req: f"sample {req.index} {req.seed}", max_n=1) as policy, \
+            FakeAPIServer(logprobs=judge_logprobs) as judge:
+        common = ["--pairs", "samples", "--prompts", str(prompts), "--n", "4", "--backend", "openai",
+                  "--model", "fake-judge", "--base-url", judge.openai_base_url, "--method", "logprob",
+                  "--policy-backend", "openai", "--policy-model", "fake-model",
+                  "--policy-base-url", policy.openai_base_url, "--calibrate", "0"]
+        capsys.readouterr()
+        assert cli_main(["estimate", "judge", *common, "--json", "--tokenizer", "chars"]) == 0
+        estimated = json.loads(capsys.readouterr().out)["policy"]["requests"]
+        policy.reset_log()
+        cli_main(["judge", *common, "--out", str(tmp_path / "judge"), "--no-progress"])
+        sent = len(policy.log)
+    assert sent == 3 * 4  # one choice per request: 4 requests a prompt
+    assert estimated == sent

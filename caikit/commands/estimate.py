@@ -118,8 +118,15 @@ def price_samples(cfg: JudgeConfig, prompts, fill: float, tokenizer: str):
 
     from caikit.stages import sample
 
+    from caikit.backends.registry import needs_probe, probed_backend
+
     policy = policy_options(cfg)
-    ask = dry_ask(policy.model_name(), fill=fill, tokenizer=tokenizer, honours_n=policy.provider().honours_n)
+    # a self-hosted policy server is asked whether it honours n, as the judge's is: one that answers one choice
+    # is topped up sample by sample (fill_to_n), so --n samples cost n requests, each repeating the prompt
+    honours_n = policy.provider().honours_n
+    if needs_probe(policy):
+        honours_n = probed_backend(policy)[0].honours_n
+    ask = dry_ask(policy.model_name(), fill=fill, tokenizer=tokenizer, honours_n=honours_n)
 
     async def all_prompts() -> None:
         for row in prompts:

@@ -353,9 +353,9 @@ def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, 
     if lost:  # each trace / prompt of a missing shard is at least one pair never judged
         stats["failures"] += lost
     stats |= extra
-    for key in ("planned_items",):
-        if isinstance(runs[0].json(RunDir.STATS).get(key), int):
-            stats[key] = runs[0].json(RunDir.STATS)[key]
+    if all(isinstance(r.json(RunDir.STATS).get("items"), int) for r in runs):  # as an unsharded run records them
+        stats |= {"planned_items": runs[0].count(RunDir.STATS, "planned_items"),
+                  "items": planned_total(runs, RunDir.STATS, "items")}
     write_json_atomic(tmp / RunDir.STATS, stats)
     usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
     write_json_atomic(tmp / RunDir.USAGE, {**usage, "pairs": pairs, "judged": len(rows), **extra})
