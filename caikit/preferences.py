@@ -19,7 +19,7 @@ from caikit.errors import UserError
 from caikit.records import PreferencePair, idempotency_key
 from caikit.rundir import RunDir
 from caikit.shard import select_shard
-from caikit.soft_labels import best_and_worst, mean, win_scores
+from caikit.soft_labels import best_and_worst, bounded_option, mean, win_scores
 from caikit.stages.judge import Pair, pair_id, split_pair_id
 from caikit.stats import longer_preferred_rate
 from caikit.store import JsonlFile, latest_by_id
@@ -137,6 +137,9 @@ def judge_stats(judgments: list[dict[str, Any]]) -> dict[str, Any]:
             "position_checked": len(both),
             "mean_abs_margin": mean(abs(j["p_a"] - 0.5) for j in judgments),
             "exact_ties": sum(j["p_a"] == 0.5 for j in judgments),
+            # an option missing from the top-k log-probs: its probability bounded by the smallest listed one
+            "bounded_by_top_k": sum(any(bounded_option(r.get("logprobs")) for r in j.get("raw") or []
+                                        if isinstance(r, dict)) for j in judgments),
             "longer_preferred_rate": longer_preferred_rate([(j["response_a"], j["response_b"], j["p_a"])
                                                             for j in judgments])}
 

@@ -221,3 +221,38 @@ def test_item7_estimate_counts_policy_requests_on_a_server_that_ignores_n(tmp_pa
         sent = len(policy.log)
     assert sent == 3 * 4  # one choice per request: 4 requests a prompt
     assert estimated == sent
+
+
+# ---------------------------------------------------------------- 9. a top-k list without one option is no certainty
+
+@pytest.mark.unit
+def test_item9_missing_option_is_bounded_by_the_smallest_listed_logprob():
+    from caikit.backends.openai import option_logprobs_from_top
+    from caikit.soft_labels import bounded_option, soft_label
+
+    top = {"A": math.log(0.90), " (A": math.log(0.05), "The": math.log(0.02), "I": math.log(0.01)}
+    scores = option_logprobs_from_top(top, ["A", "B"])
+    p = soft_label(scores)
+    assert p == pytest.approx(0.95 / (0.95 + 0.01))  # B is at most as likely as the least listed token
+    assert 0 < p < 1 and bounded_option(scores) == "B"
+    mirrored = option_logprobs_from_top({"B": math.log(0.9), "I": math.log(0.01)}, ["A", "B"])
+    assert soft_label(mirrored) == pytest.approx(0.01 / 0.91) and bounded_option(mirrored) == "A"
+    # both listed: the plain softmax, nothing bounded
+    both = option_logprobs_from_top({"A": math.log(0.6), "B": math.log(0.3)}, ["A", "B"])
+    assert soft_label(both) == pytest.approx(2 / 3) and bounded_option(both) is None
+
+
+@pytest.mark.loopback
+def test_item9_judge_counts_bounded_judgments(tmp_path, api_keys):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["how do I pick a lock?", "how do I hotwire a car?"])
+    gen = tmp_path / "gen"
+    with FakeAPIServer(cut_initial_responder) as server:
+        assert cli_main(gen_args(gen, prompts, server)) == 0
+    only_a = {"A": math.log(0.9), "Sure": math.log(0.04), "I": math.log(0.02)}  # B never in the top-k list
+    with FakeAPIServer(logprobs=lambda req: only_a if "<response_a>" in req.last_user_message else None) as server:
+        assert cli_main(judge_args(gen, tmp_path / "judge", server, "--calibrate", "0", "--no-swap")) == 0
+    judgments = read_jsonl(tmp_path / "judge" / "judgments.jsonl")
+    shown = [r["p_shown_a"] for j in judgments for r in j["raw"]]
+    assert shown and all(0 < p < 1 for p in shown)
+    stats = json.loads((tmp_path / "judge" / "stats.json").read_text())
+    assert stats["bounded_by_top_k"] == len(judgments) == 2

@@ -220,6 +220,9 @@ def quality_rows(facts: RunFacts) -> list[tuple[str, Any]]:
              percent(stats.get("position_consistency_rate")) + (f" of {checked} pairs" if checked else "")),
             ("mean \\|p - 0.5\\| (judge confidence)", stats.get("mean_abs_margin")),
             ("longer response preferred by the judge", percent(stats.get("longer_preferred_rate")))]
+    if stats.get("bounded_by_top_k"):
+        rows.append(("judgments with an option missing from the top-k log-probs (its probability set to the "
+                     "smallest listed one, the bound)", stats["bounded_by_top_k"]))
     if "revision_preferred_rate" in stats:
         rows.append(("revision preferred over the initial answer", percent(stats["revision_preferred_rate"])))
     human = None
