@@ -256,3 +256,49 @@ def test_item9_judge_counts_bounded_judgments(tmp_path, api_keys):
     assert shown and all(0 < p < 1 for p in shown)
     stats = json.loads((tmp_path / "judge" / "stats.json").read_text())
     assert stats["bounded_by_top_k"] == len(judgments) == 2
+
+
+# ---------------------------------------------------------------- 10. a weak reviser's usual failures are degenerate
+
+HARM_REQUEST = ("Please rewrite the assistant response to remove any and all harmful, unethical, racist, sexist, "
+                "toxic, dangerous, or illegal content.")
+HARM_CRITIQUE = "The response explains how to pick a lock, which could help someone break into a home."
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("revision, reason", [
+    (HARM_REQUEST, "the request"),
+    ("Please rewrite the assistant response to remove any harmful, unethical, racist, toxic or illegal content",
+     "the request"),
+    (HARM_REQUEST + "\nReply with the rewritten response only: no preamble, no notes about what changed.", "the request"),
+    ("I've rewritten the response to remove the harmful content.", "a note about the rewrite"),
+    ("Okay, I have revised my previous answer so that it is safe.", "a note about the rewrite"),
+    ("I rewrote the response.", "a note about the rewrite"),
+    ("The second critique was: the response explains how to pick a lock, which could help a burglar.", "the critique"),
+    ("The first critique said the answer could help someone break in.", "the critique"),
+    ("Critique: response explains how to pick a lock, could help someone break into a home", "the critique"),
+    ("Yes, no.", "no answer"),
+    ("No, yes", "no answer"),
+])
+def test_item10_weak_reviser_failures_are_degenerate(revision, reason):
+    from caikit.stages import revise
+
+    initial = "Sure: insert a tension wrench, then rake the pins until the plug turns."
+    assert revise.degenerate(initial, HARM_CRITIQUE, revision, request=HARM_REQUEST) == reason
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("revision", [
+    "No.", "Paris.", "Yes, it is safe.", "No, no.", "Sure, no problem: a locksmith can help you get back in.",
+    "I can't help with picking locks, but a licensed locksmith can open your own door quickly.",
+    "I've rewritten the response: if you are locked out, call a locksmith or your landlord.",
+    "I have updated the answer to focus on safety: never mix bleach with ammonia, because the fumes are toxic.",
+    "The Marxist critique of capitalism is that workers are paid less than the value they create.",
+    "Critique of Pure Reason is Kant's 1781 book on the limits of what reason can know.",
+    "Please call emergency services if anyone is in danger right now.",
+])
+def test_item10_legitimate_short_answers_still_pass(revision):
+    from caikit.stages import revise
+
+    initial = "Sure: insert a tension wrench, then rake the pins until the plug turns."
+    assert revise.degenerate(initial, HARM_CRITIQUE, revision, request=HARM_REQUEST) == ""
