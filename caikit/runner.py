@@ -200,16 +200,16 @@ class Runner:
                 if e.fatal:
                     stopped.append(e)
                     raise
-                self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
+                await self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
                 return False
             except ParseError as e:
-                self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
+                await self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
                 return False
             finally:
                 current_item.reset(token)
             if hasattr(record, "usage"):
                 record.usage = self.backend.usage_of(key).to_dict()
-            records.append(record.to_dict())
+            await self._store(records, record.to_dict())
             return True
 
         try:
@@ -222,9 +222,21 @@ class Runner:
             raise e
         return Outcome(done=ok, failed=failed, skipped=0)
 
-    def _fail(self, failures: JsonlFile, key: str, label: str, stage: str, run_id: str, error: BaseException,
-              ledger: ItemLedger) -> None:
-        failures.append(Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=first_line(error),
+    async def _store(self, file: JsonlFile, row: dict[str, Any]) -> None:
+        """Append a record or failure row; when the disk refuses it, stop sending and let the requests in
+        flight land in the request log (never cancel what was paid for) before the error ends the run."""
+        try:
+            file.append(row)
+        except OSError as e:
+            stop = getattr(self.backend, "stop_sending", None)
+            if stop is not None:
+                stop(e)
+                await self.backend.settle()
+            raise
+
+    async def _fail(self, failures: JsonlFile, key: str, label: str, stage: str, run_id: str, error: BaseException,
+                    ledger: ItemLedger) -> None:
+        await self._store(failures, Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=first_line(error),
                                 kind="unparseable" if isinstance(error, ParseError) else "request",
                                 raw=getattr(error, "raw", None), attempts=ledger.attempts,
                                 usage=self.backend.usage_of(key).to_dict()).to_dict())

@@ -302,3 +302,64 @@ def test_item10_legitimate_short_answers_still_pass(revision):
 
     initial = "Sure: insert a tension wrench, then rake the pins until the plug turns."
     assert revise.degenerate(initial, HARM_CRITIQUE, revision, request=HARM_REQUEST) == ""
+
+
+# ---------------------------------------------------------------- 12. every answer paid for is logged, once
+
+class FullDisk:
+    """A disk that fills up at the `fill_at`-th append to a file of the run and has room again after `full_for`
+    refused writes (space freed elsewhere); its first refused write lands half a line, as a real one may."""
+
+    def __init__(self, root: Path, fill_at: int, full_for: int):
+        self.root, self.fill_at, self.full_for = str(root), fill_at, full_for
+        self.appends, self.refused = 0, 0
+
+    def open(self, path, mode="r", *args, **kwargs):
+        import builtins
+
+        real = builtins.open(path, mode, *args, **kwargs)
+        if "a" not in mode or not str(path).startswith(self.root):
+            return real
+        disk = self
+
+        class Appender:
+            def write(self, data):
+                disk.appends += 1
+                if disk.appends >= disk.fill_at and disk.refused < disk.full_for:
+                    disk.refused += 1
+                    if disk.refused == 1 and len(data) > 1:  # half a line reaches the disk, then it is full
+                        return real.write(bytes(data[: len(data) // 2]))
+                    raise OSError(28, "No space left on device", str(path))
+                return real.write(data)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        return Appender()
+
+
+@pytest.mark.loopback
+def test_item12_a_full_disk_never_loses_an_answer_that_was_paid_for(tmp_path, api_keys, capsys, monkeypatch):
+    import caikit.store
+    from caikit.store import JsonlFile
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"question {i}: how do I pick lock {i}?" for i in range(10)])
+    run = tmp_path / "run"
+    disk = FullDisk(run, fill_at=9, full_for=4)
+    with FakeAPIServer(latency=0.05) as server:
+        with monkeypatch.context() as m:
+            m.setattr(caikit.store, "open", disk.open, raising=False)
+            rc = cli_main(gen_args(run, prompts, server, "openai", "--concurrency", "4"))
+        assert disk.refused >= 1  # the disk did refuse writes
+        assert rc == 2
+        err = capsys.readouterr().err
+        server.wait_idle()
+        answered = len(server.log)
+        logged = JsonlFile(run / "requests.jsonl").read()  # (a torn last line is not a row)
+        assert len(logged) == answered == len({r["key"] for r in logged})
+        assert "no request was sent after it" in err and len(err.strip().splitlines()[-1]) < 400
+        # the disk has room again: the rerun asks only for what never came back
+        assert cli_main(gen_args(run, prompts, server, "openai", "--concurrency", "4")) == 0
+        sent_twice = {k: n for k, n in server.requests_by_key().items() if n > 1}
+    assert sent_twice == {}
+    assert len(read_jsonl(run / "sft.jsonl")) == 10
