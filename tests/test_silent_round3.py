@@ -363,3 +363,75 @@ def test_item12_a_full_disk_never_loses_an_answer_that_was_paid_for(tmp_path, ap
         sent_twice = {k: n for k, n in server.requests_by_key().items() if n > 1}
     assert sent_twice == {}
     assert len(read_jsonl(run / "sft.jsonl")) == 10
+
+
+# ---------------------------------------------------------------- 6. sources that label one pair both ways
+
+def judge_rows(n: int) -> list[dict]:
+    """A judge's preference pairs (source judged-samples, soft labels)."""
+    return [{"prompt": [{"role": "user", "content": f"question {i}?"}],
+             "chosen": [{"role": "assistant", "content": f"careful answer {i}"}],
+             "rejected": [{"role": "assistant", "content": f"reckless answer {i}"}],
+             "p_chosen": 0.8, "source": "judged-samples"} for i in range(n)]
+
+
+def human_label(i: int, pick: str) -> dict:
+    """A `caikit label` row on pair i of judge_rows: `pick` is the side the person chose (a = careful)."""
+    return {"id": f"l{i}", "pair_id": f"p{i}", "prompt": [{"role": "user", "content": f"question {i}?"}],
+            "response_a": f"careful answer {i}", "response_b": f"reckless answer {i}", "choice": pick,
+            "labeler": "ann"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rule, chosen, counts", [
+    ("human", ["careful 0", "careful 3", "careful 3", "reckless 1", "reckless 2"],
+     {"pairs": 2, "human_won": 2, "dropped_pairs": 0, "rows_dropped": 2}),
+    ("drop", ["careful 0", "careful 3", "careful 3"], {"pairs": 2, "human_won": 0, "dropped_pairs": 2, "rows_dropped": 4}),
+    ("keep", ["careful 0", "careful 1", "careful 2", "careful 3", "careful 3", "reckless 1", "reckless 2"],
+     {"pairs": 2, "kept_both_ways": 2, "rows_dropped": 0}),
+])
+def test_item6_same_pair_labelled_both_ways_follows_the_stated_rule(tmp_path, rule, chosen, counts):
+    from types import SimpleNamespace
+
+    from caikit.train.data import training_data
+
+    judge = tmp_path / "judge.jsonl"
+    judge.write_text("".join(json.dumps(r) + "\n" for r in judge_rows(4)))
+    labels = tmp_path / "labels.jsonl"  # the person disagrees with the judge on pairs 1 and 2, agrees on 3
+    labels.write_text("".join(json.dumps(human_label(i, pick)) + "\n" for i, pick in ((1, "b"), (2, "b"), (3, "a"))))
+    triples, summary = training_data(SimpleNamespace(data=[str(judge), str(labels)], on_conflict=rule), "pairs")
+    assert sorted(t["chosen"][0]["content"].replace(" answer", "") for t in triples) == chosen
+    assert {k: v for k, v in summary.conflicts.items() if k in counts} == counts and summary.conflicts["rule"] == rule
+    assert summary.to_dict()["total"] == len(triples) and summary.to_dict()["conflicts"]["pairs"] == 2
+    # no two rows pull the same pair both ways, unless asked to keep them
+    orientations = {}
+    for t in triples:
+        key = (json.dumps(t["prompt"]), frozenset([t["chosen"][0]["content"], t["rejected"][0]["content"]]))
+        orientations.setdefault(key, set()).add(t["chosen"][0]["content"])
+    assert any(len(v) > 1 for v in orientations.values()) == (rule == "keep")
+
+
+@pytest.mark.e2e
+def test_item6_and_11_train_dpo_records_conflicts_and_the_lr_it_used(tiny_model_dir, tmp_path, capsys):
+    judge = tmp_path / "judge.jsonl"
+    judge.write_text("".join(json.dumps(r) + "\n" for r in judge_rows(6)))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps(human_label(1, "b")) + "\n")
+    out = tmp_path / "dpo"
+    rc = cli_main(["train", "dpo", "--model", tiny_model_dir, "--data", str(judge), "--data", str(labels), "--out",
+                   str(out), "--max-steps", "1", "--batch-size", "4", "--max-length", "24", "--max-prompt-length",
+                   "12", "--eval-fraction", "0", "--lr", "2e-5"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "1 pairs labelled both ways by the sources (--on-conflict human): 1 settled by the human label" in err
+    data = json.loads((out / "data.json").read_text())
+    assert data["conflicts"]["pairs"] == 1 and data["conflicts"]["rows_dropped"] == 1 and data["total"] == 6
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert rows[0]["data"]["conflicts"]["human_won"] == 1
+    logged = [r["lr"] for r in rows if "lr" in r]
+    assert logged == [pytest.approx(2e-5)]  # the rate the one step was taken with, not the schedule's next (0)
+    # item 11: the same source twice is one line, exit 2, before anything loads
+    rc = cli_main(["train", "dpo", "--model", tiny_model_dir, "--data", str(judge), "--data",
+                   str(tmp_path / "." / "judge.jsonl"), "--out", str(tmp_path / "twice"), "--max-steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "given twice as --data" in err[0]

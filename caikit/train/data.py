@@ -37,6 +37,12 @@ def data_sources(cfg) -> list[str]:
     if not sources:
         raise UserError("--data is required (a caikit run or export dir, .jsonl, .json, .csv, .parquet (also .gz), "
                         "or a `datasets` dir; repeat --data to mix sources)")
+    seen: dict[Path, str] = {}
+    for source in sources:  # one source twice would train on every one of its rows twice
+        real = Path(source).expanduser().resolve()
+        if real in seen:
+            raise UserError(f"given twice as --data (also as {seen[real]}): each source once", path=str(source))
+        seen[real] = str(source)
     return sources
 
 
@@ -46,6 +52,7 @@ class DataSummary:
 
     what: str  # "pairs" | "examples"
     sources: list[dict] = field(default_factory=list)
+    conflicts: dict = field(default_factory=dict)  # pairs the sources label both ways (see resolve_conflicts)
 
     @property
     def total(self) -> int:
@@ -63,10 +70,21 @@ class DataSummary:
             lines.append(f"{s['used']} {self.what} from {shown}" + (f" [{'; '.join(extra)}]" if extra else ""))
         if len(self.sources) > 1:
             lines.append(f"{self.total} {self.what} from {len(self.sources)} sources")
+        c = self.conflicts
+        if c.get("pairs"):
+            lines.append(f"{c['pairs']} pairs labelled both ways by the sources (--on-conflict {c['rule']}): "
+                         f"{c['human_won']} settled by the human label, {c['dropped_pairs']} dropped, "
+                         f"{c['kept_both_ways']} kept both ways; {c['rows_dropped']} rows left out")
         return lines
 
+    @property
+    def used(self) -> int:
+        """Rows that go on to training: every source's, less those a conflict rule left out."""
+        return self.total - self.conflicts.get("rows_dropped", 0)
+
     def to_dict(self) -> dict:
-        return {"what": self.what, "total": self.total, "sources": self.sources}
+        return {"what": self.what, "total": self.used, "sources": self.sources,
+                **({"conflicts": self.conflicts} if self.conflicts else {})}
 
     def write(self, out: str | Path) -> None:
         path = Path(out) / "data.json"
@@ -123,16 +141,63 @@ def training_data(cfg, what: str) -> tuple[list, DataSummary]:
     preference triples (what="pairs"), and the per-source counts."""
     from caikit.rows import read_examples, read_pairs
 
-    items, summary = [], DataSummary(what)
+    items, summary, pairs = [], DataSummary(what), []
     for path in data_sources(cfg):
         if what == "pairs":
             loaded = read_pairs(path, split=getattr(cfg, "split", None) or None)
-            items += [_triple(p) for p in loaded.items]
+            pairs += loaded.items
         else:
             loaded = read_examples(path, split=getattr(cfg, "split", None) or None)
             items += [(e.prompt, e.completion) for e in loaded.items]
         summary.sources.append({**loaded.summary(), **judge_gate_of(path)})
+    if what == "pairs":
+        kept, summary.conflicts = resolve_conflicts(pairs, getattr(cfg, "on_conflict", "human") or "human")
+        items = [_triple(p) for p in kept]
     return items, summary
+
+
+CONFLICT_RULES = ("human", "drop", "keep")
+
+
+def resolve_conflicts(pairs: list, rule: str) -> tuple[list, dict]:
+    """Pairs labelled both ways (the same prompt and the same two responses, chosen in one row and rejected in
+    another, e.g. a judge run and a person's labels) settled by `rule`:
+      human  the side people chose wins where the human labels agree (`source: human` rows; rows saying the
+             other side are left out); anything else is dropped -- the default
+      drop   every row of such a pair is left out
+      keep   every row kept (their gradients pull against each other; counted all the same)
+    Mirror-image rows in one batch cancel each other's DPO gradient exactly, so a contradiction is never
+    trained on unseen. Returns (kept pairs in input order, counts)."""
+    from caikit.records import canonical_json
+    from caikit.rows import text_of
+
+    if rule not in CONFLICT_RULES:
+        raise UserError(f"--on-conflict must be one of {' | '.join(CONFLICT_RULES)}, got {rule!r}")
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        sides = sorted([text_of(p.chosen).strip(), text_of(p.rejected).strip()])
+        groups.setdefault(canonical_json([p.prompt, sides]), []).append(i)
+    counts = {"rule": rule, "pairs": 0, "human_won": 0, "dropped_pairs": 0, "kept_both_ways": 0, "rows_dropped": 0}
+    dropped: set[int] = set()
+    for members in groups.values():
+        winners = {text_of(pairs[i].chosen).strip() for i in members}
+        if len(winners) < 2:
+            continue
+        counts["pairs"] += 1
+        if rule == "keep":
+            counts["kept_both_ways"] += 1
+            continue
+        human = {text_of(pairs[i].chosen).strip() for i in members if pairs[i].source == "human"}
+        if rule == "human" and len(human) == 1:
+            counts["human_won"] += 1
+            out = [i for i in members if text_of(pairs[i].chosen).strip() not in human]
+        else:
+            counts["dropped_pairs"] += 1
+            out = members
+        dropped.update(out)
+        counts["rows_dropped"] += len(out)
+    kept = [p for i, p in enumerate(pairs) if i not in dropped]
+    return kept, (counts if counts["pairs"] else {})
 
 
 WEAK_GATES = ("failed", "allowed-weak", "fell-back-to-revision")
