@@ -236,7 +236,10 @@ class Runner:
 
     async def _fail(self, failures: JsonlFile, key: str, label: str, stage: str, run_id: str, error: BaseException,
                     ledger: ItemLedger) -> None:
-        await self._store(failures, Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=first_line(error),
+        message = first_line(error)
+        if isinstance(error, BackendError) and ledger.attempts != error.attempts:  # earlier requests of the item too
+            message += f" ({ledger.attempts} requests sent for this item in all)"
+        await self._store(failures, Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=message,
                                 kind="unparseable" if isinstance(error, ParseError) else "request",
                                 raw=getattr(error, "raw", None), attempts=ledger.attempts,
                                 usage=self.backend.usage_of(key).to_dict()).to_dict())

@@ -435,3 +435,69 @@ def test_item6_and_11_train_dpo_records_conflicts_and_the_lr_it_used(tiny_model_
                    str(tmp_path / "." / "judge.jsonl"), "--out", str(tmp_path / "twice"), "--max-steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "given twice as --data" in err[0]
+
+
+# ---------------------------------------------------------------- 11. nonsense prices, rates, attempts, state, lr
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_item11_prices_nan_or_inf_are_one_line_exit_2(tmp_path, api_keys, capsys, value):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(f"fake-model:\n  input: {value}\n  output: 1.0\n")
+    prompts = write_prompts(tmp_path / "p.jsonl", ["hello"])
+    with FakeAPIServer() as server:
+        rc = cli_main(gen_args(tmp_path / "run", prompts, server, "openai", "--prices", str(prices)))
+        assert rc == 2 and len(server.log) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(prices) in err[0] and "finite number" in err[0]
+
+
+@pytest.mark.loopback
+def test_item11_dead_policy_server_reads_100_percent_failed(tmp_path, api_keys, capsys):
+    from tests.scripted_runs import judge_logprobs
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {i}" for i in range(6)])
+    with FakeAPIServer(faults=dead()) as policy, FakeAPIServer(logprobs=judge_logprobs) as judge:
+        rc = cli_main(["judge", "--pairs", "samples", "--prompts", str(prompts), "--n", "2", "--backend", "openai",
+                       "--model", "fake-judge", "--base-url", judge.openai_base_url, "--policy-backend", "openai",
+                       "--policy-model", "fake-model", "--policy-base-url", policy.openai_base_url,
+                       "--max-retries", "1", "--out", str(tmp_path / "judge"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "600%" not in err and "6 of 6 pairs (and prompts sampled) failed" in err
+    rates = [int(m) for m in __import__("re").findall(r"(\d+)% ", err)]
+    assert all(r <= 100 for r in rates)
+
+
+@pytest.mark.loopback
+def test_item11_failure_row_attempts_agree_with_its_message(tmp_path, api_keys):
+    from caikit.testing.fake_api import FaultPlan
+
+    prompts = write_prompts(tmp_path / "p.jsonl", ["how do I pick a lock?"])
+    faults = FaultPlan(always_fail_keys=lambda req: CRITIQUE_REQUEST in req.last_user_message, retry_after=0.01)
+    with FakeAPIServer(cut_initial_responder, faults=faults) as server:
+        assert cli_main(gen_args(tmp_path / "run", prompts, server, "openai", "--max-retries", "2",
+                                 "--max-failure-rate", "1")) == 1
+        sent = len(server.log)
+    (row,) = read_jsonl(tmp_path / "run" / "failures.jsonl")
+    assert row["attempts"] == sent >= 3  # the answer once, then the critique until its attempts ran out
+    assert f"after {sent - 1} attempts" in row["error"] and f"({sent} requests sent for this item in all)" in row["error"]
+
+
+@pytest.mark.loopback
+def test_item11_a_stage_stopped_by_its_gate_records_exit_code_3(tmp_path, api_keys):
+    import yaml
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"how do I pick lock {i}?" for i in range(4)])
+    always_a = {"A": math.log(0.9), "B": math.log(0.1)}  # position bias: the gate fails it
+    with FakeAPIServer(cut_initial_responder, logprobs=lambda req: always_a) as server:
+        run_file = tmp_path / "run.yaml"
+        run_file.write_text(yaml.safe_dump({"name": "gate", "out": str(tmp_path / "run"), "constitution": "hhh", "stages": {
+            "generate": {"backend": "openai", "model": "fake-model", "base_url": server.openai_base_url,
+                         "prompts": str(prompts), "progress": False},
+            "judge": {"backend": "openai", "model": "fake-judge", "base_url": server.openai_base_url,
+                      "progress": False}}}))
+        assert cli_main(["run", str(run_file)]) == 3
+    state = json.loads((tmp_path / "run" / "state.json").read_text())["stages"]
+    assert state["generate"]["exit_code"] == 0
+    assert state["judge"]["status"] == "failed" and state["judge"]["exit_code"] == 3
