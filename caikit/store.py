@@ -90,7 +90,10 @@ class JsonlFile:
             except OSError:
                 self._fh.close()
                 self._fh = None
-                self.repair()  # a partial line is dropped now, so a later append starts on a line of its own
+                try:
+                    self.repair()  # a partial line is dropped now, so a later append starts on a line of its own
+                except OSError:
+                    pass  # (then the next append repairs it before writing)
                 raise
             now = time.monotonic()
             if now - self._last_sync >= self.fsync_interval:
