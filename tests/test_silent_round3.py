@@ -142,7 +142,7 @@ def test_item4_a_run_that_produced_nothing_exits_1_whatever_the_allowance(tmp_pa
     with FakeAPIServer(faults=dead()) as server:
         rc = cli_main(judge_args(gen, tmp_path / "judge", server, "--max-failure-rate", "1", "--max-retries", "1"))
     assert rc == 1
-    assert "nothing usable came out (0 preference pairs" in capsys.readouterr().err
+    assert "nothing usable came out (0 pairs judged" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 3. a merge with a shard missing says so everywhere

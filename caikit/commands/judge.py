@@ -225,7 +225,7 @@ def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:
                   f"${jr.meter.cost_usd:.4f} -> {cfg.out}/preferences.jsonl")
     # a prompt whose sampling failed made no pair at all: it counts once among the items tried, so a dead
     # policy server reads 100 % failed, not failures / 0 pairs
-    return exit_status("judge", made=stats["preferences"], made_what="preference pairs", failures=stats["failures"],
+    return exit_status("judge", made=stats["judged"], made_what="pairs judged", failures=stats["failures"],
                        attempted=stats["pairs"] + stats.get("sample_failures", 0), what="pairs (and prompts sampled)"
                        if stats.get("sample_failures") else "pairs", max_failure_rate=cfg.max_failure_rate,
                        failures_file=f"{cfg.out}/failures.jsonl")
