@@ -501,3 +501,19 @@ def test_item11_a_stage_stopped_by_its_gate_records_exit_code_3(tmp_path, api_ke
     state = json.loads((tmp_path / "run" / "state.json").read_text())["stages"]
     assert state["generate"]["exit_code"] == 0
     assert state["judge"]["status"] == "failed" and state["judge"]["exit_code"] == 3
+
+
+@pytest.mark.unit
+def test_item6_one_sources_own_mirror_rows_are_left_as_they_are(tmp_path):
+    from types import SimpleNamespace
+
+    from caikit.train.data import training_data
+
+    rows = judge_rows(2)
+    flipped = {**rows[1], "chosen": rows[1]["rejected"], "rejected": rows[1]["chosen"]}
+    data = tmp_path / "hh.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*rows, flipped]))
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({**judge_rows(3)[2]}) + "\n")
+    triples, summary = training_data(SimpleNamespace(data=[str(data), str(other)], on_conflict="human"), "pairs")
+    assert len(triples) == 4 and summary.conflicts == {}

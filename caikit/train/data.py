@@ -142,62 +142,20 @@ def training_data(cfg, what: str) -> tuple[list, DataSummary]:
     from caikit.rows import read_examples, read_pairs
 
     items, summary, pairs = [], DataSummary(what), []
-    for path in data_sources(cfg):
+    for index, path in enumerate(data_sources(cfg)):
         if what == "pairs":
             loaded = read_pairs(path, split=getattr(cfg, "split", None) or None)
-            pairs += loaded.items
+            pairs += [(index, p) for p in loaded.items]
         else:
             loaded = read_examples(path, split=getattr(cfg, "split", None) or None)
             items += [(e.prompt, e.completion) for e in loaded.items]
         summary.sources.append({**loaded.summary(), **judge_gate_of(path)})
     if what == "pairs":
+        from caikit.train.conflicts import resolve_conflicts
+
         kept, summary.conflicts = resolve_conflicts(pairs, getattr(cfg, "on_conflict", "human") or "human")
         items = [_triple(p) for p in kept]
     return items, summary
-
-
-CONFLICT_RULES = ("human", "drop", "keep")
-
-
-def resolve_conflicts(pairs: list, rule: str) -> tuple[list, dict]:
-    """Pairs labelled both ways (the same prompt and the same two responses, chosen in one row and rejected in
-    another, e.g. a judge run and a person's labels) settled by `rule`:
-      human  the side people chose wins where the human labels agree (`source: human` rows; rows saying the
-             other side are left out); anything else is dropped -- the default
-      drop   every row of such a pair is left out
-      keep   every row kept (their gradients pull against each other; counted all the same)
-    Mirror-image rows in one batch cancel each other's DPO gradient exactly, so a contradiction is never
-    trained on unseen. Returns (kept pairs in input order, counts)."""
-    from caikit.records import canonical_json
-    from caikit.rows import text_of
-
-    if rule not in CONFLICT_RULES:
-        raise UserError(f"--on-conflict must be one of {' | '.join(CONFLICT_RULES)}, got {rule!r}")
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(pairs):
-        sides = sorted([text_of(p.chosen).strip(), text_of(p.rejected).strip()])
-        groups.setdefault(canonical_json([p.prompt, sides]), []).append(i)
-    counts = {"rule": rule, "pairs": 0, "human_won": 0, "dropped_pairs": 0, "kept_both_ways": 0, "rows_dropped": 0}
-    dropped: set[int] = set()
-    for members in groups.values():
-        winners = {text_of(pairs[i].chosen).strip() for i in members}
-        if len(winners) < 2:
-            continue
-        counts["pairs"] += 1
-        if rule == "keep":
-            counts["kept_both_ways"] += 1
-            continue
-        human = {text_of(pairs[i].chosen).strip() for i in members if pairs[i].source == "human"}
-        if rule == "human" and len(human) == 1:
-            counts["human_won"] += 1
-            out = [i for i in members if text_of(pairs[i].chosen).strip() not in human]
-        else:
-            counts["dropped_pairs"] += 1
-            out = members
-        dropped.update(out)
-        counts["rows_dropped"] += len(out)
-    kept = [p for i, p in enumerate(pairs) if i not in dropped]
-    return kept, (counts if counts["pairs"] else {})
 
 
 WEAK_GATES = ("failed", "allowed-weak", "fell-back-to-revision")
