@@ -23,7 +23,7 @@ from caikit.config import option
 from caikit.errors import UserError
 from caikit.records import idempotency_key
 from caikit.estimate import confirm_cost, dry_ask
-from caikit.rundir import RunDir, note
+from caikit.rundir import RunDir, check_identity, note
 from caikit.store import read_json
 from caikit.runner import Runner, exit_status, open_backend, pending, run_then_close
 from caikit.sft_data import finalize_generate
@@ -105,6 +105,7 @@ def run_generate(cfg: GenerateConfig) -> int:
     # the prompt set belongs to the run: traces of two prompt files never mix in one directory (check_identity
     # refuses a changed one); trace keys leave it out, so a trace is the same record whichever set it came from
     key_identity = {**identity(cfg, constitution.hash), "prompt_set": prompt_set["hash"]}
+    check_identity(cfg.out, "generate", key_identity)  # before a server is probed (RunDir.open checks again)
     # a missing API key fails here, before anything is written; a self-hosted server is probed (or its probe
     # read back from the run directory) and the run fits itself to what it found
     backend, probe = probed_backend(cfg, cached=read_json(f"{cfg.out}/{RunDir.PROBE}") if cfg.base_url else None)
