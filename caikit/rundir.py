@@ -28,7 +28,6 @@ from caikit.records import canonical_json, idempotency_key
 from caikit.store import JsonlFile, read_json, write_json_atomic
 
 LOCK_NAME = ".caikit.lock"
-SAID = {"prompt_set": "the prompt set (--prompts: another file or other rows)"}  # identity keys, as a person reads them
 
 
 class DirLock:
@@ -179,10 +178,24 @@ def check_identity(path: str | Path, stage: str, identity: dict[str, Any]) -> No
     if old.get("stage") not in (None, stage):
         raise UserError(f"holds a '{old['stage']}' run; use a new --out directory", path=str(path))
     previous = old.get("identity") or {}
-    changed = [SAID.get(k, k) for k in identity if k in previous and previous[k] != identity[k]]
+    changed = [k for k in identity if k in previous and previous[k] != identity[k]]
     if changed:
         raise UserError(f"holds a run with other settings ({', '.join(changed)} changed); "
                         "use a new --out directory", path=str(path))
+
+
+def check_members(path: str | Path, allowed: set[str], files: tuple[str, ...], field: str, *, what: str) -> None:
+    """Refuse a run directory whose records (`files`, by `field`) name items outside `allowed`: the items a
+    run is over belong to it as much as its settings do (a generate run's prompt set: another prompt file
+    would mix two sets in one directory)."""
+    foreign: set[str] = set()
+    for name in files:
+        for row in JsonlFile(Path(path) / name).iter():
+            if row.get(field) not in allowed:
+                foreign.add(str(row.get(field)))
+    if foreign:
+        raise UserError(f"holds records of {len(foreign)} {what} (another prompt set); use a new --out directory",
+                        path=str(path))
 
 
 def note(command: str, message: str) -> None:

@@ -57,12 +57,14 @@ def test_item1_another_prompt_set_in_a_finished_run_is_refused(tmp_path, api_key
         assert len(err) == 1 and "prompt set" in err[0] and str(run) in err[0]
         after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".caikit.lock"}
         assert after == before  # nothing already written is lost or changed
-        # the same set with a larger --limit, or the same rows copied to another file, still resumes
+        # the same rows in another file, a smaller --limit, or the file with prompts added still resume the run
         copy = tmp_path / "copy.jsonl"
         copy.write_bytes(first.read_bytes())
         assert cli_main(gen_args(run, copy, server)) == 0
         assert cli_main(gen_args(run, first, server, "openai", "--limit", "2")) == 0
-    assert len(read_jsonl(run / "sft.jsonl")) == 3
+        grown = write_prompts(tmp_path / "grown.jsonl", [f"first set prompt {i}" for i in range(5)])
+        assert cli_main(gen_args(run, grown, server)) == 0
+    assert len(read_jsonl(run / "sft.jsonl")) == 5
 
 
 # ---------------------------------------------------------------- 2. a cut initial answer is never a preference side

@@ -21,9 +21,8 @@ import dataclasses
 from caikit.backends.registry import BackendOptions, probed_backend
 from caikit.config import option
 from caikit.errors import UserError
-from caikit.records import idempotency_key
 from caikit.estimate import confirm_cost, dry_ask
-from caikit.rundir import RunDir, check_identity, note
+from caikit.rundir import RunDir, check_identity, check_members, note
 from caikit.store import read_json
 from caikit.runner import Runner, exit_status, open_backend, pending, run_then_close
 from caikit.sft_data import finalize_generate
@@ -62,9 +61,9 @@ class GenerateConfig(BackendOptions):
 
 def load_inputs(cfg: GenerateConfig):
     """The constitution, this shard's prompts and the prompt set's facts, validated before anything is
-    written or sent. The facts: `hash` (of every prompt in the file, before --limit and --shard, so a larger
-    --limit or another shard resumes the same run while another prompt file does not) and `planned` (the
-    prompts of the whole set after --limit: what the shards of one run cover together)."""
+    written or sent. The facts: `ids` (of every prompt in the file, before --limit and --shard: what the run
+    directory's traces must belong to) and `planned` (the prompts of the whole set after --limit: what the
+    shards of one run cover together)."""
     from caikit.constitution import load_constitution
     from caikit.prompts import bundled_prompts_path, load_prompts
 
@@ -74,13 +73,8 @@ def load_inputs(cfg: GenerateConfig):
     every = load_prompts(cfg.prompts or bundled_prompts_path())
     limited = every[:cfg.limit] if cfg.limit else every
     prompts = select_shard(limited, cfg.shard, lambda row: row.id)
-    prompt_set = {"hash": prompt_set_hash(every), "planned": len(limited)}
+    prompt_set = {"ids": {row.id for row in every}, "planned": len(limited)}
     return constitution, prompts, prompt_set
-
-
-def prompt_set_hash(prompts) -> str:
-    """The prompt set's part of the run identity: ids and conversations of every prompt, in file order."""
-    return idempotency_key("prompt-set", [[row.id, row.messages] for row in prompts])[-16:]
 
 
 def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer: str = "auto", honours_n=None):
@@ -102,14 +96,19 @@ def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer:
 
 def run_generate(cfg: GenerateConfig) -> int:
     constitution, prompts, prompt_set = load_inputs(cfg)
-    # the prompt set belongs to the run: traces of two prompt files never mix in one directory (check_identity
-    # refuses a changed one); trace keys leave it out, so a trace is the same record whichever set it came from
-    key_identity = {**identity(cfg, constitution.hash), "prompt_set": prompt_set["hash"]}
-    check_identity(cfg.out, "generate", key_identity)  # before a server is probed (RunDir.open checks again)
+    key_identity = identity(cfg, constitution.hash)
+    # the prompt set belongs to the run: traces of two prompt sets never mix in one directory. A larger --limit,
+    # another shard or the same file with prompts added resume it; a file without the prompts already done is
+    # another set (checked before a server is probed, and again under the lock)
+    check_identity(cfg.out, "generate", key_identity)
+    check_members(cfg.out, prompt_set["ids"], (RunDir.TRACES, RunDir.FAILURE_LOG), "prompt_id",
+                  what=f"prompts that --prompts {cfg.prompts or 'the bundled red-team sample'} does not hold")
     # a missing API key fails here, before anything is written; a self-hosted server is probed (or its probe
     # read back from the run directory) and the run fits itself to what it found
     backend, probe = probed_backend(cfg, cached=read_json(f"{cfg.out}/{RunDir.PROBE}") if cfg.base_url else None)
     with RunDir.open(cfg.out, "generate", key_identity, cfg, shard=cfg.shard, command="generate") as run:
+        check_members(run.path, prompt_set["ids"], (RunDir.TRACES, RunDir.FAILURE_LOG), "prompt_id",
+                      what=f"prompts that --prompts {cfg.prompts or 'the bundled red-team sample'} does not hold")
         if probe:
             run.write_json(RunDir.PROBE, probe)
         traces, failures = run.jsonl(RunDir.TRACES), run.jsonl(RunDir.FAILURE_LOG)
@@ -135,8 +134,7 @@ def run_generate(cfg: GenerateConfig) -> int:
             failures.close()
             counts = finalize_generate(run, [row.id for row in prompts], keep_truncated=cfg.keep_truncated,
                                        keep_degenerate=cfg.keep_degenerate, meter=meter,
-                                       extra_stats={"prompt_set": prompt_set["hash"],
-                                                    "planned_prompts": prompt_set["planned"]})
+                                       extra_stats={"planned_prompts": prompt_set["planned"]})
     return report_generate(cfg, counts, meter)
 
 

@@ -263,8 +263,8 @@ def write_generate(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[st
         counts["prompts"] += lost
         counts["failures"] += lost
     merged_stats = {**read_json(tmp / RunDir.STATS), **{k: counts[k] for k in ("prompts", "failures")}}
-    if stats.get("prompt_set"):
-        merged_stats |= {"prompt_set": stats["prompt_set"], "planned_prompts": stats.get("planned_prompts")}
+    if isinstance(stats.get("planned_prompts"), int):
+        merged_stats["planned_prompts"] = stats["planned_prompts"]
     write_json_atomic(tmp / RunDir.STATS, merged_stats)
     usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
     write_json_atomic(tmp / RunDir.USAGE, {**usage, **counts, **extra})
