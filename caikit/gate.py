@@ -117,7 +117,8 @@ def human_figures(judgments: list[dict[str, Any]], given: int) -> dict[str, Any]
                      if len(j["response_a"]) != len(j["response_b"])]
     return {"n": n, "given": given, "accuracy": correct / n if n else None,
             "interval": list(interval) if interval else None, "kappa": cohens_kappa(human, judge) if n else None,
-            "human_longer_rate": mean(map(float, chosen_longer)), "length_baseline": baseline if n else None}
+            "human_longer_rate": mean(map(float, chosen_longer)), "length_baseline": baseline if n else None,
+            "length_baseline_rule": "shorter"}  # stats.shorter_wins_accuracy: the shorter reply wins, ties half
 
 
 def weak_reasons(gate: dict[str, Any]) -> list[str]:

@@ -66,6 +66,7 @@ class Trace(Record):
     final_revision: str = ""
     stop_reasons: dict[str, str | None] = field(default_factory=dict)  # step -> finish_reason ("length": cut)
     truncated: bool = False  # the final revision stopped at --max-tokens
+    initial_truncated: bool = False  # the initial answer stopped at --max-tokens (never a preference side)
     degenerate: str = ""  # why the revision is no improvement to learn from ("unchanged", "the critique", ...)
     backend: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +121,7 @@ class Judgment(Record):
     per_principle: list[dict[str, Any]] = field(default_factory=list)
     method: str = "logprob"  # logprob | cot | vote | parsed
     position_consistent: bool | None = None
+    cut_responses: list[int] = field(default_factory=list)  # indices (in the pair id) of responses cut at max tokens
     raw: list[dict[str, Any]] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)

@@ -184,6 +184,20 @@ def check_identity(path: str | Path, stage: str, identity: dict[str, Any]) -> No
                         "use a new --out directory", path=str(path))
 
 
+def check_members(path: str | Path, allowed: set[str], files: tuple[str, ...], field: str, *, what: str) -> None:
+    """Refuse a run directory whose records (`files`, by `field`) name items outside `allowed`: the items a
+    run is over belong to it as much as its settings do (a generate run's prompt set: another prompt file
+    would mix two sets in one directory)."""
+    foreign: set[str] = set()
+    for name in files:
+        for row in JsonlFile(Path(path) / name).iter():
+            if row.get(field) not in allowed:
+                foreign.add(str(row.get(field)))
+    if foreign:
+        raise UserError(f"holds records of {len(foreign)} {what} (another prompt set); use a new --out directory",
+                        path=str(path))
+
+
 def note(command: str, message: str) -> None:
     """One line for the person at the terminal (stderr: stdout stays for results)."""
     print(f"caikit {command}: {message}", file=sys.stderr, flush=True)

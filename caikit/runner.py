@@ -27,7 +27,7 @@ from caikit.backends.base import BackendError, Completion
 from caikit.backends.cache import CachingBackend, ItemLedger, UsageMeter, current_item
 from caikit.errors import UserError
 from caikit.records import Failure, Record
-from caikit.rundir import RunDir
+from caikit.rundir import RunDir, note
 from caikit.stages.base import ParseError, Reply, Request
 from caikit.store import JsonlFile, latest_by_id
 
@@ -200,16 +200,16 @@ class Runner:
                 if e.fatal:
                     stopped.append(e)
                     raise
-                self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
+                await self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
                 return False
             except ParseError as e:
-                self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
+                await self._fail(failures, key, item_label(item), stage, run_id, e, ledger)
                 return False
             finally:
                 current_item.reset(token)
             if hasattr(record, "usage"):
                 record.usage = self.backend.usage_of(key).to_dict()
-            records.append(record.to_dict())
+            await self._store(records, record.to_dict())
             return True
 
         try:
@@ -222,9 +222,24 @@ class Runner:
             raise e
         return Outcome(done=ok, failed=failed, skipped=0)
 
-    def _fail(self, failures: JsonlFile, key: str, label: str, stage: str, run_id: str, error: BaseException,
-              ledger: ItemLedger) -> None:
-        failures.append(Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=first_line(error),
+    async def _store(self, file: JsonlFile, row: dict[str, Any]) -> None:
+        """Append a record or failure row; when the disk refuses it, stop sending and let the requests in
+        flight land in the request log (never cancel what was paid for) before the error ends the run."""
+        try:
+            file.append(row)
+        except OSError as e:
+            stop = getattr(self.backend, "stop_sending", None)
+            if stop is not None:
+                stop(e)
+                await self.backend.settle()
+            raise
+
+    async def _fail(self, failures: JsonlFile, key: str, label: str, stage: str, run_id: str, error: BaseException,
+                    ledger: ItemLedger) -> None:
+        message = first_line(error)
+        if isinstance(error, BackendError) and ledger.attempts != error.attempts:  # earlier requests of the item too
+            message += f" ({ledger.attempts} requests sent for this item in all)"
+        await self._store(failures, Failure(id=key, run_id=run_id, stage=stage, prompt_id=label, error=message,
                                 kind="unparseable" if isinstance(error, ParseError) else "request",
                                 raw=getattr(error, "raw", None), attempts=ledger.attempts,
                                 usage=self.backend.usage_of(key).to_dict()).to_dict())
@@ -240,6 +255,26 @@ def _takes(accept: Callable[[Any, int], Any], attempt: int = 0) -> Callable[[Any
         return True
 
     return check
+
+
+def exit_status(command: str, *, made: int, made_what: str, failures: int, attempted: int, what: str,
+                max_failure_rate: float, failures_file: str) -> int:
+    """The closing verdict every stage shares: 1 when nothing usable came out, whatever --max-failure-rate
+    allows (0 records is never "done"); else 1 when more than that share of the `attempted` items failed; else 0.
+    The rate is failures / attempted, so it never reads above 100 %."""
+    if not made:
+        note(command, f"nothing usable came out (0 {made_what}"
+                      + (f"; {failures} of {attempted} {what} failed, see {failures_file}" if failures else "")
+                      + "): exit 1, whatever --max-failure-rate allows")
+        return 1
+    if not failures:
+        return 0
+    note(command, f"{failures} {what} failed after retries (see {failures_file}); rerun the same command to retry them")
+    rate = failures / max(1, attempted, failures)
+    if rate > max_failure_rate:
+        note(command, f"{rate:.0%} of the {what} failed, more than --max-failure-rate {max_failure_rate:g}: exit 1")
+        return 1
+    return 0
 
 
 def pending(items: list[Any], key_of: Callable[[Any], str], records: JsonlFile) -> tuple[list[tuple[Any, str]], int]:

@@ -1,7 +1,8 @@
 """From SL-CAI traces to the SFT dataset, and the derived files of a generate run (shared with `caikit merge`).
 
 A trace makes an SFT example unless its final revision was cut at --max-tokens (`truncated`) or is no
-improvement to learn from (`degenerate`: unchanged, the critique again, empty once markers are stripped);
+improvement to learn from (`degenerate`: unchanged, the critique or the revision request again, a note about
+the rewrite instead of one, a contradicting yes/no, empty once markers are stripped: stages/revise.py);
 those are counted in stats.json and kept only with --keep-truncated / --keep-degenerate.
 """
 

@@ -11,6 +11,9 @@ import math
 from typing import Iterable, Sequence
 
 OPTIONS = ("A", "B")
+# Key, beside the options, of the smallest log-prob a provider listed in its top-k list (OpenAI's top_logprobs):
+# an option absent from that list is at most that likely, not impossible.
+TOP_K_FLOOR = "top_k_floor"
 _DECORATION = " \t\n()[]*.:_\"'"
 
 
@@ -37,15 +40,42 @@ def soft_label(logprobs: dict[str, float], options: Sequence[str] = OPTIONS) -> 
 
     `logprobs` may be keyed by option ('A', 'B', as `Backend.option_logprobs` returns) or by raw
     tokens (' A', '(B', as in OpenAI top_logprobs). Returns None when neither option was ranked.
+
+    An option missing from a top-k list (`TOP_K_FLOOR` given) is not certain to be wrong: its probability
+    is bounded by the smallest listed one, and that bound is what it gets. The label is then the least
+    confident one the list allows (never exactly 0 or 1, so epsilon = 1 - p_chosen stays above 0 in cDPO
+    and the reward model's soft loss); `bounded_option` tells which judgments took it.
     """
     lp_a, lp_b = (option_logprob(logprobs, o) for o in options)
     if lp_a == -math.inf and lp_b == -math.inf:
         return None
+    floor = _floor(logprobs)
     if lp_b == -math.inf:
-        return 1.0
+        if floor is None:
+            return 1.0
+        lp_b = min(floor, lp_a)
     if lp_a == -math.inf:
-        return 0.0
+        if floor is None:
+            return 0.0
+        lp_a = min(floor, lp_b)
     return 1.0 / (1.0 + math.exp(lp_b - lp_a))  # = e^a / (e^a + e^b), stable for large gaps
+
+
+def _floor(logprobs: dict[str, float]) -> float | None:
+    value = logprobs.get(TOP_K_FLOOR)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def bounded_option(logprobs: dict[str, float | None] | None, options: Sequence[str] = OPTIONS) -> str | None:
+    """The option whose probability `soft_label` bounded by the top-k list's smallest (absent from the list
+    while the other was listed), or None."""
+    if not isinstance(logprobs, dict) or _floor(logprobs) is None:
+        return None
+    finite = {k: (-math.inf if v is None else v) for k, v in logprobs.items() if k != TOP_K_FLOOR
+              and (v is None or isinstance(v, (int, float)))}
+    missing = [o for o in options if option_logprob(finite, o) == -math.inf]
+    return missing[0] if len(missing) == 1 else None
 
 
 def vote_share(choices: Sequence[str], option: str = "A") -> float:

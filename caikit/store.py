@@ -74,14 +74,27 @@ class JsonlFile:
             yield row
 
     def append(self, record: dict[str, Any]) -> None:
+        """Write one line, or raise OSError (a full disk) leaving the file as it was before this call: the
+        handle is unbuffered, so a failed write leaves nothing pending in a buffer, and the torn tail a
+        partial write may leave is cut off before the next line (`repair`)."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.repair()
-                self._fh = open(self.path, "ab")
-            self._fh.write(line)
-            self._fh.flush()
+                self._fh = open(self.path, "ab", buffering=0)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[self._fh.write(view):]
+            except OSError:
+                self._fh.close()
+                self._fh = None
+                try:
+                    self.repair()  # a partial line is dropped now, so a later append starts on a line of its own
+                except OSError:
+                    pass  # (then the next append repairs it before writing)
+                raise
             now = time.monotonic()
             if now - self._last_sync >= self.fsync_interval:
                 os.fsync(self._fh.fileno())
@@ -90,10 +103,11 @@ class JsonlFile:
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-                self._fh.close()
-                self._fh = None
+                try:
+                    os.fsync(self._fh.fileno())
+                finally:
+                    self._fh.close()
+                    self._fh = None
 
 
 def temporary_path(path: Path) -> Path:

@@ -156,7 +156,7 @@ def test_preference_card_quotes_the_quality_gate(runs, tmp_path, status):
                  f"| quality gate verdict | {GATE['verdict']} |", "| calibration pairs judged by the gate | 200 |",
                  "| position consistency on them | 82.0 % |", "| unparseable judge answers on them | 1.0 % |",
                  "| agreement with human labels (gate) | 71.2 % on 200 pairs (interval 64.6 % to 77.3 %), kappa 0.42 |",
-                 "| length-only baseline (the longer answer wins) | 56.0 % |",
+                 "| length-only baseline (the shorter answer wins, ties count half) | 56.0 % |",
                  "| longer answer preferred: judge / humans | 58.0 % / 55.0 % |"):
         assert fact in card, fact
     assert "| agreement with human labels | not measured |" not in card

@@ -202,7 +202,7 @@ def test_logprob_judge_end_to_end_swap_margin_ties_and_resume(tmp_path):
         assert prefs[0]["p_chosen"] == pytest.approx(0.8) and "margin" not in prefs[0] and "score_chosen" not in prefs[0]
         assert prefs[0]["source"] == "revision-vs-initial"
         stats = json.loads((out / "stats.json").read_text())
-        assert stats["ties"] == 1 and stats["preferences"] == 2 and stats["skipped"] == {"revision_unchanged": 1, "truncated": 0, "degenerate": 0}
+        assert stats["ties"] == 1 and stats["preferences"] == 2 and stats["skipped"] == {"revision_unchanged": 1, "truncated": 0, "truncated_initial": 0, "degenerate": 0}
         assert stats["position_consistency_rate"] == pytest.approx(2 / 3)  # a 50/50 tie picks neither order
         assert stats["revision_preferred_rate"] == 1.0
         assert stats["mean_abs_margin"] == pytest.approx((0.3 + 0.3 + 0) / 3)

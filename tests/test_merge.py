@@ -208,7 +208,7 @@ def test_conflicting_record_is_reported_and_the_first_copy_kept(runs, tmp_path, 
 def test_missing_shard_is_reported(runs, tmp_path, capsys):
     root, _ = runs
     out = tmp_path / "m"
-    assert merge(root / "gen1", root / "gen3", "--out", out) == 0
+    assert merge(root / "gen1", root / "gen3", "--out", out) == 1  # a partial merge is not "done"
     assert json.loads((out / "merge.json").read_text())["missing_shards"] == ["2/3"]
     assert "missing shards 2/3" in capsys.readouterr().err
     assert missing_shards(["1/2", "1/3"]) is None and missing_shards(["", "2/4"]) == []
@@ -252,7 +252,7 @@ def test_out_is_replaced_whole_or_left_alone(runs, tmp_path, capsys):
     root, _ = runs
     shards = [root / f"gen{s[0]}" for s in SHARDS]
     out = tmp_path / "m"
-    assert merge(*shards[:2], "--out", out) == 0
+    assert merge(*shards[:2], "--out", out, "--allow-partial") == 0
     assert merge(*shards, "--out", out) == 0  # an earlier merge is replaced
     assert len(read_jsonl(out / "traces.jsonl")) == N_PROMPTS
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -12,6 +12,11 @@ Each row is tagged with the item it was made for (the record or failure row the 
 run directory add up to usage.json. Usage is counted only for requests that really went out; `usage.json`
 is the sum over this file, so nothing is counted twice.
 
+A log write that fails (a full disk) stops the run before it pays for more: no request starts after it, the
+requests in flight are awaited (never cancelled: their answers were paid for), and every answer that came
+back is kept in memory and written as soon as the disk takes it -- at the next write, or at `aclose` -- so
+a rerun asks again only for what never came back. The run ends with RequestLogFailed (one line, exit 2).
+
 With `max_cost`, the log is also the budget: what it holds was spent (by this run directory, over
 all reruns), and a new request starts only if its worst case, added to that and to the worst cases
 of the requests in flight, stays within `max_cost`. The first one that would not stops the run with
@@ -45,6 +50,10 @@ current_item: contextvars.ContextVar[ItemLedger | None] = contextvars.ContextVar
 
 class BudgetExceeded(UserError):
     """The next request could take spending past --max-cost: the run stops (rerun with more to go on)."""
+
+
+class RequestLogFailed(UserError):
+    """A write to the run directory failed (a full disk): no request was sent after it."""
 
 
 class UsageMeter:
@@ -111,6 +120,8 @@ class CachingBackend(Backend):
         self._reserved_total = 0.0  # their sum, kept as they come and go (batch mode has every request in flight)
         self._over_budget: float | None = None  # once set (the worst case that did not fit), no new request starts
         self._by_item: dict[str, Usage] = {}  # item id -> usage of every row made for it
+        self._unlogged: list[dict[str, Any]] = []  # answers received that the log has not taken yet (full disk)
+        self._write_error: OSError | None = None  # the first failed write: no request starts after it
         for row in log.iter():
             self._remember(row)
 
@@ -138,6 +149,8 @@ class CachingBackend(Backend):
             return self._done[key]
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
+        if self._write_error is not None:
+            raise await self._stopped()
         if self.max_cost is not None:
             await self._reserve(key, self.meter.worst_case_usd(*worst_case))
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -154,8 +167,9 @@ class CachingBackend(Backend):
             if ledger is not None:
                 row["item"] = ledger.item_id
                 ledger.attempts += Usage.from_dict(row.get("usage")).requests or 1
-            self.log.append(row)  # persisted before anyone uses the answer
-            self._remember(row)
+            if not self._write(row):  # persisted before anyone uses the answer; else kept to be written later
+                self._inflight.pop(key, None)
+                raise await self._stopped()
             fut.set_result(row)
             return row
         except BaseException as e:
@@ -165,6 +179,40 @@ class CachingBackend(Backend):
         finally:
             self._inflight.pop(key, None)
             self._reserved_total -= self._reserved.pop(key, 0.0)
+
+    def _write(self, row: dict[str, Any] | None = None) -> bool:
+        """Append `row` after any answers still waiting for the disk, oldest first. False when the disk refused:
+        what is not written stays in memory, and from now on no request starts."""
+        if row is not None:
+            self._unlogged.append(row)
+        while self._unlogged:
+            try:
+                self.log.append(self._unlogged[0])
+            except OSError as e:
+                self._write_error = self._write_error or e
+                return False
+            self._remember(self._unlogged.pop(0))
+        return True
+
+    def stop_sending(self, error: OSError) -> None:
+        """Another file of the run could not be written (a record on a full disk): no request starts after it."""
+        self._write_error = self._write_error or error
+
+    async def settle(self) -> None:
+        """Wait for every request in flight to land (in the log, or in memory when the disk refuses it)."""
+        while self._inflight:
+            await asyncio.gather(*[asyncio.shield(f) for f in list(self._inflight.values())], return_exceptions=True)
+
+    async def _stopped(self) -> RequestLogFailed:
+        """The error that stops the run after a failed write, once the requests in flight have landed."""
+        await self.settle()
+        self._write()
+        e = self._write_error
+        where = e.filename or self.log.path
+        kept = (f"; {len(self._unlogged)} answers received are kept in memory until the disk takes them"
+                if self._unlogged else "; every answer received is in the request log")
+        return RequestLogFailed(f"cannot write {where}: {e.strerror or e}: no request was sent after it{kept} "
+                                "(free space and rerun: nothing logged is asked again)")
 
     async def _reserve(self, key: str, worst_usd: float) -> None:
         """Hold `worst_usd` of the budget for this request, or stop the run: BudgetExceeded is raised
@@ -229,8 +277,19 @@ class CachingBackend(Backend):
         return limiter.concurrency if limiter is not None else getattr(backend, "batch_size", 16)
 
     async def aclose(self) -> None:
-        self.log.close()
-        await self.inner.aclose()
+        try:
+            if not self._write() and self._unlogged:  # a last try: the disk may have room again
+                import sys
+
+                print(f"caikit: {len(self._unlogged)} answers received could not be written to {self.log.path} "
+                      f"({self._write_error.strerror or self._write_error}): a rerun asks for them again",
+                      file=sys.stderr, flush=True)
+            try:
+                self.log.close()
+            except OSError:
+                pass  # the last fsync of a full disk: what was written is in the OS already
+        finally:
+            await self.inner.aclose()
 
 
 def _finite(x: float) -> float | None:

@@ -11,6 +11,7 @@ Prices change: check the providers' pricing pages and pass `--prices FILE` to ov
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,9 +164,10 @@ def load_price_overrides(path: str | Path) -> dict[str, dict[str, float]]:
             raise UserError(f"model '{model}': missing {' and '.join(missing)} (USD per 1M tokens)", path=str(path))
         row = {}
         for f, value in entry.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"model '{model}': {f} must be a number >= 0 (USD per 1M tokens), got {value!r}",
-                                path=str(path))
+            # NaN and infinity too: a price of .nan makes every total "$nan" and usage.json invalid JSON
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise UserError(f"model '{model}': {f} must be a finite number >= 0 (USD per 1M tokens), got "
+                                f"{value!r}", path=str(path))
             row[f] = float(value)
         table[str(model)] = row
     return table

@@ -18,6 +18,7 @@ from caikit.backends.cost import Price
 from caikit.backends.limits import RateLimiter, estimate_tokens
 from caikit.backends.retry import RetryPolicy, call_with_retries, describe_api_error, retry_after_of_error
 from caikit.errors import UserError
+from caikit.soft_labels import TOP_K_FLOOR
 
 TOP_LOGPROBS = 20  # the most the API returns
 # Prompt caching: OpenAI caches any prompt of 1024+ tokens by itself, in steps of 128.
@@ -65,7 +66,8 @@ def normalise_option(token: str) -> str:
 
 
 def option_logprobs_from_top(top: dict[str, float], options: list[str]) -> dict[str, float]:
-    """log sum_{t in top, t names option} p(t) for each option; -inf where no top token names it."""
+    """log sum_{t in top, t names option} p(t) for each option; -inf where no top token names it, and then
+    `TOP_K_FLOOR`: the smallest listed log-prob, the bound on the missing option (soft_labels.soft_label)."""
     scores = {}
     for option in options:
         matches = [lp for token, lp in top.items() if normalise_option(token) == normalise_option(option)]
@@ -74,6 +76,9 @@ def option_logprobs_from_top(top: dict[str, float], options: list[str]) -> dict[
             continue
         peak = max(matches)  # log-sum-exp, stable
         scores[option] = peak + math.log(sum(math.exp(lp - peak) for lp in matches))
+    listed = [lp for lp in top.values() if isinstance(lp, (int, float)) and math.isfinite(lp)]
+    if listed and any(v == float("-inf") for v in scores.values()):
+        scores[TOP_K_FLOOR] = min(listed)
     return scores
 
 

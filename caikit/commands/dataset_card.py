@@ -150,6 +150,7 @@ def sft_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, str]]:
         " (" + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")" if reasons else "")
     counts = [("prompts", stats.get("prompts")), ("traces (prompts answered, critiqued and revised)", stats.get("traces")),
               ("failed after retries (failures.jsonl)", stats.get("failures")),
+              *missing_rows(stats, "missing_prompts", "prompts"),
               ("revisions cut at --max-tokens (truncated)", fate("truncated", "truncated")),
               ("degenerate revisions (unchanged, the critique again, empty)", degenerate),
               ("rows in this dataset", len(dataset.rows))]
@@ -158,17 +159,33 @@ def sft_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, str]]:
             ("Counts", table(counts))]
 
 
+def missing_rows(stats: dict[str, Any], key: str, unit: str) -> list[tuple[str, Any]]:
+    """A merge of some shards only (`caikit merge --allow-partial`): which shards, and how many items they held
+    (counted among the failures above)."""
+    shards = stats.get("missing_shards")
+    if not shards:
+        return []
+    held = stats.get(key)
+    return [(f"**missing shards {', '.join(map(str, shards))}** (not merged: {unit} never run, among the failures)",
+             NOT_MEASURED if held is None else held)]
+
+
 METHODS = {"logprob": "logprob (P(A better) from the log-probs of the answer letter)",
            "vote": "vote (sampled verdicts counted)", "cot": "cot (reasoning, then a verdict)",
            "parsed": "parsed (one sampled verdict per order)"}
 SKIPPED = {"revision_unchanged": "traces whose revision equals the initial answer (not judged)",
            "truncated": "revisions cut at --max-tokens (not judged)",
+           "truncated_initial": "initial answers cut at --max-tokens (not judged)",
            "degenerate": "degenerate revisions (not judged)",
            "too_few_distinct_samples": "prompts with fewer than 2 distinct samples (not judged)",
            "truncated_samples": "samples cut at --policy-max-tokens (left out)"}
 GATE_WARNINGS = {"failed": "**The judge failed its quality gate: these labels are not to be trusted.**",
                  "allowed-weak": "**The judge did not pass its quality gate; the run went on because "
                                  "--allow-weak-judge was given. Read the judge quality section first.**"}
+
+
+# gate.json's `length_baseline_rule` in words (gates written before it existed used "shorter")
+LENGTH_RULES = {"shorter": "the shorter answer wins, ties count half", "longer": "the longer answer wins, ties count half"}
 
 
 def judge_rows(facts: RunFacts) -> list[tuple[str, Any]]:
@@ -203,6 +220,9 @@ def quality_rows(facts: RunFacts) -> list[tuple[str, Any]]:
              percent(stats.get("position_consistency_rate")) + (f" of {checked} pairs" if checked else "")),
             ("mean \\|p - 0.5\\| (judge confidence)", stats.get("mean_abs_margin")),
             ("longer response preferred by the judge", percent(stats.get("longer_preferred_rate")))]
+    if stats.get("bounded_by_top_k"):
+        rows.append(("judgments with an option missing from the top-k log-probs (its probability set to the "
+                     "smallest listed one, the bound)", stats["bounded_by_top_k"]))
     if "revision_preferred_rate" in stats:
         rows.append(("revision preferred over the initial answer", percent(stats["revision_preferred_rate"])))
     human = None
@@ -221,7 +241,8 @@ def quality_rows(facts: RunFacts) -> list[tuple[str, Any]]:
         rows += [("agreement with human labels (gate)", f"{percent(human.get('accuracy'))} on {human.get('n')} pairs "
                                                         f"(interval {percent(lo)} to {percent(hi)}), kappa "
                                                         f"{shown(human.get('kappa'))}"),
-                 ("length-only baseline (the longer answer wins)", percent(human.get("length_baseline"))),
+                 (f"length-only baseline ({LENGTH_RULES.get(human.get('length_baseline_rule', 'shorter'), '?')})",
+                  percent(human.get("length_baseline"))),
                  ("longer answer preferred: judge / humans", f"{percent(gate.get('judge_longer_rate'))} / "
                                                              f"{percent(human.get('human_longer_rate'))}")]
     agreement = facts.agreement
@@ -276,7 +297,10 @@ def preference_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, s
     skipped = stats.get("skipped") or {}
     counts = [("pairs to judge", stats.get("pairs")), ("judged", stats.get("judged")),
               ("failed after retries (failures.jsonl)", stats.get("failures")),
+              *missing_rows(stats, "missing_items", "traces / prompts"),
               *[(SKIPPED.get(k, k.replace("_", " ")), v) for k, v in skipped.items()],
+              *([("pairs with a side cut at --max-tokens (kept: --keep-truncated; see provenance "
+                  "`cut_at_max_tokens`)", stats["with_cut_side"])] if stats.get("with_cut_side") else []),
               ("ties (p_chosen = 0.5, dropped)", stats.get("ties")),
               (f"dropped below --min-margin {stats.get('min_margin', '')}".strip(), stats.get("dropped_below_min_margin")),
               ("rows in this dataset", len(dataset.rows))]

@@ -118,8 +118,15 @@ def price_samples(cfg: JudgeConfig, prompts, fill: float, tokenizer: str):
 
     from caikit.stages import sample
 
+    from caikit.backends.registry import needs_probe, probed_backend
+
     policy = policy_options(cfg)
-    ask = dry_ask(policy.model_name(), fill=fill, tokenizer=tokenizer, honours_n=policy.provider().honours_n)
+    # a self-hosted policy server is asked whether it honours n, as the judge's is: one that answers one choice
+    # is topped up sample by sample (fill_to_n), so --n samples cost n requests, each repeating the prompt
+    honours_n = policy.provider().honours_n
+    if needs_probe(policy):
+        honours_n = probed_backend(policy)[0].honours_n
+    ask = dry_ask(policy.model_name(), fill=fill, tokenizer=tokenizer, honours_n=honours_n)
 
     async def all_prompts() -> None:
         for row in prompts:
@@ -144,7 +151,7 @@ def run_estimate(cfg) -> int:
     stage_cfg = stage_config(cfg)
     probe = server_probe(stage_cfg)
     if cfg.stage == "generate":
-        constitution, prompts = load_inputs(stage_cfg)
+        constitution, prompts, _ = load_inputs(stage_cfg)
         honours_n = (probe or {}).get("honours_n")
         estimate = price(stage_cfg, constitution, prompts, fill=cfg.expected_fill, tokenizer=cfg.tokenizer,
                          honours_n=honours_n)

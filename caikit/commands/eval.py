@@ -218,4 +218,7 @@ def run_eval(cfg: EvalConfig) -> int:
         print(f"caikit eval: reward model {cfg.reward_model}: {describe_heldout(report['reward_model'])}")
     print(f"caikit eval: {run.file(RunDir.REPORT)}, {run.file(RunDir.SAMPLES)}"
           + (f"; {failed} pairs could not be judged (rerun to retry)" if failed else ""))
+    if pairs and not counts["judged_pairs"]:
+        note("eval", "nothing usable came out (0 pairs judged): exit 1")
+        return 1
     return 0

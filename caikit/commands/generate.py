@@ -22,9 +22,9 @@ from caikit.backends.registry import BackendOptions, probed_backend
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.estimate import confirm_cost, dry_ask
-from caikit.rundir import RunDir, note
+from caikit.rundir import RunDir, check_identity, check_members, note
 from caikit.store import read_json
-from caikit.runner import Runner, open_backend, pending, run_then_close
+from caikit.runner import Runner, exit_status, open_backend, pending, run_then_close
 from caikit.sft_data import finalize_generate
 from caikit.shard import select_shard
 from caikit.stages.trace import TraceSetup, build_trace, identity, trace_key
@@ -60,16 +60,21 @@ class GenerateConfig(BackendOptions):
 
 
 def load_inputs(cfg: GenerateConfig):
-    """The constitution and this shard's prompts, validated before anything is written or sent."""
+    """The constitution, this shard's prompts and the prompt set's facts, validated before anything is
+    written or sent. The facts: `ids` (of every prompt in the file, before --limit and --shard: what the run
+    directory's traces must belong to) and `planned` (the prompts of the whole set after --limit: what the
+    shards of one run cover together)."""
     from caikit.constitution import load_constitution
     from caikit.prompts import bundled_prompts_path, load_prompts
 
     constitution = load_constitution(cfg.constitution)
     if not constitution.critique_principles:
         raise UserError("has no critique/revision principles", path=str(constitution.path))
-    prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
-                           cfg.shard, lambda row: row.id)
-    return constitution, prompts
+    every = load_prompts(cfg.prompts or bundled_prompts_path())
+    limited = every[:cfg.limit] if cfg.limit else every
+    prompts = select_shard(limited, cfg.shard, lambda row: row.id)
+    prompt_set = {"ids": {row.id for row in every}, "planned": len(limited)}
+    return constitution, prompts, prompt_set
 
 
 def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer: str = "auto", honours_n=None):
@@ -90,12 +95,20 @@ def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer:
 
 
 def run_generate(cfg: GenerateConfig) -> int:
-    constitution, prompts = load_inputs(cfg)
+    constitution, prompts, prompt_set = load_inputs(cfg)
     key_identity = identity(cfg, constitution.hash)
+    # the prompt set belongs to the run: traces of two prompt sets never mix in one directory. A larger --limit,
+    # another shard or the same file with prompts added resume it; a file without the prompts already done is
+    # another set (checked before a server is probed, and again under the lock)
+    check_identity(cfg.out, "generate", key_identity)
+    check_members(cfg.out, prompt_set["ids"], (RunDir.TRACES, RunDir.FAILURE_LOG), "prompt_id",
+                  what=f"prompts that --prompts {cfg.prompts or 'the bundled red-team sample'} does not hold")
     # a missing API key fails here, before anything is written; a self-hosted server is probed (or its probe
     # read back from the run directory) and the run fits itself to what it found
     backend, probe = probed_backend(cfg, cached=read_json(f"{cfg.out}/{RunDir.PROBE}") if cfg.base_url else None)
     with RunDir.open(cfg.out, "generate", key_identity, cfg, shard=cfg.shard, command="generate") as run:
+        check_members(run.path, prompt_set["ids"], (RunDir.TRACES, RunDir.FAILURE_LOG), "prompt_id",
+                      what=f"prompts that --prompts {cfg.prompts or 'the bundled red-team sample'} does not hold")
         if probe:
             run.write_json(RunDir.PROBE, probe)
         traces, failures = run.jsonl(RunDir.TRACES), run.jsonl(RunDir.FAILURE_LOG)
@@ -120,7 +133,8 @@ def run_generate(cfg: GenerateConfig) -> int:
             traces.close()
             failures.close()
             counts = finalize_generate(run, [row.id for row in prompts], keep_truncated=cfg.keep_truncated,
-                                       keep_degenerate=cfg.keep_degenerate, meter=meter)
+                                       keep_degenerate=cfg.keep_degenerate, meter=meter,
+                                       extra_stats={"planned_prompts": prompt_set["planned"]})
     return report_generate(cfg, counts, meter)
 
 
@@ -139,13 +153,6 @@ def report_generate(cfg: GenerateConfig, counts: dict[str, int], meter) -> int:
         note("generate", "no trace made a usable SFT example (every revision was cut at --max-tokens or "
                          "degenerate): raise --max-tokens, or pass --keep-truncated / --keep-degenerate; exit 1")
         return 1
-    if not counts["failures"]:
-        return 0
-    rate = counts["failures"] / max(1, counts["prompts"])
-    note("generate", f"{counts['failures']} prompts failed after retries (see {cfg.out}/failures.jsonl); rerun the "
-                     "same command to retry them")
-    if rate > cfg.max_failure_rate:
-        note("generate", f"{rate:.0%} of the prompts failed, more than --max-failure-rate {cfg.max_failure_rate:g}: "
-                         "exit 1")
-        return 1
-    return 0
+    return exit_status("generate", made=counts["traces"], made_what="traces", failures=counts["failures"],
+                       attempted=counts["prompts"], what="prompts", max_failure_rate=cfg.max_failure_rate,
+                       failures_file=f"{cfg.out}/failures.jsonl")

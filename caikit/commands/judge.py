@@ -25,7 +25,7 @@ from caikit.gate import GateOptions, QualityGateFailed
 from caikit.judge_run import judge_with_gate, open_judge, planned
 from caikit.preferences import SOURCES, build_preferences, preference_stats, revision_pairs
 from caikit.rundir import RunDir, note
-from caikit.runner import Runner, open_backend, outstanding_failures, pending
+from caikit.runner import Runner, exit_status, open_backend, outstanding_failures, pending
 from caikit.secrets import public_url
 from caikit.shard import select_shard
 from caikit.soft_labels import round_robin_pairs
@@ -117,22 +117,24 @@ def run_judge(cfg: JudgeConfig) -> int:
     from caikit.prompts import bundled_prompts_path, load_prompts
 
     extra: dict[str, Any] = {"pairs": cfg.pairs}
-    prompts, pairs, skipped = [], [], {}
+    prompts, pairs, skipped, sizes = [], [], {}, {}
     if cfg.pairs == "samples":
-        prompts = select_shard(load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None),
-                               cfg.shard, lambda row: row.id)
+        every = load_prompts(cfg.prompts or bundled_prompts_path(), limit=cfg.limit or None)
+        prompts = select_shard(every, cfg.shard, lambda row: row.id)
+        sizes = {"planned_items": len(every), "items": len(prompts)}
         extra |= samples_identity(cfg)
     else:
         pairs, skipped = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard, keep_truncated=cfg.keep_truncated,
-                                        keep_degenerate=cfg.keep_degenerate)
+                                        keep_degenerate=cfg.keep_degenerate, sizes=sizes)
     jr = open_judge(cfg, cfg.out, "judge", extra)
     sampler = (lambda: sample_pairs(cfg, jr.run, prompts, skipped)) if cfg.pairs == "samples" else None
-    stats = judge_gated(cfg, jr, pairs, skipped, prompts=prompts, sampler=sampler)
+    stats = judge_gated(cfg, jr, pairs, skipped, prompts=prompts, sampler=sampler, extra_stats=sizes)
     return report_judge(cfg, stats, jr)
 
 
 def judge_gated(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any], *, prompts=(),
-                sampler: Callable[[], Awaitable[tuple[list[Pair], Any]]] | None = None) -> dict[str, Any]:
+                sampler: Callable[[], Awaitable[tuple[list[Pair], Any]]] | None = None,
+                extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """The judge over an open JudgeRun: the pairs (or what `sampler` samples and pairs up first), the quality gate,
     every pair the gate lets through, then the files (`finalize_judge`). Returns stats.json's contents; a gate
     that failed raises QualityGateFailed (exit 3) once the files say so."""
@@ -150,7 +152,8 @@ def judge_gated(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any]
     try:
         asyncio.run(main())
     finally:
-        stats = finalize_judge(cfg, jr, pairs, skipped, sample_failures(cfg, jr.run, prompts), policy_meter, gate)
+        stats = finalize_judge(cfg, jr, pairs, skipped, sample_failures(cfg, jr.run, prompts), policy_meter, gate,
+                               extra_stats)
         jr.close()
     if gate is not None and gate["status"] == "failed":
         raise QualityGateFailed(gate["verdict"])
@@ -158,7 +161,8 @@ def judge_gated(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any]
 
 
 def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, Any],
-                   sample_failures: list[dict[str, Any]], policy_meter, gate: dict[str, Any] | None) -> dict[str, Any]:
+                   sample_failures: list[dict[str, Any]], policy_meter, gate: dict[str, Any] | None,
+                   extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild failures.jsonl, preferences.jsonl, stats.json and usage.json from the append-only logs. A judge
     stopped by its gate leaves no preferences (none would mean anything); one that fell back to the revision
     leaves revision-over-initial pairs that say so."""
@@ -170,7 +174,8 @@ def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, A
     provenance = {"method": setup.method.name, "judge": jr.cached.describe(), "constitution": jr.constitution.name,
                   "constitution_hash": jr.constitution.hash, "judge_gate": status}
     if status == "failed":
-        preferences, counts = [], {"groups": 0, "ties": 0, "dropped_below_min_margin": 0, "chosen_first": 0}
+        preferences, counts = [], {"groups": 0, "ties": 0, "dropped_below_min_margin": 0, "chosen_first": 0,
+                                   "with_cut_side": 0}
     elif status == "fell-back-to-revision":
         source = "revision-vs-initial (unjudged: the judge failed its gate)"
         preferences, counts = revision_preferences(pairs, run.run_id, provenance)
@@ -182,6 +187,9 @@ def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, A
                              failures=len(outstanding) + len(sample_failures), min_margin=cfg.min_margin,
                              skipped=skipped)
     stats["gate"] = gate
+    stats |= extra_stats or {}
+    if sample_failures:
+        stats["sample_failures"] = len(sample_failures)
     if status in ("failed", "fell-back-to-revision"):
         stats["stopped_by_gate"] = True
     run.write_json(RunDir.STATS, stats)
@@ -201,8 +209,11 @@ def revision_preferences(pairs: list[Pair], run_id: str, provenance: dict[str, A
                                   prompt=p.prompt, chosen=[{"role": "assistant", "content": p.response_a}],
                                   rejected=[{"role": "assistant", "content": p.response_b}], p_chosen=1.0,
                                   source="revision-vs-initial (unjudged: the judge failed its gate)",
-                                  provenance={**provenance, "group_id": split_pair_id(p.id)[0]}) for p in pairs]
-    return preferences, {"groups": len(pairs), "ties": 0, "dropped_below_min_margin": 0, "chosen_first": len(pairs)}
+                                  provenance={**provenance, "group_id": split_pair_id(p.id)[0],
+                                              **({"cut_at_max_tokens": [("chosen", "rejected")[i] for i in p.cut]}
+                                                 if p.cut else {})}) for p in pairs]
+    return preferences, {"groups": len(pairs), "ties": 0, "dropped_below_min_margin": 0, "chosen_first": len(pairs),
+                         "with_cut_side": sum(bool(p.cut) for p in pairs)}
 
 
 def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:
@@ -212,11 +223,9 @@ def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:
                   f"{stats['failures']} failures), position consistency "
                   f"{'n/a' if consistency is None else f'{consistency:.1%}'}, {jr.meter.usage.total_tokens:,} tokens, "
                   f"${jr.meter.cost_usd:.4f} -> {cfg.out}/preferences.jsonl")
-    if not stats["failures"]:
-        return 0
-    note("judge", f"{stats['failures']} failed (see {cfg.out}/failures.jsonl); rerun the same command to retry them")
-    rate = stats["failures"] / max(1, stats["pairs"])
-    if rate > cfg.max_failure_rate:
-        note("judge", f"{rate:.0%} failed, more than --max-failure-rate {cfg.max_failure_rate:g}: exit 1")
-        return 1
-    return 0
+    # a prompt whose sampling failed made no pair at all: it counts once among the items tried, so a dead
+    # policy server reads 100 % failed, not failures / 0 pairs
+    return exit_status("judge", made=stats["judged"], made_what="pairs judged", failures=stats["failures"],
+                       attempted=stats["pairs"] + stats.get("sample_failures", 0), what="pairs (and prompts sampled)"
+                       if stats.get("sample_failures") else "pairs", max_failure_rate=cfg.max_failure_rate,
+                       failures_file=f"{cfg.out}/failures.jsonl")

@@ -15,6 +15,12 @@ stage rerun on OUT (without --shard) requests nothing that is already done:
   run.json, config.yaml   the shared identity; the config of the first input, without --shard
   merge.json         inputs, counts, duplicates, conflicts, missing shards
 
+A shard missing from the inputs (1/3 and 3/3 without 2/3) leaves a merge that does not cover its run: the
+merge is still written, its stats.json, usage.json and merge.json name the missing shards and count the
+items they held (a generate run's prompts are counted among `prompts` and `failures`, as `missing_prompts`;
+a judge run's traces or prompts as `missing_items`), so the card and the report never read "nothing failed";
+the command exits 1 unless --allow-partial says a partial merge is what is wanted.
+
 One record id in two inputs is a duplicate: kept once and counted when both copies say the same
 (timestamps, backend address and token counts aside), else a conflict: the first input's copy is
 kept and both directories are named. batches.jsonl (batch-API job ids) is not carried over: finish
@@ -36,10 +42,10 @@ from typing import Any, Iterator
 
 from caikit.config import load_yaml, option, save_config
 from caikit.errors import UserError
-from caikit.records import canonical_json
 from caikit.preferences import SOURCES, build_preferences, planned_order, preference_stats
 from caikit.rundir import RunDir, lock_directory, run_id_of
 from caikit.sft_data import finalize_generate
+from caikit.commands.merge_counts import missing_facts, missing_items, planned_total, sum_summaries
 from caikit.shard import missing_shards, parse_shard
 from caikit.store import JsonlFile, read_json, write_json_atomic, write_jsonl_atomic
 
@@ -69,6 +75,8 @@ class MergeConfig:
                                       "with --shard i/n")
     out: str = option("", help="the merged run directory (built beside it, then renamed into place; an earlier "
                                "merge there is replaced)")
+    allow_partial: bool = option(False, help="exit 0 when shards are missing (the merge counts their items as "
+                                             "missing either way); default: exit 1")
 
     def validate(self) -> None:
         if not self.dirs:
@@ -205,36 +213,6 @@ def union(runs: list[ShardRun], name: str, *, key: str = "id", compare: bool = F
     return merged
 
 
-def sum_summaries(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Field-wise sum of usage summaries: numbers add, flags AND, nested summaries recurse, equal values stay."""
-    out: dict[str, Any] = {}
-    for k in dict.fromkeys(k for d in items for k in d):
-        values = [d[k] for d in items if k in d]
-        if all(isinstance(v, bool) for v in values):
-            out[k] = all(values)
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            total = sum(values)
-            out[k] = round(total, 6) if isinstance(total, float) else total
-        elif all(isinstance(v, dict) for v in values):
-            out[k] = sum_summaries(values)
-        else:
-            distinct = list({canonical_json(v): v for v in values}.values())
-            out[k] = distinct[0] if len(distinct) == 1 else distinct
-    return out
-
-
-def planned_total(runs: list[ShardRun], name: str, field: str) -> int:
-    """How many items (prompts / pairs) the inputs set out to do: one count per distinct shard, so a
-    shard run twice is not counted twice; an unsharded input stands for the whole set."""
-    whole = [r.count(name, field) for r in runs if not r.shard]
-    if whole:
-        return max(whole)
-    per_shard: dict[str, int] = {}
-    for r in runs:
-        per_shard[r.shard] = max(per_shard.get(r.shard, 0), r.count(name, field))
-    return sum(per_shard.values())
-
-
 def agreed(runs: list[ShardRun], label: str, value_of) -> Any:
     """A setting outside the identity that must still agree (e.g. judge --min-margin)."""
     first = value_of(runs[0])
@@ -275,13 +253,22 @@ def write_logs(tmp: Path, runs: list[ShardRun], records: str) -> tuple[MergedRow
 def write_generate(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
     traces, _, request_duplicates = write_logs(tmp, runs, RunDir.TRACES)
     stats = runs[0].json(RunDir.STATS)
+    lost = missing_items(runs, "planned_prompts", "prompts")
+    extra = missing_facts(runs, lost, "missing_prompts")
     counts = finalize_generate(RunDir(tmp), [t.get("prompt_id", "") for t in traces.rows.values()],
                                keep_truncated=bool(stats.get("keep_truncated")),
-                               keep_degenerate=bool(stats.get("keep_degenerate")))
+                               keep_degenerate=bool(stats.get("keep_degenerate")), extra_stats=extra)
     counts["prompts"] = max(planned_total(runs, RunDir.USAGE, "prompts"), counts["traces"] + counts["failures"])
+    if lost:  # prompts of the missing shards: never asked, so among the prompts and the failures
+        counts["prompts"] += lost
+        counts["failures"] += lost
+    merged_stats = {**read_json(tmp / RunDir.STATS), **{k: counts[k] for k in ("prompts", "failures")}}
+    if isinstance(stats.get("planned_prompts"), int):
+        merged_stats["planned_prompts"] = stats["planned_prompts"]
+    write_json_atomic(tmp / RunDir.STATS, merged_stats)
     usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
-    write_json_atomic(tmp / RunDir.USAGE, {**usage, **counts})
-    return traces, {**counts, "duplicate_requests": request_duplicates}
+    write_json_atomic(tmp / RunDir.USAGE, {**usage, **counts, **extra})
+    return traces, {**counts, "duplicate_requests": request_duplicates, **extra}
 
 
 def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, int]]:
@@ -312,11 +299,19 @@ def write_judge(tmp: Path, runs: list[ShardRun]) -> tuple[MergedRows, dict[str, 
     shard_gates = [r.json(RunDir.STATS).get("gate") for r in runs]
     stats["gate"] = shard_gates[0] if all(g == shard_gates[0] for g in shard_gates) else {
         "status": "mixed", "shards": {str(r.path): g for r, g in zip(runs, shard_gates)}}
+    lost = missing_items(runs, "planned_items", "items")
+    extra = missing_facts(runs, lost, "missing_items")
+    if lost:  # each trace / prompt of a missing shard is at least one pair never judged
+        stats["failures"] += lost
+    stats |= extra
+    if all(isinstance(r.json(RunDir.STATS).get("items"), int) for r in runs):  # as an unsharded run records them
+        stats |= {"planned_items": runs[0].count(RunDir.STATS, "planned_items"),
+                  "items": planned_total(runs, RunDir.STATS, "items")}
     write_json_atomic(tmp / RunDir.STATS, stats)
     usage = sum_summaries([r.json(RunDir.USAGE) for r in runs])
-    write_json_atomic(tmp / RunDir.USAGE, {**usage, "pairs": pairs, "judged": len(rows)})
+    write_json_atomic(tmp / RunDir.USAGE, {**usage, "pairs": pairs, "judged": len(rows), **extra})
     return judgments, {"pairs": pairs, "judged": len(rows), "failures": stats["failures"],
-                       "preferences": len(preferences), "duplicate_requests": request_duplicates}
+                       "preferences": len(preferences), "duplicate_requests": request_duplicates, **extra}
 
 
 def install(tmp: Path, out: Path, runs: list[ShardRun]) -> None:
@@ -338,12 +333,12 @@ def run_merge(cfg: MergeConfig) -> int:
     check_out(out, runs)
     lock = lock_directory(out, "merge", beside=True)
     try:
-        return merge_into(runs, out)
+        return merge_into(runs, out, allow_partial=cfg.allow_partial)
     finally:
         lock.release()
 
 
-def merge_into(runs: list[ShardRun], out: Path) -> int:
+def merge_into(runs: list[ShardRun], out: Path, *, allow_partial: bool = False) -> int:
     stage = runs[0].stage
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
@@ -380,5 +375,9 @@ def merge_into(runs: list[ShardRun], out: Path) -> int:
         print("caikit merge: the inputs split the work in different ways (different n in i/n): "
               "coverage not checked", file=sys.stderr)
     elif missing:
-        print(f"caikit merge: missing shards {', '.join(missing)}: run them and merge again", file=sys.stderr)
+        lost = counts.get("missing_prompts", counts.get("missing_items"))
+        held = f" ({lost} {'prompts' if stage == 'generate' else 'traces / prompts'}, counted as failures)" if lost else ""
+        print(f"caikit merge: missing shards {', '.join(missing)}{held}: run them and merge again"
+              + ("" if allow_partial else "; exit 1 (--allow-partial to accept a partial merge)"), file=sys.stderr)
+        return 0 if allow_partial else 1
     return 0

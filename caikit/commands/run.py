@@ -151,6 +151,17 @@ def stage_outcome(stage_dir: Path) -> dict[str, Any]:
     return {"failures": int(failures), "counts": counts}
 
 
+def exit_code_of(error: BaseException) -> int:
+    """The exit status `caikit` gives an error a stage raised (a gate: 3, bad input: 2, Ctrl-C: 130)."""
+    if isinstance(error, UserError):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    if isinstance(error, OSError) and error.errno is not None:
+        return 2
+    return 1
+
+
 def execute(run_file: str, *, out: str = "", force: str = "", report: bool = True) -> tuple[Path, int]:
     """Run the file's stages in order; returns (RUN_DIR, exit status). A stage is skipped when it finished
     complete (no failure rows) with the same settings and the same inputs; a stage that left failures is
@@ -188,6 +199,9 @@ def _execute(run: dict[str, Any], run_dir: Path, planned, force: str, report: bo
         try:
             result = func(cfg)
             code = result if isinstance(result, int) and not isinstance(result, bool) else 0  # trainers return paths
+        except BaseException as e:  # the exit status the stage ends with, as the CLI will report it
+            code = exit_code_of(e)
+            raise
         finally:
             outcome = stage_outcome(run_dir / name)
             done = code == 0 and not outcome["failures"]

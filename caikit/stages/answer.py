@@ -33,4 +33,5 @@ def plan(state, cfg) -> Request:
 
 def parse(state, reply: Reply) -> None:
     state.initial = state.response = reply.value
+    state.initial_truncated = reply.truncated  # finish_reason "length" (Anthropic's max_tokens is mapped to it)
     state.stop_reasons["answer"] = reply.stop_reason

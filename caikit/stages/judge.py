@@ -106,6 +106,7 @@ class Pair:
     prompt: Messages
     response_a: str
     response_b: str
+    cut: tuple[int, ...] = ()  # which of responses i, j (as in the id) stopped at the token limit (kept on request)
 
 
 def pair_id(group: str, i: int, j: int) -> str:
@@ -195,4 +196,5 @@ async def judge_pair(ask: Ask, setup: JudgeSetup, pair: Pair, key: str, run_id: 
                     response_b=pair.response_b, principle_ids=[p.id for p in principles], p_a_first=p_a_first,
                     p_a_swapped=p_a_swapped, p_a=mean(x["p_a"] for x in per_principle), per_principle=per_principle,
                     method=setup.method.name, position_consistent=position_consistent(p_a_first, p_a_swapped),
+                    cut_responses=list(pair.cut),
                     raw=list(results), backend=setup.backend)

@@ -54,6 +54,7 @@ class TraceState:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     stop_reasons: dict[str, str | None] = field(default_factory=dict)
     truncated: bool = False
+    initial_truncated: bool = False
 
 
 def identity(cfg, constitution_hash: str) -> dict[str, Any]:
@@ -87,7 +88,9 @@ async def build_trace(ask: Ask, setup: TraceSetup, row, key: str) -> Trace:
     constitution = setup.constitution
     return Trace(id=key, run_id=setup.run_id, prompt_id=row.id, prompt=row.messages, initial_response=state.initial,
                  rounds=state.rounds, final_revision=state.response, stop_reasons=state.stop_reasons,
-                 truncated=state.truncated, degenerate=revise.degenerate(state.initial, state.critique, state.response),
+                 truncated=state.truncated, initial_truncated=state.initial_truncated, degenerate=revise.degenerate(
+                     state.initial, state.critique, state.response, request=state.principles[-1].revision,
+                     critiques=tuple(r["critique"] for r in state.rounds)),
                  backend=setup.backend,
                  params={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": cfg.seed,
                          "rounds": cfg.rounds, "few_shot": cfg.few_shot, "constitution": constitution.name,

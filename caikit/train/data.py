@@ -37,6 +37,12 @@ def data_sources(cfg) -> list[str]:
     if not sources:
         raise UserError("--data is required (a caikit run or export dir, .jsonl, .json, .csv, .parquet (also .gz), "
                         "or a `datasets` dir; repeat --data to mix sources)")
+    seen: dict[Path, str] = {}
+    for source in sources:  # one source twice would train on every one of its rows twice
+        real = Path(source).expanduser().resolve()
+        if real in seen:
+            raise UserError(f"given twice as --data (also as {seen[real]}): each source once", path=str(source))
+        seen[real] = str(source)
     return sources
 
 
@@ -46,6 +52,7 @@ class DataSummary:
 
     what: str  # "pairs" | "examples"
     sources: list[dict] = field(default_factory=list)
+    conflicts: dict = field(default_factory=dict)  # pairs the sources label both ways (see resolve_conflicts)
 
     @property
     def total(self) -> int:
@@ -63,10 +70,21 @@ class DataSummary:
             lines.append(f"{s['used']} {self.what} from {shown}" + (f" [{'; '.join(extra)}]" if extra else ""))
         if len(self.sources) > 1:
             lines.append(f"{self.total} {self.what} from {len(self.sources)} sources")
+        c = self.conflicts
+        if c.get("pairs"):
+            lines.append(f"{c['pairs']} pairs labelled both ways by the sources (--on-conflict {c['rule']}): "
+                         f"{c['human_won']} settled by the human label, {c['dropped_pairs']} dropped, "
+                         f"{c['kept_both_ways']} kept both ways; {c['rows_dropped']} rows left out")
         return lines
 
+    @property
+    def used(self) -> int:
+        """Rows that go on to training: every source's, less those a conflict rule left out."""
+        return self.total - self.conflicts.get("rows_dropped", 0)
+
     def to_dict(self) -> dict:
-        return {"what": self.what, "total": self.total, "sources": self.sources}
+        return {"what": self.what, "total": self.used, "sources": self.sources,
+                **({"conflicts": self.conflicts} if self.conflicts else {})}
 
     def write(self, out: str | Path) -> None:
         path = Path(out) / "data.json"
@@ -123,15 +141,20 @@ def training_data(cfg, what: str) -> tuple[list, DataSummary]:
     preference triples (what="pairs"), and the per-source counts."""
     from caikit.rows import read_examples, read_pairs
 
-    items, summary = [], DataSummary(what)
-    for path in data_sources(cfg):
+    items, summary, pairs = [], DataSummary(what), []
+    for index, path in enumerate(data_sources(cfg)):
         if what == "pairs":
             loaded = read_pairs(path, split=getattr(cfg, "split", None) or None)
-            items += [_triple(p) for p in loaded.items]
+            pairs += [(index, p) for p in loaded.items]
         else:
             loaded = read_examples(path, split=getattr(cfg, "split", None) or None)
             items += [(e.prompt, e.completion) for e in loaded.items]
         summary.sources.append({**loaded.summary(), **judge_gate_of(path)})
+    if what == "pairs":
+        from caikit.train.conflicts import resolve_conflicts
+
+        kept, summary.conflicts = resolve_conflicts(pairs, getattr(cfg, "on_conflict", "human") or "human")
+        items = [_triple(p) for p in kept]
     return items, summary
 
 

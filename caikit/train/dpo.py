@@ -87,6 +87,10 @@ class DPOConfig(CommonTrainConfig):
                                               "sigmoid / cdpo only")
     use_soft_labels: bool = option(False, help="per-pair ε = 1 - P(chosen preferred) from the judge where rows carry "
                                                "it (p_chosen); --label-smoothing elsewhere; sigmoid / cdpo only")
+    on_conflict: str = option("human", help="a pair the --data sources label both ways: human (the person's choice "
+                                            "wins where people agree, else the pair is dropped) | drop | keep; "
+                                            "counted in data.json and metrics.jsonl",
+                              metadata={"choices": ["human", "drop", "keep"]})
     simpo_gamma: float = option(0.5, low=0, help="γ: SimPO's target margin between the chosen and rejected rewards")
     orpo_lambda: float = option(0.1, low=0, help="λ: weight of ORPO's odds-ratio term beside the chosen response's NLL")
     ref_model: str = option("", help="reference model (default: --model, the policy at step 0); "

@@ -93,8 +93,8 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
 
     from caikit.generation import push_weights
     from caikit.train.losses import kl_per_token, ppo_policy_loss
-    from caikit.train.loop import (finish, load_pretrained, make_accelerator, make_optimizer, make_scheduler, note,
-                                   prepare_model)
+    from caikit.train.loop import (finish, last_used_lr, load_pretrained, make_accelerator, make_optimizer,
+                                   make_scheduler, note, prepare_model)
     from caikit.train.rewards import compute_rewards, detail_means
     from caikit.train.rl import RLRun, load_reference, timing_metrics
     from caikit.train.rollout import (apply_missing_eos_penalty, decode_responses, disable_dropout, left_pad,
@@ -198,7 +198,7 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
             "non_score_reward": float(non_score_reward.mean()), "total_reward": float(total_reward.mean()),
             "reward_std": float(group_std.mean()), "zero_std_share": float((group_std < 1e-6).float().mean()),
             **rollout_stats(responses, rmask, has_eos, entropy), **detail_means(reward_batch),
-            **{k: sum(v) / len(v) for k, v in stats.items()}, "lr": scheduler.get_last_lr()[0],
+            **{k: sum(v) / len(v) for k, v in stats.items()}, "lr": last_used_lr(scheduler),
             **timing_metrics(started, gen_seconds, rollout_seconds, train_seconds, B, train_tokens),
         }
         run.end_step(step, total_steps, row, batch_convs, texts, engine, accelerator.unwrap_model(policy), optimizer,

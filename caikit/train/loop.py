@@ -169,6 +169,14 @@ def lr_multiplier(step: int, warmup: int, total: int, schedule: str) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def last_used_lr(scheduler) -> float:
+    """The learning rate of the optimizer step just taken (the scheduler has already moved on to the next):
+    what a metrics row logs beside that step's loss."""
+    if scheduler.last_epoch < 1:
+        return scheduler.get_last_lr()[0]
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch - 1)
+
+
 def make_scheduler(optimizer, cfg, total_steps: int):
     # a partial (not a lambda) pickles, and carries no state: a resumed run follows its own --max-steps
     multiplier = functools.partial(lr_multiplier, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.lr_schedule)

@@ -70,8 +70,8 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
 
     from caikit.generation import push_weights
     from caikit.train.losses import gae, kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
-    from caikit.train.loop import (finish, load_pretrained, make_accelerator, make_optimizer, make_scheduler, note,
-                                   prepare_model)
+    from caikit.train.loop import (finish, last_used_lr, load_pretrained, make_accelerator, make_optimizer,
+                                   make_scheduler, note, prepare_model)
     from caikit.train.rewards import compute_rewards, detail_means
     from caikit.train.rl import RLRun, load_reference, timing_metrics
     from caikit.train.rollout import (PolicyWithValueHead, apply_missing_eos_penalty, decode_responses,
@@ -182,7 +182,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
             "total_reward": float(scores.mean()) + float(non_score_reward.sum(1).mean()),
             **rollout_stats(responses, rmask, has_eos, entropy), **detail_means(reward_batch),
             **{k: sum(v) / len(v) for k, v in stats.items()},
-            "value_mean": float(masked_mean(values, mask)), "lr": scheduler.get_last_lr()[0],
+            "value_mean": float(masked_mean(values, mask)), "lr": last_used_lr(scheduler),
             **timing_metrics(started, gen_seconds, rollout_seconds, train_seconds, B, train_tokens),
         }
         unwrapped = accelerator.unwrap_model(policy)

@@ -61,9 +61,10 @@ class TrainingSession:
         from caikit.train.checkpoint import save_checkpoint
 
         cfg = self.cfg
+        used_lr = self.scheduler.get_last_lr()[0]  # the rate this step's update was made with, not the next one's
         self.scheduler.step()
         self.step += 1
-        row.update(lr=self.scheduler.get_last_lr()[0], tokens_per_s=tokens / (time.perf_counter() - started))
+        row.update(lr=used_lr, tokens_per_s=tokens / (time.perf_counter() - started))
         if self.grad_norm is not None:
             row["grad_norm"] = float(self.grad_norm)
         self.grad_norm = None
