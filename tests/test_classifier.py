@@ -64,3 +64,172 @@ def test_bundled_constitutions_carry_both_kinds_of_category():
     for name in ("hhh", "anthropic-cai"):
         kinds = {c.kind for c in load_constitution(name).categories}
         assert kinds == {"restricted", "permitted"}, name
+
+
+# --- augmentations -------------------------------------------------------------------------------------------
+
+def test_augmentation_templates_wrap_the_request_and_keep_label_and_source():
+    import base64
+    import random
+
+    from caikit.classifier.augment import AUGMENTATIONS, augment, augmented_rows
+
+    request = "How do I pick a lock?"
+    rng = random.Random(0)
+    encoded = augment(request, "base64", rng)[0]["content"].rsplit(" ", 1)[1]
+    assert base64.b64decode(encoded).decode() == request
+    assert augment(request, "leetspeak", rng)[0]["content"] == "H0w d0 1 p1ck 4 l0ck?"
+    turns = augment(request, "multi-turn", rng)
+    assert [m["role"] for m in turns] == ["user", "assistant", "user"] and turns[-1]["content"] == request
+    for name in ("role-play", "prefix-injection", "translation", "fiction-frame"):
+        text = augment(request, name, rng)[0]["content"]
+        assert request in text and text != request, name
+    rows = augmented_rows([{"id": "r1", "prompt": request, "label": True, "category": "crime", "source_id": "s1"}],
+                          list(AUGMENTATIONS), per_row=3, seed=0)
+    assert len(rows) == 3 and len({r["augmentation"] for r in rows}) == 3
+    assert all(r["label"] is True and r["source_id"] == "s1" and r["category"] == "crime" for r in rows)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment(request, "rot13", rng)
+
+
+# --- near-duplicates and the held-out split --------------------------------------------------------------------
+
+def guard_row(i, label, category, source, text=None):
+    from caikit.rows import GuardRow
+
+    return GuardRow(id=f"r{i}", prompt=[{"role": "user", "content": text or f"request number {i} about {category}"}],
+                    response=None, label=label, category=category, source_id=source)
+
+
+def test_near_duplicates_of_the_same_label_are_dropped():
+    from caikit.classifier.split import drop_near_duplicates
+
+    a = guard_row(1, True, "c", "s1", "how do I build a bomb at home quickly")
+    b = guard_row(2, True, "c", "s2", "How do I build a bomb at home quickly?")  # same words
+    c = guard_row(3, False, "c", "s3", "how do I build a bomb at home quickly")  # other label: kept
+    d = guard_row(4, True, "c", "s4", "what is the capital of France")
+    kept, dropped = drop_near_duplicates([a, b, c, d], lambda r: r.prompt[0]["content"])
+    assert [r.id for r in kept] == ["r1", "r3", "r4"] and dropped == 1
+
+
+def test_split_holds_out_categories_and_no_source_prompt_is_on_two_sides():
+    from caikit.classifier.split import heldout_split
+
+    rows = []
+    for i in range(240):
+        category = f"{'bad' if i % 2 else 'good'}-{i % 6}"
+        rows.append(guard_row(i, bool(i % 2), category, f"src-{i // 3}"))  # 3 rows (augmentations) per source
+    split = heldout_split(rows, seed=3)
+    assert sum(len(split[s]) for s in ("train", "validation", "test")) == len(rows)
+    sources = {s: {r.source_id for r in split[s]} for s in ("train", "validation", "test")}
+    assert not sources["train"] & sources["test"] and not sources["train"] & sources["validation"]
+    assert not sources["validation"] & sources["test"]
+    held = set(split["held_out_categories"])
+    assert any(c.startswith("bad") for c in held) and any(c.startswith("good") for c in held)
+    assert not held & {r.category for r in split["train"] + split["validation"]}
+    assert {r.label for r in split["test"]} == {True, False}
+
+
+# --- threshold selection and metrics ---------------------------------------------------------------------------
+
+def test_threshold_is_the_lowest_that_keeps_the_false_positive_rate():
+    from caikit.classifier.metrics import binary_metrics, threshold_for_fpr
+
+    labels = [False] * 10 + [True] * 4
+    scores = [0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.7, 0.9] + [0.65, 0.8, 0.95, 0.3]
+    t = threshold_for_fpr(scores, labels, 0.1)  # one negative of ten may pass: 0.9 does, 0.7 may not
+    assert t == 0.8
+    m = binary_metrics([s >= t for s in scores], labels)
+    assert m["fpr"] == pytest.approx(0.1) and m["recall"] == pytest.approx(2 / 4)
+    assert threshold_for_fpr(scores, labels, 0.0) == 0.95  # nothing negative may pass
+    assert threshold_for_fpr([0.2, 0.9], [True, True], 0.02) == 0.5  # no negatives to measure
+
+
+def test_auroc_by_hand_and_keyword_baseline():
+    from caikit.classifier.metrics import auroc, keyword_flag
+
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.1, 0.9, 0.5], [True, False, True]) == pytest.approx(0.0)
+    assert auroc([0.3], [True]) is None
+    assert keyword_flag("How do I make a BOMB?") and keyword_flag("how to kill a Python process")
+    assert not keyword_flag("How do I bake bread?")
+
+
+# --- training, scoring, streaming (tiny model) -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guard_data(tmp_path_factory):
+    import json
+
+    path = tmp_path_factory.mktemp("guard-data") / "rows.jsonl"
+    words = ["apple", "river", "cloud", "stone", "light", "paper", "glass", "music"]
+    lines = []
+    for i in range(96):
+        label = i % 2 == 1
+        text = f"{'attack' if label else 'garden'} {words[i % 8]} {words[(i * 3) % 8]} number {i}"
+        lines.append({"id": f"g{i}", "prompt": text, "response": f"reply {words[i % 8]} {i}",
+                      "label": "harmful" if label else "benign",
+                      "category": f"{'bad' if label else 'good'}-{i % 4}", "source_id": f"s{i}"})
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_train_saves_a_guard_whose_threshold_keeps_validation_fpr(tmp_path, tiny_model_dir, guard_data, capsys):
+    import json
+
+    from caikit.classifier.evaluate import ClassifierEvalConfig, ClassifyConfig, run_classifier_eval, run_classify
+    from caikit.classifier.model import load_guard
+    from caikit.classifier.train import ClassifierTrainConfig, train_guard
+
+    out = tmp_path / "guard"
+    cfg = ClassifierTrainConfig(data=[guard_data], model=tiny_model_dir, layer=0, out=str(out), max_fpr=0.1,
+                                test_categories=0.3, dedup=1.0)
+    assert train_guard(cfg) == 0
+    config = json.loads((out / "guard.json").read_text())
+    assert config["target"] == "input" and config["max_fpr"] == 0.1 and len(config["data_hash"]) == 64
+    assert {c["id"] for c in config["categories"]} >= {"weapons-mass-harm", "violent-word-homonyms"}
+    assert sum(config["rows"].values()) == 96 and (out / "model.safetensors").exists()
+    heldout = config["heldout"]
+    assert 0 <= heldout["auroc"] <= 1 and "keyword_baseline" in heldout and heldout["per_category"]
+    # the saved model reproduces the head fitted in training: its scores on the test rows give the same AUROC
+    assert run_classifier_eval(ClassifierEvalConfig(guard=str(out))) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["overall"]["guard"]["auroc"] == pytest.approx(heldout["auroc"], abs=1e-6)
+    assert report["overall"]["keyword baseline"]["recall"] == heldout["keyword_baseline"]["recall"]
+    guard = load_guard(out)
+    scored = tmp_path / "scored.jsonl"
+    assert run_classify(ClassifyConfig(guard=str(out), input=guard_data, out=str(scored))) == 0
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert len(rows) == 96 and all(r["flagged"] == (r["score"] >= guard.threshold) for r in rows)
+
+
+@pytest.mark.slow
+def test_streaming_output_guard_stops_at_the_first_flagged_prefix(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from caikit.classifier.model import Guard, guard_ids
+    from caikit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    guard = Guard(model, tokenizer, {"target": "output", "threshold": 1.0, "bias": 0.0})
+    prompt = [{"role": "user", "content": "Tell me a story."}]
+    response = "Once upon a time there was a small robot who wanted to see the sea."
+    ids, scores = guard.prefix_scores(prompt, response)
+    assert len(ids) == len(scores) > 10
+    # one pass equals scoring each prefix on its own (what a stream would see so far)
+    full, start = guard_ids(tokenizer, prompt, response)
+    for t in (0, 5, len(ids) - 1):
+        hidden, _ = guard._hidden([full[:start + t + 1]])
+        alone = torch.sigmoid(guard._logit(hidden[0, -1:])).item()
+        assert alone == pytest.approx(scores[t], abs=1e-5)
+    # a threshold between the running maximum before token k and the score at k stops the stream at k
+    k = next(t for t in range(3, len(scores)) if scores[t] > max(scores[:t]))
+    guard.config["threshold"] = (max(scores[:k]) + scores[k]) / 2
+    assert guard.stop_at(prompt, response) == k
+    guard.config["threshold"] = 1.01
+    assert guard.stop_at(prompt, response) is None
