@@ -26,6 +26,8 @@ COMMANDS = [
     Command("init", "caikit.scaffold", "InitConfig", "init", "write a starter constitution, prompts and run config"),
     Command("constitution validate", "caikit.constitution", "ValidateConfig", "validate_command",
             "check constitution YAML files; one FILE:LINE line per problem", ("files",)),
+    Command("classifier data", "caikit.classifier.data", "ClassifierDataConfig", "run_classifier_data",
+            "labelled rows for guards from the constitution's categories: generated, augmented, and from files"),
     Command("classifier train", "caikit.classifier.train", "ClassifierTrainConfig", "train_guard",
             "a guard (input or streaming output classifier) on labelled rows: frozen features + linear head"),
     Command("classifier eval", "caikit.classifier.evaluate", "ClassifierEvalConfig", "run_classifier_eval",
