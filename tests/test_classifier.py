@@ -233,3 +233,55 @@ def test_streaming_output_guard_stops_at_the_first_flagged_prefix(tiny_model_dir
     assert guard.stop_at(prompt, response) == k
     guard.config["threshold"] = 1.01
     assert guard.stop_at(prompt, response) is None
+
+
+# --- the guard as an RL reward (tiny model) --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def output_guard(tmp_path_factory, tiny_model_dir, guard_data):
+    from caikit.classifier.train import ClassifierTrainConfig, train_guard
+
+    out = tmp_path_factory.mktemp("output-guard")
+    assert train_guard(ClassifierTrainConfig(data=[guard_data], target="output", model=tiny_model_dir, layer=0,
+                                             out=str(out), max_fpr=0.1, test_categories=0.3, dedup=1.0)) == 0
+    return str(out)
+
+
+@pytest.mark.slow
+def test_guard_reward_subtracts_the_penalty_from_the_base_reward(output_guard):
+    from caikit.classifier.model import load_guard
+    from caikit.classifier.reward import GuardReward
+    from caikit.train.rewards import FunctionReward
+
+    guard = load_guard(output_guard)
+    prompts = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(6)]
+    responses = [f"attack plan {i}" if i % 2 else f"garden note {i}" for i in range(6)]
+    p = guard.score(prompts, responses)
+    guard.config["threshold"] = sorted(p)[3]  # the top three are flagged
+    reward = GuardReward(guard, FunctionReward(lambda ps, rs: [0.5] * len(rs), name="half"), penalty=2.0)
+    batch = reward(prompts, responses)
+    flagged = [x >= guard.threshold for x in p]
+    assert sum(flagged) == 3
+    assert batch.scores == [0.5 - 2.0 * f for f in flagged]
+    assert batch.details["guard_flagged"] == [float(f) for f in flagged] and batch.details["guard_p"] == p
+    assert GuardReward(guard)(prompts, responses).scores == [-1.0 * f for f in flagged]  # the guard alone
+
+
+@pytest.mark.slow
+def test_grpo_trains_with_a_guard_reward_beside_a_rule(output_guard, toy_policy_dir, toy_prompts_file, tmp_path):
+    import json
+
+    from caikit.commands.rl import GRPOConfig, run_grpo
+    from caikit.errors import UserError
+
+    rule = tmp_path / "rule.py"
+    rule.write_text("def length(prompts, responses):\n    return [min(len(r), 20) / 20 for r in responses]\n")
+    cfg = GRPOConfig(policy=toy_policy_dir, prompts=toy_prompts_file, out=str(tmp_path / "grpo"), max_steps=1,
+                     rollout_batch_size=2, num_generations=2, response_length=4, sample_every=0, progress=False,
+                     reward=f"guard:{output_guard}", reward_fn=f"{rule}:length", guard_penalty=0.5)
+    run_grpo(cfg)
+    row = json.loads((tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= row["detail_guard_flagged"] <= 1.0 and 0.0 <= row["detail_guard_p"] <= 1.0
+    with pytest.raises(UserError, match="not --judge"):
+        GRPOConfig(policy=toy_policy_dir, prompts=toy_prompts_file, reward=f"guard:{output_guard}",
+                   judge="local:smollm2", out=str(tmp_path / "x")).validate()
