@@ -33,6 +33,9 @@ class ClassifierTrainConfig:
     data: list[str] = option([], help="labelled rows (prompt or messages, optional response, label, category, "
                                       "source_id): files or directories through the row reader; `bundled`: the "
                                       "bundled suites (caikit/data/suites, 1,042 human-written requests)")
+    extra_train: list[str] = option([], help="more labelled rows for the training split only (e.g. `caikit "
+                                             "classifier data` output): never validated or tested on; rows near a "
+                                             "validation or test row are dropped")
     target: str = option("input", help="input (the conversation) | output (the response, every prefix)",
                          metadata={"choices": list(TARGETS)})
     model: str = option("smollm2", help="backbone: smollm2 (embedded SmolLM2-135M) | directory | HF id")
@@ -151,7 +154,16 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
         if labels != {True, False}:
             raise UserError(f"the {side} split has {len(split[side])} rows and not both labels; give more rows or "
                             "other --test-* / --val-sources shares", path=", ".join(cfg.data))
-    note(COMMAND, f"{len(rows)} rows ({dropped} near-duplicates dropped): train {len(split['train'])}, validation "
+    extra_added = 0
+    if cfg.extra_train:
+        held = split["validation"] + split["test"]
+        extra = [r for r in read_rows(cfg.extra_train) if r.category not in split["held_out_categories"]]
+        kept, _ = drop_near_duplicates(held + extra, row_text, cfg.dedup)
+        extra_ids = {id(r) for r in extra}
+        survivors = [r for r in kept if id(r) in extra_ids]
+        split["train"] += survivors
+        extra_added = len(survivors)
+    note(COMMAND, f"{len(rows)} rows ({dropped} near-duplicates dropped; {extra_added} --extra-train rows): train {len(split['train'])}, validation "
                   f"{len(split['validation'])}, test {len(split['test'])} (held-out categories: "
                   f"{', '.join(split['held_out_categories']) or 'none'})")
 
@@ -204,7 +216,8 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
               "categories": [dataclasses.asdict(c) for c in constitution.categories],
               "categories_hash": categories_hash(constitution.categories), "constitution": constitution.name,
               "data": cfg.data, "data_hash": data_hash(rows), "rows": {side: len(split[side]) for side in x},
-              "near_duplicates_dropped": dropped, "held_out_categories": split["held_out_categories"],
+              "near_duplicates_dropped": dropped, "extra_train": cfg.extra_train, "extra_train_rows": extra_added,
+              "held_out_categories": split["held_out_categories"],
               "features_cached": hit, "feature_seconds": round(feature_seconds, 1),
               "seconds": round(time.perf_counter() - started, 1), "heldout": heldout}
     (out / GUARD_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
