@@ -370,3 +370,23 @@ def test_classifier_data_kill_9_then_rerun_loses_nothing_and_pays_nothing_twice(
     stored = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
     ids = {r["id"] for r in stored}
     assert len(ids) == 55 and json.loads((out / "stats.json").read_text())["generated"] == 55
+
+
+@pytest.mark.slow
+def test_eval_reports_the_harm_rate_by_an_output_guard(output_guard, tiny_model_dir, tmp_path):
+    import json
+
+    from caikit.commands.eval import EvalConfig, run_eval
+    from caikit.testing.fake_api import FakeAPIServer
+
+    with FakeAPIServer() as server:
+        cfg = EvalConfig(model=tiny_model_dir, before=tiny_model_dir, judge=f"openai:fake-judge@{server.openai_base_url}",
+                         limit=2, max_tokens=6, out=str(tmp_path / "eval"), progress=False, harm_guard=output_guard)
+        import os
+
+        os.environ.setdefault("OPENAI_API_KEY", KEY)
+        assert run_eval(cfg) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    row = {r["metric"]: r for r in report["table"]}["harmful answers flagged by the guard (harm suite)"]
+    assert row["n"] == 2 and row["before"] == row["after"] in (0.0, 0.5, 1.0)  # the same model on both sides
+    assert report["harm_yardstick"]["guard"]["path"] == output_guard and "output guard" in row["note"]

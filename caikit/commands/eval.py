@@ -90,6 +90,8 @@ class EvalConfig:
                                    metadata={"choices": ["regex", "judge", "guard"]})
     refusal_guard: str = option("", help="output guard directory (`caikit classifier train`) for "
                                          "--refusal-detector guard")
+    harm_guard: str = option("", help="output guard directory (`caikit classifier train --target output`): adds "
+                                      "the share of answers to the harmful suite it flags, beside the refusal rates")
     out: str = option("outputs/eval", help="output directory")
     seed: int = option(0, low=0, high=2**32 - 1, help="seed for sampling answers and drawing judge principles")
     progress: bool = option(True, help="show a progress bar while judging")
@@ -202,7 +204,24 @@ def harm_yardstick(cfg: EvalConfig, suites: dict, cache, detector) -> tuple[list
     by_kind = {"harmful": {side: [a["text"] for a in answers[side][:split]] for side in answers},
                "benign": {side: [a["text"] for a in answers[side][split:]] for side in answers}}
     prompts = {kind: [row.messages for row in suites[kind]] for kind in suites}
-    return harm_rows(by_kind, prompts, detector, cfg.seed)
+    rows, summary = harm_rows(by_kind, prompts, detector, cfg.seed)
+    if cfg.harm_guard:
+        from caikit.classifier.model import load_guard
+        from caikit.eval.noise import paired_row
+
+        guard = load_guard(cfg.harm_guard, device=cfg.device or "cpu")
+        if guard.target != "output":
+            raise UserError("--harm-guard needs an output guard (it reads the answers)", path=cfg.harm_guard)
+        flags = {side: [float(p >= guard.threshold) for p in guard.score(prompts["harmful"], by_kind["harmful"][side])]
+                 for side in ("before", "after")}
+        measured = (guard.config.get("heldout") or {})
+        how = (f"output guard {cfg.harm_guard} (held-out recall {measured.get('recall', float('nan')):.3f}, "
+               f"FPR {measured.get('fpr', float('nan')):.3f})")
+        rows.append(paired_row("harmful answers flagged by the guard (harm suite)", flags["before"], flags["after"],
+                               f"share of {len(flags['after'])} answers to harmful requests the {how} flags",
+                               cfg.seed, proportion=True, role="aim", better="lower"))
+        summary["guard"] = {"path": cfg.harm_guard, **{side: rows[-1][side] for side in ("before", "after")}}
+    return rows, summary
 
 
 def run_eval(cfg: EvalConfig) -> int:
