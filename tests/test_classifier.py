@@ -390,3 +390,73 @@ def test_eval_reports_the_harm_rate_by_an_output_guard(output_guard, tiny_model_
     row = {r["metric"]: r for r in report["table"]}["harmful answers flagged by the guard (harm suite)"]
     assert row["n"] == 2 and row["before"] == row["after"] in (0.0, 0.5, 1.0)  # the same model on both sides
     assert report["harm_yardstick"]["guard"]["path"] == output_guard and "output guard" in row["note"]
+
+
+# --- caikit generate --guard ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def input_guard(tmp_path_factory, tiny_model_dir, guard_data):
+    from caikit.classifier.train import ClassifierTrainConfig, train_guard
+
+    out = tmp_path_factory.mktemp("input-guard")
+    assert train_guard(ClassifierTrainConfig(data=[guard_data], model=tiny_model_dir, layer=0, out=str(out),
+                                             max_fpr=0.1, test_categories=0.3, dedup=1.0)) == 0
+    return str(out)
+
+
+def set_threshold_at_rank(guard_dir, prompts, responses, flagged: int) -> None:
+    """Rewrite the guard's threshold so exactly the `flagged` highest-scoring rows are flagged."""
+    import json
+    from pathlib import Path
+
+    from caikit.classifier.model import load_guard
+
+    scores = sorted(load_guard(guard_dir).score(prompts, responses), reverse=True)
+    path = Path(guard_dir) / "guard.json"
+    config = json.loads(path.read_text())
+    config["threshold"] = (scores[flagged - 1] + scores[flagged]) / 2
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.slow
+def test_generate_drops_prompts_an_input_guard_flags_and_counts_them(input_guard, tmp_path, monkeypatch):
+    import json
+
+    from caikit.cli import main
+    from caikit.testing.fake_api import FakeAPIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    prompts = tmp_path / "p.jsonl"
+    texts = [f"Please tell me about topic number {i}." for i in range(6)]
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)))
+    set_threshold_at_rank(input_guard, [[{"role": "user", "content": t}] for t in texts], None, flagged=2)
+    with FakeAPIServer() as server:
+        assert main(["generate", "--backend", "openai", "--model", "fake-model", "--base-url", server.openai_base_url,
+                     "--constitution", "hhh", "--prompts", str(prompts), "--out", str(tmp_path / "run"),
+                     "--no-progress", "--few-shot", "0", "--guard", input_guard, "--guard-action", "drop"]) == 0
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert stats["guard"]["flagged"] == 2 and stats["guard"]["dropped"] == 2 and stats["guard"]["target"] == "input"
+    assert stats["traces"] == 4 and stats["prompts"] == 4
+
+
+@pytest.mark.slow
+def test_generate_flags_final_revisions_an_output_guard_flags(output_guard, tmp_path, monkeypatch):
+    import json
+
+    from caikit.cli import main
+    from caikit.testing.fake_api import FakeAPIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about item {i}."}) + "\n"
+                               for i in range(5)))
+    args = ["generate", "--backend", "openai", "--model", "fake-model", "--constitution", "hhh", "--prompts",
+            str(prompts), "--out", str(tmp_path / "run"), "--no-progress", "--few-shot", "0", "--guard", output_guard]
+    with FakeAPIServer() as server:
+        assert main(args + ["--base-url", server.openai_base_url]) == 0
+        sft = [json.loads(line) for line in (tmp_path / "run" / "sft.jsonl").read_text().splitlines()]
+        set_threshold_at_rank(output_guard, [e["prompt"] for e in sft],
+                              [e["completion"][-1]["content"] for e in sft], flagged=2)
+        assert main(args + ["--base-url", server.openai_base_url]) == 0  # resumed: only the screen runs again
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert stats["guard"]["flagged"] == 2 and stats["guard"]["dropped"] == 0 and stats["sft_examples"] == 5

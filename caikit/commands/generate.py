@@ -57,6 +57,10 @@ class GenerateConfig(BackendOptions):
     shard: str = option("", help="i/n: work on shard i of n of the prompts (split by prompt id hash), so n "
                                  "machines can share one prompt set; combine with caikit merge")
     progress: bool = option(True, help="show a progress bar")
+    guard: str = option("", help="a guard directory (`caikit classifier train`): an input guard screens the prompts, "
+                                 "an output guard the final revisions; counted in stats.json and the dataset card")
+    guard_action: str = option("flag", help="what happens to what the guard flags: flag (counted, kept) | drop "
+                                            "(counted, left out)", metadata={"choices": ["flag", "drop"]})
 
 
 def load_inputs(cfg: GenerateConfig):
@@ -91,6 +95,9 @@ def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer:
 
 def run_generate(cfg: GenerateConfig) -> int:
     constitution, prompts = load_inputs(cfg)
+    from caikit.classifier.screen import screen_prompts
+
+    prompts, screen = screen_prompts(cfg, prompts)
     key_identity = identity(cfg, constitution.hash)
     # a missing API key fails here, before anything is written; a self-hosted server is probed (or its probe
     # read back from the run directory) and the run fits itself to what it found
@@ -120,7 +127,7 @@ def run_generate(cfg: GenerateConfig) -> int:
             traces.close()
             failures.close()
             counts = finalize_generate(run, [row.id for row in prompts], keep_truncated=cfg.keep_truncated,
-                                       keep_degenerate=cfg.keep_degenerate, meter=meter)
+                                       keep_degenerate=cfg.keep_degenerate, meter=meter, screen=screen)
     return report_generate(cfg, counts, meter)
 
 
