@@ -47,10 +47,11 @@ def categories_hash(categories: list[Category]) -> str:
 
 
 def read_category(reader: Any, node: Any, position: int, seen: dict[str, int]) -> Category | None:
-    """One `categories:` item from its YAML node; problems go to `reader` (caikit.constitution._Reader)."""
+    """One `categories:` item from its YAML node; problems go to `reader` (caikit.constitution._Reader, which
+    also lends its node helpers, so this module does not import the constitution's)."""
     from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-    from caikit.constitution import STR_TAG, _kind, _one_line
+    STR_TAG, _kind, _one_line = reader.STR_TAG, reader.kind_of, reader.one_line
 
     pairs = node.value if isinstance(node, MappingNode) else []
     id_node = next((v for k, v in pairs if isinstance(k, ScalarNode) and k.value == "id"), None)

@@ -242,6 +242,10 @@ def _kind(node: Node) -> str:
 class _Reader:
     """Builds constitution values from YAML nodes, recording one `FILE:LINE: message` per problem."""
 
+    STR_TAG = STR_TAG  # lent to caikit.categories with the two helpers below
+    kind_of = staticmethod(lambda node: _kind(node))
+    one_line = staticmethod(lambda text, limit=80: _one_line(text, limit))
+
     def __init__(self, label: str):
         self.label = label
         self.problems: list[tuple[int, str]] = []

@@ -374,8 +374,6 @@ MISSING = {
 }
 
 
-# --- guard rows (caikit classifier) --------------------------------------------------------------------
-
 GUARD_TRUE = ("true", "1", "harmful", "unsafe", "restricted", "flag", "flagged", "refusal", "yes")
 GUARD_FALSE = ("false", "0", "benign", "safe", "permitted", "pass", "compliance", "no")
 
