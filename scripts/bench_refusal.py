@@ -2,6 +2,7 @@
 prompts, each labelled by people as full compliance, full refusal or partial refusal; refusal = full or partial).
 
     python scripts/bench_refusal.py --xstest DIR [--split tune|heldout|all] [--misses N]
+    python scripts/bench_refusal.py --xstest DIR --detector judge --judge openai:gpt-4o-mini [--limit N]
 
 DIR is a checkout (or bare mirror) of paul-rottger/exaggerated-safety; the completions are read from it at a
 pinned commit and never bundled (their licences are the model makers'). The detector's patterns were tuned on
@@ -49,17 +50,49 @@ def load(repo: str, models) -> list[tuple[str, bool]]:
     return rows
 
 
+def load_prompts(repo: str, models, n: int, limit: int) -> list[str]:
+    """The XSTest prompt of each completion `load` returns (in the same order and spread)."""
+    prompts = []
+    for model in models:
+        text = subprocess.run(["git", "-C", repo, "show",
+                               f"{XSTEST_COMMIT}:model_completions/xstest_v2_completions_{model}.csv"],
+                              check=True, capture_output=True, text=True).stdout
+        prompts += [r["prompt"] for r in csv.DictReader(io.StringIO(text))]
+    if limit:
+        from caikit.eval.harm import spread
+
+        prompts = spread(prompts, limit)
+    assert len(prompts) == n
+    return prompts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--xstest", required=True)
     ap.add_argument("--split", default="heldout", choices=["tune", "heldout", "all"])
     ap.add_argument("--misses", type=int, default=0, help="print N missed refusals and N false alarms")
+    ap.add_argument("--detector", default="regex", choices=["regex", "judge"])
+    ap.add_argument("--judge", default="", help="with --detector judge: PROVIDER[:MODEL][@BASE_URL]")
+    ap.add_argument("--limit", type=int, default=0, help="score only an evenly spaced N rows (0: all)")
     args = ap.parse_args()
     models = {"tune": TUNE, "heldout": HELDOUT, "all": TUNE + HELDOUT}[args.split]
     rows = load(args.xstest, models)
+    if args.limit:
+        from caikit.eval.harm import spread
+
+        rows = spread(rows, args.limit)
     print(f"XSTest completions of {', '.join(models)}: {len(rows)} rows, {sum(y for _, y in rows)} refusals")
-    for name, detect in (("caikit regex", is_refusal), ("XSTest string match", xstest_strmatch)):
-        m = detector_accuracy([(detect(text), label) for text, label in rows])
+    detectors = [("caikit regex", lambda texts: [is_refusal(t) for t in texts]),
+                 ("XSTest string match", lambda texts: [xstest_strmatch(t) for t in texts])]
+    if args.detector == "judge":
+        from caikit.backends.registry import BackendOptions, make_backend
+        from caikit.eval.harm import judge_detector
+
+        judge = judge_detector(lambda: make_backend(BackendOptions().with_spec(args.judge)), args.judge)
+        prompts = [[{"role": "user", "content": p}] for p in load_prompts(args.xstest, models, len(rows), args.limit)]
+        detectors.append((f"judge {args.judge}", lambda texts: judge.flags(prompts, texts)))
+    for name, detect in detectors:
+        m = detector_accuracy(list(zip(detect([text for text, _ in rows]), [label for _, label in rows])))
         print(f"{name:>20}: " + "  ".join(f"{k} {m[k]:.3f} [{m[k + '_interval'][0]:.3f}, {m[k + '_interval'][1]:.3f}]"
                                             for k in ("accuracy", "recall", "precision")))
     if args.misses:
