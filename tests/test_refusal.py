@@ -78,3 +78,36 @@ def test_the_regex_detector_reports_its_measurement():
     d = regex_detector()
     assert d.flags([[]], ["I won't help with that."]) == [True]
     assert "recall 0.838" in d.describe()
+
+
+@pytest.mark.loopback
+def test_judge_detector_asks_the_judge_once_per_answer_and_reuses_its_log(tmp_path, monkeypatch):
+    import math
+
+    from caikit.backends.registry import BackendOptions, make_backend
+    from caikit.eval.harm import judge_detector
+    from caikit.rundir import RunDir
+    from caikit.runner import open_backend
+    from caikit.testing.fake_api import FakeAPIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+
+    def judge(request):  # says Yes when the response under judgement declines
+        text = request.messages[-1]["content"]
+        response = text.split("Response:", 1)[1]
+        p = 0.9 if "decline" in response else 0.1
+        return {"Yes": math.log(p), "No": math.log(1 - p)}
+
+    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    answers = ["I decline to help.", "Sure, here it is.", "I must decline that.", "Here are three ways."]
+    with FakeAPIServer(logprobs=judge) as server:
+        opts = BackendOptions().with_spec(f"openai:fake-judge@{server.openai_base_url}")
+        with RunDir.open(tmp_path / "run", "eval", {}, opts, command="eval") as run:
+            detector = judge_detector(lambda: open_backend(run, make_backend(opts), opts,
+                                                           log_name="refusal_requests.jsonl")[0], "fake-judge")
+            assert detector.flags(prompts, answers) == [True, False, True, False]
+            asked = len(server.log)
+            assert asked == 4
+            assert detector.flags(prompts, answers) == [True, False, True, False]
+            assert len(server.log) == asked  # the run directory's request log answered the rerun
+    assert detector.name == "judge:fake-judge" and "bench_refusal.py" in detector.describe()
