@@ -460,3 +460,23 @@ def test_generate_flags_final_revisions_an_output_guard_flags(output_guard, tmp_
         assert main(args + ["--base-url", server.openai_base_url]) == 0  # resumed: only the screen runs again
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["guard"]["flagged"] == 2 and stats["guard"]["dropped"] == 0 and stats["sft_examples"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_lora_and_full_methods_save_a_guard_that_reproduces_its_figures(method, tmp_path, tiny_model_dir,
+                                                                        guard_data):
+    import json
+
+    from caikit.classifier.evaluate import ClassifierEvalConfig, run_classifier_eval
+    from caikit.classifier.train import ClassifierTrainConfig, train_guard
+
+    out = tmp_path / method
+    assert train_guard(ClassifierTrainConfig(data=[guard_data], model=tiny_model_dir, layer=0, out=str(out),
+                                             method=method, epochs=1, lr=1e-3, max_fpr=0.1, test_categories=0.3,
+                                             dedup=1.0)) == 0
+    config = json.loads((out / "guard.json").read_text())
+    assert config["method"] == method and not (out / "adapter_config.json").exists()  # LoRA merged
+    assert run_classifier_eval(ClassifierEvalConfig(guard=str(out))) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["overall"]["guard"]["auroc"] == pytest.approx(config["heldout"]["auroc"], abs=1e-4)

@@ -39,8 +39,13 @@ class ClassifierTrainConfig:
     target: str = option("input", help="input (the conversation) | output (the response, every prefix)",
                          metadata={"choices": list(TARGETS)})
     model: str = option("smollm2", help="backbone: smollm2 (embedded SmolLM2-135M) | directory | HF id")
-    method: str = option("frozen", help="frozen (linear head on frozen features: the fast CPU path)",
-                         metadata={"choices": ["frozen"]})
+    method: str = option("frozen", help="frozen (linear head on frozen features: the fast CPU path) | lora "
+                                        "(adapters on the cut backbone too) | full (all its weights)",
+                         metadata={"choices": ["frozen", "lora", "full"]})
+    epochs: int = option(1, low=1, high=1000, help="--method lora | full: passes over the training rows")
+    lr: float = option(1e-4, above=0, high=1, help="--method lora | full: AdamW learning rate")
+    lora_r: int = option(8, low=1, high=1024, help="--method lora: adapter rank")
+    batch_size: int = option(8, low=1, high=4096, help="--method lora | full: rows per step")
     layer: int = option(12, low=0, high=1000, help="blocks of the backbone the features are taken after (0: all)")
     constitution: str = option("hhh", help="constitution whose categories the guard records")
     max_fpr: float = option(0.02, above=0, below=1, help="the threshold keeps the validation false-positive "
@@ -192,10 +197,19 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
     best = max(grid, key=lambda g: (g[0], g[1]))
     w, b, l2 = best[2], best[3], -best[1]
     val_scores = probabilities(x["validation"], w, b)
+    if cfg.method != "frozen":  # the backbone trains too, from the frozen fit
+        from caikit.classifier.finetune import finetune, scores
+
+        backbone, w, b = finetune(backbone, w, b, sequences[:n_train], y["train"].tolist(), method=cfg.method,
+                                  epochs=cfg.epochs, lr=cfg.lr, lora_r=cfg.lora_r, batch_size=cfg.batch_size,
+                                  pad=tokenizer.pad_token_id, device=device, seed=cfg.seed)
+        val_scores = scores(backbone, w, b, sequences[n_train:n_train + n_val], tokenizer.pad_token_id, device)
+        test_scores = scores(backbone, w, b, sequences[n_train + n_val:], tokenizer.pad_token_id, device)
     threshold = threshold_for_fpr(val_scores, y["validation"].bool().tolist(), cfg.max_fpr)
 
     # honest figures on the held-out test split, overall and per category, beside the keyword baseline
-    test_scores = probabilities(x["test"], w, b)
+    if cfg.method == "frozen":
+        test_scores = probabilities(x["test"], w, b)
     test_labels = y["test"].bool().tolist()
     overall = scored_metrics(test_scores, test_labels, threshold, cfg.seed)
     keyword = binary_metrics([keyword_flag(row_text(r)) for r in split["test"]], test_labels)
@@ -207,7 +221,7 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
                                                 threshold, cfg.seed)
     heldout = {"on": f"{len(split['test'])} test rows held out by category and source prompt", **overall,
                "keyword_baseline": keyword, "recall_at_keyword_fpr": equal_fpr, "per_category": per_category,
-               "validation_auroc": best[0]}
+               "validation_auroc": auroc(val_scores, y["validation"].bool().tolist())}
 
     out = Path(cfg.out)
     save_pretrained(reward_model(backbone.cpu(), w.float(), tokenizer.pad_token_id), tokenizer, cfg, out)
