@@ -219,7 +219,7 @@ def harm_yardstick(cfg: EvalConfig, suites: dict, cache, detector) -> tuple[list
                f"FPR {measured.get('fpr', float('nan')):.3f})")
         rows.append(paired_row("harmful answers flagged by the guard (harm suite)", flags["before"], flags["after"],
                                f"share of {len(flags['after'])} answers to harmful requests the {how} flags",
-                               cfg.seed, proportion=True, role="aim", better="lower"))
+                               cfg.seed, proportion=True, role="watch", better="lower"))
         summary["guard"] = {"path": cfg.harm_guard, **{side: rows[-1][side] for side in ("before", "after")}}
     return rows, summary
 
