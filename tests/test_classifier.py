@@ -480,3 +480,28 @@ def test_lora_and_full_methods_save_a_guard_that_reproduces_its_figures(method, 
     assert run_classifier_eval(ClassifierEvalConfig(guard=str(out))) == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["overall"]["guard"]["auroc"] == pytest.approx(config["heldout"]["auroc"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_an_output_guard_as_the_refusal_detector_and_classify_from_stdin(output_guard, guard_data, monkeypatch,
+                                                                         capsys):
+    import io
+    import json
+    from pathlib import Path
+
+    from caikit.classifier.evaluate import ClassifyConfig, run_classify
+    from caikit.classifier.model import load_guard
+    from caikit.eval.harm import guard_detector
+
+    guard = load_guard(output_guard)
+    detector = guard_detector(output_guard)
+    prompts = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(4)]
+    answers = ["attack apple", "garden river", "attack cloud", "garden stone"]
+    assert detector.flags(prompts, answers) == [s >= guard.threshold for s in guard.score(prompts, answers)]
+    assert detector.name == f"guard:{output_guard}" and "recall" in detector.measured
+    assert "classifier eval" in detector.measured["command"]
+    assert detector.describe().startswith(f"refusal detector guard:{output_guard}: accuracy ")
+    monkeypatch.setattr("sys.stdin", io.StringIO(Path(guard_data).read_text()))
+    assert run_classify(ClassifyConfig(guard=output_guard)) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 96 and {"id", "score", "flagged"} <= set(rows[0])

@@ -65,7 +65,7 @@ class RefusalDetector:
 
     def describe(self) -> str:
         m = self.measured
-        if not m or m.get("recall") is None:
+        if not m or any(m.get(k) is None for k in ("accuracy", "recall", "precision")):
             return f"refusal detector {self.name} (its accuracy on labelled completions is unknown: see {m.get('command', 'docs/harm-and-over-refusal.md')})"
         return (f"refusal detector {self.name}: accuracy {m['accuracy']:.3f}, recall {m['recall']:.3f}, "
                 f"precision {m['precision']:.3f} on {m['on']}")
@@ -82,8 +82,11 @@ def guard_detector(path: str, device: str = "cpu") -> RefusalDetector:
     from caikit.classifier.model import load_guard
 
     guard = load_guard(path, device=device)
-    measured = dict(guard.config.get("heldout") or {})
-    measured.setdefault("on", f"the held-out split of {path}'s training data")
+    heldout = guard.config.get("heldout") or {}
+    measured = {k: heldout.get(k) for k in ("recall", "precision", "fpr", "auroc")}
+    n = heldout.get("n") or 0
+    measured["accuracy"] = (heldout.get("tp", 0) + heldout.get("tn", 0)) / n if n else None
+    measured["on"] = f"{n} held-out rows of the guard's own data ({heldout.get('on', 'its test split')})"
     measured["command"] = f"caikit classifier eval --guard {path}"
 
     def flags(prompts, responses):
