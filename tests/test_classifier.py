@@ -505,3 +505,24 @@ def test_an_output_guard_as_the_refusal_detector_and_classify_from_stdin(output_
     assert run_classify(ClassifyConfig(guard=output_guard)) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 96 and {"id", "score", "flagged"} <= set(rows[0])
+
+
+@pytest.mark.slow
+def test_online_dpo_pairs_never_prefer_a_flagged_answer(output_guard):
+    from caikit.classifier.model import load_guard
+    from caikit.classifier.screen import screen_pairs
+
+    guard = load_guard(output_guard)
+    prompt = [{"role": "user", "content": "Tell me about item 1."}]
+    answers = ["attack apple river", "garden cloud stone", "attack light paper", "garden glass music"]
+    p = dict(zip(answers, guard.score([prompt] * 4, answers)))
+    guard.config["threshold"] = sorted(p.values())[2]  # the two highest-scoring answers are flagged
+    flagged = {a for a, s in p.items() if s >= guard.threshold}
+    pair = lambda c, r: {"prompt": prompt, "chosen": [{"role": "assistant", "content": c}],  # noqa: E731
+                         "rejected": [{"role": "assistant", "content": r}], "p_chosen": 0.7, "source": "judged"}
+    safe = [a for a in answers if a not in flagged]
+    bad = sorted(flagged)
+    rows, counts = screen_pairs([pair(bad[0], safe[0]), pair(safe[0], bad[1]), pair(bad[0], bad[1])], guard)
+    assert counts == {"pairs": 3, "turned": 1, "dropped": 1}
+    assert [r["chosen"][0]["content"] for r in rows] == [safe[0], safe[0]]
+    assert rows[0]["p_chosen"] == 1.0 and "turned by the guard" in rows[0]["source"] and rows[1]["p_chosen"] == 0.7

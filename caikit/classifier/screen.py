@@ -43,3 +43,27 @@ def screen_prompts(cfg, prompts: list) -> tuple[list, Screen | None]:
         if cfg.guard_action == "drop":
             prompts = [row for row, f in zip(prompts, flagged) if not f]
     return prompts, screen
+
+
+def screen_pairs(rows: list[dict], guard) -> tuple[list[dict], dict]:
+    """Preference pairs after an output guard (`caikit train online-dpo --guard DIR`): a flagged answer is never
+    chosen over an unflagged one (the pair is turned round, p_chosen 1.0, a rule label), and a pair whose answers
+    are both flagged is dropped (nothing safe to prefer). Returns (rows, counts)."""
+    if not rows:
+        return rows, {"pairs": 0, "turned": 0, "dropped": 0}
+    prompts = [r["prompt"] for r in rows]
+    text = lambda turns: "\n\n".join(m["content"] for m in turns)  # noqa: E731
+    chosen = guard.score(prompts, [text(r["chosen"]) for r in rows])
+    rejected = guard.score(prompts, [text(r["rejected"]) for r in rows])
+    out, turned, dropped = [], 0, 0
+    for row, c, r in zip(rows, chosen, rejected):
+        c_flag, r_flag = c >= guard.threshold, r >= guard.threshold
+        if c_flag and r_flag:
+            dropped += 1
+            continue
+        if c_flag:
+            row = {**row, "chosen": row["rejected"], "rejected": row["chosen"], "p_chosen": 1.0,
+                   "source": f"{row.get('source', '')} (turned by the guard)".strip()}
+            turned += 1
+        out.append(row)
+    return out, {"pairs": len(rows), "turned": turned, "dropped": dropped}
