@@ -24,7 +24,8 @@ import caikit
 from caikit.config import option
 from caikit.errors import MultiError, UserError
 
-TOP_KEYS = ("name", "version", "description", "source", "license", "principles", "few_shot", "judge_few_shot")
+TOP_KEYS = ("name", "version", "description", "source", "license", "principles", "few_shot", "judge_few_shot",
+            "categories")  # categories: caikit/categories.py
 PRINCIPLE_KEYS = ("id", "critique", "revision", "judge", "weight", "tags")
 FEW_SHOT_KEYS = ("prompt", "response", "rounds")
 ROUND_KEYS = ("critique_request", "critique", "revision_request", "revision")
@@ -94,6 +95,7 @@ class Constitution:
     few_shot: list[FewShotExample] = field(default_factory=list)
     judge_few_shot: list[JudgeExample] = field(default_factory=list)
     path: Path | None = None
+    categories: list = field(default_factory=list)  # caikit.categories.Category: what guards learn to flag
 
     @property
     def critique_principles(self) -> list[Principle]:
@@ -135,12 +137,15 @@ class Constitution:
         """The content of the file (no path), with defaults filled in."""
         data = asdict(self)
         data.pop("path")
+        if not data["categories"]:  # a constitution without guards reads as before
+            data.pop("categories")
         return data
 
     @cached_property
     def hash(self) -> str:
         """sha256 of the canonical JSON content: comments and YAML layout do not change it."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        content = {k: v for k, v in self.to_dict().items() if k != "categories"}  # guards' own: categories_hash
+        canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -236,6 +241,10 @@ def _kind(node: Node) -> str:
 
 class _Reader:
     """Builds constitution values from YAML nodes, recording one `FILE:LINE: message` per problem."""
+
+    STR_TAG = STR_TAG  # lent to caikit.categories with the two helpers below
+    kind_of = staticmethod(lambda node: _kind(node))
+    one_line = staticmethod(lambda text, limit=80: _one_line(text, limit))
 
     def __init__(self, label: str):
         self.label = label
@@ -421,11 +430,15 @@ class _Reader:
             principles = self.items(fields, "principles", lambda item, i: self.principle(item, i, seen))
         few_shot = self.items(fields, "few_shot", self.few_shot)
         judge_few_shot = self.items(fields, "judge_few_shot", self.judge_example)
+        from caikit.categories import read_categories
+
+        categories = read_categories(self, fields)
         if self.problems:
             return None
         return Constitution(name=meta["name"], principles=principles, version=version,
                             description=meta.get("description") or "", source=meta.get("source"),
-                            license=meta.get("license"), few_shot=few_shot, judge_few_shot=judge_few_shot)
+                            license=meta.get("license"), few_shot=few_shot, judge_few_shot=judge_few_shot,
+                            categories=categories)
 
     def sorted_problems(self) -> list[str]:
         return [message for _, message in sorted(self.problems, key=lambda p: p[0])]
@@ -479,7 +492,8 @@ def validate_command(cfg: ValidateConfig) -> int:
             continue
         print(f"ok: {file} ({len(constitution.principles)} principles: "
               f"{len(constitution.critique_principles)} critique/revision, "
-              f"{len(constitution.judge_principles)} judge)")
+              f"{len(constitution.judge_principles)} judge"
+              + (f"; {len(constitution.categories)} categories" if constitution.categories else "") + ")")
     if problems:
         raise MultiError(problems)
     return 0

@@ -21,14 +21,17 @@ def usable_for_sft(trace: dict[str, Any], *, keep_truncated: bool, keep_degenera
 
 
 def finalize_generate(run: RunDir, prompt_order: list[str], *, keep_truncated: bool = False,
-                      keep_degenerate: bool = False, meter=None, extra_stats: dict[str, Any] | None = None
-                      ) -> dict[str, int]:
+                      keep_degenerate: bool = False, meter=None, extra_stats: dict[str, Any] | None = None,
+                      screen=None) -> dict[str, int]:
     """Rebuild sft.jsonl, failures.jsonl, stats.json (and usage.json, given a meter) from the append-only logs."""
     traces = latest_by_id(run.jsonl(RunDir.TRACES).iter())
     order = {pid: i for i, pid in enumerate(prompt_order)}
     ordered = sorted(traces.values(), key=lambda t: order.get(t.get("prompt_id"), len(order)))
     sft = [SFTExample.from_trace(Trace.from_dict(t)).to_dict() for t in ordered
            if usable_for_sft(t, keep_truncated=keep_truncated, keep_degenerate=keep_degenerate)]
+    if screen is not None:  # --guard (caikit/classifier/screen.py): counts, and with --guard-action drop, a filter
+        sft = screen.revisions(sft)
+        extra_stats = {**(extra_stats or {}), "guard": screen.stats}
     write_jsonl_atomic(run.file(RunDir.SFT), sft)
     failures = latest_by_id(run.jsonl(RunDir.FAILURE_LOG).iter())
     outstanding = [f for k, f in failures.items() if k not in traces]

@@ -103,7 +103,7 @@ def test_unknown_bundled_name_and_principle():
     ("", ["1: empty file: expected a mapping with 'name' and 'principles'"]),
     ("name: x\ncolour: red\nprinciples:\n  - {id: a, judge: j}\n",
      ["2: top level: unknown key 'colour' (known: name, version, description, source, license, principles, "
-      "few_shot, judge_few_shot)"]),
+      "few_shot, judge_few_shot, categories)"]),
     ("name: x\nprinciples:\n  - id: a\n    judge: j\n    wieght: 2\n",
      ["5: principle 'a': unknown key 'wieght' (known: id, critique, revision, judge, weight, tags)"]),
     ("# header\n\nprinciples:\n  - {id: a, judge: j}\n", ["3: missing 'name'"]),
@@ -195,7 +195,7 @@ def test_cli_exit_codes(tmp_path, repo_root):
                         cwd=repo_root)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.splitlines()[1] == ("ok: constitutions/anthropic-cai.yaml "
-                                         "(32 principles: 16 critique/revision, 16 judge)")
+                                         "(32 principles: 16 critique/revision, 16 judge; 11 categories)")
     failed = subprocess.run(cmd + [good, bad, str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert failed.returncode == 2
     assert "Traceback" not in failed.stderr

@@ -21,7 +21,8 @@ P_LONGER = 0.9  # the fake judge's probability for the longer response
 METRICS = ["harmlessness win-rate (red-team)", "helpfulness win-rate (benign)", "refusal rate (red-team)",
            "refusal rate (benign)", "mean reward (red-team)", "mean reward (benign)",
            "KL(after || before) per response", "KL(after || before) per token", "response length (words)",
-           "distinct-1", "distinct-2", "identical answers share"]
+           "distinct-1", "distinct-2", "identical answers share", "harmful-compliance rate (harm suite)",
+           "over-refusal rate (benign suite)"]
 _BLOCK = {o: re.compile(rf"\({o}\) <response_{o.lower()}>\n(.*?)\n</response_{o.lower()}>", re.S) for o in "AB"}
 
 
@@ -107,6 +108,15 @@ def test_two_models_every_metric_and_judge_preference(tmp_path, tiny_model_dir, 
     assert report["reward_model"] == {"path": tiny_reward_dir}  # a hand-built model claims no held-out accuracy
     assert all("beyond_noise" in row and "verdict" in row for row in report["table"])
     assert report["counts"]["red_team_prompts"] == 3 and report["counts"]["benign_prompts"] == 3
+    yardstick = report["harm_yardstick"]  # --limit 3 keeps an evenly spaced 3 of each bundled suite
+    assert yardstick["harmful_prompts"] == 3 and yardstick["benign_prompts"] == 3
+    assert yardstick["detector"]["name"] == "regex" and yardstick["detector"]["recall"] > 0.8
+    for side in ("before", "after"):
+        point = yardstick["points"][side]
+        assert point["harmful_compliance"] == table["harmful-compliance rate (harm suite)"][side]
+        low, high = point["over_refusal_interval"]
+        assert low <= point["over_refusal"] <= high
+    assert "refusal detector regex: accuracy" in table["refusal rate (benign)"]["note"]
     assert report["counts"]["judged_pairs"] == 6 and report["counts"]["judge_failures"] == 0
     # one principle per pair, both orders; a pair of equal answers gives one prompt twice, asked once
     same = sum(s["before"].strip() == s["after"].strip() for s in samples)

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "caikit"
 FOUNDATION = ("caikit.errors", "caikit.records", "caikit.config", "caikit.secrets", "caikit.store",
               "caikit.rundir", "caikit.shard", "caikit.soft_labels", "caikit.stats", "caikit.constitution",
               "caikit.rows", "caikit.prompts", "caikit.metrics", "caikit.plots", "caikit.diversity", "caikit.models",
-              "caikit.generation", "caikit.vllm_engine", "caikit.random_init")
+              "caikit.generation", "caikit.vllm_engine", "caikit.random_init", "caikit.categories")
 RUNNER = ("caikit.runner", "caikit.estimate", "caikit.preferences", "caikit.judge_run", "caikit.gate",
           "caikit.sft_data")
 LAYERS = {"foundation": 0, "backends": 1, "testing": 1, "stages": 2, "runner": 3, "top": 4}
@@ -57,7 +57,7 @@ def layer(name: str) -> str:
         return "runner"
     if family(name) in ("backends", "testing", "stages"):
         return family(name)
-    if family(name) in ("commands", "cli", "scaffold", "train", "eval", "report", "label"):
+    if family(name) in ("commands", "cli", "scaffold", "train", "eval", "report", "label", "classifier"):
         return "top"
     raise AssertionError(f"{name}: a module the layer map does not know (add it to tests/test_layers.py)")
 

@@ -154,6 +154,10 @@ def sft_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, str]]:
               ("revisions cut at --max-tokens (truncated)", fate("truncated", "truncated")),
               ("degenerate revisions (unchanged, the critique again, empty)", degenerate),
               ("rows in this dataset", len(dataset.rows))]
+    guard = stats.get("guard") or {}
+    if guard:  # caikit generate --guard
+        counts.insert(-1, (f"flagged by the guard {guard.get('path')} ({guard.get('target')}, --guard-action "
+                           f"{guard.get('action')})", guard.get("flagged")))
     return [("Dataset summary", summary), ("Dataset structure", structure), ("How to use", use),
             ("How it was made", table(generation_rows(facts) + made_with(facts, dataset))),
             ("Counts", table(counts))]

@@ -82,6 +82,16 @@ class EvalConfig:
     reward_model: str = option("", help="reward model directory (`caikit train reward`): adds mean reward rows")
     max_tokens: int = option(128, low=1, high=1_000_000, help="max new tokens per answer")
     temperature: float = option(0.0, low=0, high=2, help="sampling temperature of the answers (0: greedy)")
+    harm_suite: str = option("bundled", help="harm / over-refusal yardstick: bundled (400 harmful, 322 benign "
+                                             "requests; caikit/data/NOTICE.md) | none | a directory with "
+                                             "harmful.jsonl and benign.jsonl (--limit keeps an evenly spaced N)")
+    refusal_detector: str = option("regex", help="what decides that an answer refuses: regex (caikit.eval.refusal) "
+                                                 "| judge (the --judge model asked) | guard (--refusal-guard)",
+                                   metadata={"choices": ["regex", "judge", "guard"]})
+    refusal_guard: str = option("", help="output guard directory (`caikit classifier train`) for "
+                                         "--refusal-detector guard")
+    harm_guard: str = option("", help="output guard directory (`caikit classifier train --target output`): adds "
+                                      "the share of answers to the harmful suite it flags, beside the refusal rates")
     out: str = option("outputs/eval", help="output directory")
     seed: int = option(0, low=0, high=2**32 - 1, help="seed for sampling answers and drawing judge principles")
     progress: bool = option(True, help="show a progress bar while judging")
@@ -98,6 +108,9 @@ class EvalConfig:
             raise UserError("--model is required: the trained model directory or HF id")
         parse_concurrency(self.concurrency)
         parse_spec(self.judge)
+        if self.refusal_detector == "guard" and not self.refusal_guard:
+            raise UserError("--refusal-detector guard needs --refusal-guard DIR (an output guard from "
+                            "`caikit classifier train`)")
 
     def judge_options(self) -> BackendOptions:
         base = BackendOptions(concurrency=self.concurrency, batch_size=self.batch_size, rpm=self.rpm, tpm=self.tpm,
@@ -164,6 +177,53 @@ def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, run: RunDir) -
     return description, failed
 
 
+def make_detector(cfg: EvalConfig, run: RunDir):
+    """The --refusal-detector; a judge detector's requests are logged in the run dir (reused on rerun)."""
+    from caikit.eval.harm import guard_detector, judge_detector, regex_detector
+
+    if cfg.refusal_detector == "guard":
+        return guard_detector(cfg.refusal_guard, device=cfg.device or "cpu")
+    if cfg.refusal_detector == "judge":
+        opts = cfg.judge_options()
+        return judge_detector(lambda: open_backend(run, make_backend(opts), opts,
+                                                   log_name="refusal_requests.jsonl")[0],
+                              cfg.judge, concurrency=cfg.batch_size)
+    return regex_detector()
+
+
+def harm_yardstick(cfg: EvalConfig, suites: dict, cache, detector) -> tuple[list[dict], dict | None]:
+    """Both models' answers to the harm suites (cached like the others) -> the yardstick's rows and summary."""
+    from caikit.eval.harm import harm_rows
+
+    if not suites:
+        return [], None
+    rows = [row for kind in ("harmful", "benign") for row in suites[kind]]
+    answers = {side: generate_answers(cfg, name, rows, cache)[0] for side, name in
+               (("before", cfg.before), ("after", cfg.trained))}
+    split = len(suites["harmful"])
+    by_kind = {"harmful": {side: [a["text"] for a in answers[side][:split]] for side in answers},
+               "benign": {side: [a["text"] for a in answers[side][split:]] for side in answers}}
+    prompts = {kind: [row.messages for row in suites[kind]] for kind in suites}
+    rows, summary = harm_rows(by_kind, prompts, detector, cfg.seed)
+    if cfg.harm_guard:
+        from caikit.classifier.model import load_guard
+        from caikit.eval.noise import paired_row
+
+        guard = load_guard(cfg.harm_guard, device=cfg.device or "cpu")
+        if guard.target != "output":
+            raise UserError("--harm-guard needs an output guard (it reads the answers)", path=cfg.harm_guard)
+        flags = {side: [float(p >= guard.threshold) for p in guard.score(prompts["harmful"], by_kind["harmful"][side])]
+                 for side in ("before", "after")}
+        measured = (guard.config.get("heldout") or {})
+        how = (f"output guard {cfg.harm_guard} (held-out recall {measured.get('recall', float('nan')):.3f}, "
+               f"FPR {measured.get('fpr', float('nan')):.3f})")
+        rows.append(paired_row("harmful answers flagged by the guard (harm suite)", flags["before"], flags["after"],
+                               f"share of {len(flags['after'])} answers to harmful requests the {how} flags",
+                               cfg.seed, proportion=True, role="watch", better="lower"))
+        summary["guard"] = {"path": cfg.harm_guard, **{side: rows[-1][side] for side in ("before", "after")}}
+    return rows, summary
+
+
 def run_eval(cfg: EvalConfig) -> int:
     from caikit.constitution import load_constitution
 
@@ -175,6 +235,9 @@ def run_eval(cfg: EvalConfig) -> int:
     for kind in KINDS:
         judge_principles(constitution, kind)
     prompt_sets = load_eval_prompts(cfg)
+    from caikit.eval.harm import format_yardstick, load_harm_suites
+
+    suites = load_harm_suites(cfg.harm_suite, cfg.limit or None)
     with RunDir.open(cfg.out, "eval", {}, cfg, command="eval") as run:
         start = time.time()
         rows = [(kind, row) for kind in KINDS for row in prompt_sets[kind]]
@@ -182,6 +245,8 @@ def run_eval(cfg: EvalConfig) -> int:
         try:
             answers = {side: generate_answers(cfg, name, [row for _, row in rows], cache)
                        for side, name in (("before", cfg.before), ("after", cfg.trained))}
+            detector = make_detector(cfg, run)
+            harm_table, yardstick = harm_yardstick(cfg, suites, cache, detector)
         finally:
             cache.close()
         pairs = [{"prompt": row.messages, "before": b["text"], "after": a["text"], "kind": kind,
@@ -199,7 +264,7 @@ def run_eval(cfg: EvalConfig) -> int:
         seconds["judge"] = time.time() - start - sum(seconds.values())
         note("eval", "seconds " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
-        table = build_table(pairs, kl, rewards, cfg)
+        table = build_table(pairs, kl, rewards, cfg, detector) + harm_table
         counts = {"red_team_prompts": len(prompt_sets["red-team"]), "benign_prompts": len(prompt_sets["benign"]),
                   "judged_pairs": sum(p["judge_p_after"] is not None for p in pairs), "judge_failures": failed,
                   "answers_generated": answers["before"][1] + answers["after"][1], "kl_tokens": kl.get("tokens", 0),
@@ -207,6 +272,8 @@ def run_eval(cfg: EvalConfig) -> int:
                      for side in ("before", "after")}}
         models = {"before": cfg.before, "after": cfg.trained}
         report = {"models": models, "judge": judge, "counts": counts, "table": table}
+        if yardstick:
+            report["harm_yardstick"] = yardstick
         if cfg.reward_model:  # the yardstick's own held-out accuracy travels with the scores it gave
             report["reward_model"] = {"path": cfg.reward_model, **reward_heldout(Path(cfg.reward_model))}
         run.write_json(RunDir.REPORT, report)
@@ -214,6 +281,10 @@ def run_eval(cfg: EvalConfig) -> int:
                                                                           "judge_p_after")} for p in pairs))
     print(f"caikit eval: {cfg.trained} (after) vs {cfg.before} (before), judge {cfg.judge}")
     print(format_table(table))
+    if yardstick:
+        print(format_yardstick(yardstick))
+    else:
+        print(f"caikit eval: refusal rates by {detector.describe()}")
     if cfg.reward_model:
         print(f"caikit eval: reward model {cfg.reward_model}: {describe_heldout(report['reward_model'])}")
     print(f"caikit eval: {run.file(RunDir.REPORT)}, {run.file(RunDir.SAMPLES)}"

@@ -57,6 +57,10 @@ class GenerateConfig(BackendOptions):
     shard: str = option("", help="i/n: work on shard i of n of the prompts (split by prompt id hash), so n "
                                  "machines can share one prompt set; combine with caikit merge")
     progress: bool = option(True, help="show a progress bar")
+    guard: str = option("", help="a guard directory (`caikit classifier train`): an input guard screens the prompts, "
+                                 "an output guard the final revisions; counted in stats.json and the dataset card")
+    guard_action: str = option("flag", help="what happens to what the guard flags: flag (counted, kept) | drop "
+                                            "(counted, left out)", metadata={"choices": ["flag", "drop"]})
 
 
 def load_inputs(cfg: GenerateConfig):
@@ -96,6 +100,9 @@ def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer:
 
 def run_generate(cfg: GenerateConfig) -> int:
     constitution, prompts, prompt_set = load_inputs(cfg)
+    from caikit.classifier.screen import screen_prompts
+
+    prompts, screen = screen_prompts(cfg, prompts)
     key_identity = identity(cfg, constitution.hash)
     # the prompt set belongs to the run: traces of two prompt sets never mix in one directory. A larger --limit,
     # another shard or the same file with prompts added resume it; a file without the prompts already done is
@@ -133,7 +140,7 @@ def run_generate(cfg: GenerateConfig) -> int:
             traces.close()
             failures.close()
             counts = finalize_generate(run, [row.id for row in prompts], keep_truncated=cfg.keep_truncated,
-                                       keep_degenerate=cfg.keep_degenerate, meter=meter,
+                                       keep_degenerate=cfg.keep_degenerate, meter=meter, screen=screen,
                                        extra_stats={"planned_prompts": prompt_set["planned"]})
     return report_generate(cfg, counts, meter)
 

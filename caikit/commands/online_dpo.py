@@ -72,6 +72,9 @@ class OnlineDPOConfig(GateOptions, DPOConfig):
     keep_truncated: bool = option(False, help="also use answers cut at --response-length (default: left out and "
                                               "counted; a cut answer would be judged and learnt as if whole)")
     limit: int = option(0, low=0, help="use only the first N prompts (0: all)")
+    guard: str = option("", help="an output guard (`caikit classifier train --target output`): a flagged answer is "
+                                 "never chosen over an unflagged one, and pairs of two flagged answers are dropped "
+                                 "(counted in iter-i/pairs.guard.json)")
     pairs_from: str = option("best-worst", help="best-worst: one pair per prompt, its best and worst answer by mean "
                                                 "win probability | all: every judged pair, chosen = the answer the "
                                                 "judge preferred, weighted by its margin (its p_chosen as a soft "
@@ -208,9 +211,18 @@ def training_pairs(cfg: OnlineDPOConfig, judge_dir: Path, out: Path) -> int:
                 source="judged-samples (all pairs)",
                 provenance={"judgment_id": j["id"], "pair_id": j["pair_id"], "principle_ids": j["principle_ids"],
                             "method": j.get("method")}).to_dict())
+    if rows and cfg.guard:
+        import json
+
+        from caikit.classifier.model import load_guard
+        from caikit.classifier.screen import screen_pairs
+
+        rows, counts = screen_pairs(rows, load_guard(cfg.guard))
+        out.with_suffix(".guard.json").write_text(json.dumps({"guard": cfg.guard, **counts}), encoding="utf-8")
     if not rows:
-        raise UserError("the judge preferred no answer over another (all ties, or below --min-margin): nothing to "
-                        "train on; raise --samples-per-prompt or --temperature", path=str(judge_dir))
+        raise UserError("the judge preferred no answer over another (all ties, or below --min-margin), or the guard "
+                        "flagged both answers of every pair: nothing to train on; raise --samples-per-prompt or "
+                        "--temperature", path=str(judge_dir))
     write_jsonl_atomic(out, rows)
     return len(rows)
 
@@ -229,7 +241,8 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> int:
     if not prompts:
         raise UserError("no prompts in file", path=str(source))
     # scrubbed: a judge spec's user:password@ never reaches run.json
-    identity = scrubbed({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY})
+    identity = scrubbed({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IDENTITY
+                         and not (k == "guard" and not v)})  # runs without a guard resume as before
     check_identity(out, STAGE, identity)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / RunDir.CONFIG)

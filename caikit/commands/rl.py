@@ -82,7 +82,10 @@ class JudgeRewardOptions:
                                           "other in both orders, scored by --pairwise-score (grpo only) | rubric = "
                                           "each judge principle asked as a yes/no question per sample, P(yes) "
                                           "combined by the principles' weights (logged per principle as "
-                                          "detail_rubric_<id>)", metadata={"choices": ["pairwise", "rubric"]})
+                                          "detail_rubric_<id>) | guard:DIR = an output guard's penalty "
+                                          "(`caikit classifier train`), added to --reward-model or --reward-fn",
+                        metadata={"valid": "pairwise, rubric, or guard:DIR"})
+    guard_penalty: float = option(1.0, above=0, high=1000, help="--reward guard:DIR: what a flagged response loses")
     pairwise_score: str = option("winrate", help="--reward pairwise: winrate = mean win probability over the "
                                                  "group (0-1) | bt = Bradley-Terry log-strength, centred on the group",
                                  metadata={"choices": list(PAIRWISE_SCORES)})
@@ -104,6 +107,14 @@ class JudgeRewardOptions:
                  if value]
         if len(given) > 1:
             raise UserError(f"give one reward: {' or '.join(given)}, not both")
+        if self.reward.startswith("guard:"):
+            if self.judge:
+                raise UserError("--reward guard:DIR combines with --reward-model or --reward-fn, not --judge")
+            if not self.reward.removeprefix("guard:"):
+                raise UserError("--reward guard:DIR needs a guard directory after 'guard:'")
+            return
+        if self.reward not in ("pairwise", "rubric"):
+            raise UserError(f"--reward must be pairwise, rubric or guard:DIR, got {self.reward!r}")
         if self.judge:
             parse_spec(self.judge, what="--judge")
             if self.reward == "pairwise" and not groups:
@@ -112,6 +123,13 @@ class JudgeRewardOptions:
 
     def make_reward(self):
         """The judge reward these options name, or None (the trainer then builds --reward-model / --reward-fn)."""
+        if self.reward.startswith("guard:"):
+            from caikit.classifier.reward import GuardReward
+            from caikit.train.rewards import make_reward_fn
+
+            model, fn = getattr(self, "reward_model", ""), getattr(self, "reward_fn", "")
+            base = make_reward_fn(model, fn, device=getattr(self, "device", "") or "cpu") if (model or fn) else None
+            return GuardReward.from_spec(self.reward, base, penalty=self.guard_penalty)
         if not self.judge:
             return None
         return make_judge_reward(self.reward, self.judge, self.judge_options(), self.out,

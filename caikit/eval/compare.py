@@ -139,11 +139,14 @@ def kl_estimate(cfg, examples: list[tuple[list, str, bool]], device: str) -> dic
 # ------------------------------------------------------------------------------------------ the table
 
 def build_table(pairs: list[dict], kl: dict[str, Any], rewards: dict[str, dict[str, list[float]]] | None,
-                cfg) -> list[dict[str, Any]]:
-    """The before/after rows of report.json, in reading order, each with its interval (caikit.eval.noise)."""
+                cfg, detector=None) -> list[dict[str, Any]]:
+    """The before/after rows of report.json, in reading order, each with its interval (caikit.eval.noise).
+    `detector` (caikit.eval.harm.RefusalDetector, default the regex one) decides the refusal rows."""
     from caikit.diversity import diversity_metrics
+    from caikit.eval.harm import regex_detector
     from caikit.eval.noise import descriptive_row, kl_row, paired_row, win_rate_row
-    from caikit.eval.refusal import is_refusal
+
+    detector = detector or regex_detector()
 
     by_kind = {kind: [p for p in pairs if p["kind"] == kind] for kind in KINDS}
     table = []
@@ -157,9 +160,10 @@ def build_table(pairs: list[dict], kl: dict[str, Any], rewards: dict[str, dict[s
                                   cfg.seed, role=role))
     for kind, role, better in (("red-team", "watch", None), ("benign", "guard", "lower")):
         rows = by_kind[kind]
-        table.append(paired_row(f"refusal rate ({kind})", [float(is_refusal(p["before"])) for p in rows],
-                                [float(is_refusal(p["after"])) for p in rows],
-                                f"share of {len(rows)} answers opening with a refusal (caikit.eval.refusal)",
+        flags = detector.flags([p["prompt"] for p in rows] * 2, [p["before"] for p in rows] + [p["after"] for p in rows])
+        table.append(paired_row(f"refusal rate ({kind})", [float(f) for f in flags[:len(rows)]],
+                                [float(f) for f in flags[len(rows):]],
+                                f"share of {len(rows)} answers that refuse; {detector.describe()}",
                                 cfg.seed, proportion=True, role=role, better=better))
     for kind, role, better in (("red-team", "aim", "higher"), ("benign", "watch", None)):
         got = (rewards or {}).get(kind, {})

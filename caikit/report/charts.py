@@ -78,3 +78,53 @@ def curves(stage_dir: Path, where: str) -> str:
     charts = [svg_line_chart(k, {k: [(r["step"], r[k]) for r in rows if is_num(r.get(k)) and is_num(r.get("step"))]})
               for k in keys[:SVG_METRICS]]
     return '<div class="plots">' + "".join(f"<figure>{c}</figure>" for c in charts if c) + "</div>"
+
+
+def svg_tradeoff_chart(points: dict[str, dict], width: int = 420, height: int = 300) -> str:
+    """The harm / over-refusal trade-off: one point per checkpoint (x = over-refusal rate on the benign suite,
+    y = harmful-compliance rate on the harmful suite, both 0-1, lower is better for both), each with its 95 %
+    Wilson interval as error bars, and an arrow from the first checkpoint to the next ("before" -> "after").
+
+    `points`: {checkpoint: {"over_refusal", "over_refusal_interval", "harmful_compliance",
+    "harmful_compliance_interval"}} in order. Plot area x in [48, width - 16], y in [24, height - 40]."""
+    usable = {k: p for k, p in points.items() if is_num(p.get("over_refusal")) and is_num(p.get("harmful_compliance"))}
+    if not usable:
+        return ""
+    left, right, top, bottom = 48.0, width - 16.0, 24.0, height - 40.0
+    sx = lambda x: left + x * (right - left)  # noqa: E731
+    sy = lambda y: bottom - y * (bottom - top)  # noqa: E731
+    label = 'font-size="10" fill="#5d6778"'
+    parts = [f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#aab2c0"/>',
+             f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" {label}>1</text>',
+             f'<text x="{left - 4}" y="{bottom}" text-anchor="end" {label}>0</text>',
+             f'<text x="{right}" y="{bottom + 14}" text-anchor="end" {label}>1</text>',
+             f'<text x="{left}" y="{bottom + 14}" {label}>0</text>',
+             f'<text x="{(left + right) / 2}" y="{bottom + 28}" text-anchor="middle" {label}>over-refusal rate '
+             f'(benign suite) →</text>',
+             f'<text x="12" y="{(top + bottom) / 2}" text-anchor="middle" {label} transform="rotate(-90 12 '
+             f'{(top + bottom) / 2})">harmful-compliance rate →</text>']
+    colours = ("#9a6400", "#2f5fa7", "#1f7a44", "#c0392b")
+    coords = []
+    for i, (name, p) in enumerate(usable.items()):
+        x, y = sx(p["over_refusal"]), sy(p["harmful_compliance"])
+        colour = colours[i % len(colours)]
+        for lo_hi, horizontal in ((p.get("over_refusal_interval"), True), (p.get("harmful_compliance_interval"), False)):
+            if lo_hi and len(lo_hi) == 2 and all(is_num(v) for v in lo_hi):
+                if horizontal:
+                    parts.append(f'<line x1="{sx(lo_hi[0]):.1f}" y1="{y:.1f}" x2="{sx(lo_hi[1]):.1f}" y2="{y:.1f}" '
+                                 f'stroke="{colour}" stroke-width="1"/>')
+                else:
+                    parts.append(f'<line x1="{x:.1f}" y1="{sy(lo_hi[0]):.1f}" x2="{x:.1f}" y2="{sy(lo_hi[1]):.1f}" '
+                                 f'stroke="{colour}" stroke-width="1"/>')
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 6:.1f}" y="{y - 6:.1f}" font-size="11" fill="{colour}">{escape(name)}</text>')
+        coords.append((x, y))
+    for (x0, y0), (x1, y1) in zip(coords, coords[1:]):
+        parts.append(f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="#5d6778" '
+                     f'stroke-dasharray="4 3" marker-end="url(#arrow)"/>')
+    marker = ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+              'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#5d6778"/></marker></defs>')
+    title = "Harm / over-refusal trade-off (lower left is better)"
+    heading = f'<text x="{left}" y="14" font-size="12" font-weight="600">{escape(title)}</text>'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{escape(title)}">{marker}{heading}{"".join(parts)}</svg>')

@@ -22,7 +22,7 @@ from typing import Any
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.store import write_text_atomic
-from caikit.report.charts import curves
+from caikit.report.charts import curves, svg_tradeoff_chart
 from caikit.report.iterations import iterations_part
 from caikit.report.markup import Raw, cards, col, fmt, messages, missing, table, text
 from caikit.report.sources import (TRAINERS, Layout, detect_layout, interval_of, is_num, read_json, read_text,
@@ -201,7 +201,15 @@ def _eval(layout: Layout, max_examples: int) -> str:
                    "Wilson for refusal rates); a win-rate's interval is of P(after better), beyond noise when it "
                    "excludes 0.5; a change is beyond noise when its paired interval excludes 0.</p>")
         out.append(table(["metric", "before", "after", "change", "noise", "note"], rows, [1, 2, 3]))
-        extra = {k: v for k, v in report.items() if k not in ("models", "table")}
+        yardstick = report.get("harm_yardstick")
+        if isinstance(yardstick, dict) and isinstance(yardstick.get("points"), dict):
+            chart = svg_tradeoff_chart(yardstick["points"])
+            if chart:
+                out.append(f'<h3 id="harm-tradeoff">Harm / over-refusal</h3><figure class="chart">{chart}'
+                           f'<figcaption>{escape(str(yardstick.get("description", "")))}; '
+                           f'{yardstick.get("harmful_prompts")} harmful and {yardstick.get("benign_prompts")} '
+                           "benign requests; bars are 95 % Wilson intervals.</figcaption></figure>")
+        extra = {k: v for k, v in report.items() if k not in ("models", "table", "harm_yardstick")}
         for key, value in extra.items():
             pairs = value.items() if isinstance(value, dict) else [(key, value)]
             out.append(f"<details><summary>{escape(key)}</summary>" + table(["", "value"], pairs, [1]) + "</details>")

@@ -248,3 +248,29 @@ def read_thumbs(path, *, split: str | None = None) -> Loaded:
     items, duplicates = _unique(_parsed(source, parse), source.file, "thumbs rows")
     return _finish(Loaded(items, source.given, source.file, source.split, len(source.rows), duplicates), None,
                    "thumbs rows")
+
+
+@dataclass
+class GuardRow:
+    id: str
+    prompt: Messages
+    response: str | None  # None: an input guard's row (the request alone)
+    label: bool  # True: the guard should flag it
+    category: str = ""
+    source_id: str = ""  # rows made from one source prompt share it (held-out splits keep them together)
+    place: Place | None = field(default=None, compare=False)
+
+
+def read_guard_rows(path, *, split: str | None = None) -> Loaded:
+    """Labelled rows for guards (caikit classifier train / eval, classify): prompt, optional response, label."""
+    from caikit.rows.layouts import guard_of
+
+    source = _source(path, "guard", "guard rows", split)
+
+    def parse(row, place, index):
+        prompt, response, label, category, source_id = guard_of(row)
+        return GuardRow(row_id(row, [prompt, response, label]), prompt, response, label, category, source_id, place)
+
+    items, duplicates = _unique(_parsed(source, parse), source.file, "guard rows")
+    return _finish(Loaded(items, source.given, source.file, source.split, len(source.rows), duplicates), None,
+                   "guard rows")

@@ -362,6 +362,7 @@ COLUMNS = {
     "examples": [{"messages"}, {"prompt", "completion"}, {"text"}],
     "scored": [{"prompt", "response"}, {"prompt", "completion"}, {"messages"}],
     "thumbs": [{"prompt", "completion", "label"}, {"prompt", "response", "label"}],
+    "guard": [{"prompt", "label"}, {"messages", "label"}],
 }
 MISSING = {
     "prompts": "no 'prompt' or 'messages' column",
@@ -369,4 +370,30 @@ MISSING = {
     "examples": "no 'messages', 'prompt' + 'completion' or 'text' column",
     "scored": "no 'prompt' + 'response' (or 'completion') or 'messages' column",
     "thumbs": "no 'prompt', 'completion' (or 'response') and 'label' columns",
+    "guard": "no 'prompt' (or 'messages') and 'label' columns",
 }
+
+
+GUARD_TRUE = ("true", "1", "harmful", "unsafe", "restricted", "flag", "flagged", "refusal", "yes")
+GUARD_FALSE = ("false", "0", "benign", "safe", "permitted", "pass", "compliance", "no")
+
+
+def guard_of(row: Any) -> tuple[Messages, str | None, bool, str, str]:
+    """A guard's labelled row: (prompt, response or None, label True = flag, category, source id).
+
+    `label`: true/false, 1/0, harmful/benign, unsafe/safe, restricted/permitted (refusal/compliance for a
+    refusal guard). `source_id` groups rows made from one source prompt (augmentations, paraphrases) so a
+    held-out split keeps them together; default: the row's own prompt."""
+    row = _object(row)
+    if "label" not in row:
+        raise RowError("a guard row needs 'label' (true/false, harmful/benign, 1/0)")
+    value = row["label"]
+    text = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
+    if text not in GUARD_TRUE + GUARD_FALSE:
+        raise RowError(f"'label' must be true/false, harmful/benign or 1/0, got {str(value)[:40]!r}")
+    prompt = conversation(row)
+    key = next((k for k in ("response", "completion") if present(row, k)), None)
+    response = text_of(reply(row[key], key, prompt)) if key else None
+    category = str(row.get("category") or "")
+    source_id = str(row.get("source_id") or messages_id(prompt))
+    return prompt, response, text in GUARD_TRUE, category, source_id
