@@ -42,16 +42,24 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _run(cmd: Command, rest: list[str]):
-    from caikit.config import add_dataclass_args, resolve
+def build_parser(cmd: Command, cls: type) -> argparse.ArgumentParser:
+    """The command's argument parser: what `--help` prints and what the generated reference page lists."""
+    from caikit.config import add_dataclass_args
 
-    module = importlib.import_module(cmd.module)
-    cls = getattr(module, cmd.config)
     parser = argparse.ArgumentParser(prog=f"caikit {cmd.name}", description=cmd.help)
     if "config_file" not in cmd.positional:
         parser.add_argument("--config", dest="_config_file", metavar="FILE", default=None,
                             help="YAML file with options (flags on the command line win)")
     add_dataclass_args(parser, cls, positional=cmd.positional)
+    return parser
+
+
+def _run(cmd: Command, rest: list[str]):
+    from caikit.config import resolve
+
+    module = importlib.import_module(cmd.module)
+    cls = getattr(module, cmd.config)
+    parser = build_parser(cmd, cls)
     args = parser.parse_args(rest)
     config_file = vars(args).pop("_config_file", None)
     cfg = resolve(cls, args, config_file=config_file)
