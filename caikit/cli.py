@@ -57,6 +57,11 @@ def build_parser(cmd: Command, cls: type) -> argparse.ArgumentParser:
 def _run(cmd: Command, rest: list[str]):
     from caikit.config import resolve
 
+    if "-h" in rest or "--help" in rest:  # only the options are needed: torch & co. are bound but never loaded
+        from caikit.lazy_imports import deferred_heavy_imports
+
+        with deferred_heavy_imports():
+            build_parser(cmd, getattr(importlib.import_module(cmd.module), cmd.config)).parse_args(rest)
     module = importlib.import_module(cmd.module)
     cls = getattr(module, cmd.config)
     parser = build_parser(cmd, cls)

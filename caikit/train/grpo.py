@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from torch import Tensor
 
 from caikit.config import option
 from caikit.errors import UserError
@@ -30,6 +29,9 @@ from caikit.train.config import RLConfig
 from caikit.train.losses import grpo_advantages, rloo_advantages
 from caikit.train.rewards import RewardFn
 from caikit.train.rl import PLOT_GROUPS as RL_PLOT_GROUPS
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 COMMAND = "train grpo"
 PLOT_GROUPS = {**RL_PLOT_GROUPS, "groups": ["reward_std", "zero_std_share"], "losses": ["policy_loss"],

@@ -21,13 +21,16 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
 from caikit.errors import UserError
 from caikit.store import temporary_path
 from caikit.train.loop import note
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 COMMAND = "train reward"
 POOLING = "last-token"
