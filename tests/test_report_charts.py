@@ -77,3 +77,27 @@ def test_no_chart_on_the_report_page_is_empty(tmp_path):
     assert "Measured once" in html and "eval_accuracy" in html and "420" in html
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", html)
     assert "train_pairs" not in captions and "eval_accuracy" not in captions
+
+
+def test_a_stage_that_dropped_over_a_tenth_is_amber_with_the_count_in_words(tmp_path):
+    """The issue's demo: nothing failed, but 23 of 32 eval answers were cut and the judge skipped 24 of 32 traces."""
+    from caikit.report.sources import detect_layout
+    from caikit.report.verdict import verdict_html, verdict_lines
+
+    def write(path, data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    write(tmp_path / "generate" / "stats.json", {"prompts": 32, "failures": 0, "truncated": 2, "degenerate": 1})
+    write(tmp_path / "judge" / "stats.json", {"pairs": 8, "failures": 0,
+                                              "skipped": {"revision_unchanged": 4, "truncated": 20}})
+    write(tmp_path / "eval" / "report.json", {"n": 16, "table": [], "counts": {
+        "judged_pairs": 16, "judge_failures": 0, "truncated_answers_before": 12, "truncated_answers_after": 11}})
+    lines = verdict_lines(tmp_path)
+    assert lines[-1].startswith("[??] Failures and dropped items: Nothing failed, but more than 10% was dropped: "
+                                "judge dropped 24 of 32 traces (75 %); eval dropped 23 of 32 answers (72 %).")
+    page = verdict_html(detect_layout(tmp_path))
+    amber = re.findall(r'<tr class="v-warn">(.*?)</tr>', page)
+    assert len(amber) == 4  # judge and eval: the row and its sentence; generate (3 of 32, 9 %) stays plain
+    assert any("judge dropped 24 of 32 traces (75 %): more than 10%" in row for row in amber)
+    assert not any("<td>generate</td>" in row for row in amber)

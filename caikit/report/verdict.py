@@ -24,7 +24,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from caikit.report.markup import table
+from caikit.report.counts import DROPPED_SHARE, counts_grid, dropped, over_dropped
 from caikit.report.sources import (Layout, consistency_of, detect_layout, interval_of, is_num, judge_gate,
                                    read_json, read_yaml, reward_heldout, scan_jsonl, stage_counts)
 
@@ -328,9 +328,15 @@ def counts_finding(layout: Layout) -> Finding | None:
         why = f" ({c['why']})" if c.get("why") else ""
         parts.append(f"{c['stage']} {', '.join(items) or 'no counts recorded'}{why}")
     failed = sum(c["failures"] for c in counts if is_num(c.get("failures")))
-    return Finding(COUNTS, "warn" if failed else "good",
-                   f"{failed} item{'s' if failed != 1 else ''} failed." if failed else "Nothing failed.",
-                   f"{failed} FAILURE{'S' if failed != 1 else ''}" if failed else "", "; ".join(parts) + ".")
+    heavy = [(c["stage"], *dropped(c)) for c in counts if over_dropped(c)]
+    words = "; ".join(f"{stage} dropped {n} of {total} {unit} ({100 * n / total:.0f} %)"
+                      for stage, n, total, unit in heavy)
+    if failed:
+        text = f"{failed} item{'s' if failed != 1 else ''} failed." + (f" Also: {words}." if words else "")
+    else:
+        text = f"Nothing failed, but more than {DROPPED_SHARE:.0%} was dropped: {words}." if words else "Nothing failed."
+    badge = f"{failed} FAILURE{'S' if failed != 1 else ''}" if failed else ("DROPPED" if heavy else "")
+    return Finding(COUNTS, "warn" if failed or heavy else "good", text, badge, "; ".join(parts) + ".")
 
 
 # ---------------------------------------------------------------- the verdict
@@ -367,10 +373,7 @@ def verdict_html(layout: Layout) -> str:
         return ""
     level, summary = _summary(found)
     counts = stage_counts(layout)
-    grid = table(["stage", "failures", "truncated", "degenerate", "skipped", "of"],
-                 [[c["stage"], c["failures"], c["truncated"], c["degenerate"],
-                   f"{c['skipped']} ({c['why']})" if c.get("why") else c["skipped"],
-                   f"{c['of']} {c['unit']}" if is_num(c.get("of")) else None] for c in counts], [1, 2, 3])
+    grid = counts_grid(counts)
     items = []
     for f in found:
         badge = f'<span class="badge">{escape(f.badge)}</span>' if f.badge else ""
