@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     # other busy process ran 5-8x slower here (SmolLM2 batch-16 generation: 8 vs 41 tok/s on 2 cores).
     # Must be set before torch is first imported; a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # transformers', datasets' and the Hub client's own bars (shard loading, map, downloads) stay out of our
+    # output: they interleave with caikit's progress and leave escape codes in logs. A user's own setting wins.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
