@@ -231,6 +231,8 @@ def choose_l2(chosen: Tensor, rejected: Tensor, soft_labels: Tensor | None, marg
 
 def train_probe(cfg) -> str:
     """Train and save the probe for a RewardConfig with freeze_backbone set; returns the output dir."""
+    from dataclasses import asdict
+
     from transformers import AutoModel
 
     from caikit.metrics import MetricsLogger
@@ -239,6 +241,7 @@ def train_probe(cfg) -> str:
     from caikit.train.data import split_rows
     from caikit.train.loop import load_pretrained, load_train_tokenizer, read_training_data
     from caikit.train.heldout import heldout_summary, write_summary
+    from caikit.trackers import open_tracker
 
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -281,7 +284,7 @@ def train_probe(cfg) -> str:
     summary = heldout_summary(pair_accuracy(w, chosen[n_train:], rejected[n_train:]), eval_triples,
                               train_accuracy=pair_accuracy(w, train_c, train_r), train_pairs=n_train)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLogger(cfg.out)
+    metrics = MetricsLogger(cfg.out, tracker=open_tracker(cfg.report_to, cfg.out, asdict(cfg)))
     for step, row in enumerate(cv_table):
         metrics.log(step, **row)
     metrics.log(len(cv_table), **summary)
