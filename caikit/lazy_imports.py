@@ -2,10 +2,10 @@
 
 A command's options live in a dataclass beside its code, and that code imports torch, transformers or an SDK at the
 top (as it should: the import is real work the command does). `--help` needs only the dataclass, so while it is
-being answered the heavy top-level packages are imported lazily: the name is bound, and the library's own code runs only if something touches it — which printing help does not. This turns
-`caikit train sft --help` from seconds (importing torch) into a fraction of a second, without moving any config
-away from the code it configures. Only the help path uses it: the process ends after printing, so no half-loaded
-module ever reaches a real run.
+being answered the heavy top-level packages are imported lazily: the name is bound, and the library's own code runs
+only if something touches it, which printing help does not. This turns `caikit train sft --help` from seconds
+(importing torch) into a fraction of a second, without moving any config away from the code it configures. Only
+the help path uses it: the process ends after printing, so no half-loaded module ever reaches a real run.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class Progress:
 
     # -- counting
     def request_done(self, name: str) -> None:
-        name = name or self.desc
+        name = name or "requests"  # a stage that names no phases
         self.done[name] = self.done.get(name, 0) + 1
         if self.per_item:
             self._advance()
@@ -145,3 +145,45 @@ class Progress:
             self.bar.close()
         elif self.enabled:
             self._line()
+
+
+class PlainBar:
+    """tqdm's update / set_postfix / close for a trainer outside a terminal: one plain line per interval."""
+
+    def __init__(self, total: int, *, initial: int = 0, desc: str = "", unit: str = "step", stream=None,
+                 interval: float | None = None) -> None:
+        self.total, self.n, self.first, self.desc, self.unit = total, initial, initial, desc, unit
+        self.stream = stream or sys.stderr
+        self.interval = PLAIN_INTERVAL if interval is None else interval
+        self.postfix: dict[str, Any] = {}
+        self.started = self.last_line = time.monotonic()
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs: Any) -> None:
+        self.postfix = {**(ordered_dict or {}), **kwargs}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.last_line >= self.interval:
+            self._line()
+
+    def _line(self) -> None:
+        self.last_line = now = time.monotonic()
+        elapsed = now - self.started
+        rate = (self.n - self.first) / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {_clock((self.total - self.n) / rate)}" if rate > 0 and self.n < self.total else ""
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.2f}/s, elapsed {_clock(elapsed)}{eta}{extra}",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.n > self.first:
+            self._line()
+
+
+def step_bar(total: int, *, initial: int = 0, desc: str = "", unit: str = "step", disable: bool = False):
+    """A trainer's progress: a tqdm bar in a terminal, plain lines elsewhere (a log file keeps no carriage returns)."""
+    from tqdm.auto import tqdm
+
+    if disable or sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable)
+    return PlainBar(total, initial=initial, desc=desc, unit=unit)

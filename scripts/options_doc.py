@@ -80,7 +80,8 @@ def command_table(cmd, cls: type) -> str:
             flag = " / ".join(f"`{n}`" for n in names)
         else:
             flag = f"`{action.dest.upper()}`" + (" ..." if action.nargs == "+" else "")
-        rows.append(f"| {flag} | {_default(field)} | {_cell(_valid(field))} | {_cell(field.metadata.get('help', ''))} |")
+        what = _cell(field.metadata.get("help", ""))
+        rows.append(f"| {flag} | {_default(field)} | {_cell(_valid(field))} | {what} |")
     head = "| option | default | valid | what it does |\n|---|---|---|---|"
     return head + "\n" + "\n".join(rows)
 

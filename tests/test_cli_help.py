@@ -40,8 +40,8 @@ def run_probe(*argv: str) -> dict:
 
 
 def test_importing_the_cli_loads_no_heavy_library():
-    done = subprocess.run([sys.executable, "-c", "import sys, caikit.cli; print(sorted(m for m in %r if m in sys.modules))"
-                           % (HEAVY,)], cwd=REPO, capture_output=True, text=True, timeout=120,
+    code = "import sys, caikit.cli; print(sorted(m for m in %r if m in sys.modules))" % (HEAVY,)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
@@ -58,10 +58,12 @@ def test_help_of_every_command_loads_no_heavy_library(name):
     (["train", "dpo", "--out", "x", "--loss", "sigmod"],
      "caikit train dpo: error: --loss must be one of sigmoid, cdpo, ipo, orpo, simpo, got 'sigmod' "
      "(did you mean 'sigmoid'?)"),
-    (["generate", "--concurency", "8"], "caikit generate: error: unknown option --concurency (did you mean --concurrency?)"),
+    (["generate", "--concurency", "8"],
+     "caikit generate: error: unknown option --concurency (did you mean --concurrency?)"),
     (["train", "sft", "--out", "x", "--batch-size", "2.5"],
      "caikit train sft: error: --batch-size must be a whole number 1 to 65,536, got '2.5'"),
-    (["train", "dpo", "--out", "x", "--lr", "abc"], "caikit train dpo: error: --lr must be a number > 0 and <= 1, got 'abc'"),
+    (["train", "dpo", "--out", "x", "--lr", "abc"],
+     "caikit train dpo: error: --lr must be a number > 0 and <= 1, got 'abc'"),
     (["train", "dpo", "--out", "x", "--lr"], "caikit train dpo: error: --lr needs a value"),
     (["generate", "--limit", "-1"], "caikit generate: error: --limit must be >= 0, got -1"),
 ])

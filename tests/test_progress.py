@@ -64,3 +64,17 @@ def test_third_party_progress_bars_are_off_under_the_cli():
     env = {k: v for k, v in os.environ.items() if "PROGRESS_BARS" not in k}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.splitlines()[-1] == "1 1"
+
+
+def test_a_trainer_outside_a_terminal_writes_plain_lines(capsys):
+    from caikit.progress import PlainBar, step_bar
+
+    out = io.StringIO()
+    bar = PlainBar(4, initial=1, desc="dpo", stream=out, interval=0)
+    bar.set_postfix(loss="0.69")
+    bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("dpo: 2/4 steps, ") and "ETA " in lines[0] and lines[0].endswith(", loss 0.69")
+    assert lines[-1].startswith("dpo: 2/4 steps, ") and "\r" not in out.getvalue()
+    assert isinstance(step_bar(3, desc="sft"), PlainBar)  # pytest's stderr is not a terminal

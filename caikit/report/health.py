@@ -77,7 +77,8 @@ def counts_finding(layout: Layout) -> Finding | None:
     if failed:
         text = f"{failed} item{'s' if failed != 1 else ''} failed." + (f" Also: {words}." if words else "")
     else:
-        text = f"Nothing failed, but more than {DROPPED_SHARE:.0%} was dropped: {words}." if words else "Nothing failed."
+        text = (f"Nothing failed, but more than {DROPPED_SHARE:.0%} was dropped: {words}." if words
+                else "Nothing failed.")
     badge = f"{failed} FAILURE{'S' if failed != 1 else ''}" if failed else ("DROPPED" if heavy else "")
     return Finding(COUNTS, "warn" if failed or heavy else "good", text, badge, "; ".join(parts) + ".")
 

@@ -90,7 +90,7 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
     """Train; `reward_fn` (a RewardFn, or a plain f(prompts, responses) -> scores), `check` (the independent
     reward-hacking check) and `engine` (a caikit.generation engine) default to what --reward-model /
     --reward-fn, --check-rm / --check-judge and --engine name."""
-    from tqdm.auto import tqdm
+    from caikit.progress import step_bar
     from transformers import AutoModelForCausalLM
 
     from caikit.generation import push_weights
@@ -127,8 +127,8 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
     engine = engine or rollout_engine(cfg, accelerator, accelerator.unwrap_model(policy), tokenizer)
     push_weights(engine, accelerator.unwrap_model(policy))  # a given engine or a resumed policy: start in step
 
-    bar = tqdm(total=total_steps, initial=step, desc=cfg.estimator, unit="step",
-               disable=not (cfg.progress and accelerator.is_local_main_process))
+    bar = step_bar(total=total_steps, initial=step, desc=cfg.estimator, unit="step",
+                   disable=not (cfg.progress and accelerator.is_local_main_process))
     while step < total_steps:
         started = time.perf_counter()
         # every process answers its own slice of the step's prompts, each G times in a row: row g of a group

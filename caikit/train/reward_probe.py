@@ -101,11 +101,11 @@ def feature_cache_path(fingerprint: str, layer: int, sequences: list[list[int]])
 def extract_features(backbone, sequences: list[list[int]], pad_token_id: int, device) -> Tensor:
     """(N, H) last-token features of `backbone` (a base model: its last_hidden_state is normed), one row per
     sequence in input order; batches are length-sorted and right-padded."""
-    from tqdm.auto import tqdm
+    from caikit.progress import step_bar
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: Tensor | None = None
-    bar = tqdm(total=len(sequences), desc="features", unit="seq")
+    bar = step_bar(total=len(sequences), desc="features", unit="seq")
     with torch.no_grad():
         for k in range(0, len(order), EXTRACT_BATCH):
             idx = order[k:k + EXTRACT_BATCH]

@@ -96,7 +96,7 @@ class TrainingSession:
 def start_session(cfg, command: str, accelerator, model, task_type: str, n_examples: int, desc: str,
                   data_summary=None) -> TrainingSession:
     """Adapters, optimizer, schedule, resume from a checkpoint, accelerate, config.yaml, metrics and a progress bar."""
-    from tqdm.auto import tqdm
+    from caikit.progress import step_bar
 
     from caikit.metrics import MetricsLogger
     from caikit.trackers import open_tracker
@@ -115,6 +115,7 @@ def start_session(cfg, command: str, accelerator, model, task_type: str, n_examp
     metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process, tracker=tracker)
     if data_summary is not None:
         record_data(cfg, data_summary, metrics, step)
-    bar = tqdm(total=total_steps, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process)
+    bar = step_bar(total=total_steps, initial=step, desc=desc, unit="step",
+                   disable=not accelerator.is_local_main_process)
     model.train()
     return TrainingSession(cfg, accelerator, model, optimizer, scheduler, total_steps, step, how, metrics, bar)
