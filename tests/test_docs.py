@@ -81,3 +81,9 @@ def test_site_builds_with_no_warning(tmp_path):
     assert not re.search(r"^(WARNING|ERROR)", done.stderr, re.M), done.stderr[-4000:]
     assert (tmp_path / "site" / "tutorial" / "index.html").exists()
     assert (tmp_path / "site" / "reference" / "commands" / "index.html").exists()
+
+
+def test_readme_links_point_at_pages_that_exist():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    links = [link for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme) if "://" not in link]
+    assert links and [link for link in links if not (REPO / link).exists()] == []
