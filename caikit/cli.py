@@ -15,6 +15,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import sys
 
 from caikit.commands import COMMANDS, Command
@@ -42,16 +43,73 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _run(cmd: Command, rest: list[str]):
-    from caikit.config import add_dataclass_args, resolve
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a wrong value or an unknown flag is one line saying what would be right (exit 2),
+    not a usage block with the one line that matters at its end."""
 
-    module = importlib.import_module(cmd.module)
-    cls = getattr(module, cmd.config)
-    parser = argparse.ArgumentParser(prog=f"caikit {cmd.name}", description=cmd.help)
+    def __init__(self, *args, option_fields: dict | None = None, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.option_fields = option_fields or {}
+
+    def error(self, message: str):
+        raise UserError(self.one_line(message))
+
+    def one_line(self, message: str) -> str:
+        from caikit.config import did_you_mean, range_text
+
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        m = re.match(r"argument (\S+?)(?:/\S+)?: invalid choice: '?(.*?)'? \(choose from (.*)\)$", message)
+        if m:
+            choices = [c.strip(" '") for c in m.group(3).split(",")]
+            return (f"{m.group(1)} must be one of {', '.join(choices)}, got '{m.group(2)}'"
+                    + did_you_mean(m.group(2), choices))
+        m = re.match(r"argument (\S+?)(?:/\S+)?: invalid (int|float) value: (.*)$", message)
+        if m:
+            action = next((a for a in self._actions if m.group(1) in a.option_strings), None)
+            field = self.option_fields.get(action.dest) if action else None
+            bounds = field.metadata.get("range") if field is not None else None
+            kind = "a whole number" if m.group(2) == "int" else "a number"
+            return f"{m.group(1)} must be {kind}" + (f" {range_text(bounds)}" if bounds else "") + f", got {m.group(3)}"
+        m = re.match(r"unrecognized arguments: (.*)$", message)
+        if m:
+            words = m.group(1).split()
+            unknown = [w for w in words if w.startswith("-")]
+            if unknown:
+                word = unknown[0].split("=", 1)[0]
+                return f"unknown option {word}" + did_you_mean(word, flags, shown=str)
+            return f"unexpected argument{'s' if len(words) > 1 else ''}: {' '.join(words)}"
+        m = re.match(r"argument (\S+?)(?:/\S+)?: expected (?:one|at least one) argument", message)
+        if m:
+            return f"{m.group(1)} needs a value"
+        return message
+
+
+def build_parser(cmd: Command, cls: type) -> argparse.ArgumentParser:
+    """The command's argument parser: what `--help` prints and what the generated reference page lists."""
+    import dataclasses
+
+    from caikit.config import add_dataclass_args
+
+    parser = _Parser(prog=f"caikit {cmd.name}", description=cmd.help,
+                     option_fields={f.name: f for f in dataclasses.fields(cls)})
     if "config_file" not in cmd.positional:
         parser.add_argument("--config", dest="_config_file", metavar="FILE", default=None,
                             help="YAML file with options (flags on the command line win)")
     add_dataclass_args(parser, cls, positional=cmd.positional)
+    return parser
+
+
+def _run(cmd: Command, rest: list[str]):
+    from caikit.config import resolve
+
+    if "-h" in rest or "--help" in rest:  # only the options are needed: torch & co. are bound but never loaded
+        from caikit.lazy_imports import deferred_heavy_imports
+
+        with deferred_heavy_imports():
+            build_parser(cmd, getattr(importlib.import_module(cmd.module), cmd.config)).parse_args(rest)
+    module = importlib.import_module(cmd.module)
+    cls = getattr(module, cmd.config)
+    parser = build_parser(cmd, cls)
     args = parser.parse_args(rest)
     config_file = vars(args).pop("_config_file", None)
     cfg = resolve(cls, args, config_file=config_file)
@@ -72,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     # other busy process ran 5-8x slower here (SmolLM2 batch-16 generation: 8 vs 41 tok/s on 2 cores).
     # Must be set before torch is first imported; a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # transformers', datasets' and the Hub client's own bars (shard loading, map, downloads) stay out of our
+    # output: they interleave with caikit's progress and leave escape codes in logs. A user's own setting wins.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -51,6 +51,14 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, low: float | N
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
+def did_you_mean(word: str, names, *, shown=repr) -> str:
+    """' (did you mean 'max_tokens'?)' for the nearest of `names`, or '' when none is near."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+    return f" (did you mean {shown(close[0])}?)" if close else ""
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -238,7 +246,8 @@ def from_dict(cls: type[T], data: dict, *, source: str = "config", flags: frozen
                   "the next release", file=sys.stderr)
             key = name = renamed[name]
         if name not in fields:
-            raise UserError(f"unknown option {_shown(key)} (known: {', '.join(sorted(fields))})", path=source)
+            hint = did_you_mean(name, fields) or f" (known: {', '.join(sorted(fields))})"
+            raise UserError(f"unknown option {_shown(key)}{hint}", path=source)
         value = _coerce(str(key), value, _base_type(hints[name]), fields[name], source)
         check_range(str(key), value, fields[name], source)
         choices = fields[name].metadata.get("choices")

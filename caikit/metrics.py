@@ -26,8 +26,9 @@ class MetricsLogger:
     a multi-process run but the main one) touches no file: `log` only returns the row.
     """
 
-    def __init__(self, out_dir: str | Path, resume: bool = False, writes: bool = True):
+    def __init__(self, out_dir: str | Path, resume: bool = False, writes: bool = True, tracker=None):
         self.path = Path(out_dir) / "metrics.jsonl"
+        self.tracker = tracker if writes else None  # caikit.trackers: each row also goes there (--report-to)
         self._resume, self._writes = resume, writes
         self._file = None
         self.first_row: dict[str, Any] = {}  # facts about the run (e.g. what data it read) for the next row only
@@ -58,12 +59,17 @@ class MetricsLogger:
             self._open(step)
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        if self.tracker is not None:
+            self.tracker.log(row)
         return row
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     def __enter__(self):
         return self

@@ -88,7 +88,37 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     if name.startswith((".", "/", "~")):
         raise UserError("model path does not exist", path=name)
+    _check_hub_reachable(name)
     return name  # a hub id; from_pretrained reports if it cannot be found
+
+
+def _check_hub_reachable(repo_id: str) -> None:
+    """A hub id not in the local cache needs the Hub: with the Hub off (HF_HUB_OFFLINE) or unreachable, stop at
+    once with one line, instead of the Hub client's minute of "Retrying in 8s" before the same conclusion."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return
+    except HFValidationError:
+        raise UserError(f"model '{repo_id}' is not a local directory, not an embedded model (smollm2) and not a "
+                        "Hugging Face id (owner/name)") from None
+    where = f"model '{repo_id}' is not a local directory, not an embedded model (smollm2) and not in the local " \
+            "Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"{where}, and HF_HUB_OFFLINE is set: download it where the Hub is reachable, or pass a "
+                        "local directory")
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=5).close()
+    except OSError as e:
+        raise UserError(f"{where}, and the Hub ({endpoint.hostname}) cannot be reached ({e.strerror or e}): "
+                        "download it where the Hub is reachable, or pass a local directory") from None
 
 
 def check_safetensors(path: Path) -> None:

@@ -11,21 +11,19 @@ rest, the same way for every stage:
   times, and is never stored as final, so the next run asks again;
 - a failure of the whole run (401 / 403 / 404, a 400 no prompt gets past) stops every item at once:
   `RunStopped`, one line, exit 2; anything else that fails is a failure row the next run retries;
-- a progress bar shows done/total, rate, ETA, tokens, cost and failures.
+- progress counts requests per named phase (caikit.progress), with rate, ETA, tokens, cost and failures.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
-
-from tqdm import tqdm
 
 from caikit.backends.base import BackendError, Completion
 from caikit.backends.cache import CachingBackend, ItemLedger, UsageMeter, current_item
 from caikit.errors import UserError
+from caikit.progress import Progress, count_request
 from caikit.records import Failure, Record
 from caikit.rundir import RunDir, note
 from caikit.stages.base import ParseError, Reply, Request
@@ -48,16 +46,11 @@ class Outcome:
     skipped: int
 
 
-def _postfix(meter: UsageMeter | None, failures: int) -> dict[str, Any]:
-    if meter is None:
-        return {"failed": failures}
-    u = meter.usage
-    return {"tok": f"{u.total_tokens:,}", "cost": f"${meter.cost_usd:.4f}", "failed": failures}
-
-
 async def run_all(items: Iterable[T], work: Callable[[T], Awaitable[bool]], *, concurrency: int, desc: str,
-                  meter: UsageMeter | None = None, progress: bool = True, total: int | None = None) -> tuple[int, int]:
+                  meter: UsageMeter | None = None, progress: bool = True, total: int | None = None,
+                  per_item: dict[str, int] | None = None) -> tuple[int, int]:
     """Run `work(item)` for every item, `concurrency` at a time. `work` returns True on success.
+    `per_item`: the requests one item sends in each named phase, so that progress counts requests (caikit.progress).
 
     Returns (succeeded, failed). Exceptions other than cancellation propagate after the pool stops.
     """
@@ -66,8 +59,7 @@ async def run_all(items: Iterable[T], work: Callable[[T], Awaitable[bool]], *, c
     for item in items:
         queue.put_nowait(item)
         count += 1
-    bar = tqdm(total=total if total is not None else count, desc=desc, unit="it", dynamic_ncols=True,
-               disable=not progress, file=sys.stderr, smoothing=0.1)
+    bar = Progress(desc, total if total is not None else count, per_item=per_item, meter=meter, enabled=progress)
     done = {"ok": 0, "failed": 0}
 
     async def worker() -> None:
@@ -78,17 +70,16 @@ async def run_all(items: Iterable[T], work: Callable[[T], Awaitable[bool]], *, c
                 return
             ok = await work(item)
             done["ok" if ok else "failed"] += 1
-            bar.update(1)
-            bar.set_postfix(_postfix(meter, done["failed"]), refresh=False)
+            bar.item_done(ok)
 
-    workers = [asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, count)))]
-    try:
-        await asyncio.gather(*workers)
-    finally:
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        bar.close()
+    with bar.active():  # the workers' tasks inherit it: their requests count towards it
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, count)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
     return done["ok"], done["failed"]
 
 
@@ -150,6 +141,12 @@ class Runner:
         return list(results)
 
     async def ask_one(self, request: Request) -> Reply:
+        try:
+            return await self._ask_one(request)
+        finally:
+            count_request()
+
+    async def _ask_one(self, request: Request) -> Reply:
         if request.kind == "logprobs":
             accept = request.accept or (lambda lp, attempt: lp)
             logprobs = await self.backend.option_logprobs(request.messages, list(request.options),
@@ -185,7 +182,8 @@ class Runner:
     async def run(self, todo: list[tuple[Any, str]], build: Callable[[Any, str], Awaitable[Record]], *,
                   records: JsonlFile, failures: JsonlFile, stage: str, run_id: str, concurrency: int,
                   item_label: Callable[[Any], str] = lambda item: getattr(item, "id", ""),
-                  meter: UsageMeter | None = None, desc: str | None = None) -> Outcome:
+                  meter: UsageMeter | None = None, desc: str | None = None,
+                  per_item: dict[str, int] | None = None) -> Outcome:
         """Build a record for every (item, key) of `todo`, `concurrency` at a time: the one worker that every
         stage shares. Each record (or failure row) is appended and flushed as it completes."""
         stopped: list[BackendError] = []
@@ -214,7 +212,7 @@ class Runner:
 
         try:
             ok, failed = await run_all(todo, work, concurrency=concurrency, desc=desc or stage, meter=meter,
-                                       progress=self.progress)
+                                       progress=self.progress, per_item=per_item)
         except BackendError as e:
             if stopped:
                 raise RunStopped(f"the provider refused the run: {first_line(stopped[0])} (nothing more was sent; "

@@ -115,9 +115,8 @@ def test_sft_layouts_and_older_messages_rows(tmp_path, capsys):
     assert main(["export", str(run), "--format", "jsonl"]) == 2
     err = capsys.readouterr().err
     assert "sft.jsonl:1: " in err and "completion" in err and "Traceback" not in err
-    with pytest.raises(SystemExit) as exit_:
-        main(["export", str(run), "--sft-layout", "chat"])
-    assert exit_.value.code == 2 and "invalid choice: 'chat'" in capsys.readouterr().err
+    assert main(["export", str(run), "--sft-layout", "chat"]) == 2
+    assert "--sft-layout must be one of prompt-completion, messages, got 'chat'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("layout", ["prompt-completion", "messages"])

@@ -10,7 +10,6 @@ two sides.
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 from collections import defaultdict
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from caikit.rundir import RunDir, note
 from caikit.runner import Runner, open_backend, pending
 from caikit.stages.judge import METHODS, JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
 from caikit.store import latest_by_id, write_jsonl_atomic
+from caikit.train.monitors import before_after_warnings
 
 
 @dataclasses.dataclass
@@ -224,6 +226,13 @@ def harm_yardstick(cfg: EvalConfig, suites: dict, cache, detector) -> tuple[list
     return rows, summary
 
 
+def user_text(messages) -> str:
+    """The user's words of a conversation, what an answer that parrots the user repeats."""
+    if isinstance(messages, str):
+        return messages
+    return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict) and m.get("role") == "user")
+
+
 def run_eval(cfg: EvalConfig) -> int:
     from caikit.constitution import load_constitution
 
@@ -271,7 +280,9 @@ def run_eval(cfg: EvalConfig) -> int:
                   **{f"truncated_answers_{side}": sum(a["finish_reason"] == "length" for a in answers[side][0])
                      for side in ("before", "after")}}
         models = {"before": cfg.before, "after": cfg.trained}
-        report = {"models": models, "judge": judge, "counts": counts, "table": table}
+        monitors = before_after_warnings([user_text(p["prompt"]) for p in pairs], [p["before"] for p in pairs],
+                                         [p["after"] for p in pairs], kl.get("per_response"))
+        report = {"models": models, "judge": judge, "counts": counts, "table": table, "monitors": monitors}
         if yardstick:
             report["harm_yardstick"] = yardstick
         if cfg.reward_model:  # the yardstick's own held-out accuracy travels with the scores it gave
@@ -287,6 +298,8 @@ def run_eval(cfg: EvalConfig) -> int:
         print(f"caikit eval: refusal rates by {detector.describe()}")
     if cfg.reward_model:
         print(f"caikit eval: reward model {cfg.reward_model}: {describe_heldout(report['reward_model'])}")
+    for warning in monitors:
+        print(f"caikit eval: warning: {warning['message']}", file=sys.stderr)
     print(f"caikit eval: {run.file(RunDir.REPORT)}, {run.file(RunDir.SAMPLES)}"
           + (f"; {failed} pairs could not be judged (rerun to retry)" if failed else ""))
     if pairs and not counts["judged_pairs"]:

@@ -135,7 +135,8 @@ def run_generate(cfg: GenerateConfig) -> int:
         try:
             run_then_close(runner.run(todo, lambda row, key: build_trace(runner.ask, setup, row, key),
                                       records=traces, failures=failures, stage="generate", run_id=run.run_id,
-                                      concurrency=concurrency, meter=meter), cached)
+                                      concurrency=concurrency, meter=meter,
+                                      per_item={"answer": 1, "critique": cfg.rounds, "revise": cfg.rounds}), cached)
         finally:
             traces.close()
             failures.close()

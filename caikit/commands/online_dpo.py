@@ -262,7 +262,10 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> int:
         return result
 
     policies = [cfg.policy] + [str(out / f"iter-{i}" / "dpo") for i in range(1, cfg.iterations + 1)]
-    figures = Figures(cfg, out, lambda where: judge_config(cfg, cfg.policy, where))
+    from caikit.trackers import open_tracker
+
+    tracker = open_tracker(cfg.report_to, out, dataclasses.asdict(cfg))  # the loop's rows; each DPO logs its own
+    figures = Figures(cfg, out, lambda where: judge_config(cfg, cfg.policy, where), tracker=tracker)
     step("iter-0/samples", lambda: sample(cfg, policies[0], out / "iter-0" / "samples", prompts))
     step("iter-0/figures", lambda: figures.row(0, policies[0], out / "iter-0" / "samples"))
     for i in range(1, cfg.iterations + 1):

@@ -59,9 +59,10 @@ def answers(samples_dir: Path) -> dict[str, dict[str, Any]]:
 class Figures:
     """The rows of iterations.json, computed once each (a rerun keeps the rows it finds) and written as they come."""
 
-    def __init__(self, cfg, out: Path, make_judge: Callable[[Path], Any]):
-        """`make_judge(where)`: the judge's config (a JudgeConfig) for a judge run directory `where`."""
-        self.cfg, self.out, self.make_judge = cfg, out, make_judge
+    def __init__(self, cfg, out: Path, make_judge: Callable[[Path], Any], tracker=None):
+        """`make_judge(where)`: the judge's config (a JudgeConfig) for a judge run directory `where`; `tracker`
+        (caikit.trackers, --report-to) gets each new row, its step the iteration."""
+        self.cfg, self.out, self.make_judge, self.tracker = cfg, out, make_judge, tracker
         kept = read_json(out / ITERATIONS, {}) or {}
         self.rows: dict[int, dict[str, Any]] = {r["iteration"]: r for r in kept.get("iterations", [])
                                                 if isinstance(r, dict) and r.get("iteration", 10**9) <= cfg.iterations}
@@ -93,6 +94,8 @@ class Figures:
             row["judge"]["gate"] = (stats.get("gate") or {}).get("status", "not run")
             row["dpo_pairs"] = sum(1 for _ in JsonlFile(judge_dir.parent / "pairs.jsonl").iter())
         self.rows[i] = row
+        if self.tracker is not None:
+            self.tracker.log({**row, "step": i})
         if row["length_growth"] is not None and row["length_growth"] > self.cfg.max_length_growth:
             print(f"caikit train online-dpo: warning: {warning_text(row, self.cfg.max_length_growth)}",
                   file=sys.stderr, flush=True)
@@ -149,6 +152,8 @@ class Figures:
 
     def close(self) -> None:
         self.write()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def warning_text(row: dict[str, Any], limit: float) -> str:

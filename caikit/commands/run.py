@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from caikit.commands import RUN_STAGES as STAGES
-from caikit.config import from_dict, load_yaml, option, save_config
+from caikit.config import did_you_mean, from_dict, load_yaml, option, save_config
 from caikit.errors import UserError
 from caikit.records import canonical_json
 from caikit.rundir import RunDir, lock_directory, note
@@ -96,14 +96,17 @@ def _load_run_file(path: str) -> dict[str, Any]:
     run = load_yaml(path)
     unknown = set(run) - TOP_LEVEL_KEYS
     if unknown:
-        raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})",
-                        path=path)
+        first = sorted(map(str, unknown))[0]
+        hint = did_you_mean(first, TOP_LEVEL_KEYS) or f" (known: {', '.join(sorted(TOP_LEVEL_KEYS))})"
+        raise UserError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}{hint}", path=path)
     stages = run.get("stages") or {}
     if not isinstance(stages, dict) or not stages:
         raise UserError("'stages' must map stage names to their options", path=path)
     bad = set(stages) - set(STAGES)
     if bad:
-        raise UserError(f"unknown stage(s) {', '.join(sorted(map(str, bad)))} (known: {', '.join(STAGES)})", path=path)
+        first = sorted(map(str, bad))[0]
+        hint = did_you_mean(first, STAGES) or f" (known: {', '.join(STAGES)})"
+        raise UserError(f"unknown stage(s) {', '.join(sorted(map(str, bad)))}{hint}", path=path)
     for key in ("name", "out"):
         if run.get(key) is not None and not isinstance(run[key], str):
             raise UserError(f"'{key}' must be text, got {run[key]!r}"[:120], path=path)

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.label.session import SIDES, LabelSession, StalePair
-from caikit.label.sources import load_items, select
+from caikit.label.sources import judge_gate_status, load_items, select
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY = 64 * 1024  # bytes: a note and a pair id; anything larger is not from the page
@@ -209,7 +209,9 @@ def run_label(cfg: LabelConfig) -> int:
     token = cfg.token or ("" if cfg.host in LOOPBACK_HOSTS else secrets.token_urlsafe(24))
     items, kind = load_items(cfg.source)
     selected = select(items, cfg.sample, cfg.seed)
-    session = LabelSession(selected, cfg.out, labeler=labeler, source=cfg.source, seed=cfg.seed, reveal=cfg.reveal)
+    gate = judge_gate_status(Path(cfg.source)) if kind == "judge run" else ""
+    session = LabelSession(selected, cfg.out, labeler=labeler, source=cfg.source, seed=cfg.seed, reveal=cfg.reveal,
+                           judge_gate=gate)
     try:
         server = LabelServer(session, cfg.host, cfg.port, token)
     except OSError as e:

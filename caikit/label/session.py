@@ -28,8 +28,10 @@ class StalePair(Exception):
 
 class LabelSession:
     def __init__(self, items: list[LabelItem], out: str | Path, *, labeler: str, source: str, seed: int = 0,
-                 reveal: bool = False):
+                 reveal: bool = False, judge_gate: str = ""):
         self.items = items
+        self.judge_gate = judge_gate  # the judge run's gate status, shown beside its verdict with --reveal
+        self.undone: dict[str, Any] | None = None  # what the last undo took back, as the page shows it
         self.by_id = {item.pair_id: item for item in items}
         self.out, self.labeler, self.source, self.seed, self.reveal = Path(out), labeler, source, seed, reveal
         self.lock = threading.Lock()
@@ -98,10 +100,11 @@ class LabelSession:
             choice = {"left": left, "right": "b" if left == "a" else "a"}.get(side, side)
             assert choice in CHOICES
             self._append(item, choice, note)
-            self.resumed_after = None
+            self.resumed_after, self.undone = None, None
             self.last = {"pair_id": pair_id, "choice": side}
             if self.reveal and item.ai_p_a is not None:  # only after the answer is on disk
                 self.last["ai_p_left"] = item.ai_p_a if left == "a" else 1.0 - item.ai_p_a
+                self.last["judge_gate"] = self.judge_gate
 
     def undo(self) -> bool:
         """Withdraw this labeller's latest standing answer; that pair is shown next. False: nothing to undo."""
@@ -109,8 +112,13 @@ class LabelSession:
             if not self.history:
                 return False
             pair_id = self.history[-1]
+            left = shown_left(self.seed, self.labeler, pair_id)
+            previous = self.answered[pair_id]
+            side = {left: "left", ("b" if left == "a" else "a"): "right"}.get(previous, previous)
             self._append(self.by_id[pair_id], UNDO, "")
             self.resumed_after, self.last = pair_id, None
+            self.undone = {"pair_id": pair_id, "choice": side,
+                           "position": 1 + [item.pair_id for item in self.items].index(pair_id)}
             return True
 
     def state(self) -> dict[str, Any]:
@@ -121,10 +129,12 @@ class LabelSession:
             if item is not None:
                 left = shown_left(self.seed, self.labeler, item.pair_id)
                 texts = (item.response_a, item.response_b) if left == "a" else (item.response_b, item.response_a)
-                pair = {"pair_id": item.pair_id, "prompt": item.prompt, "left": texts[0], "right": texts[1]}
+                cut = (item.cut_a, item.cut_b) if left == "a" else (item.cut_b, item.cut_a)
+                pair = {"pair_id": item.pair_id, "prompt": item.prompt, "left": texts[0], "right": texts[1],
+                        "left_cut": cut[0], "right_cut": cut[1]}
             return {"labeler": self.labeler, "total": len(self.items), "done": len(self.answered),
                     "out": str(self.out), "reveal": self.reveal, "can_undo": bool(self.history),
-                    "pair": pair, "last": self.last}
+                    "pair": pair, "last": self.last, "undone": self.undone}
 
     def close(self) -> None:
         self.file.close()

@@ -28,6 +28,40 @@ class LabelItem:
     response_a: str
     response_b: str
     ai_p_a: float | None = None  # the AI judge's P(a better), from a judge run
+    cut_a: bool = False  # response_a stopped at the token limit (shown as cut: a labeller judges what is there)
+    cut_b: bool = False
+
+
+def judge_gate_status(run_dir: Path) -> str:
+    """The judge run's quality-gate status (gate.json: passed, failed, allowed-weak, ...), "" when it has none."""
+    import json
+
+    try:
+        gate = json.loads((run_dir / "gate.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(gate.get("status", "")) if isinstance(gate, dict) else ""
+
+
+def _cut_texts(judge_dir: Path) -> set[str]:
+    """Responses of the generate run a judge run read (config.yaml's from_dir) that stopped at the token limit:
+    cut initial answers and cut revisions (kept with --keep-truncated)."""
+    import yaml
+
+    cut: set[str] = set()
+    try:
+        config = yaml.safe_load((judge_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    traces = Path(str(config.get("from_dir") or "")) / "traces.jsonl" if isinstance(config, dict) else None
+    if traces is not None and config.get("from_dir") and traces.is_file():
+        for row in latest_by_id(JsonlFile(traces).iter()).values():
+            stops = row.get("stop_reasons") or {}
+            if stops.get("answer") == "length":
+                cut.add(str(row.get("initial_response", "")))
+            if row.get("truncated"):
+                cut.add(str(row.get("final_revision", "")))
+    return cut
 
 
 def _rows(path: Path) -> list[dict]:
@@ -38,14 +72,15 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _judge_items(path: Path) -> list[LabelItem]:
-    items = []
+    items, cut = [], _cut_texts(path.parent)
     for row in _rows(path):
         p_a = row.get("p_a")
         if not isinstance(row.get("prompt"), list) or not isinstance(p_a, (int, float)):
             raise UserError(f"row {row['id']!r} is not a judgment (prompt, response_a, response_b, p_a)",
                             path=str(path))
-        items.append(LabelItem(str(row.get("pair_id") or row["id"]), row["prompt"], str(row.get("response_a", "")),
-                               str(row.get("response_b", "")), float(p_a)))
+        a, b = str(row.get("response_a", "")), str(row.get("response_b", ""))
+        items.append(LabelItem(str(row.get("pair_id") or row["id"]), row["prompt"], a, b, float(p_a),
+                               cut_a=a in cut, cut_b=b in cut))
     return items
 
 
@@ -57,7 +92,9 @@ def _generate_items(path: Path) -> list[LabelItem]:
             raise UserError(f"row {row['id']!r} is not a trace (prompt, initial_response, final_revision)",
                             path=str(path))
         if revision.strip() != initial.strip():  # a revision that changed nothing is no comparison
-            items.append(LabelItem(row["id"], row["prompt"], revision, initial))
+            stops = row.get("stop_reasons") or {}
+            items.append(LabelItem(row["id"], row["prompt"], revision, initial, cut_a=bool(row.get("truncated")),
+                                   cut_b=stops.get("answer") == "length"))
     return items
 
 

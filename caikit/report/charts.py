@@ -7,12 +7,10 @@ import tempfile
 from html import escape
 from pathlib import Path
 
-from caikit.report.markup import missing, png
+from caikit.report.markup import missing, png, table
 from caikit.report.sources import is_num, scan_jsonl
 
-# Metrics drawn first when we have to chart a stage ourselves (at most SVG_METRICS of them).
-MAIN_METRICS = ("loss", "eval_loss", "reward_accuracy", "reward_margin", "score", "kl", "kl_coef", "entropy")
-SVG_METRICS = 4
+SVG_METRICS = 4  # charts drawn as inline SVG when matplotlib is unavailable
 
 
 def svg_line_chart(title: str, series: dict[str, list[tuple[float, float]]],
@@ -56,12 +54,22 @@ def svg_line_chart(title: str, series: dict[str, list[tuple[float, float]]],
             f'aria-label="{escape(title)}">{heading}{axes}{"".join(lines)}{"".join(legend)}</svg>')
 
 
+def once_table(metrics: Path) -> str:
+    """The metrics a stage logged once (held-out accuracy, pair counts), as numbers: one point is not a chart."""
+    from caikit.plots import single_values
+
+    values = single_values(scan_jsonl(metrics, 10**9)[1]) if metrics.is_file() else {}
+    if not values:
+        return ""
+    return "<h4>Measured once</h4>" + table(["metric", "value"], [[k, v] for k, v in values.items()], numeric=[1])
+
+
 def curves(stage_dir: Path, where: str) -> str:
-    """The stage's curves; `where` names its directory on the page (e.g. "dpo/")."""
+    """The stage's curves and its once-measured figures; `where` names its directory on the page (e.g. "dpo/")."""
+    metrics = stage_dir / "metrics.jsonl"
     pngs = sorted((stage_dir / "plots").glob("*.png"))
     if pngs:
-        return '<div class="plots">' + "".join(png(p, p.stem) for p in pngs) + "</div>"
-    metrics = stage_dir / "metrics.jsonl"
+        return '<div class="plots">' + "".join(png(p, p.stem) for p in pngs) + "</div>" + once_table(metrics)
     if not metrics.is_file():
         return missing(f"{where}plots/ has no PNG and there is no metrics.jsonl to draw.")
     try:
@@ -69,15 +77,16 @@ def curves(stage_dir: Path, where: str) -> str:
 
         with tempfile.TemporaryDirectory(prefix="caikit-report-") as tmp:
             drawn = plot_metrics(metrics, tmp)
-            return '<div class="plots">' + "".join(png(p, p.stem) for p in sorted(drawn)) + "</div>"
-    except Exception:  # noqa: BLE001 -- no matplotlib, or it choked on odd rows: draw the main metrics ourselves
+            return ('<div class="plots">' + "".join(png(p, p.stem) for p in sorted(drawn)) + "</div>"
+                    + once_table(metrics))
+    except Exception:  # noqa: BLE001 -- no matplotlib, or it choked on odd rows: the same charts as inline SVG
         pass
-    rows = scan_jsonl(metrics, 10**9)[1]
-    keys = [k for k in MAIN_METRICS if any(is_num(r.get(k)) for r in rows)]
-    keys += sorted({k for r in rows for k, v in r.items() if is_num(v) and k not in ("step", "time", *keys)})
-    charts = [svg_line_chart(k, {k: [(r["step"], r[k]) for r in rows if is_num(r.get(k)) and is_num(r.get("step"))]})
-              for k in keys[:SVG_METRICS]]
-    return '<div class="plots">' + "".join(f"<figure>{c}</figure>" for c in charts if c) + "</div>"
+    from caikit.plots import chart_specs
+
+    charts = chart_specs(scan_jsonl(metrics, 10**9)[1])
+    svgs = [svg_line_chart(c.title, {s.key: s.points for s in c.series}, x_label=c.x_label)
+            for c in charts[:SVG_METRICS]]
+    return '<div class="plots">' + "".join(f"<figure>{c}</figure>" for c in svgs if c) + "</div>" + once_table(metrics)
 
 
 def svg_tradeoff_chart(points: dict[str, dict], width: int = 420, height: int = 300) -> str:

@@ -9,7 +9,8 @@
   Effects       each row of eval/report.json with a role (win-rates, refusal rates, mean reward): beyond its
                 noise or not, read by its role (caikit/eval/noise.py computes the intervals): the aim within
                 noise or worse, or a guard (helpfulness, over-refusal) worse beyond noise, is `bad`.
-  Counts        failures, truncated and degenerate items per stage (sources.stage_counts).
+  Monitors      mode collapse and reward hacking between the before/after answers (eval/report.json).
+  Counts        failures, truncated, degenerate and skipped items per stage (caikit/report/health.py).
 
 A chance-level judge (accuracy interval including 0.5, consistency under the threshold, a failed or
 --allow-weak-judge gate), a reward model at chance or no better than "prefer the shorter reply", and an
@@ -19,39 +20,17 @@ aimed-for effect inside its noise are `bad`: red on the page, "[!!]" in text. `v
 
 from __future__ import annotations
 
-import dataclasses
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from caikit.report.markup import table
+from caikit.report.finding import Finding
+from caikit.report.health import COUNTS, counts_finding, counts_grid, monitors_finding
 from caikit.report.sources import (Layout, consistency_of, detect_layout, interval_of, is_num, judge_gate,
                                    read_json, read_yaml, reward_heldout, scan_jsonl, stage_counts)
 
 DEFAULT_MIN_CONSISTENCY = 0.6  # `caikit judge --min-consistency` default, used when gate.json names none
-MARKS = {"bad": "!!", "warn": "??", "good": "ok", "none": "--"}
-COUNTS = "Failures and dropped items"  # the finding that the page shows as a table
 FEW_PAIRS = 10  # below this many pairs an interval is called rough, and a good result only amber
-
-
-@dataclasses.dataclass
-class Finding:
-    topic: str
-    level: str  # bad (red) | warn (amber: not measured, or a caveat) | good | none (nothing to judge)
-    text: str  # the plain-words verdict, one sentence
-    badge: str = ""  # a word or two beside it, so that colour is never the only signal
-    facts: str = ""  # the figures behind it
-    detail: str = ""  # a longer paragraph (the gate's own words), shown on the page only
-
-    @property
-    def label(self) -> str:
-        """The topic, or "" when the sentence already opens with it ("Harmlessness improved ...")."""
-        opening = self.text.lower().removeprefix("the ")
-        return "" if opening.startswith(self.topic.lower().removeprefix("the ")) else self.topic
-
-    def line(self) -> str:
-        label = f"{self.label}: " if self.label else ""
-        return f"[{MARKS[self.level]}] {label}{self.text} {self.facts}".strip()
 
 
 def _pct(x: float) -> str:
@@ -317,27 +296,12 @@ def effect_findings(layout: Layout, judge: Finding | None = None) -> list[Findin
 
 # ---------------------------------------------------------------- counts
 
-def counts_finding(layout: Layout) -> Finding | None:
-    counts = stage_counts(layout)
-    if not counts:
-        return None
-    parts = []
-    for c in counts:
-        items = [f"{c[k]} {'failure' if k == 'failures' and c[k] == 1 else k}"
-                 for k in ("failures", "truncated", "degenerate", "skipped") if is_num(c.get(k))]
-        why = f" ({c['why']})" if c.get("why") else ""
-        parts.append(f"{c['stage']} {', '.join(items) or 'no counts recorded'}{why}")
-    failed = sum(c["failures"] for c in counts if is_num(c.get("failures")))
-    return Finding(COUNTS, "warn" if failed else "good",
-                   f"{failed} item{'s' if failed != 1 else ''} failed." if failed else "Nothing failed.",
-                   f"{failed} FAILURE{'S' if failed != 1 else ''}" if failed else "", "; ".join(parts) + ".")
-
-
 # ---------------------------------------------------------------- the verdict
 
 def findings(layout: Layout) -> list[Finding]:
     judge = judge_finding(layout)
-    found = [judge, reward_finding(layout), *effect_findings(layout, judge), counts_finding(layout)]
+    found = [judge, reward_finding(layout), *effect_findings(layout, judge), monitors_finding(layout),
+             counts_finding(layout)]
     return [f for f in found if f is not None]
 
 
@@ -367,10 +331,7 @@ def verdict_html(layout: Layout) -> str:
         return ""
     level, summary = _summary(found)
     counts = stage_counts(layout)
-    grid = table(["stage", "failures", "truncated", "degenerate", "skipped", "of"],
-                 [[c["stage"], c["failures"], c["truncated"], c["degenerate"],
-                   f"{c['skipped']} ({c['why']})" if c.get("why") else c["skipped"],
-                   f"{c['of']} {c['unit']}" if is_num(c.get("of")) else None] for c in counts], [1, 2, 3])
+    grid = counts_grid(counts)
     items = []
     for f in found:
         badge = f'<span class="badge">{escape(f.badge)}</span>' if f.badge else ""

@@ -14,6 +14,7 @@ from typing import Any
 
 from caikit.records import Messages, Trace, idempotency_key
 from caikit.stages import answer, critique, revise
+from caikit.progress import phase
 from caikit.stages.base import Ask
 
 # Settings that change what a trace contains: a run directory holds traces of one setting only.
@@ -78,12 +79,15 @@ def start(setup: TraceSetup, row, key: str) -> TraceState:
 async def build_trace(ask: Ask, setup: TraceSetup, row, key: str) -> Trace:
     """Answer, critique and revise `row`, `rounds` times, through `ask`."""
     cfg, state = setup.cfg, start(setup, row, key)
-    (reply,) = await ask([answer.plan(state, cfg)])
+    with phase("answer"):
+        (reply,) = await ask([answer.plan(state, cfg)])
     answer.parse(state, reply)
     for r in range(cfg.rounds):
-        (reply,) = await ask([critique.plan(state, cfg, r)])
+        with phase("critique"):
+            (reply,) = await ask([critique.plan(state, cfg, r)])
         critique.parse(state, r, reply)
-        (reply,) = await ask([revise.plan(state, cfg, r)])
+        with phase("revise"):
+            (reply,) = await ask([revise.plan(state, cfg, r)])
         revise.parse(state, r, reply)
     constitution = setup.constitution
     return Trace(id=key, run_id=setup.run_id, prompt_id=row.id, prompt=row.messages, initial_response=state.initial,

@@ -55,6 +55,9 @@ class CommonTrainConfig:
     resume: bool = option(False, help="continue from the last checkpoint in --out")
     overwrite: bool = option(False, help="train again from the start into an --out that holds a trained model "
                                          "(its model, checkpoints and metrics are replaced)")
+    report_to: str = option("none", help="also send each metrics.jsonl row (same names) to an experiment tracker; "
+                                         "each is an optional extra: pip install 'caikit[tensorboard]' ...",
+                            metadata={"choices": ["none", "tensorboard", "wandb", "mlflow", "trackio"]})
 
     def validate(self) -> None:
         if not self.out:
@@ -65,6 +68,9 @@ class CommonTrainConfig:
             raise UserError("--max-length must be >= 8")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise UserError("--eval-fraction must be in [0, 1)")
+        from caikit.trackers import check_tracker
+
+        check_tracker(self.report_to)  # a missing tracker stops here, not after the model has loaded
 
 
 @dataclass

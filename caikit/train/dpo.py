@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from torch import Tensor
 
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.train.config import CommonTrainConfig
 from caikit.train.logprobs import PADDED, ForwardOptions
 from caikit.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 COMMAND = "train dpo"
 PLOT_GROUPS = {"loss": ["loss", "eval_loss"], "reward_margin": ["reward_margin", "eval_reward_margin"],

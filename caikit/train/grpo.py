@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from torch import Tensor
 
 from caikit.config import option
 from caikit.errors import UserError
@@ -30,6 +29,9 @@ from caikit.train.config import RLConfig
 from caikit.train.losses import grpo_advantages, rloo_advantages
 from caikit.train.rewards import RewardFn
 from caikit.train.rl import PLOT_GROUPS as RL_PLOT_GROUPS
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 COMMAND = "train grpo"
 PLOT_GROUPS = {**RL_PLOT_GROUPS, "groups": ["reward_std", "zero_std_share"], "losses": ["policy_loss"],
@@ -88,7 +90,7 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
     """Train; `reward_fn` (a RewardFn, or a plain f(prompts, responses) -> scores), `check` (the independent
     reward-hacking check) and `engine` (a caikit.generation engine) default to what --reward-model /
     --reward-fn, --check-rm / --check-judge and --engine name."""
-    from tqdm.auto import tqdm
+    from caikit.progress import step_bar
     from transformers import AutoModelForCausalLM
 
     from caikit.generation import push_weights
@@ -125,8 +127,8 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
     engine = engine or rollout_engine(cfg, accelerator, accelerator.unwrap_model(policy), tokenizer)
     push_weights(engine, accelerator.unwrap_model(policy))  # a given engine or a resumed policy: start in step
 
-    bar = tqdm(total=total_steps, initial=step, desc=cfg.estimator, unit="step",
-               disable=not (cfg.progress and accelerator.is_local_main_process))
+    bar = step_bar(total=total_steps, initial=step, desc=cfg.estimator, unit="step",
+                   disable=not (cfg.progress and accelerator.is_local_main_process))
     while step < total_steps:
         started = time.perf_counter()
         # every process answers its own slice of the step's prompts, each G times in a row: row g of a group

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+import torch.utils.checkpoint
 
 from caikit.train.packing import pack, row_width
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 # config fields of models whose logits are not just the output layer's (Gemma 2, Cohere, Granite)
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -136,8 +139,8 @@ def chunked_logps(hidden: Tensor, head: torch.nn.Module, index: Tensor, chunk: i
     parts = []
     for k in range(0, hidden.size(0), chunk):
         args = (hidden[k:k + chunk], head, index[k:k + chunk], temperature)
-        parts.append(checkpoint(_picked_logps, *args, use_reentrant=False) if torch.is_grad_enabled()
-                     else _picked_logps(*args))
+        parts.append(torch.utils.checkpoint.checkpoint(_picked_logps, *args, use_reentrant=False)
+                     if torch.is_grad_enabled() else _picked_logps(*args))
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 

@@ -6,9 +6,13 @@ Every function is differentiable where a gradient makes sense and has no side ef
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 
 def masked_mean(x: Tensor, mask: Tensor | None, dim: int | None = None) -> Tensor:

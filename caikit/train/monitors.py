@@ -134,3 +134,63 @@ def make_check(check_rm: str = "", device: str = "cpu"):
     if check_rm:
         return RewardModelCheck(check_rm, device=device)
     return None
+
+
+# --- the same failures, between a starting model and a trained one (`caikit eval`) ---------------------
+
+@dataclass
+class BeforeAfterThresholds:
+    distinct_drop: float = 0.25  # warn when distinct-1 or -2 of the answers falls by more than this share
+    kl_per_response: float = MonitorThresholds.kl_max  # nats; the bound PPO's kl_explosion warns at
+    length_ratio: float = 1.5  # warn when mean answer length grows past this × (or shrinks below 1 / this ×)
+    copy_share: float = 0.25  # warn when more than this share of answers copy their prompt (and more than before)
+    copy_overlap: float = 0.5  # an answer copies its prompt when this share of its word trigrams is in the prompt
+
+
+def _trigrams(text: str) -> list[tuple[str, ...]]:
+    words = text.lower().split()
+    return [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+
+
+def copies_prompt(prompt: str, answer: str, overlap: float = BeforeAfterThresholds.copy_overlap) -> bool:
+    """Whether the answer mostly repeats the user's words (parroting): the share of its word trigrams found in the
+    prompt. An answer under three words copies nothing."""
+    grams = _trigrams(answer)
+    if not grams:
+        return False
+    seen = set(_trigrams(prompt))
+    return sum(g in seen for g in grams) / len(grams) >= overlap
+
+
+def before_after_warnings(prompts: list[str], before: list[str], after: list[str], kl_per_response: float | None,
+                          t: BeforeAfterThresholds | None = None) -> list[dict]:
+    """Mode collapse and reward hacking between two models' answers to the same prompts: distinct-n falling, a KL
+    per response past PPO's bound, the answer length running away, answers that copy the prompt.
+    Returns [{"kind", "message", "before", "after"}]; empty when nothing fired."""
+    from caikit.diversity import distinct_n
+
+    t = t or BeforeAfterThresholds()
+    found = []
+    for n in (1, 2):
+        d0, d1 = distinct_n(before, n), distinct_n(after, n)
+        if d0 > 0 and d1 < (1 - t.distinct_drop) * d0:
+            found.append({"kind": "distinct_collapse", "before": d0, "after": d1,
+                          "message": f"distinct-{n} fell from {d0:.2f} to {d1:.2f} ({d1 / d0 - 1:+.0%}): the trained "
+                                     "model's answers are becoming alike (mode collapse)"})
+            break
+    if kl_per_response is not None and (not math.isfinite(kl_per_response) or kl_per_response > t.kl_per_response):
+        found.append({"kind": "kl_explosion", "before": 0.0, "after": kl_per_response,
+                      "message": f"KL from the starting model is {kl_per_response:.1f} nats per response (bound "
+                                 f"{t.kl_per_response:g}): the model has moved far from where it started"})
+    words = [sum(len(a.split()) for a in side) / max(len(side), 1) for side in (before, after)]
+    if words[0] > 0 and not (1 / t.length_ratio <= words[1] / words[0] <= t.length_ratio):
+        found.append({"kind": "length_change", "before": words[0], "after": words[1],
+                      "message": f"mean answer length went from {words[0]:.0f} to {words[1]:.0f} words "
+                                 f"(× {words[1] / words[0]:.2f}): length is what judges and reward models are "
+                                 "most easily gamed with"})
+    copied = [sum(copies_prompt(p, a) for p, a in zip(prompts, side)) / max(len(side), 1) for side in (before, after)]
+    if copied[1] > t.copy_share and copied[1] > copied[0] + 0.1:
+        found.append({"kind": "prompt_copying", "before": copied[0], "after": copied[1],
+                      "message": f"{copied[1]:.0%} of the trained model's answers repeat the prompt's words "
+                                 f"(before: {copied[0]:.0%}): it parrots the user instead of answering"})
+    return found

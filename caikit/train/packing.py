@@ -16,9 +16,12 @@ padding did.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 VARLEN_KERNELS = ("flash_attention", "flex_attention", "kernels-community/flash")  # prefixes of attn names
 

@@ -65,7 +65,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
     """Train; `reward_fn` (a RewardFn, or a plain f(prompts, responses) -> scores) and `check` (the independent
     reward-hacking check, f(conversations, responses) -> 0-1 scores) default to what --reward-model /
     --reward-fn and --check-rm / --check-judge name; `engine` (a caikit.generation engine) to what --engine names."""
-    from tqdm.auto import tqdm
+    from caikit.progress import step_bar
     from transformers import AutoModelForCausalLM
 
     from caikit.generation import push_weights
@@ -105,8 +105,8 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
     push_weights(engine, accelerator.unwrap_model(policy).lm)  # a given engine or a resumed policy: start in step
 
     B, micro = cfg.rollout_batch_size, cfg.rollout_batch_size // (cfg.mini_batches * cfg.grad_accum)
-    bar = tqdm(total=total_steps, initial=step, desc="ppo", unit="step", disable=not (cfg.progress and
-                                                                                   accelerator.is_local_main_process))
+    bar = step_bar(total=total_steps, initial=step, desc="ppo", unit="step",
+                   disable=not (cfg.progress and accelerator.is_local_main_process))
     while step < total_steps:
         started = time.perf_counter()
         # every process answers its own slice of the step's prompts

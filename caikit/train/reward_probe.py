@@ -21,13 +21,16 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
 from caikit.errors import UserError
 from caikit.store import temporary_path
 from caikit.train.loop import note
+
+if TYPE_CHECKING:  # annotations only: `--help` answers without loading torch
+    from torch import Tensor
 
 COMMAND = "train reward"
 POOLING = "last-token"
@@ -98,11 +101,11 @@ def feature_cache_path(fingerprint: str, layer: int, sequences: list[list[int]])
 def extract_features(backbone, sequences: list[list[int]], pad_token_id: int, device) -> Tensor:
     """(N, H) last-token features of `backbone` (a base model: its last_hidden_state is normed), one row per
     sequence in input order; batches are length-sorted and right-padded."""
-    from tqdm.auto import tqdm
+    from caikit.progress import step_bar
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: Tensor | None = None
-    bar = tqdm(total=len(sequences), desc="features", unit="seq")
+    bar = step_bar(total=len(sequences), desc="features", unit="seq")
     with torch.no_grad():
         for k in range(0, len(order), EXTRACT_BATCH):
             idx = order[k:k + EXTRACT_BATCH]
@@ -228,6 +231,8 @@ def choose_l2(chosen: Tensor, rejected: Tensor, soft_labels: Tensor | None, marg
 
 def train_probe(cfg) -> str:
     """Train and save the probe for a RewardConfig with freeze_backbone set; returns the output dir."""
+    from dataclasses import asdict
+
     from transformers import AutoModel
 
     from caikit.metrics import MetricsLogger
@@ -236,6 +241,7 @@ def train_probe(cfg) -> str:
     from caikit.train.data import split_rows
     from caikit.train.loop import load_pretrained, load_train_tokenizer, read_training_data
     from caikit.train.heldout import heldout_summary, write_summary
+    from caikit.trackers import open_tracker
 
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -278,7 +284,7 @@ def train_probe(cfg) -> str:
     summary = heldout_summary(pair_accuracy(w, chosen[n_train:], rejected[n_train:]), eval_triples,
                               train_accuracy=pair_accuracy(w, train_c, train_r), train_pairs=n_train)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLogger(cfg.out)
+    metrics = MetricsLogger(cfg.out, tracker=open_tracker(cfg.report_to, cfg.out, asdict(cfg)))
     for step, row in enumerate(cv_table):
         metrics.log(step, **row)
     metrics.log(len(cv_table), **summary)

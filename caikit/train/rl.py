@@ -10,7 +10,7 @@ updates) stay flat in ppo.py and grpo.py.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,7 +100,10 @@ class RLRun:
         self.out.mkdir(parents=True, exist_ok=True)
         reset_run_files(self.out, step)
         save_config(cfg, self.out / "config.yaml")
-        self.metrics = MetricsLogger(self.out, resume=step > 0)
+        from caikit.trackers import open_tracker
+
+        self.metrics = MetricsLogger(self.out, resume=step > 0,
+                                     tracker=open_tracker(cfg.report_to, self.out, asdict(cfg)))
         return step
 
     def end_step(self, step: int, total_steps: int, row: dict[str, float], conversations: list[Messages],

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from caikit.config import save_config
@@ -97,9 +97,10 @@ class TrainingSession:
 def start_session(cfg, command: str, accelerator, model, task_type: str, n_examples: int, desc: str,
                   data_summary=None) -> TrainingSession:
     """Adapters, optimizer, schedule, resume from a checkpoint, accelerate, config.yaml, metrics and a progress bar."""
-    from tqdm.auto import tqdm
+    from caikit.progress import step_bar
 
     from caikit.metrics import MetricsLogger
+    from caikit.trackers import open_tracker
     from caikit.train.loop import (count_steps, forward_options, make_optimizer, make_scheduler, prepare_model,
                                    record_data, resume_or_start)
 
@@ -111,9 +112,11 @@ def start_session(cfg, command: str, accelerator, model, task_type: str, n_examp
     model, optimizer = accelerator.prepare(model, optimizer)
     how = forward_options(cfg, model, command, accelerator)
     save_config(cfg, f"{cfg.out}/config.yaml")
-    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process)
+    tracker = open_tracker(cfg.report_to, cfg.out, asdict(cfg)) if accelerator.is_main_process else None
+    metrics = MetricsLogger(cfg.out, resume=step > 0, writes=accelerator.is_main_process, tracker=tracker)
     if data_summary is not None:
         record_data(cfg, data_summary, metrics, step)
-    bar = tqdm(total=total_steps, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process)
+    bar = step_bar(total=total_steps, initial=step, desc=desc, unit="step",
+                   disable=not accelerator.is_local_main_process)
     model.train()
     return TrainingSession(cfg, accelerator, model, optimizer, scheduler, total_steps, step, how, metrics, bar)
