@@ -80,7 +80,12 @@ def judge_scores(spec: str, rows: list, target: str) -> list[float]:
 
 
 def run_classifier_eval(cfg: ClassifierEvalConfig) -> int:
-    from caikit.classifier.metrics import binary_metrics, keyword_flag, recall_at_fpr, scored_metrics
+    from caikit.classifier.metrics import (
+        binary_metrics,
+        keyword_flag,
+        recall_at_fpr,
+        scored_metrics,
+    )
     from caikit.classifier.model import load_guard
     from caikit.classifier.train import _iv, category_family, row_text
     from caikit.rows import read_guard_rows

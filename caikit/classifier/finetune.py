@@ -10,9 +10,14 @@ unchanged.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+
+from caikit.classifier.model import no_grad
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def last_token_logits(backbone, head: torch.nn.Linear, seqs: list[list[int]], pad: int, device) -> Tensor:
@@ -60,7 +65,7 @@ def finetune(backbone, w: Tensor, b: float, sequences: list[list[int]], labels: 
     return backbone, head.weight.detach()[0].double().cpu(), float(head.bias.detach().item())
 
 
-@torch.no_grad()
+@no_grad
 def scores(backbone, w: Tensor, b: float, sequences: list[list[int]], pad: int, device,
            batch_size: int = 16) -> list[float]:
     """P(flag) of each sequence under (backbone, w, b), in input order."""

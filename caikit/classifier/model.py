@@ -13,14 +13,17 @@ categories, data hash, held-out figures).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 GUARD_FILE = "guard.json"
 TARGETS = ("input", "output")
@@ -38,6 +41,15 @@ def guard_ids(tokenizer, prompt: list[dict], response: str | None) -> tuple[list
     if response_ids and response_ids[-1] == tokenizer.eos_token_id:
         response_ids = response_ids[:-1]
     return prompt_ids + response_ids, len(prompt_ids)
+
+
+def no_grad(fn):
+    """`torch.no_grad()` entered at call time, not at import (so `--help` never has to load torch)."""
+    @functools.wraps(fn)
+    def without_grad(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return without_grad
 
 
 @dataclass
@@ -67,7 +79,7 @@ class Guard:
     def _logit(self, hidden: Tensor) -> Tensor:
         return self.model.score(hidden).squeeze(-1).float() + float(self.config.get("bias", 0.0))
 
-    @torch.no_grad()
+    @no_grad
     def score(self, prompts: list[list[dict]], responses: list[str] | None = None, batch_size: int = 16) -> list[float]:
         """P(flag) per row: the conversation (input guard) or conversation + response (output guard)."""
         if self.target == "output" and responses is None:
@@ -85,7 +97,7 @@ class Guard:
                 out[i] = p
         return out
 
-    @torch.no_grad()
+    @no_grad
     def prefix_scores(self, prompt: list[dict], response: str) -> tuple[list[int], list[float]]:
         """(response token ids, P(flag) after each of them): one forward pass scores every prefix."""
         ids, start = guard_ids(self.tokenizer, prompt, response)

@@ -15,13 +15,16 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
 from caikit.classifier.model import GUARD_FILE, TARGETS, guard_ids
 from caikit.config import option
 from caikit.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 COMMAND = "classifier train"
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -131,10 +134,15 @@ def row_text(row) -> str:
 def train_guard(cfg: ClassifierTrainConfig) -> int:
     from transformers import AutoModel
 
-    from caikit.classifier.metrics import binary_metrics, keyword_flag, recall_at_fpr, scored_metrics, \
-        threshold_for_fpr
-    from caikit.classifier.split import drop_near_duplicates, heldout_split
     from caikit.categories import categories_hash
+    from caikit.classifier.metrics import (
+        binary_metrics,
+        keyword_flag,
+        recall_at_fpr,
+        scored_metrics,
+        threshold_for_fpr,
+    )
+    from caikit.classifier.split import drop_near_duplicates, heldout_split
     from caikit.constitution import load_constitution
     from caikit.models import resolve_model_path
     from caikit.store import write_jsonl_atomic
