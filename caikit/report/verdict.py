@@ -337,7 +337,10 @@ def counts_finding(layout: Layout) -> Finding | None:
 
 def findings(layout: Layout) -> list[Finding]:
     judge = judge_finding(layout)
-    found = [judge, reward_finding(layout), *effect_findings(layout, judge), counts_finding(layout)]
+    from caikit.report.depth import depth_finding
+
+    found = [judge, reward_finding(layout), *effect_findings(layout, judge), depth_finding(layout),
+             counts_finding(layout)]
     return [f for f in found if f is not None]
 
 
