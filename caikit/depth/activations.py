@@ -51,14 +51,18 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str | None = None, base
     return model.to(device).eval()
 
 
-def tokenizer_for(spec: str, base: str | None = None):
-    """The tokenizer of a model directory, or of an adapter's base when the adapter has none saved."""
+def tokenizer_for(after: str, before: str):
+    """The after-model's tokenizer, else (a directory without one: an adapter, a bare checkpoint) the before-model's,
+    else an adapter's base's. Both models read the same token ids, so either serves when both have one."""
     from caikit.models import load_tokenizer
 
-    path = Path(spec).expanduser()
-    if adapter_base(spec) is not None and not (path / "tokenizer_config.json").is_file():
-        spec = base or adapter_base(spec)
-    return load_tokenizer(spec)
+    for spec in (after, before, adapter_base(after), adapter_base(before)):
+        if not spec:
+            continue
+        path = Path(spec).expanduser()
+        if not path.is_dir() or (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
+            return load_tokenizer(spec)
+    raise UserError("no tokenizer found beside either model (tokenizer_config.json)", path=after)
 
 
 def encode_prompts(tokenizer, conversations: list[list[dict]], max_prompt_tokens: int) -> list[list[int]]:

@@ -180,7 +180,7 @@ def run_depth(cfg: DepthConfig) -> int:
     try:
         torch.manual_seed(cfg.seed)
         harmful, harmless = _prompts(cfg)
-        tokenizer = act.tokenizer_for(cfg.after, base=cfg.before)
+        tokenizer = act.tokenizer_for(cfg.after, cfg.before)
         dtype = cfg.dtype or None
         m0 = act.load_model(cfg.before, device=device, dtype=dtype)
         m1 = act.load_model(cfg.after, device=device, dtype=dtype, base=cfg.before)
