@@ -329,3 +329,23 @@ def test_a_lora_adapter_is_applied_to_its_base(tiny_model_dir, tmp_path):
                             {k: v.detach() for k, v in loaded.named_parameters()}, ranks=(2,))
     (down,) = [t for t in result["types"] if t["changed"]]
     assert down["type"] == "mlp.down_proj" and down["max_k90"] <= 2 and down["median_rank_share"]["2"] > 0.999
+
+
+@pytest.mark.e2e
+def test_grpo_depth_every_records_the_shift_and_the_ablation_along_training(tiny_model_dir, toy_prompts_file,
+                                                                             tmp_path):
+    from caikit.cli import main
+
+    out = tmp_path / "grpo"
+    rule = tmp_path / "rule.py"  # rewards that differ within a group, so every step moves the policy
+    rule.write_text("def varied(prompts, responses):\n    return [float(len(r) % 5) for r in responses]\n")
+    code = main(["train", "grpo", "--policy", tiny_model_dir, "--prompts", toy_prompts_file, "--out", str(out),
+                 "--reward-fn", f"{rule}:varied", "--max-steps", "2", "--rollout-batch-size", "2",
+                 "--num-generations", "2", "--response-length", "4", "--lr", "1e-2", "--sample-every", "0",
+                 "--no-progress", "--depth-every", "1"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "depth.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["n_prompts"] == 16 and len(row["k90_per_layer"]) == 2 and row["k90"] >= 1
+        assert row["relative_size"] > 0 and 0 <= row["refusal_ablated"] <= 1 and row["refusal_reference"] == 0.0
