@@ -349,3 +349,15 @@ def test_grpo_depth_every_records_the_shift_and_the_ablation_along_training(tiny
     for row in rows:
         assert row["n_prompts"] == 16 and len(row["k90_per_layer"]) == 2 and row["k90"] >= 1
         assert row["relative_size"] > 0 and 0 <= row["refusal_ablated"] <= 1 and row["refusal_reference"] == 0.0
+
+
+@pytest.mark.e2e
+def test_online_dpo_depth_row_measures_an_iteration_against_the_initial_policy(tiny_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from caikit.commands.online_dpo import depth_row
+
+    before, after = _rank_two_finetune(tiny_model_dir, tmp_path)
+    row = depth_row(SimpleNamespace(device="cpu"), before, after, 3, tmp_path)
+    assert row["step"] == 3 and row["k90_per_layer"] == [2, 2]
+    assert json.loads((tmp_path / "depth.jsonl").read_text())["k90"] == 2

@@ -191,22 +191,28 @@ def run_depth(cfg: DepthConfig) -> int:
                    batch_size=cfg.batch_size)
         print(f"caikit depth: {len(harmful)} harmful + {len(harmless)} harmless prompts; answering with both models",
               file=sys.stderr)
+        seconds = {"load": time.monotonic() - started}
+        mark = time.monotonic()
         answers1 = act.generate(m1, tokenizer, ids_harmful + ids_harmless, **gen)
         answers0 = act.generate(m0, tokenizer, ids_harmful, **gen)
+        seconds["answers"] = time.monotonic() - mark
         ctx = {"cfg": cfg, "tokenizer": tokenizer, "m0": m0, "m1": m1, "device": device, "gen": gen, "out": out,
                "ids_harmful": ids_harmful, "ids_harmless": ids_harmless, "harmful": harmful, "harmless": harmless,
                "answers1": answers1, "answers0": answers0}
         result = {"before": cfg.before, "after": cfg.after, "n_harmful": len(harmful), "n_harmless": len(harmless),
                   "device": device, "response_positions": cfg.response_positions, "max_tokens": cfg.max_tokens,
                   "temperature": cfg.temperature}
-        result |= layer_rows(ctx)
-        result |= ablation_rows(ctx, result)
-        if cfg.steer:
-            result |= steer_rows(ctx, result)
-        result |= token_rows(ctx)
-        if cfg.weights:
-            result |= weight_rows(ctx)
+        parts = [("layers", lambda: layer_rows(ctx)), ("ablation", lambda: ablation_rows(ctx, result)),
+                 *[("steer", lambda: steer_rows(ctx, result))] * cfg.steer, ("token_kl", lambda: token_rows(ctx)),
+                 *[("weights", lambda: weight_rows(ctx))] * cfg.weights]
+        for name, part in parts:
+            mark = time.monotonic()
+            result |= part()
+            seconds[name] = time.monotonic() - mark
         result["seconds"] = round(time.monotonic() - started, 1)
+        result["seconds_by_part"] = {k: round(v, 1) for k, v in seconds.items()}
+        cpu = time.process_time()
+        result["cpu_seconds"] = round(cpu, 1)
         write_outputs(ctx, result)
         save_config(cfg, out / "config.yaml")
     finally:
