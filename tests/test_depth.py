@@ -361,3 +361,18 @@ def test_online_dpo_depth_row_measures_an_iteration_against_the_initial_policy(t
     row = depth_row(SimpleNamespace(device="cpu"), before, after, 3, tmp_path)
     assert row["step"] == 3 and row["k90_per_layer"] == [2, 2]
     assert json.loads((tmp_path / "depth.jsonl").read_text())["k90"] == 2
+
+
+@pytest.mark.unit
+def test_a_run_file_can_add_depth_after_training(tmp_path):
+    from caikit.commands import RUN_STAGES
+    from caikit.commands.run import _build_stage_configs
+
+    assert list(RUN_STAGES).index("depth") > list(RUN_STAGES).index("dpo")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    run = {"policy": "some/base", "seed": 7, "stages": {"dpo": {"data": str(data)}, "depth": {"limit": 8}}}
+    planned = {name: cfg for name, cfg, _ in _build_stage_configs(run, tmp_path, "run.yaml")}
+    depth = planned["depth"]
+    assert (depth.before, depth.after, depth.out) == ("some/base", str(tmp_path / "dpo"), str(tmp_path / "depth"))
+    assert depth.limit == 8 and depth.seed == 7
