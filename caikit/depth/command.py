@@ -38,7 +38,7 @@ class DepthConfig:
     limit: int = option(32, low=0, help="at most N prompts from each set (0: all)")
     response_positions: int = option(4, low=0, high=64,
                                      help="response positions after the last prompt token whose shift is measured")
-    max_tokens: int = option(40, low=1, high=4096, help="max new tokens per answer (refusal rates, per-token KL)")
+    max_tokens: int = option(32, low=1, high=4096, help="max new tokens per answer (refusal rates, per-token KL)")
     temperature: float = option(0.0, low=0, high=2, help="sampling temperature of the answers (0: greedy)")
     layer: int = option(-1, low=-1, help="layer of the refusal direction to ablate (-1: the best-separating one "
                                          "among the first 80 %% of layers)")
@@ -53,7 +53,7 @@ class DepthConfig:
     weights: bool = option(True, help="compare the weight matrices (singular values of each change)")
     lora_rank: int = option(8, low=1, high=4096, help="the LoRA rank whose sufficiency is checked (with 1 and 64)")
     max_prompt_tokens: int = option(256, low=8, high=100_000, help="prompt tokens kept (left-truncated)")
-    batch_size: int = option(8, low=1, high=4096, help="sequences per forward / generation batch")
+    batch_size: int = option(16, low=1, high=4096, help="sequences per forward / generation batch")
     memory_mb: float = option(1024.0, above=0, help="activations past this size stream to DIR/activations/ on disk")
     device: str = option("", help="cpu | cuda | cuda:1 (default: cuda if available)")
     dtype: str = option("", help="weights dtype: fp32 | bf16 | fp16 (default: the checkpoint's)",
@@ -63,6 +63,12 @@ class DepthConfig:
     def validate(self) -> None:
         if not self.after:
             raise UserError("--after is required: the aligned model (directory, HF id or LoRA adapter)")
+
+
+PART_NOTES = {"layers": "residual-stream activations of both models, the shift's spectrum and the direction per layer",
+              "ablation": "answering the harmful prompts with the direction, then the top shift directions, ablated",
+              "steer": "answering with the direction added (--steer)",
+              "token_kl": "per-token KL on both models' answers", "weights": "singular values of each weight change"}
 
 
 def _prompts(cfg: DepthConfig) -> tuple[list, list]:
@@ -206,6 +212,7 @@ def run_depth(cfg: DepthConfig) -> int:
                  *[("steer", lambda: steer_rows(ctx, result))] * cfg.steer, ("token_kl", lambda: token_rows(ctx)),
                  *[("weights", lambda: weight_rows(ctx))] * cfg.weights]
         for name, part in parts:
+            print(f"caikit depth: {PART_NOTES[name]}", file=sys.stderr, flush=True)
             mark = time.monotonic()
             result |= part()
             seconds[name] = time.monotonic() - mark
