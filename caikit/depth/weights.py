@@ -34,7 +34,8 @@ def layer_number(name: str) -> int | None:
 
 def delta_spectrum(before: Tensor, after: Tensor) -> Tensor:
     """Singular values of dW = after - before, descending. (m, n), (m, n) -> (min(m, n),) float64."""
-    return torch.linalg.svdvals((after.double() - before.double()))
+    # the difference in float64 (a small change of a large weight), the decomposition in float32 (its cost)
+    return torch.linalg.svdvals((after.double() - before.double()).float()).double()
 
 
 def rank_r_share(singular_values: Tensor, r: int) -> float:
