@@ -144,6 +144,10 @@ def _recovered(flags0, flags1, flags_ablated, seed: int) -> dict:
     interval = (draws[int(0.025 * (len(draws) - 1))], draws[int(math.ceil(0.975 * (len(draws) - 1)))]) \
         if len(draws) >= 100 else None
     beyond = excludes(change, 0.0) and _mean(flags1) > _mean(flags0)
+    if not beyond:  # no refusal change beyond noise: a share of it means nothing (kept raw for the record)
+        return {"share": None, "interval": None, "share_raw": share, "refusal_change": _mean(flags1) - _mean(flags0),
+                "refusal_change_interval": change, "change_beyond_noise": False,
+                "verdict": depth_verdict(share, interval, False)}
     return {"share": share, "interval": interval, "refusal_change": _mean(flags1) - _mean(flags0),
             "refusal_change_interval": change, "change_beyond_noise": beyond,
             "verdict": depth_verdict(share, interval, beyond)}
