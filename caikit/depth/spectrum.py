@@ -104,5 +104,6 @@ def summary_line(layers: list[dict]) -> str:
     if not sized or all(row["k90"] == 0 for row in sized):
         return "the two models' activations do not differ: there is no shift to measure"
     row = max(sized, key=lambda r: r["relative_size"])
+    half = f"half of it in {row['k50']}; " if "k50" in row else ""
     return (f"the shift lives in about {row['k90']} directions at layer {row['layer']} "
-            f"(90 % of its energy; participation ratio {row['participation_ratio']:.1f})")
+            f"(90 % of its energy; {half}participation ratio {row['participation_ratio']:.1f})")
