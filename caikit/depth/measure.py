@@ -5,7 +5,6 @@ tokenizer, prompt ids, answers) and returns the part of depth.json it fills. The
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 

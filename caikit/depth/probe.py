@@ -34,7 +34,8 @@ class DepthProbe:
                  device: str | torch.device = "cpu", max_prompt_tokens: int = 256):
         from caikit.prompts import bundled_benign_prompts_path, bundled_prompts_path, load_prompts
 
-        self.tokenizer, self.path, self.device, self.max_tokens = tokenizer, Path(out) / "depth.jsonl", device, max_tokens
+        self.tokenizer, self.device, self.max_tokens = tokenizer, device, max_tokens
+        self.path = Path(out) / "depth.jsonl"
         harmful = load_prompts(bundled_prompts_path(), limit=prompts)
         harmless = load_prompts(bundled_benign_prompts_path(), limit=prompts)
         self.n_harmful = len(harmful)

@@ -77,7 +77,8 @@ def head_verdict(share: float, interval: tuple[float, float] | None, even: float
                 f"(an even spread would give them {even:.0%})")
     if interval is not None and interval[1] < even:
         return f"spread past the first {head} tokens: they hold {share:.0%} of the KL, less than an even {even:.0%}"
-    return f"not concentrated beyond noise: the first {head} tokens hold {share:.0%} of the KL (even spread: {even:.0%})"
+    return (f"not concentrated beyond noise: the first {head} tokens hold {share:.0%} of the KL "
+            f"(even spread: {even:.0%})")
 
 
 def forward_logits(model):

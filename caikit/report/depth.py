@@ -8,7 +8,6 @@ and the per-token KL curve. `caikit depth` writes the same charts to DIR/charts/
 from __future__ import annotations
 
 from html import escape
-from pathlib import Path
 from typing import Any
 
 from caikit.report.charts import svg_line_chart
@@ -92,8 +91,9 @@ def depth_part(layout: Layout, max_examples: int) -> str:
         out.append("<h3>Which tokens changed</h3>")
         out.append(table(["answers", f"share of KL in the first {next(iter(token.values()))['head']} tokens",
                           "even spread", "KL per token", "prompts", "reading"],
-                         [[name.replace("_", " "), _iv(t["share"], t["interval"], True), _iv(t["even_share"], None, True),
-                           t["mean_kl_per_token"], t["n"], t["verdict"]] for name, t in token.items()], [1, 2, 3, 4]))
+                         [[name.replace("_", " "), _iv(t["share"], t["interval"], True),
+                           _iv(t["even_share"], None, True), t["mean_kl_per_token"], t["n"], t["verdict"]]
+                          for name, t in token.items()], [1, 2, 3, 4]))
     charts = depth_charts(result)
     if charts:
         out.append('<div class="charts">' + "".join(charts.values()) + "</div>")
