@@ -376,3 +376,24 @@ def test_a_run_file_can_add_depth_after_training(tmp_path):
     depth = planned["depth"]
     assert (depth.before, depth.after, depth.out) == ("some/base", str(tmp_path / "dpo"), str(tmp_path / "depth"))
     assert depth.limit == 8 and depth.seed == 7
+
+
+@pytest.mark.e2e
+def test_activations_streamed_to_disk_equal_those_kept_in_memory(tiny_model_dir, tmp_path):
+    from caikit.depth import activations as act
+
+    model = act.load_model(tiny_model_dir)
+    sequences = [[1, 5, 9, 13, 17], [2, 4, 6], [7, 8, 9, 10]]
+    positions = [act.positions_of(3, len(s), 2) for s in sequences]
+    assert positions[1] == [2, 2, 2]  # a sequence shorter than the positions asked repeats its last one
+    memory = act.gather(model, sequences, positions, pad_token_id=0, batch_size=2, device="cpu")
+    disk = act.gather(model, sequences, positions, pad_token_id=0, batch_size=2, device="cpu", folder=tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["layer000.npy", "layer001.npy"]
+    with torch.no_grad():  # the hook reads the residual stream after each layer, as output_hidden_states does
+        hidden = model(input_ids=torch.tensor([sequences[0]]), output_hidden_states=True).hidden_states
+    for layer in (0, 1):
+        assert torch.equal(memory.layer(layer), disk.layer(layer))
+        assert memory.layer(layer).shape == (3, 3, 64)
+    assert torch.allclose(memory.layer(0)[0], hidden[1][0, [2, 3, 4]], atol=1e-5)
+    assert act.store_folder(tmp_path, "m", 30, 64, 5, 576, budget_mb=1.0) == tmp_path / "activations" / "m"
+    assert act.store_folder(tmp_path, "m", 2, 3, 3, 64, budget_mb=1.0) is None
