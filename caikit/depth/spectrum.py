@@ -75,19 +75,20 @@ def bootstrap_dims(shift: Tensor, *, resamples: int = 200, seed: int = 0,
         eigenvalues = torch.linalg.eigvalsh(gram[index][:, index]).double().clamp_min(0) / (P * R)
         for key, value in effective_dims(eigenvalues).items():
             draws[key].append(float(value))
-    # The basic bootstrap interval (2 theta - q_high, 2 theta - q_low; Davison & Hinkley 1997, Eq. 5.6), not the
-    # percentile one: a resample repeats prompts, so it has fewer distinct rows and its counts sit below the
-    # full sample's; the basic interval carries that bias back instead of reporting an interval that misses
-    # the estimate. Counts are clamped to [0, rows].
+    # A resample repeats prompts, so it has fewer distinct rows and counts fewer directions than the full sample:
+    # the percentile interval can miss the estimate, and the basic interval (2 theta - q) overshoots to the other
+    # side. So the percentile interval is moved by the bootstrap's median bias, theta - median(draws) (an additive
+    # form of Efron's bias correction, Efron & Tibshirani 1993, Sec. 14.3): its width is the resampling spread,
+    # and it holds the estimate whenever the median of the draws lies inside their interval.
     full = effective_dims(shift_spectrum(rows))
     tail = (1 - level) / 2
     out = {}
     for key, values in draws.items():
         values.sort()
-        q_low = values[int(math.floor(tail * (resamples - 1)))]
-        q_high = values[int(math.ceil((1 - tail) * (resamples - 1)))]
-        low, high = 2 * full[key] - q_high, 2 * full[key] - q_low
-        out[key] = (max(0.0, low), min(float(P * R), high)) if key != "participation_ratio" else (max(0.0, low), high)
+        bias = full[key] - values[len(values) // 2]
+        low = values[int(math.floor(tail * (resamples - 1)))] + bias
+        high = values[int(math.ceil((1 - tail) * (resamples - 1)))] + bias
+        out[key] = (max(0.0, low), min(float(P * R), high) if key != "participation_ratio" else high)
     return out
 
 
