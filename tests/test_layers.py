@@ -58,7 +58,7 @@ def layer(name: str) -> str:
         return "runner"
     if family(name) in ("backends", "testing", "stages"):
         return family(name)
-    if family(name) in ("commands", "cli", "scaffold", "train", "eval", "report", "label", "classifier"):
+    if family(name) in ("commands", "cli", "scaffold", "train", "eval", "report", "label", "classifier", "depth"):
         return "top"
     raise AssertionError(f"{name}: a module the layer map does not know (add it to tests/test_layers.py)")
 

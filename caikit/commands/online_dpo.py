@@ -49,7 +49,7 @@ PAIRS_FROM = ("best-worst", "all")
 REFERENCES = ("initial", "previous")
 STATE, POLICY_LINK = "progress.json", "policy"
 # options that may change between reruns without changing what the finished iterations mean
-NOT_IDENTITY = (*(f.name for f in dataclasses.fields(GateOptions)), "iterations", "progress", "max_length_growth",
+NOT_IDENTITY = (*(f.name for f in dataclasses.fields(GateOptions)), "iterations", "progress", "depth_every", "max_length_growth",
                 "max_failure_rate", "judge_max_cost", "resume", "overwrite", "log_every", "save_every", "eval_every",
                 "device", "sample_batch_size", "sample_concurrency", "engine", "out", "model", "data")
 
@@ -113,6 +113,9 @@ class OnlineDPOConfig(GateOptions, DPOConfig):
     epochs: float = option(1.0, above=0, high=10_000, help="passes over each iteration's pairs when --max-steps is -1")
     eval_fraction: float = option(0.0, low=0, below=1, help="share of each iteration's pairs held out for DPO's "
                                                           "evaluation")
+    depth_every: int = option(0, low=0, help="every N iterations, the policy's shift from π_0 (its dimensionality) and "
+                                             "the refusal rate with its refusal direction ablated, into depth.jsonl "
+                                             "(see `caikit depth`; 0: off)")
     resume: bool = option(False, help="not needed: online-dpo always continues from what OUT holds")
     overwrite: bool = option(False, help="not used: a finished stage is never redone (start again in a new --out)")
 
@@ -275,10 +278,29 @@ def run_online_dpo(cfg: OnlineDPOConfig) -> int:
         step(f"iter-{i}/dpo", lambda: train_dpo(dpo_config(cfg, policies[i - 1], here / "pairs.jsonl", here / "dpo")))
         step(f"iter-{i}/samples", lambda: sample(cfg, policies[i], here / "samples", prompts))
         step(f"iter-{i}/figures", lambda: figures.row(i, policies[i], here / "samples", judge_dir=here / "judge"))
+        if cfg.depth_every and (i % cfg.depth_every == 0 or i == cfg.iterations):
+            step(f"iter-{i}/depth", lambda: depth_row(cfg, policies[0], policies[i], i, out))
     link_policy(out, Path(policies[-1]))
     figures.close()
     note(COMMAND, f"{cfg.iterations} iterations; the last policy is {out / POLICY_LINK}; figures in {out / ITERATIONS}")
     return 0
+
+
+def depth_row(cfg: OnlineDPOConfig, initial: str, policy: str, iteration: int, out: Path) -> dict:
+    """--depth-every: π_i against π_0 on the depth probe's prompts (caikit/depth/probe.py), a row of depth.jsonl."""
+    import torch
+
+    from caikit.depth.activations import load_model, tokenizer_for
+    from caikit.depth.probe import DepthProbe
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = tokenizer_for(policy, initial)
+    row = DepthProbe(tokenizer, out, device=device).record(iteration, load_model(policy, device=device),
+                                                           load_model(initial, device=device))
+    note(COMMAND, f"iteration {iteration}: depth: shift in {row['k90']} directions at layer {row['layer']}; refusal "
+                  f"{row['refusal']:.0%}, with its direction ablated {row['refusal_ablated']:.0%} "
+                  f"(π_0 {row['refusal_reference']:.0%})")
+    return row
 
 
 def link_policy(out: Path, policy: Path) -> None:

@@ -89,6 +89,8 @@ def _stage_inputs(name: str, spec: dict[str, Any], run: dict[str, Any], run_dir:
                   "prompts": run.get("eval_prompts", ""), "seed": seed}
         if "reward" in prior:
             wired["reward_model"] = prior["reward"]
+    elif name == "depth":  # the last trained model against the policy it started from
+        wired |= {"before": policy, "after": last_model or policy, "seed": seed}
     return wired | dict(spec or {})
 
 

@@ -21,13 +21,23 @@ from typing import Any
 
 from caikit.config import option
 from caikit.errors import UserError
-from caikit.store import write_text_atomic
 from caikit.report.charts import curves, svg_tradeoff_chart
+from caikit.report.depth import depth_part
 from caikit.report.iterations import iterations_part
 from caikit.report.markup import Raw, cards, col, fmt, messages, missing, table, text
-from caikit.report.sources import (TRAINERS, Layout, detect_layout, interval_of, is_num, read_json, read_text,
-                                   reward_heldout, scan_jsonl)
+from caikit.report.sources import (
+    TRAINERS,
+    Layout,
+    detect_layout,
+    interval_of,
+    is_num,
+    read_json,
+    read_text,
+    reward_heldout,
+    scan_jsonl,
+)
 from caikit.report.verdict import describe_heldout, verdict_html
+from caikit.store import write_text_atomic
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 
@@ -315,6 +325,7 @@ SECTIONS = [
     ("training", "Training", (_training,)),
     ("iterations", "Online DPO iterations", (iterations_part,)),
     ("eval", "Evaluation: before vs after", (_eval,)),
+    ("depth", "Depth: how deep did the alignment go?", (depth_part,)),
     ("examples", "Critique and revision examples", (_traces, _pairs)),
     ("config", "Configuration", (_config,)),
 ]

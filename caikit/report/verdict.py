@@ -24,10 +24,22 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from caikit.report.depth import depth_finding
 from caikit.report.finding import Finding
 from caikit.report.health import COUNTS, counts_finding, counts_grid, monitors_finding
-from caikit.report.sources import (Layout, consistency_of, detect_layout, interval_of, is_num, judge_gate,
-                                   read_json, read_yaml, reward_heldout, scan_jsonl, stage_counts)
+from caikit.report.sources import (
+    Layout,
+    consistency_of,
+    detect_layout,
+    interval_of,
+    is_num,
+    judge_gate,
+    read_json,
+    read_yaml,
+    reward_heldout,
+    scan_jsonl,
+    stage_counts,
+)
 
 DEFAULT_MIN_CONSISTENCY = 0.6  # `caikit judge --min-consistency` default, used when gate.json names none
 FEW_PAIRS = 10  # below this many pairs an interval is called rough, and a good result only amber
@@ -301,6 +313,7 @@ def effect_findings(layout: Layout, judge: Finding | None = None) -> list[Findin
 def findings(layout: Layout) -> list[Finding]:
     judge = judge_finding(layout)
     found = [judge, reward_finding(layout), *effect_findings(layout, judge), monitors_finding(layout),
+             depth_finding(layout),
              counts_finding(layout)]
     return [f for f in found if f is not None]
 

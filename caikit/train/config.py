@@ -109,6 +109,9 @@ class RLConfig(CommonTrainConfig):
     kl_max: float = option(20.0, above=0, help="warning when the KL to the reference exceeds this many nats per response")
     hack_window: int = option(10, low=2, high=100_000, help="steps over which RM score and check trends are compared")
     progress: bool = option(True, help="show a progress bar")
+    depth_every: int = option(0, low=0, help="every N steps, the shift's dimensionality against the reference and "
+                                             "the refusal rate with the policy's refusal direction ablated, into "
+                                             "depth.jsonl (see `caikit depth`; 0: off)")
     engine: str = option("auto", help="what samples the rollouts: padded = transformers generate over length buckets "
                                       "(static KV cache + compiled decoding on CUDA) | continuous = transformers' "
                                       "continuous batching | vllm = vLLM in this process, weights pushed after each "

@@ -114,6 +114,7 @@ def train(cfg: GRPOConfig, reward_fn: RewardFn | Callable | None = None, check: 
     policy = disable_dropout(prepare_model(load_pretrained(AutoModelForCausalLM, cfg.policy), cfg, "CAUSAL_LM"))
     policy.to(device)
     ref = load_reference(cfg)
+    run.reference = ref  # --depth-every measures the policy against it
     if ref is not None:
         ref.to(device)
     optimizer = make_optimizer(policy, cfg)

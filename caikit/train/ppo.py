@@ -91,6 +91,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
     lm = prepare_model(load_pretrained(AutoModelForCausalLM, cfg.policy), cfg, "CAUSAL_LM")
     policy = disable_dropout(PolicyWithValueHead(lm)).to(device)
     ref = load_reference(cfg)
+    run.reference = ref  # --depth-every measures the policy against it
     if ref is not None:
         ref.to(device)
     optimizer = make_optimizer(policy, cfg)

@@ -10,6 +10,7 @@ updates) stay flat in ppo.py and grpo.py.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +49,8 @@ class RLRun:
     kl_ctl: Any = None
     monitor: Any = None
     metrics: Any = None
+    reference: Any = None  # the frozen reference model (None under LoRA: the policy with its adapters off)
+    depth_probe: Any = None  # --depth-every: caikit.depth.probe.DepthProbe, built at its first use
 
     @property
     def out(self) -> Path:
@@ -126,8 +129,25 @@ class RLRun:
                                                       self.accelerator.device)
                 append_samples(self.out / "samples.jsonl", step, [last_user_text(c) for c in self.probes], answers,
                                compute_rewards(self.reward, self.probes, answers).scores, has_eos)
+        every = getattr(cfg, "depth_every", 0)
+        if every and main and (step % every == 0 or step == total_steps):
+            self.record_depth(step, getattr(model, "lm", model))
         if cfg.save_every and step % cfg.save_every == 0 and main:
             self.save(step, model, optimizer, scheduler)
+
+    def record_depth(self, step: int, lm: nn.Module) -> None:
+        """--depth-every: the shift's dimensionality and the ablation result against the reference, into
+        depth.jsonl (caikit/depth/probe.py)."""
+        from caikit.depth.probe import DepthProbe
+
+        if self.depth_probe is None:
+            self.depth_probe = DepthProbe(self.tokenizer, self.out, device=self.accelerator.device,
+                                          max_prompt_tokens=self.cfg.max_prompt_length)
+        with self.accelerator.autocast():
+            row = self.depth_probe.record(step, lm, self.reference)
+        print(f"{self.command}: step {step}: depth: shift in {row['k90']} directions at layer {row['layer']} "
+              f"(PR {row['participation_ratio']:.1f}); refusal {row['refusal']:.0%}, with its direction ablated "
+              f"{row['refusal_ablated']:.0%} (reference {row['refusal_reference']:.0%})", file=sys.stderr)
 
     def save(self, step: int, model: nn.Module, optimizer, scheduler) -> None:
         from caikit.train.checkpoint import save_checkpoint
@@ -218,7 +238,7 @@ def reset_run_files(out: Path, step: int) -> None:
     """warnings.jsonl and samples.jsonl: on resume, cut back to rows up to `step` (a crashed run may have written
     past its last checkpoint); on a fresh start, removed. warnings.jsonl then exists in every run dir: "no
     warnings" is an answer too."""
-    for name in ("warnings.jsonl", "samples.jsonl"):
+    for name in ("warnings.jsonl", "samples.jsonl", "depth.jsonl"):
         path = out / name
         if not step:
             path.unlink(missing_ok=True)
