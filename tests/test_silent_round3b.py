@@ -49,3 +49,62 @@ def test_every_declared_dependency_is_imported_or_used_indirectly():
         if not re.search(rf"^\s*(?:import|from)\s+{module}\b", source, re.M):
             unused.append(name)
     assert unused == []
+
+
+# --- 13 / 14: a trainer's --out ---------------------------------------------------------------------------------
+
+def sft_rows(path: Path, n: int = 4) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": f"Say {i}.", "completion": f"{i}."}) + "\n" for i in range(n)))
+    return path
+
+
+TRAIN_TINY = ("--max-steps", "1", "--batch-size", "2", "--eval-fraction", "0", "--max-length", "32")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stage", ["generate", "judge"])
+def test_train_refuses_an_out_that_holds_a_generate_or_judge_run(tmp_path, tiny_model_dir, capsys, stage):
+    from caikit.cli import main as cli_main
+    from caikit.commands.generate import GenerateConfig
+    from caikit.rundir import RunDir
+
+    run = tmp_path / "run"
+    RunDir.open(run, stage, {"model": "m"}, GenerateConfig(out=str(run))).close()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    data = sft_rows(tmp_path / "sft.jsonl")
+    assert cli_main(["train", "sft", "--model", tiny_model_dir, "--data", str(data), "--out", str(run),
+                     *TRAIN_TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"holds a caikit '{stage}' run" in err and str(run) in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # config.yaml untouched, no model files
+
+
+def _limit_file_size(limit: int):
+    import resource
+    import signal
+
+    def limit_it():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_it
+
+
+@pytest.mark.e2e
+def test_train_on_a_full_disk_is_one_line_naming_the_file(tmp_path, tiny_model_dir):
+    """Every file the trainer writes may be at most 64 KiB: the model weights fail to be written."""
+    import subprocess
+
+    data = sft_rows(tmp_path / "sft.jsonl")
+    out = tmp_path / "sft"
+    proc = subprocess.run([sys.executable, "-m", "caikit.cli", "train", "sft", "--model", tiny_model_dir, "--data",
+                           str(data), "--out", str(out), *TRAIN_TINY, "--save-every", "1"],
+                          capture_output=True, text=True, preexec_fn=_limit_file_size(64 * 1024),
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    lines = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(lines) == 1
+    assert re.search(r"cannot write \S*sft/checkpoint/model\.safetensors", lines[0]), lines[0]
+    assert not (out / "checkpoint.tmp").exists() and not (out / "checkpoint").exists()
