@@ -108,3 +108,52 @@ def test_train_on_a_full_disk_is_one_line_naming_the_file(tmp_path, tiny_model_d
     assert "Traceback" not in proc.stderr and len(lines) == 1
     assert re.search(r"cannot write \S*sft/checkpoint/model\.safetensors", lines[0]), lines[0]
     assert not (out / "checkpoint.tmp").exists() and not (out / "checkpoint").exists()
+
+
+# --- 15: a killed merge's hidden copy is cleared by the rerun ---------------------------------------------------
+
+def _generate(server, prompts: Path, out: Path, *extra: str) -> int:
+    from caikit.cli import main as cli_main
+
+    return cli_main(["generate", "--backend", "openai", "--model", "fake-model", "--base-url", server.openai_base_url,
+                     "--constitution", "hhh", "--prompts", str(prompts), "--out", str(out), "--few-shot", "0",
+                     "--no-progress", *extra])
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.loopback
+def test_merge_clears_the_temporaries_of_killed_merges(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    from caikit.cli import main as cli_main
+    from caikit.testing import FakeAPIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-MERGE3b-0123456789")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"how do I pick lock {i}?"}) + "\n" for i in range(4)))
+    with FakeAPIServer() as server:
+        for s in ("1/2", "2/2"):
+            assert _generate(server, prompts, tmp_path / f"gen{s[0]}", "--shard", s) == 0
+    out = tmp_path / "merged"
+    dead, live = _dead_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [tmp_path / f".merged.merging-{dead}", tmp_path / f".merged.old-{dead}"]
+        alive = tmp_path / f".merged.merging-{live.pid}"  # a merge still running elsewhere: not ours to remove
+        other = tmp_path / f".other.merging-{dead}"  # another output's
+        for d in (*stale, alive, other):
+            d.mkdir()
+            (d / "traces.jsonl").write_text("{}\n")
+        assert cli_main(["merge", str(tmp_path / "gen1"), str(tmp_path / "gen2"), "--out", str(out)]) == 0
+        assert not any(d.exists() for d in stale)
+        assert alive.exists() and other.exists()
+    finally:
+        live.kill()
+        live.wait()
