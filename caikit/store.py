@@ -93,12 +93,28 @@ class JsonlFile:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.repair()
                 self._fh = open(self.path, "ab")
-            self._fh.write(line)
-            self._fh.flush()
+            start = self._fh.tell()
+            try:
+                self._fh.write(line)
+                self._fh.flush()
+            except OSError:  # a full disk: take back the part of the line that was written, so the next row
+                self._drop_from(start)  # (once there is space) does not follow a torn one
+                raise
             now = time.monotonic()
             if now - self._last_sync >= self.fsync_interval:
                 os.fsync(self._fh.fileno())
                 self._last_sync = now
+
+    def _drop_from(self, start: int) -> None:
+        fh, self._fh = self._fh, None
+        try:
+            fh.close()  # the unwritten rest of the buffer may fail again
+        except OSError:
+            pass
+        try:
+            os.truncate(self.path, start)
+        except OSError:
+            pass  # left to `repair` on the next open
 
     def close(self) -> None:
         with self._lock, naming(self.path):

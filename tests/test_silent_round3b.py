@@ -157,3 +157,96 @@ def test_merge_clears_the_temporaries_of_killed_merges(tmp_path, monkeypatch):
     finally:
         live.kill()
         live.wait()
+
+
+# --- 16: one `caikit label` per labels file; a full disk is a message on the page ------------------------------
+
+def _pairs_file(path: Path) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Good answer {i}.",
+                                        "rejected": f"Bad answer {i}."}) + "\n" for i in range(3)))
+    return path
+
+
+class _Label:
+    """`caikit label` in a subprocess, until it prints its URL (it holds the labels file's lock by then)."""
+
+    def __init__(self, *args: str, preexec_fn=None):
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "caikit.cli", "label", *args, "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=preexec_fn, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+        self.output = ""
+        for line in self.proc.stdout:
+            self.output += line
+            if "open http" in line:
+                break
+        match = re.search(r"open http://[^:]+:(\d+)/", self.output)
+        assert match, self.output
+        self.port = int(match.group(1))
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={} if body is None else {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        status, payload = response.status, json.loads(response.read())
+        conn.close()
+        return status, payload
+
+    def stop(self) -> str:
+        """Kill it; everything it printed."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.output += self.proc.stdout.read()
+        self.proc.stdout.close()
+        return self.output
+
+
+@pytest.mark.e2e
+def test_a_second_label_process_on_one_labels_file_is_refused(tmp_path):
+    import os
+    import subprocess
+
+    pairs, out = _pairs_file(tmp_path / "pairs.jsonl"), tmp_path / "labels.jsonl"
+    first = _Label(str(pairs), "--out", str(out), "--labeler", "ann")
+    try:
+        status, state = first.call("GET", "/api/state")
+        assert status == 200 and state["done"] == 0
+        second = subprocess.run([sys.executable, "-m", "caikit.cli", "label", str(pairs), "--out", str(out),
+                                 "--labeler", "bob", "--port", "0"], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        err = second.stderr
+        assert second.returncode == 2 and err.count("\n") == 1 and str(out) in err and f"in use by PID {first.proc.pid}" in err
+        status, state = first.call("POST", "/api/label", {"pair_id": state["pair"]["pair_id"], "choice": "left"})
+        assert status == 200 and state["done"] == 1  # the first one goes on, alone
+    finally:
+        first.stop()
+    # the kernel dropped the lock with the killed process: the rerun resumes
+    again = _Label(str(pairs), "--out", str(out), "--labeler", "ann")
+    try:
+        assert again.call("GET", "/api/state")[1]["done"] == 1
+    finally:
+        again.stop()
+
+
+@pytest.mark.e2e
+def test_a_full_disk_while_labelling_is_a_json_error_the_page_shows(tmp_path):
+    pairs, out = _pairs_file(tmp_path / "pairs.jsonl"), tmp_path / "labels.jsonl"
+    label = _Label(str(pairs), "--out", str(out), "--labeler", "ann", preexec_fn=_limit_file_size(300))
+    try:
+        status, state = label.call("GET", "/api/state")
+        pair_id = state["pair"]["pair_id"]
+        status, answer = label.call("POST", "/api/label", {"pair_id": pair_id, "choice": "left"})
+        assert status == 507 and answer["error"].startswith(f"not saved: cannot write {out}")
+        assert answer["state"]["done"] == 0 and answer["state"]["pair"]["pair_id"] == pair_id  # still open
+        assert label.proc.poll() is None and label.call("GET", "/api/state")[0] == 200  # the server lives on
+    finally:
+        printed = label.stop()
+    assert "Traceback" not in printed
+    assert out.read_bytes() == b""  # no torn row left for the next answer to follow
