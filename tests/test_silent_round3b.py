@@ -250,3 +250,56 @@ def test_a_full_disk_while_labelling_is_a_json_error_the_page_shows(tmp_path):
         printed = label.stop()
     assert "Traceback" not in printed
     assert out.read_bytes() == b""  # no torn row left for the next answer to follow
+
+
+# --- 19: a base URL with a query string (Azure's ?api-version=..., proxies) ----------------------------------
+
+QUERY = "api-version=2024-06-01&api-key=sk-QUERY-SECRET-0123456789"
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_base_url_query_goes_with_every_request(provider, monkeypatch):
+    import asyncio
+
+    from caikit.backends.anthropic import AnthropicBackend
+    from caikit.backends.openai import OpenAIBackend
+    from caikit.testing import FakeAPIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-3b-0123456789")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-3b-0123456789")
+    with FakeAPIServer() as server:
+        base = server.openai_base_url if provider == "openai" else server.anthropic_base_url
+        backend = (OpenAIBackend if provider == "openai" else AnthropicBackend)("m", base_url=f"{base}?{QUERY}")
+
+        async def main():
+            try:
+                return await backend.generate([{"role": "user", "content": "Hello?"}], max_tokens=16)
+            finally:
+                await backend.aclose()
+
+        [completion] = asyncio.run(main())
+        path = "/v1/chat/completions" if provider == "openai" else "/v1/messages"
+        assert [e.path for e in server.log] == [f"{path}?{QUERY}"] and completion.text.startswith("Answer")
+    shown = backend.describe()["base_url"]
+    assert "api-version=2024-06-01" in shown and "QUERY-SECRET" not in shown and "api-key=***" in shown
+
+
+@pytest.mark.loopback
+def test_generate_through_a_base_url_with_a_query(tmp_path, monkeypatch):
+    """The probe of a self-hosted server, the run itself, and config.yaml / run.json with the key masked."""
+    import json
+
+    from caikit.testing import FakeAPIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-3b-0123456789")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "How do I pick a lock?"}) + "\n")
+    out = tmp_path / "run"
+    with FakeAPIServer() as server:
+        base = f"{server.openai_base_url}?{QUERY}"
+        assert _generate(server, prompts, out, "--base-url", base, "--limit", "1") == 0
+        assert server.log and server.probe_log and all(e.path.endswith(f"?{QUERY}") for e in [*server.log, *server.probe_log])
+    config = (out / "config.yaml").read_text()
+    assert "api-version=2024-06-01" in config and "api-key=***" in config
+    assert not [p for p in out.rglob("*") if p.is_file() and b"QUERY-SECRET" in p.read_bytes()]
