@@ -303,3 +303,49 @@ def test_generate_through_a_base_url_with_a_query(tmp_path, monkeypatch):
     config = (out / "config.yaml").read_text()
     assert "api-version=2024-06-01" in config and "api-key=***" in config
     assert not [p for p in out.rglob("*") if p.is_file() and b"QUERY-SECRET" in p.read_bytes()]
+
+
+# --- 25: IPO's log-ratios summed or per token ------------------------------------------------------------------
+
+@pytest.mark.unit
+def test_ipo_normalise_sum_and_length_by_hand():
+    import torch
+
+    from caikit.train.dpo import OBJECTIVES, DPOConfig, PairLogps
+
+    # chosen: 4 tokens, policy -8 vs reference -10 (+2); rejected: 2 tokens, policy -7 vs reference -6 (-1)
+    pairs = PairLogps(torch.tensor([-8.0]), torch.tensor([-7.0]), torch.tensor([4.0]), torch.tensor([2.0]),
+                      torch.tensor([-10.0]), torch.tensor([-6.0]))
+    beta = 0.25  # target margin 1/(2β) = 2
+    summed = OBJECTIVES["ipo"].loss(pairs, DPOConfig(loss="ipo", beta=beta), 0.0)[0]
+    per_token = OBJECTIVES["ipo"].loss(pairs, DPOConfig(loss="ipo", beta=beta, ipo_normalise="length"), 0.0)[0]
+    assert summed.item() == pytest.approx((2 - (-1) - 2) ** 2)  # h = 3
+    assert per_token.item() == pytest.approx((2 / 4 - (-1 / 2) - 2) ** 2)  # h = 0.5 + 0.5 = 1
+    assert DPOConfig().ipo_normalise == "sum"
+
+
+@pytest.mark.unit
+def test_ipo_normalise_is_checked():
+    from caikit.errors import UserError
+    from caikit.train.dpo import DPOConfig
+
+    with pytest.raises(UserError, match="--ipo-normalise applies to --loss ipo"):
+        DPOConfig(loss="sigmoid", ipo_normalise="length", data=["d.jsonl"], out="o").validate()
+    with pytest.raises(UserError, match="sum or length"):
+        DPOConfig(loss="ipo", ipo_normalise="mean", data=["d.jsonl"], out="o").validate()
+
+
+@pytest.mark.e2e
+def test_ipo_normalise_is_recorded_in_the_metrics(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    from caikit.cli import main as cli_main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say {i}.", "chosen": f"{i}.", "rejected": f"No {i} here."}) + "\n"
+                            for i in range(4)))
+    out = tmp_path / "ipo"
+    assert cli_main(["train", "dpo", "--model", tiny_model_dir, "--data", str(data), "--out", str(out), "--loss",
+                     "ipo", "--ipo-normalise", "length", *TRAIN_TINY]) == 0
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["ipo_normalise"] == "length" and "ipo_normalise: length" in (out / "config.yaml").read_text()
