@@ -349,3 +349,55 @@ def test_ipo_normalise_is_recorded_in_the_metrics(tmp_path, tiny_model_dir, caps
                      "ipo", "--ipo-normalise", "length", *TRAIN_TINY]) == 0
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["ipo_normalise"] == "length" and "ipo_normalise: length" in (out / "config.yaml").read_text()
+
+
+# --- 18: intervals that hold their level at small n, and no verdict below a minimum -----------------------------
+
+@pytest.mark.unit
+def test_t_interval_covers_at_small_n_where_the_percentile_bootstrap_does_not():
+    import random
+
+    from caikit.stats import bootstrap_interval, t_interval
+
+    rng = random.Random(2026)
+    true_mean, n, trials = 2 / (2 + 5), 10, 600  # Beta(2, 5): a judge's P(after better), skewed, in [0, 1]
+    covered = {"t": 0, "bootstrap": 0}
+    for trial in range(trials):
+        values = [rng.betavariate(2, 5) for _ in range(n)]
+        for name, interval in (("t", t_interval(values)),
+                               ("bootstrap", bootstrap_interval(values, seed=trial, resamples=400))):
+            covered[name] += interval[0] <= true_mean <= interval[1]
+    assert covered["t"] / trials >= 0.93  # nominal 0.95
+    assert covered["bootstrap"] / trials < covered["t"] / trials  # what the t interval replaces
+
+
+@pytest.mark.unit
+def test_t_quantiles_match_the_tables():
+    from caikit.stats import t_quantile
+
+    for df, expected in ((1, 12.706), (4, 2.776), (9, 2.262), (30, 2.042), (1000, 1.962)):
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.unit
+def test_eight_pairs_are_too_few_to_tell_even_from_a_judge_whose_probabilities_hardly_vary():
+    from caikit.eval.noise import paired_row, win_rate_row
+
+    steady = [0.56, 0.57, 0.56, 0.58, 0.57, 0.56, 0.57, 0.58]  # 8 pairs, all a little for the trained model
+    row = win_rate_row("harmlessness win-rate (red-team)", steady, "", seed=0, role="aim")
+    assert row["beyond_noise"] is None and row["verdict"].startswith("too few pairs to tell: 8 pairs")
+    row = win_rate_row("harmlessness win-rate (red-team)", steady + [0.57, 0.56], "", seed=0, role="aim")
+    assert row["beyond_noise"] is True and row["n"] == 10  # from 10 pairs on, the interval speaks
+    paired = paired_row("mean reward (red-team)", [0.0] * 8, [1.0] * 8, "", seed=0)
+    assert paired["beyond_noise"] is None and "too few pairs to tell" in paired["verdict"]
+
+
+@pytest.mark.unit
+def test_the_report_verdict_box_says_too_few_pairs_to_tell():
+    from caikit.report.verdict import _effect
+
+    # an older eval's row: 8 pairs called "beyond noise" with an interval 0.03 wide
+    row = {"metric": "harmlessness win-rate (red-team)", "before": 0.43, "after": 0.57, "n": 8,
+           "interval": [0.555, 0.585], "beyond_noise": True, "role": "aim", "better": "higher"}
+    finding = _effect(row, "openai:judge")
+    assert finding.badge == "TOO FEW PAIRS" and finding.level == "warn" and "8 pairs" in finding.facts

@@ -197,9 +197,10 @@ def _eval(layout: Layout, max_examples: int) -> str:
                     cells = [_with_interval(b, r.get("interval_before")), _with_interval(a, r.get("interval_after")),
                              _with_interval(change, r.get("interval_change"), signed=True)]
                 rows.append([r.get("metric"), *cells, _noise_cell(r) if "beyond_noise" in r else None, r.get("note")])
-        out.append('<p class="sub">Each figure carries its 95 % interval beneath it (bootstrap over prompts, '
+        out.append('<p class="sub">Each figure carries its 95 % interval beneath it (Student\'s t over prompts, '
                    "Wilson for refusal rates); a win-rate's interval is of P(after better), beyond noise when it "
-                   "excludes 0.5; a change is beyond noise when its paired interval excludes 0.</p>")
+                   "excludes 0.5; a change is beyond noise when its paired interval excludes 0; with fewer than "
+                   "10 pairs there is no verdict (too few pairs to tell).</p>")
         out.append(table(["metric", "before", "after", "change", "noise", "note"], rows, [1, 2, 3]))
         extra = {k: v for k, v in report.items() if k not in ("models", "table")}
         for key, value in extra.items():

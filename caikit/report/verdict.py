@@ -27,11 +27,11 @@ from typing import Any
 from caikit.report.markup import table
 from caikit.report.sources import (Layout, consistency_of, detect_layout, interval_of, is_num, judge_gate,
                                    read_json, read_yaml, reward_heldout, scan_jsonl, stage_counts)
+from caikit.stats import MIN_PAIRS
 
 DEFAULT_MIN_CONSISTENCY = 0.6  # `caikit judge --min-consistency` default, used when gate.json names none
 MARKS = {"bad": "!!", "warn": "??", "good": "ok", "none": "--"}
 COUNTS = "Failures and dropped items"  # the finding that the page shows as a table
-FEW_PAIRS = 10  # below this many pairs an interval is called rough, and a good result only amber
 
 
 @dataclasses.dataclass
@@ -251,6 +251,10 @@ def _effect(row: dict[str, Any], judge_spec: str) -> Finding | None:
         interval, null = interval_of(row.get("interval_change")), 0.0
         change = after - before if is_num(after) and is_num(before) else None
     topic = metric[:1].upper() + metric[1:] if not win_rate else quantity[:1].upper() + quantity[1:]
+    if is_num(n) and 0 < n < MIN_PAIRS:  # whatever the row says (an older eval judged 8 pairs "beyond noise")
+        return Finding(topic, "warn", f"Too few pairs to tell whether {quantity} changed.", "TOO FEW PAIRS",
+                       f"{n} pair{'s' if n != 1 else ''}: at least {MIN_PAIRS} are needed before an interval says "
+                       "whether a change is beyond noise.")
     if beyond is None or interval is None or change is None:
         return Finding(topic, "warn", f"The change in {quantity} was not measured.", "NOT MEASURED",
                        f"{row.get('verdict', '')}.")
@@ -266,9 +270,6 @@ def _effect(row: dict[str, Any], judge_spec: str) -> Finding | None:
     level, badge, opening = EFFECT_WORDS.get((role, True, direction) if beyond else (role, False),
                                              ("none", "CHANGED", "{Q} changed beyond noise"))
     ends = f"which {'excludes' if beyond else 'includes'} {null:g}."
-    if is_num(n) and n < FEW_PAIRS:  # a percentile bootstrap of a handful of pairs has few distinct values
-        ends += f" With only {n} pairs the interval is rough."
-        level = "warn" if level == "good" else level
     return Finding(topic, level, opening.format(q=quantity, Q=quantity[:1].upper() + quantity[1:]) + ":", badge,
                    f"{figures}, {ends}")
 
