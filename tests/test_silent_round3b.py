@@ -401,3 +401,33 @@ def test_the_report_verdict_box_says_too_few_pairs_to_tell():
            "interval": [0.555, 0.585], "beyond_noise": True, "role": "aim", "better": "higher"}
     finding = _effect(row, "openai:judge")
     assert finding.badge == "TOO FEW PAIRS" and finding.level == "warn" and "8 pairs" in finding.facts
+
+
+# --- 20: human labels exported like a judge run's preferences --------------------------------------------------
+
+@pytest.mark.unit
+def test_export_labels_to_the_trl_preference_layout(tmp_path, capsys):
+    import json
+
+    from caikit.cli import main as cli_main
+    from caikit.label.rows import label_id
+    from caikit.records import Label
+
+    rows = []
+    for i, choice in enumerate(["a", "b", "tie", "skip", "a"]):
+        pair = {"pair_id": f"q{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}],
+                "response_a": f"First {i}.", "response_b": f"Second {i}.", "shown_left": "a", "source": "judge-run"}
+        rows.append(Label(id=label_id("ann", pair["pair_id"]), labeler="ann", choice=choice, **pair))
+    rows.append(Label(id=label_id("ann", "q4"), labeler="ann", choice="undo", **{**pair, "pair_id": "q4"}))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+    assert cli_main(["export", str(labels), "--format", "jsonl"]) == 0
+    out = tmp_path / "labels-export" / "preferences"
+    exported = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in exported] == [
+        ("First 0.", "Second 0."), ("Second 1.", "First 1.")]  # q4's answer was undone
+    assert all(r["p_chosen"] == 1.0 and r["source"] == "human" and set(r) == {"prompt", "chosen", "rejected",
+                                                                               "p_chosen", "source"} for r in exported)
+    assert exported[0]["prompt"] == [{"role": "user", "content": "Question 0?"}]
+    assert "1 ties and 1 skips not exported" in capsys.readouterr().err
+    assert "Not exported: 1 ties and 1 skips" in (out / "README.md").read_text()
