@@ -59,12 +59,17 @@ def data(tmp_path_factory) -> dict[str, str]:
     pairs = [{"prompt": [{"role": "user", "content": text(1, 20)}], "chosen": [{"role": "assistant",
               "content": text(2, 12) + " banana"}], "rejected": [{"role": "assistant", "content": text(2, 12)}]}
              for _ in range(24)]
-    for name, rows in (("sft", sft), ("pairs", pairs)):
+    # KTO's thumbs: each pair's two sides as a desirable and an undesirable example
+    thumbs = [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+              for p in pairs for side in ("chosen", "rejected")]
+    for name, rows in (("sft", sft), ("pairs", pairs), ("thumbs", thumbs)):
         (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"sft": str(d / "sft.jsonl"), "dpo": str(d / "pairs.jsonl")}
+    return {"sft": str(d / "sft.jsonl"), "dpo": str(d / "pairs.jsonl"), "kto": str(d / "thumbs.jsonl")}
 
 
-@pytest.mark.parametrize("command", ["sft", "dpo"])
+# kto: its reference point z_ref is estimated over the global batch (gathered from every process, as TRL does);
+# estimated per process, two processes would train against two different reference points
+@pytest.mark.parametrize("command", ["sft", "dpo", "kto"])
 def test_two_processes_match_one_with_the_same_global_batch(command, tiny_model_dir, data, tmp_path):
     from safetensors.torch import load_file
 
@@ -75,7 +80,8 @@ def test_two_processes_match_one_with_the_same_global_batch(command, tiny_model_
 
     one, two = rows_of(tmp_path / "one"), rows_of(tmp_path / "two")
     assert [r["step"] for r in two] == [1, 2, 3]  # one process writes the metrics
-    keys = ["loss", "grad_norm"] + (["reward_margin", "chosen_logps", "rejected_logps"] if command == "dpo" else [])
+    keys = ["loss", "grad_norm"] + {"dpo": ["reward_margin", "chosen_logps", "rejected_logps"],
+                                    "kto": ["kl"]}.get(command, [])
     for a, b in zip(one, two):
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (command, key, one, two)

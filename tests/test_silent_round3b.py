@@ -431,3 +431,46 @@ def test_export_labels_to_the_trl_preference_layout(tmp_path, capsys):
     assert exported[0]["prompt"] == [{"role": "user", "content": "Question 0?"}]
     assert "1 ties and 1 skips not exported" in capsys.readouterr().err
     assert "Not exported: 1 ties and 1 skips" in (out / "README.md").read_text()
+
+
+# --- 24: PPO's value / token alignment and advantage whitening ------------------------------------------------
+
+@pytest.mark.unit
+def test_ppo_values_are_the_states_before_each_response_token():
+    """V(s_t) for response token t is the value head's output at the position before it (the state the token was
+    sampled from): position P - 1 + t of the query+response. A slice off by one fails here."""
+    import torch
+
+    from caikit.train.rollout import response_forward
+
+    class PositionValues(torch.nn.Module):  # a policy with a value head whose value is the position index
+        def forward(self, input_ids, attention_mask, position_ids, logits_to_keep):
+            B, T = input_ids.shape
+            return torch.zeros(B, logits_to_keep, 11), torch.arange(T, dtype=torch.float32).expand(B, T)
+
+    P, R = 5, 4
+    query_responses = torch.randint(0, 11, (2, P + R))
+    logprobs, values, _ = response_forward(PositionValues(), query_responses, torch.ones(2, P + R, dtype=torch.long),
+                                           P, 1.0, with_values=True)
+    assert values.shape == logprobs.shape == (2, R)
+    assert values.tolist() == [[4.0, 5.0, 6.0, 7.0]] * 2  # positions P-1 .. P+R-2
+
+
+@pytest.mark.unit
+def test_ppo_advantages_are_whitened_over_the_response_tokens():
+    import torch
+
+    from caikit.train.losses import gae
+    from caikit.train.rollout import ppo_advantages
+
+    rewards = torch.tensor([[0.0, 0.0, 30.0, 0.0], [0.0, 0.0, 0.0, -10.0]])  # scores at each response's last token
+    values = torch.tensor([[1.0, 2.0, 3.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    advantages, returns = ppo_advantages(rewards, values, mask, 1.0, 0.95)
+    raw, raw_returns = gae(rewards, values, mask, 1.0, 0.95)
+    assert torch.equal(returns, raw_returns)  # the value head learns unwhitened returns
+    kept = advantages[mask.bool()]
+    assert kept.mean().item() == pytest.approx(0.0, abs=1e-5) and kept.var().item() == pytest.approx(1.0, abs=1e-4)
+    assert raw[mask.bool()].var().item() > 10  # unwhitened, the step would follow the reward's scale
+    # the order of the advantages is kept: whitening is an affine map
+    assert torch.equal(kept.argsort(), raw[mask.bool()].argsort())
