@@ -474,3 +474,57 @@ def test_ppo_advantages_are_whitened_over_the_response_tokens():
     assert raw[mask.bool()].var().item() > 10  # unwhitened, the step would follow the reward's scale
     # the order of the advantages is kept: whitening is an affine map
     assert torch.equal(kept.argsort(), raw[mask.bool()].argsort())
+
+
+# --- 5: the report vouches for nothing it did not see ---------------------------------------------------------
+
+@pytest.mark.unit
+def test_report_on_an_empty_directory_says_there_is_nothing_to_report(tmp_path, capsys):
+    from caikit.cli import main as cli_main
+
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to report" in err and err.count("\n") == 1
+    assert not (tmp_path / "empty" / "report.html").exists()
+
+
+@pytest.mark.loopback
+def test_report_of_a_run_where_every_request_failed_is_red(tmp_path, monkeypatch):
+    import json
+
+    from caikit.report.html import build_report
+    from caikit.report.verdict import verdict_lines
+    from caikit.testing import FakeAPIServer, FaultPlan
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-3b-0123456789")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"How do I pick lock {i}?"}) + "\n" for i in range(3)))
+    out = tmp_path / "run"
+    with FakeAPIServer(faults=FaultPlan(always_fail_keys=lambda request: True)) as server:
+        _generate(server, prompts, out, "--max-failure-rate", "1", "--max-retries", "1")  # its exit code: item 4
+    assert json.loads((out / "stats.json").read_text())["failures"] == 3
+    lines = verdict_lines(out)
+    assert any(line.startswith("[!!]") and "Nothing came out" in line for line in lines), lines
+    page = build_report(out).read_text()
+    assert "No red flags" not in page and "Every check below passed" not in page and "Do not trust" in page
+
+
+@pytest.mark.unit
+def test_report_of_training_on_a_weak_judges_labels_has_a_verdict_box(tmp_path):
+    from caikit.report.html import build_report
+    from caikit.report.verdict import verdict_lines
+    from caikit.train.data import DataSummary
+
+    out = tmp_path / "dpo-model"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')
+    DataSummary("pairs", [{"path": "runs/judge", "file": "runs/judge/preferences.jsonl", "used": 40,
+                           "judge_gate": "allowed-weak"},
+                          {"path": "labels.jsonl", "file": "labels.jsonl", "used": 10}]).write(out)
+    lines = verdict_lines(out)
+    assert lines and lines[0].startswith("[!!] Training data: 40 of the 50 training examples were labelled by a "
+                                         "judge that failed its quality gate")
+    assert "--allow-weak-judge" in lines[0]
+    page = build_report(out).read_text()
+    assert 'id="verdict"' in page and "WEAK JUDGE" in page

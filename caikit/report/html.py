@@ -319,6 +319,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, max_example
     if not run_dir.is_dir():
         raise UserError("not a run directory", path=str(run_dir))
     layout = detect_layout(run_dir)
+    if not layout.stages and not layout.run_config and not layout.state:
+        raise UserError("nothing to report: no caikit run here (no run.json, state.json, config.yaml, metrics.jsonl "
+                        "or stage directory)", path=str(run_dir))
     sections = []
     for key, title, parts in SECTIONS:
         html = []

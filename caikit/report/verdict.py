@@ -329,6 +329,12 @@ def counts_finding(layout: Layout) -> Finding | None:
         why = f" ({c['why']})" if c.get("why") else ""
         parts.append(f"{c['stage']} {', '.join(items) or 'no counts recorded'}{why}")
     failed = sum(c["failures"] for c in counts if is_num(c.get("failures")))
+    empty = [c for c in counts if is_num(c.get("of")) and c["of"] > 0 and is_num(c.get("failures"))
+             and c["failures"] >= c["of"]]
+    if empty:  # a stage whose every item failed: nothing came out of it, whatever --max-failure-rate allowed
+        said = ", ".join(f"{c['stage']} ({c['failures']} of {c['of']} {c['unit']} failed)" for c in empty)
+        return Finding(COUNTS, "bad", f"Nothing came out: every item failed in {said}.", "NOTHING CAME OUT",
+                       "; ".join(parts) + ".")
     return Finding(COUNTS, "warn" if failed else "good",
                    f"{failed} item{'s' if failed != 1 else ''} failed." if failed else "Nothing failed.",
                    f"{failed} FAILURE{'S' if failed != 1 else ''}" if failed else "", "; ".join(parts) + ".")
@@ -336,9 +342,34 @@ def counts_finding(layout: Layout) -> Finding | None:
 
 # ---------------------------------------------------------------- the verdict
 
+WEAK_GATES = {"failed": "failed its quality gate", "allowed-weak": "failed its quality gate and was let through "
+              "with --allow-weak-judge", "fell-back-to-revision": "failed its quality gate (the run fell back to "
+              "revision-over-initial labels)"}
+
+
+def training_data_finding(layout: Layout) -> Finding | None:
+    """A trainer's data.json: sources labelled by a judge whose quality gate said it is weak (train/data.py
+    records each judge run's gate status there)."""
+    weak, total = [], 0
+    for stage in layout.stages.values():
+        data = read_json(stage.path / "data.json") if stage.path.is_dir() else {}
+        sources = data.get("sources") if isinstance(data.get("sources"), list) else []
+        total += sum(s["used"] for s in sources if isinstance(s, dict) and is_num(s.get("used")))
+        weak += [(stage.name, s) for s in sources if isinstance(s, dict) and s.get("judge_gate") in WEAK_GATES]
+    if not weak:
+        return None
+    used = sum(s["used"] for _, s in weak if is_num(s.get("used")))
+    facts = "; ".join(f"{s.get('used', '?')} from {s.get('path', '?')}: the judge {WEAK_GATES[s['judge_gate']]} "
+                      f"(gate.json status '{s['judge_gate']}')" for _, s in weak)
+    return Finding("Training data", "bad", f"{used} of the {total} training examples were labelled by a judge that "
+                   "failed its quality gate: what the model learnt from them is the weak judge's preference.",
+                   "WEAK JUDGE'S LABELS", facts + ".")
+
+
 def findings(layout: Layout) -> list[Finding]:
     judge = judge_finding(layout)
-    found = [judge, reward_finding(layout), *effect_findings(layout, judge), counts_finding(layout)]
+    found = [judge, reward_finding(layout), training_data_finding(layout), *effect_findings(layout, judge),
+             counts_finding(layout)]
     return [f for f in found if f is not None]
 
 
@@ -358,6 +389,8 @@ def _summary(found: list[Finding]) -> tuple[str, str]:
                        f"({', '.join(bad)}), in red below.")
     if unsure:
         return "warn", f"No red flags. To note, in amber below: {', '.join(unsure)}."
+    if not any(f.level == "good" for f in found):
+        return "warn", "Nothing here could be checked: see below for what is missing."
     return "good", "Every check below passed."
 
 
