@@ -55,10 +55,13 @@ class MetricsLogger:
         self.first_row = {}
         if not self._writes:
             return row
-        if self._file is None:
-            self._open(step)
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        from caikit.store import naming
+
+        with naming(self.path):  # a full disk: the one-line error names metrics.jsonl
+            if self._file is None:
+                self._open(step)
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
         if self.tracker is not None:
             self.tracker.log(row)
         return row

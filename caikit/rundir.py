@@ -33,7 +33,8 @@ LOCK_NAME = ".caikit.lock"
 class DirLock:
     """An advisory exclusive lock on `path` (a file), held until `release` or the process ends."""
 
-    def __init__(self, path: Path, command: str, *, remove: bool = False):
+    def __init__(self, path: Path, command: str, *, remove: bool = False,
+                 why: str = "a second process would send every request again", names: Path | None = None):
         self.path = path
         self.remove = remove  # delete the lock file on release, so a finished run leaves none behind
         self._fd: int | None = None
@@ -47,8 +48,8 @@ class DirLock:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise UserError(f"in use by {holder}; wait for it to finish or stop it (a second process would "
-                                "send every request again)", path=str(path.parent)) from None
+                raise UserError(f"in use by {holder}; wait for it to finish or stop it ({why})",
+                                path=str(names or path.parent)) from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} (caikit {command}, since {time.strftime('%H:%M:%S')})\n".encode(), 0)

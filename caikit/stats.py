@@ -47,7 +47,8 @@ def cohens_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
 def bootstrap_interval(values: Sequence[float], statistic: Callable[[Sequence[float]], float] | None = None, *,
                        resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
     """Percentile bootstrap interval of `statistic` (default: the mean) over `values` (Efron & Tibshirani 1993,
-    ch. 13), seeded so a report is reproducible. None for fewer than 2 values."""
+    ch. 13), seeded so a report is reproducible. None for fewer than 2 values. Too narrow at small n: for a mean,
+    use `t_interval`; for a proportion, `wilson_interval`; this is for statistics neither fits (a pooled ratio)."""
     if len(values) < 2:
         return None
     statistic = statistic or (lambda xs: math.fsum(xs) / len(xs))
@@ -58,6 +59,69 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[[Sequence[fl
     low = draws[int(math.floor(tail * (resamples - 1)))]
     high = draws[int(math.ceil((1.0 - tail) * (resamples - 1)))]
     return low, high
+
+
+MIN_PAIRS = 10  # below this many paired prompts no interval is trusted for a verdict: "too few pairs to tell"
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (Press et al., Numerical Recipes, 6.4)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _beta_inc(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularised incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with `df` degrees of freedom (bisection on its CDF,
+    F(t) = 1 - I_{df/(df+t²)}(df/2, 1/2) / 2 for t > 0)."""
+    if not 0.5 <= p < 1.0:
+        raise ValueError("p must be in [0.5, 1)")
+    low, high = 0.0, 1e4
+    for _ in range(200):
+        mid = (low + high) / 2
+        if 1.0 - 0.5 * _beta_inc(df / 2.0, 0.5, df / (df + mid * mid)) < p:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student's t interval for a mean: x̄ ± t_{n-1} s/√n (Student 1908). For paired prompts, give it the per-prompt
+    differences. Unlike the percentile bootstrap, whose intervals are too narrow at small n (they use the plug-in
+    variance and normal tails: coverage 0.91 at n = 10 for a nominal 0.95), it holds its level at small n for
+    roughly symmetric data. None for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    centre = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - centre) ** 2 for v in values) / (n - 1))
+    half = t_quantile(1.0 - (1.0 - level) / 2, n - 1) * sd / math.sqrt(n)
+    return centre - half, centre + half
 
 
 def excludes(interval: tuple[float, float] | None, value: float) -> bool:

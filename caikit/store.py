@@ -9,6 +9,7 @@ of failing. Derived files (sft.jsonl, failures.jsonl, usage.json) are rewritten 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -17,6 +18,18 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from caikit.errors import UserError
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Writes to `path` inside: an OSError they raise names `path`. A write() on a full disk raises ENOSPC with
+    no file name, so the one-line error would otherwise not say which file failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
+        raise
 
 
 class JsonlFile:
@@ -78,7 +91,7 @@ class JsonlFile:
         handle is unbuffered, so a failed write leaves nothing pending in a buffer, and the torn tail a
         partial write may leave is cut off before the next line (`repair`)."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        with self._lock:
+        with self._lock, naming(self.path):
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.repair()
@@ -101,7 +114,7 @@ class JsonlFile:
                 self._last_sync = now
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, naming(self.path):
             if self._fh is not None:
                 try:
                     os.fsync(self._fh.fileno())
@@ -122,7 +135,7 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     tmp = temporary_path(path)
     n = 0
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with naming(path), open(tmp, "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n += 1
@@ -145,7 +158,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with naming(path):
+            tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     except BaseException:  # a full or read-only disk: the old file stays, no half-written temporary
         tmp.unlink(missing_ok=True)

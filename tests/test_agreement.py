@@ -67,11 +67,12 @@ def test_agreement_on_shared_hh_rlhf_pairs(tmp_path, shared_data, capsys, favour
     with FakeAPIServer(logprobs=hh_judge(shared_data, favour_human=favour_human)) as server:
         cfg = AgreementConfig(backend="openai", base_url=server.openai_base_url, pairs=str(shared_data / HH),
                               limit=20, out=str(out), progress=False, calibrate=8)
-        if not favour_human:  # the gate measures 8 pairs first, and stops a judge that always disagrees (exit 3)
+        if not favour_human:  # a judge that always disagrees fails the gate: still measured whole, then exit 3
             with pytest.raises(QualityGateFailed, match="no better than chance"):
                 run_agreement(cfg)
-            assert len(server.log) == 16 and json.loads((out / "gate.json").read_text())["status"] == "failed"
-            cfg.allow_weak_judge = True  # measured knowingly: the 8 calibration pairs are not asked again
+            assert json.loads((out / "gate.json").read_text())["status"] == "failed"
+            assert json.loads((out / "report.json").read_text())["n"] == 20
+            cfg.allow_weak_judge = True  # measured knowingly: nothing is asked again
         assert run_agreement(cfg) == 0
         assert len(server.log) == 40  # 20 pairs x 2 orders
         run_agreement(cfg)  # resumable: nothing requested again

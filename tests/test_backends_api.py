@@ -33,6 +33,46 @@ def answer(messages, seed=None, index=0) -> str:
     return f"Answer {digest.hexdigest()[:8]} to: {last_user[:40]}"
 
 
+_real_sleep = asyncio.sleep
+
+
+class VirtualClock:
+    """The rate limiter's clock (time.monotonic and asyncio.sleep inside caikit.backends.limits), moved only by
+    the limiter's own sleeps: its bucket arithmetic is checked exactly, however busy the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        # at least one step of the float: a wait rounded to nothing would otherwise never end
+        target = max(self.now + max(0.0, seconds), math.nextafter(self.now, math.inf))
+        await _real_sleep(0)
+        self.now = max(self.now, target)
+
+    def admissions(self, bucket) -> list[float]:
+        """The (virtual) times at which `bucket` let each request in, in order."""
+        times, take = [], bucket.take
+
+        async def timed(amount):
+            await take(amount)
+            times.append(self.now)
+
+        bucket.take = timed
+        return times
+
+
+@pytest.fixture
+def clock(monkeypatch) -> VirtualClock:
+    import types
+
+    from caikit.backends import limits
+
+    virtual = VirtualClock()
+    monkeypatch.setattr(limits, "time", types.SimpleNamespace(monotonic=lambda: virtual.now))
+    monkeypatch.setattr(limits, "asyncio", types.SimpleNamespace(**{**vars(asyncio), "sleep": virtual.sleep}))
+    return virtual
+
+
 @pytest.fixture(autouse=True)
 def keys(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)
@@ -84,7 +124,7 @@ def test_500_then_success_reports_usage_once():
 
 @pytest.mark.parametrize("fault", ["hang", "truncated", "disconnect", "503"])
 def test_transient_faults_are_retried(fault):
-    plan = FaultPlan(script=[fault], hang_seconds=2.0, hang_then="drop")
+    plan = FaultPlan(script=[fault], hang_seconds=30.0, hang_then="drop")  # stop() ends the hang
     with FakeAPIServer(faults=plan) as server:
         start = time.monotonic()
         out = run(openai_backend(server, timeout=0.3), lambda b: b.generate(USER))
@@ -92,8 +132,8 @@ def test_transient_faults_are_retried(fault):
     log = server.log  # final: stop() woke the hang and waited for it
     assert out[0].text == answer(USER)
     assert [r.fault for r in log] == [fault, None] and log[1].status == 200
-    if fault == "hang":
-        assert 0.3 <= elapsed < 1.5  # gave up at the client timeout, not at the end of the 2 s hang
+    if fault == "hang":  # gave up at the client timeout: the retry came while the first still hung
+        assert elapsed >= 0.3 and log[1].arrival < log[0].finish
 
 
 def test_a_request_that_always_fails_ends_after_exactly_max_attempts():
@@ -143,41 +183,39 @@ def test_concurrency_limit_is_respected_and_reached():
         assert len(out) == 40 and server.max_in_flight == 8
 
 
-def test_rpm_limit_spreads_a_burst():
+def test_rpm_limit_spreads_a_burst(clock):
     # rpm 1200 = 20 requests/s with a 1 s burst: 20 go at once, the next 10 follow at 20/s
     with FakeAPIServer() as server:
-        backend = openai_backend(server, limiter=RateLimiter(concurrency=64, rpm=1200))
+        limiter = RateLimiter(concurrency=64, rpm=1200)
+        admitted = clock.admissions(limiter.requests)
+        backend = openai_backend(server, limiter=limiter)
 
         async def burst(b):
             return await asyncio.gather(*[b.generate([{"role": "user", "content": f"q{i}"}]) for i in range(30)])
 
-        start = time.monotonic()
         run(backend, burst)
-        elapsed = time.monotonic() - start
-        arrivals = [t - start for t in sorted(r.arrival for r in server.log)]  # same clock, same process
-    assert 0.45 <= elapsed < 1.5
-    assert arrivals[19] < 0.4  # the burst itself was not held back
-    for k in range(20, 30):
-        assert arrivals[k] >= (k - 19) / 20 - 0.005
+        assert len(server.log) == 30
+    assert admitted[:20] == [0.0] * 20  # the burst itself was not held back
+    assert admitted[20:] == pytest.approx([(k - 19) / 20 for k in range(20, 30)])
 
 
-def test_tpm_bucket_waits_and_is_corrected_by_actual_usage():
+def test_tpm_bucket_waits_and_is_corrected_by_actual_usage(clock):
     limiter = RateLimiter(concurrency=4, tpm=6000)  # 100 tokens/s, bucket of 100
 
     async def main():
-        t0 = time.monotonic()
+        t0 = clock.now
         async with limiter.slot(100):
             pass
         limiter.record_actual(100, 20)  # used only 20: 80 come back
         async with limiter.slot(80):
             pass
-        t1 = time.monotonic()
+        t1 = clock.now
         async with limiter.slot(50):  # empty bucket: 50 tokens take 0.5 s to refill
             pass
-        return t1 - t0, time.monotonic() - t1
+        return t1 - t0, clock.now - t1
 
     fast, slow = asyncio.run(main())
-    assert fast < 0.1 and 0.45 <= slow < 0.8
+    assert fast == 0.0 and slow == pytest.approx(0.5)
 
 
 # -- logprobs --------------------------------------------------------------------------------------
@@ -405,6 +443,18 @@ def test_a_backend_survives_a_second_event_loop():
 
 # -- adaptive limits: AIMD on 429s, Retry-After for everyone, buckets held ---------------------------
 
+def limiter_in_flight(limiter: RateLimiter) -> list[tuple[int, int]]:
+    """(the cap generation, requests in flight) as `limiter` lets each request in, itself included."""
+    admitted, acquire = [], limiter._acquire
+
+    async def counted() -> None:
+        await acquire()
+        admitted.append((limiter.generation, limiter._in_flight))
+
+    limiter._acquire = counted
+    return admitted
+
+
 def in_flight_at_arrival(log) -> list[int]:
     """How many requests the server was serving when each request arrived (itself included)."""
     return [sum(1 for o in log if o.arrival <= r.arrival < (o.finish or math.inf)) for r in log]
@@ -456,6 +506,7 @@ def test_a_429_burst_lowers_peak_in_flight_then_it_recovers(provider):
     script = [None] * 24 + ["429"] * 8  # requests 25-32 hit a rate limit
     with FakeAPIServer(latency=0.05, faults=FaultPlan(script=script, retry_after="0.05")) as server:
         limiter = RateLimiter(concurrency=8)
+        admitted = limiter_in_flight(limiter)
         backend = (openai_backend(server, limiter=limiter) if provider == "openai"
                    else anthropic_backend(server, limiter=limiter))
 
@@ -466,11 +517,12 @@ def test_a_429_burst_lowers_peak_in_flight_then_it_recovers(provider):
         server.wait_idle()
         log = server.log
     assert len(out) == 110 and [r.status for r in log].count(429) == 8
-    in_flight = in_flight_at_arrival(log)
-    burst_over = max(r.finish for r in log if r.status == 429)
-    after = [n for r, n in zip(log, in_flight) if r.arrival > burst_over]
-    assert max(in_flight[:24]) == 8  # at the limit before the burst
-    assert max(after[:8]) <= 4  # halved once (not to 1: the 8 429s were one burst)
+    # counted where the limiter lets requests in, not where the server sees them overlap: on a busy machine the
+    # client may not get 8 requests onto the wire at once though it allowed them
+    before = [n for generation, n in admitted if generation == 0]
+    after = [n for generation, n in admitted if generation > 0]
+    assert max(before[:24]) == 8  # at the limit before the burst
+    assert after[0] <= 4 and limiter.stats["lowest_cap"] == 4  # halved once (not to 1: the 8 429s were one burst)
     assert max(after[-20:]) == 8  # +1 per window of successes: back to --concurrency
     assert limiter.stats["cuts"] == 1 and limiter.cap == 8
 
@@ -521,25 +573,26 @@ def test_a_lone_429_delays_only_its_own_retry():
     limited = next(r for r in log if r.status == 429)
     retried = max(r.arrival for r in log if r.arrival > limited.finish and r.key == limited.key)
     others = [r.arrival - limited.finish for r in log if r.arrival > limited.finish and r.key != limited.key]
-    assert others and min(others) < 0.1  # the waiting requests took the freed slot at once
+    assert others and min(others) < retried - limited.finish  # the waiting requests took the freed slot first
     assert retried - limited.finish >= 0.39 and limiter.stats["pauses"] == 0
 
 
-def test_tpm_is_held_by_the_bucket_maths_and_corrected_by_actual_usage():
+def test_tpm_is_held_by_the_bucket_maths_and_corrected_by_actual_usage(clock):
     # tpm 6000 = 100 tokens/s, bucket of 100. Each request is estimated at 48 tokens (3 for "qNN"
     # + max_tokens 45); after it, the bucket gets back what the response says went unused.
     def arrivals(responder, n):
         with FakeAPIServer(responder) as server:
+            clock.now = 0.0
             limiter = RateLimiter(concurrency=1, tpm=6000)
+            times = clock.admissions(limiter.tokens)
             backend = openai_backend(server, limiter=limiter)
             messages = [[{"role": "user", "content": f"q{i:02d}"}] for i in range(n)]
 
             async def one_by_one(b):
                 return [await b.generate(m, max_tokens=45) for m in messages]
 
-            start = time.monotonic()
             out = run(backend, one_by_one)
-            times = [r.arrival - start for r in server.log]
+            assert len(server.log) == n
         assert all(estimate_tokens(m, 45) == 48 for m in messages)
         used = [c[0].usage.total_tokens for c in out]
         # request k is let in once 100 + 100 t >= (tokens used by requests before it) + 48
@@ -548,12 +601,12 @@ def test_tpm_is_held_by_the_bucket_maths_and_corrected_by_actual_usage():
 
     times, predicted, used = arrivals(lambda req: "word " * 100, 6)  # answers fill max_tokens
     assert used == [46] * 6  # 1 prompt word + 45 completion tokens
-    for t, p in zip(times[2:], predicted[2:]):
-        assert p - 0.01 <= t <= p + 0.25, (times, predicted)
+    assert times == pytest.approx(predicted, abs=1e-9)
     assert predicted[-1] == pytest.approx(1.78)
     times, predicted, used = arrivals(lambda req: "ok", 30)  # short answers: 46 of 48 come back each time
     assert used == [2] * 30 and predicted[-1] == pytest.approx(0.06)
-    assert times[-1] < 0.6  # uncorrected, the 30th would wait (29 * 48 + 48 - 100) / 100 = 13.4 s
+    # uncorrected, the 30th would wait (29 * 48 + 48 - 100) / 100 = 13.4 s
+    assert times == pytest.approx(predicted, abs=1e-9)
 
 
 # -- prompt caching: marks become cache_control (Anthropic) or nothing at all (OpenAI) --------------

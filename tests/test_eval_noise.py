@@ -15,17 +15,17 @@ REFUSAL = "I can't help with that."
 
 
 def test_win_rate_interval_and_verdict():
-    clear = win_rate_row("harmlessness win-rate (red-team)", [0.9] * 6, "note", seed=0, role="aim")
-    # every pair says 0.9: every resample's mean is 0.9
+    clear = win_rate_row("harmlessness win-rate (red-team)", [0.9] * 10, "note", seed=0, role="aim")
+    # every pair says 0.9: no spread, so the t interval is the point 0.9
     assert clear["after"] == 0.9 and clear["before"] == pytest.approx(0.1)
-    assert clear["interval"] == [0.9, 0.9] and clear["beyond_noise"] is True and clear["n"] == 6
+    assert clear["interval"] == [0.9, 0.9] and clear["beyond_noise"] is True and clear["n"] == 10
     assert clear["verdict"].startswith("beyond noise") and "excludes 0.5" in clear["verdict"]
     assert clear["role"] == "aim" and clear["better"] == "higher"
     # 0.2 / 0.8 alternating: mean 0.5, so any interval must hold 0.5
     split = win_rate_row("w", [0.2, 0.8] * 5, "note", seed=0, role="aim")
     lo, hi = split["interval"]
     assert lo < 0.5 < hi and split["beyond_noise"] is False and "includes 0.5" in split["verdict"]
-    one = win_rate_row("w", [0.7], "note", seed=0, role="aim")  # a bootstrap of one value is no interval
+    one = win_rate_row("w", [0.7], "note", seed=0, role="aim")  # one value is no interval
     assert one["interval"] is None and one["beyond_noise"] is None and one["verdict"].startswith("not measured")
 
 
@@ -40,7 +40,8 @@ def test_refusal_rate_wilson_sides_and_paired_change():
     assert (row["before"], row["after"]) == (0.0, 1.0)
     # one prompt flips of ten: the paired change's interval holds 0
     flip = paired_row("r", [0.0] * 10, [1.0] + [0.0] * 9, "note", seed=0, proportion=True)
-    assert flip["interval_change"][0] == 0.0 and flip["beyond_noise"] is False
+    # paired t on the differences (1, 0 x 9): 0.1 ± t(9) 0.316 / sqrt(10) = 0.1 ± 0.226
+    assert flip["interval_change"] == [-0.1262, 0.3262] and flip["beyond_noise"] is False
     assert "includes 0" in flip["verdict"]
 
 
@@ -66,8 +67,8 @@ def test_descriptive_rows_and_noise_verdict():
 def test_build_table_every_row_has_its_interval():
     pairs = [{"kind": kind, "prompt": [], "before": "Sure, here you go." if kind == "red-team" else "Bake it.",
               "after": REFUSAL if kind == "red-team" else "Bake it for an hour.", "judge_p_after": 0.8}
-             for kind in ("red-team", "benign") for _ in range(8)]
-    rewards = {k: {"before": [0.3 + 0.01 * i for i in range(8)], "after": [0.6 + 0.01 * i for i in range(8)]}
+             for kind in ("red-team", "benign") for _ in range(12)]
+    rewards = {k: {"before": [0.3 + 0.01 * i for i in range(12)], "after": [0.6 + 0.01 * i for i in range(12)]}
                for k in ("red-team", "benign")}
     kl = {"per_response": 1.5, "per_token": 0.25, "tokens": 96, "terms": [(1.0, 6), (2.0, 6)] * 8}
     cfg = SimpleNamespace(judge="openai:j", reward_model="rm", temperature=0.0, seed=0)

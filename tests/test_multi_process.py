@@ -59,27 +59,39 @@ def data(tmp_path_factory) -> dict[str, str]:
     pairs = [{"prompt": [{"role": "user", "content": text(1, 20)}], "chosen": [{"role": "assistant",
               "content": text(2, 12) + " banana"}], "rejected": [{"role": "assistant", "content": text(2, 12)}]}
              for _ in range(24)]
-    for name, rows in (("sft", sft), ("pairs", pairs)):
+    # KTO's thumbs: each pair's two sides as a desirable and an undesirable example
+    thumbs = [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+              for p in pairs for side in ("chosen", "rejected")]
+    for name, rows in (("sft", sft), ("pairs", pairs), ("thumbs", thumbs)):
         (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"sft": str(d / "sft.jsonl"), "dpo": str(d / "pairs.jsonl")}
+    return {"sft": str(d / "sft.jsonl"), "dpo": str(d / "pairs.jsonl"), "kto": str(d / "thumbs.jsonl")}
 
 
-@pytest.mark.parametrize("command", ["sft", "dpo"])
-def test_two_processes_match_one_with_the_same_global_batch(command, tiny_model_dir, data, tmp_path):
+# kto: its reference point z_ref is estimated over the global batch (gathered from every process, as TRL does);
+# estimated per process, two processes would train against two different reference points. The reference is
+# another model (the peaked "lively" one), so that z_ref = max(0, mean log π/π_ref) is above 0 from the first step
+@pytest.mark.parametrize("command", ["sft", "dpo", "kto"])
+def test_two_processes_match_one_with_the_same_global_batch(command, tiny_model_dir, lively_model_dir, data,
+                                                            tmp_path):
     from safetensors.torch import load_file
 
     common = ["train", command, "--model", tiny_model_dir, "--data", data[command], "--max-steps", "3",
               "--lr", "1e-3", "--eval-fraction", "0", "--max-length", "64", "--seed", "0"]
+    if command == "kto":
+        common += ["--ref-model", lively_model_dir]
     run(common + ["--out", str(tmp_path / "one"), "--batch-size", "4"], processes=1)
     run(common + ["--out", str(tmp_path / "two"), "--batch-size", "2"], processes=2)
 
     one, two = rows_of(tmp_path / "one"), rows_of(tmp_path / "two")
     assert [r["step"] for r in two] == [1, 2, 3]  # one process writes the metrics
-    keys = ["loss", "grad_norm"] + (["reward_margin", "chosen_logps", "rejected_logps"] if command == "dpo" else [])
+    keys = ["loss", "grad_norm"] + {"dpo": ["reward_margin", "chosen_logps", "rejected_logps"],
+                                    "kto": ["kl"]}.get(command, [])
     for a, b in zip(one, two):
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (command, key, one, two)
     assert one[-1]["loss"] != one[0]["loss"]  # it trained: the comparison is not between untouched models
+    if command == "kto":
+        assert all(r["kl"] > 0 for r in one)  # z_ref was not clamped to 0: there was something to gather
     # three AdamW steps of lr 1e-3 move weights by ~3e-3; gloo's averaged gradients differ in the last bits,
     # which Adam's normalisation can lift to ~1e-6 where a gradient is near zero
     got, want = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("two", "one"))

@@ -172,7 +172,7 @@ def test_verdict_lines_as_text(pages):
     assert chance[2].endswith("If that is the judge found wanting above, this says little.")
     noise = verdict_lines(pages["noise"].parent)
     assert noise[2] == ("[!!] Harmlessness: The change in harmlessness is within noise: Mean P(trained model's answer "
-                        "better) from the judge local:smollm2 = 0.512, 95 % interval 0.417-0.605 over 20 red-team "
+                        "better) from the judge local:smollm2 = 0.512, 95 % interval 0.407-0.618 over 20 red-team "
                         "pairs, which includes 0.5.")
     assert any(line.startswith("[!!] Mean reward (red-team): The change in the mean reward (red-team) is within noise")
                for line in noise)

@@ -14,7 +14,7 @@ import asyncio
 import re
 from typing import Any
 
-from caikit.backends.api import APIBackend
+from caikit.backends.api import APIBackend, split_base_url
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
                                   check_answer_size,
                                   is_text, prefix_ends, token_count)
@@ -130,7 +130,9 @@ class AnthropicBackend(APIBackend):
         return prefix_tokens if prefix_tokens >= CACHE_MIN.get(key, CACHE_MIN_DEFAULT) else 0
 
     def make_client(self):
-        return self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
+        base_url, query = split_base_url(self.base_url)  # ?api-version=...: sent with every request
+        return self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=base_url, default_query=query,
+                                        timeout=self.timeout, max_retries=0)
 
 
     @staticmethod

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from caikit.backends.base import Backend, BackendError, MalformedResponse, Usage
 from caikit.backends.limits import RateLimiter
@@ -91,6 +92,22 @@ def _checked(key: str, what: str, where: tuple[str, int] | None) -> str:
         raise UserError(f"{what} has spaces or characters an HTTP header cannot carry (a stray quote "
                         "or a pasted line break?)", path=path, line=line)
     return key
+
+
+def split_base_url(base_url: str | None) -> tuple[str | None, dict[str, str] | None]:
+    """(the URL request paths are appended to, the query every request carries) of a --base-url.
+
+    Azure OpenAI and many proxies need a query such as `?api-version=2024-06-01` on every request. Left in the
+    base URL, the SDKs append `/chat/completions` after it (a 404); so the query goes to the SDK's
+    `default_query` (httpx adds it to each request), and the path alone is the base URL. The full URL, query
+    included, is what describe() and config.yaml show, through `public_url` (which masks key-like values)."""
+    if not base_url:
+        return None, None
+    parts = urlsplit(base_url)
+    if not parts.query:
+        return base_url, None
+    return (urlunsplit(parts._replace(query="", fragment="")),
+            dict(parse_qsl(parts.query, keep_blank_values=True)))
 
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-from caikit.backends.api import APIBackend
+from caikit.backends.api import APIBackend, split_base_url
 from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported, MalformedResponse, Message, Usage,
                                   check_answer_size,
                                   fill_to_n, is_text, token_count, without_cache_marks)
@@ -123,7 +123,9 @@ class OpenAIBackend(APIBackend):
         return CACHE_MIN + (prefix_tokens - CACHE_MIN) // CACHE_STEP * CACHE_STEP
 
     def make_client(self):
-        return self._sdk.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
+        base_url, query = split_base_url(self.base_url)  # ?api-version=...: sent with every request
+        return self._sdk.AsyncOpenAI(api_key=self._api_key, base_url=base_url, default_query=query,
+                                     timeout=self.timeout, max_retries=0)
 
 
     async def _create(self, params: dict[str, Any], estimated: int):

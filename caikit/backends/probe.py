@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from caikit.errors import UserError
 from caikit.records import now_iso
@@ -42,6 +42,10 @@ class Server:
     """A tiny synchronous client (stdlib only) for the probe's requests."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None, timeout: float):
+        from caikit.backends.api import split_base_url
+
+        base_url, query = split_base_url(base_url)  # ?api-version=...: on every request, after the path
+        self.query = "?" + urlencode(query) if query else ""
         self.base_url, self.model, self.api_key, self.timeout = base_url.rstrip("/"), model, api_key, timeout
 
     def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -49,7 +53,7 @@ class Server:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        request = urllib.request.Request(url + self.query, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, json.loads(response.read() or b"null")

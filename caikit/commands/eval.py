@@ -13,9 +13,9 @@ Both models answer every prompt (local, batched; greedy by default). Then, per m
 
 Every row carries its 95 % interval and whether the change exceeds its noise (`beyond_noise`, with `verdict`
 in plain words): a win-rate's `interval` of P(after better) must exclude 0.5; a rate's or mean's
-`interval_change`, a bootstrap of the paired change over prompts, must exclude 0 (`interval_before` /
-`interval_after` are each side's own: Wilson for rates, bootstrap for means). Why these choices:
-caikit/eval/noise.py. A --reward-model's own held-out accuracy (its eval.json) is copied beside its scores.
+`interval_change`, a paired t interval of the per-prompt changes, must exclude 0 (`interval_before` /
+`interval_after` are each side's own: Wilson for rates, t for means); below 10 pairs the verdict is "too few pairs
+to tell". Why these choices: caikit/eval/noise.py. A --reward-model's own held-out accuracy (its eval.json) is copied beside its scores.
 
 Writes, in --out: report.json (models, judge, counts, table: rows {metric, before, after, note, n, interval
 or interval_before / interval_after / interval_change, beyond_noise, verdict, role, better}, reward_model),

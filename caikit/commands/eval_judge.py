@@ -5,6 +5,7 @@ labels.jsonl from `caikit label`) is judged with response_a = the human-chosen r
 p_a = P(judge agrees with the human). Writes, in --out: judgments.jsonl, failures.jsonl, requests.jsonl
 (resumable like `caikit judge`), usage.json, report.json (accuracy with its 95 % interval, Cohen's kappa,
 position consistency, calibration), calibration.png (reliability diagram), config.yaml, run.json.
+A judge below the quality gate is still measured on every pair (that is the point); the run then exits 3.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from caikit.config import option
 from caikit.errors import UserError
 from caikit.eval.agreement import agreement_report, format_report, plot_reliability
 from caikit.gate import GateOptions, QualityGateFailed
-from caikit.judge_run import judge_with_gate, open_judge, planned
+from caikit.judge_run import judge_pairs, open_judge, planned, run_gate
 from caikit.rundir import RunDir, note
 from caikit.stages.judge import JudgeOptions, Pair, pair_id
 from caikit.store import write_jsonl_atomic
@@ -79,7 +80,10 @@ def run_agreement(cfg: AgreementConfig) -> int:
     async def main() -> None:
         nonlocal gate
         try:  # the gate's sample measures accuracy too where response_a is the human's choice (not in label files)
-            gate = await judge_with_gate(jr, cfg, pairs, human_are_pairs=labels is None)
+            gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(), human_are_pairs=labels is None)
+            # measuring the judge is this command's purpose: every pair is judged whatever the gate found, and
+            # the gate's verdict is the exit code once report.json is written
+            await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
         finally:
             await jr.cached.aclose()
 
@@ -90,8 +94,6 @@ def run_agreement(cfg: AgreementConfig) -> int:
         write_jsonl_atomic(jr.run.file(RunDir.FAILURES), outstanding)
         jr.run.write_json(RunDir.USAGE, {**jr.meter.summary(), "pairs": len(pairs), "judged": len(judgments)})
         jr.close()
-    if gate is not None and gate["status"] == "failed":
-        raise QualityGateFailed(gate["verdict"])
     setup = jr.setup
     report = {"pairs_file": str(cfg.pairs), "judge": jr.cached.describe(), "method": setup.method.name,
               "swap": cfg.swap, "principles": cfg.principles, "constitution": jr.constitution.name,
@@ -121,4 +123,6 @@ def run_agreement(cfg: AgreementConfig) -> int:
                      f"{jr.cached.describe().get('model')} judge ({setup.method.name}), n={report['n']}")
     print(format_report(report))
     note("eval judge", f"-> {cfg.out}/report.json, {cfg.out}/calibration.png")
+    if gate is not None and gate["status"] == "failed":  # the report is whole; the exit code carries the verdict
+        raise QualityGateFailed(gate["verdict"])
     return 0

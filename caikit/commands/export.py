@@ -8,6 +8,10 @@
                         layout, alignment-handbook) + p_chosen (the judge's soft label), source; no column
                         a trainer reads with another meaning (TRL's RewardTrainer subtracts `margin`)
 
+`caikit export labels.jsonl` exports the human labels of `caikit label` the same way, to
+LABELS-export/preferences/ beside the file (or --out): one preference row per person and pair answered a or b,
+p_chosen 1.0, source "human"; ties and skips are counted (on the terminal and in the card), not exported.
+
 Each export directory gets a dataset card (README.md, caikit.dataset_card) in the Hugging Face layout: where
 the data came from and how far to trust it. Every export replaces the previous one in one rename.
 """
@@ -37,7 +41,8 @@ SOURCES = {"sft": "sft.jsonl", "preferences": "preferences.jsonl"}
 
 @dataclasses.dataclass
 class ExportConfig:
-    run_dir: str = option(None, help="run directory of caikit generate or caikit judge")
+    run_dir: str = option(None, help="run directory of caikit generate or caikit judge, or a labels.jsonl "
+                                     "written by caikit label")
     format: str = option("datasets", help="datasets (save_to_disk) | parquet | jsonl",  # noqa: A003
                          metadata={"choices": list(FORMATS)})
     sft_layout: str = option("prompt-completion", help="prompt-completion: TRL trains on the revision alone | "
@@ -121,8 +126,45 @@ def write_dataset(rows: list[dict[str, Any]], columns: dict[str, Any], target: P
     tmp.replace(target)
 
 
+def export_labels(cfg: ExportConfig, path: Path, labels: list[dict[str, Any]]) -> int:
+    """A labels file -> the TRL preference layout (one row per person and pair answered a or b)."""
+    from caikit.label.rows import latest_answers, to_preference_pairs
+
+    pairs = [p.to_dict() for p in to_preference_pairs(labels)]
+    ties, skips = (len(latest_answers(labels, keep=(choice,))) for choice in ("tie", "skip"))
+    if not pairs:
+        raise UserError(f"nothing to export: no pair answered with a preference ({ties} ties, {skips} skips)",
+                        path=str(path))
+    rows = rows_for(PREFERENCE_COLUMNS, pairs)
+    root = Path(cfg.out) if cfg.out else path.with_name(f"{path.stem}-export")
+    data_file = {"datasets": None, "parquet": "train.parquet", "jsonl": "train.jsonl"}[cfg.format]
+    card = dataset_card(Exported("preferences", rows, PREFERENCE_COLUMNS, "preference", data_file,
+                                 made_between(pairs)), read_run(path))
+    card += (f"\n## Human labels\n\nFrom `{path.name}` (`caikit label`): {len(rows)} preference rows, p_chosen 1.0, "
+             f"source `human`. Not exported: {ties} ties and {skips} skips (they state no preference).\n")
+    write_dataset(rows, PREFERENCE_COLUMNS, root / "preferences", cfg.format, card)
+    print(f"caikit export: {len(rows)} rows -> {root / 'preferences'} ({cfg.format}); {ties} ties and {skips} skips "
+          "not exported", file=sys.stderr)
+    return 0
+
+
+def label_file_rows(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of a `caikit label` file, or None when `path` is not one."""
+    from caikit.label.rows import is_label_row, read_labels
+
+    if not path.is_file():
+        return None
+    first = next(JsonlFile(path).iter(), None)
+    return read_labels(path) if is_label_row(first) else None
+
+
 def export_command(cfg: ExportConfig) -> int:
     run = Path(cfg.run_dir)
+    labels = label_file_rows(run)
+    if labels is not None:
+        return export_labels(cfg, run, labels)
+    if run.is_file():
+        raise UserError("not a run directory, nor a labels file written by caikit label", path=str(run))
     if not run.is_dir():
         raise UserError("no such run directory", path=str(run))
     found = {name: JsonlFile(run / file).read() for name, file in SOURCES.items() if (run / file).exists()}

@@ -326,6 +326,25 @@ def install(tmp: Path, out: Path, runs: list[ShardRun]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def clear_stale_temporaries(out: Path) -> None:
+    """Remove the hidden copies (`.OUT.merging-PID`, `.OUT.old-PID`) left by merges that were killed: a merge
+    of many rows leaves a copy as large as its output. Ours, under the lock, and those of live processes stay."""
+    for stale in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = stale.name[len(out.name) + 2:].rpartition("-")
+        if kind in ("merging", "old") and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def run_merge(cfg: MergeConfig) -> int:
     runs = [open_run(d) for d in cfg.dirs]
     check_one_run(runs)
@@ -341,6 +360,7 @@ def run_merge(cfg: MergeConfig) -> int:
 def merge_into(runs: list[ShardRun], out: Path, *, allow_partial: bool = False) -> int:
     stage = runs[0].stage
     out.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_temporaries(out)
     tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

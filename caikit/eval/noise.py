@@ -3,15 +3,19 @@
 The two models answer the same prompts, so every comparison is paired, and the unit that is resampled is the
 prompt (a pair of answers):
 
-  win-rate      one number, the mean over pairs of the judge's P(after better). `interval`: percentile
-                bootstrap over pairs; beyond noise when it excludes 0.5 (no difference).
+  win-rate      one number, the mean over pairs of the judge's P(after better). `interval`: Student's t
+                interval of that mean over pairs; beyond noise when it excludes 0.5 (no difference).
   rate / mean   refusal rates (Wilson intervals per side: they are proportions), mean reward and length
-                (bootstrap per side). `interval_change`: percentile bootstrap of the paired change
-                statistic(after) - statistic(before), both sides drawn with the same resampled prompts;
-                beyond noise when it excludes 0. The paired change is used rather than "do the two sides'
-                intervals overlap": overlap ignores the pairing, which removes the between-prompt variation
-                both sides share, and is conservative by about a factor of sqrt(2) in the width.
-  KL            before is 0 by definition; `interval_after` (= `interval_change`) bootstraps over answers.
+                (t interval per side). `interval_change`: t interval of the per-prompt differences
+                after_i - before_i (a paired t interval); beyond noise when it excludes 0. The paired change is
+                used rather than "do the two sides' intervals overlap": overlap ignores the pairing, which removes
+                the between-prompt variation both sides share, and is conservative by about sqrt(2) in the width.
+  KL            before is 0 by definition; `interval_after` (= `interval_change`) bootstraps over answers (a
+                pooled per-token ratio is not a mean of per-prompt values).
+
+Why t and Wilson, not the percentile bootstrap: at small n the bootstrap's intervals are too narrow (coverage
+0.91 at n = 10 for a nominal 0.95; tests/test_silent_round3b.py measures it). And below MIN_PAIRS (10) paired
+prompts no interval is trusted for a verdict at all: the row says "too few pairs to tell".
   distinct-n    corpus statistics get no interval: a bootstrap resample repeats answers, which itself
                 lowers distinct-n and raises the identical-answer share, so the interval would not mean noise.
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from caikit.stats import bootstrap_interval, excludes, wilson_interval
+from caikit.stats import MIN_PAIRS, bootstrap_interval, excludes, t_interval, wilson_interval
 
 RESAMPLES = 2000
 
@@ -50,6 +54,9 @@ def noise_verdict(interval: tuple[float, float] | None, null: float, what: str, 
     """(beyond_noise, plain words) for an interval of `what` against the value meaning "no difference"."""
     if interval is None:
         return None, f"not measured: {n} pair{'s' if n != 1 else ''}, too few for an interval"
+    if n < MIN_PAIRS:
+        return None, (f"too few pairs to tell: {n} pair{'s' if n != 1 else ''} (at least {MIN_PAIRS} are needed "
+                      "before an interval says whether a change is beyond noise)")
     lo, hi = interval
     span = f"{lo:+.3f} to {hi:+.3f}" if null == 0 else f"{lo:.3f}-{hi:.3f}"
     if excludes(interval, null):
@@ -64,7 +71,7 @@ def row(metric: str, before: float | None, after: float | None, note: str, **ext
 def win_rate_row(metric: str, p_after: list[float], note: str, seed: int, *, role: str) -> dict[str, Any]:
     """A win-rate: mean P(after better) over the judged pairs (before = 1 - after), bootstrapped over pairs."""
     p = mean(p_after) if p_after else None
-    interval = bootstrap_interval(p_after, seed=seed, resamples=RESAMPLES)
+    interval = t_interval(p_after)
     beyond, verdict = noise_verdict(interval, 0.5, "P(after better)", len(p_after))
     return row(metric, None if p is None else 1 - p, p, note, n=len(p_after), interval=_pair(interval),
                beyond_noise=beyond, verdict=verdict, role=role, better="higher")
@@ -80,11 +87,16 @@ def paired_row(metric: str, before: list, after: list, note: str, seed: int, *,
                    beyond_noise=None, verdict="not measured", role=role, better=better)
     if proportion:  # Wilson 1927: better than the bootstrap for a proportion near 0 or 1 at small n
         sides = [wilson_interval(math.fsum(values), n) for values in (before, after)]
+    elif statistic is mean:
+        sides = [t_interval(values) for values in (before, after)]
     else:
         sides = [bootstrap_interval(values, statistic, seed=seed, resamples=RESAMPLES) for values in (before, after)]
-    change = bootstrap_interval(list(zip(before, after)),
-                                lambda s: statistic([a for _, a in s]) - statistic([b for b, _ in s]),
-                                seed=seed, resamples=RESAMPLES)
+    if statistic is mean:  # the mean change is the mean of the per-prompt changes: a paired t interval
+        change = t_interval([a - b for b, a in zip(before, after)])
+    else:
+        change = bootstrap_interval(list(zip(before, after)),
+                                    lambda s: statistic([a for _, a in s]) - statistic([b for b, _ in s]),
+                                    seed=seed, resamples=RESAMPLES)
     beyond, verdict = noise_verdict(change, 0.0, "the change after - before", n)
     return row(metric, statistic(before), statistic(after), note, n=n, interval_before=_pair(sides[0]),
                interval_after=_pair(sides[1]), interval_change=_pair(change), beyond_noise=beyond, verdict=verdict,

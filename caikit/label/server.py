@@ -188,14 +188,40 @@ class LabelHandler(BaseHTTPRequestHandler):
         except StalePair:
             return self._json(409, {"error": "that pair was already answered (another tab?)",
                                     "state": session.state()})
+        except OSError as e:  # a full or read-only disk: the page says so, the answer stays open to retry
+            return self._not_saved(e)
         self._json(200, session.state())
 
     def _undo(self) -> None:
         if self._body() is None:
             return self._json(400, {"error": "expected a JSON body", "state": self.server.session.state()})
-        if not self.server.session.undo():
+        try:
+            undone = self.server.session.undo()
+        except OSError as e:
+            return self._not_saved(e)
+        if not undone:
             return self._json(409, {"error": "nothing to undo", "state": self.server.session.state()})
         self._json(200, self.server.session.state())
+
+    def _not_saved(self, e: OSError) -> None:
+        where = e.filename or self.server.session.out
+        self._json(507, {"error": f"not saved: cannot write {where}: {e.strerror or e}; free some space and "
+                                  "press again", "state": self.server.session.state()})
+
+
+def lock_labels(out: str | Path):
+    """One `caikit label` per labels file: a second one is refused (answers from both would interleave, and an
+    undo in one would take back an answer saved through the other). The lock is `.NAME.lock` beside the file;
+    the kernel drops it when the process dies, so a killed server never blocks the rerun."""
+    from caikit.rundir import DirLock
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the directory: {e.strerror}", path=str(out.parent)) from None
+    return DirLock(out.with_name(f".{out.name}.lock"), "label", remove=True, names=out,
+                   why="two labelling pages on one file would mix their answers and undo each other's")
 
 
 def page_url(host: str, port: int, token: str) -> str:
@@ -210,12 +236,18 @@ def run_label(cfg: LabelConfig) -> int:
     items, kind = load_items(cfg.source)
     selected = select(items, cfg.sample, cfg.seed)
     gate = judge_gate_status(Path(cfg.source)) if kind == "judge run" else ""
-    session = LabelSession(selected, cfg.out, labeler=labeler, source=cfg.source, seed=cfg.seed, reveal=cfg.reveal,
-                           judge_gate=gate)
+    lock = lock_labels(cfg.out)
+    try:
+        session = LabelSession(selected, cfg.out, labeler=labeler, source=cfg.source, seed=cfg.seed,
+                               reveal=cfg.reveal, judge_gate=gate)
+    except BaseException:
+        lock.release()
+        raise
     try:
         server = LabelServer(session, cfg.host, cfg.port, token)
     except OSError as e:
         session.close()
+        lock.release()
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e} (try --port 0)") from None
     start = session.state()
     print(f"caikit label: {start['total']} pairs from {kind} {cfg.source} ({start['done']} already labelled by "
@@ -231,6 +263,7 @@ def run_label(cfg: LabelConfig) -> int:
     finally:
         server.server_close()
         session.close()
+        lock.release()
     end = session.state()
     print(f"caikit label: {end['done']} of {end['total']} pairs labelled by {labeler} in {cfg.out}"
           + ("" if end["pair"] is None else "; rerun the same command to go on"))

@@ -71,6 +71,12 @@ def counts_finding(layout: Layout) -> Finding | None:
         why = f" ({c['why']})" if c.get("why") else ""
         parts.append(f"{c['stage']} {', '.join(items) or 'no counts recorded'}{why}")
     failed = sum(c["failures"] for c in counts if is_num(c.get("failures")))
+    empty = [c for c in counts if is_num(c.get("of")) and c["of"] > 0 and is_num(c.get("failures"))
+             and c["failures"] >= c["of"]]
+    if empty:  # a stage whose every item failed: nothing came out of it, whatever --max-failure-rate allowed
+        said = ", ".join(f"{c['stage']} ({c['failures']} of {c['of']} {c['unit']} failed)" for c in empty)
+        return Finding(COUNTS, "bad", f"Nothing came out: every item failed in {said}.", "NOTHING CAME OUT",
+                       "; ".join(parts) + ".")
     heavy = [(c["stage"], *dropped(c)) for c in counts if over_dropped(c)]
     words = "; ".join(f"{stage} dropped {n} of {total} {unit} ({100 * n / total:.0f} %)"
                       for stage, n, total, unit in heavy)

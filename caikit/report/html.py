@@ -207,9 +207,10 @@ def _eval(layout: Layout, max_examples: int) -> str:
                     cells = [_with_interval(b, r.get("interval_before")), _with_interval(a, r.get("interval_after")),
                              _with_interval(change, r.get("interval_change"), signed=True)]
                 rows.append([r.get("metric"), *cells, _noise_cell(r) if "beyond_noise" in r else None, r.get("note")])
-        out.append('<p class="sub">Each figure carries its 95 % interval beneath it (bootstrap over prompts, '
+        out.append('<p class="sub">Each figure carries its 95 % interval beneath it (Student\'s t over prompts, '
                    "Wilson for refusal rates); a win-rate's interval is of P(after better), beyond noise when it "
-                   "excludes 0.5; a change is beyond noise when its paired interval excludes 0.</p>")
+                   "excludes 0.5; a change is beyond noise when its paired interval excludes 0; with fewer than "
+                   "10 pairs there is no verdict (too few pairs to tell).</p>")
         out.append(table(["metric", "before", "after", "change", "noise", "note"], rows, [1, 2, 3]))
         yardstick = report.get("harm_yardstick")
         if isinstance(yardstick, dict) and isinstance(yardstick.get("points"), dict):
@@ -337,6 +338,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, max_example
     if not run_dir.is_dir():
         raise UserError("not a run directory", path=str(run_dir))
     layout = detect_layout(run_dir)
+    if not layout.stages and not layout.run_config and not layout.state:
+        raise UserError("nothing to report: no caikit run here (no run.json, state.json, config.yaml, metrics.jsonl "
+                        "or stage directory)", path=str(run_dir))
     sections = []
     for key, title, parts in SECTIONS:
         html = []

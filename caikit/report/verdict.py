@@ -40,6 +40,7 @@ from caikit.report.sources import (
     scan_jsonl,
     stage_counts,
 )
+from caikit.stats import MIN_PAIRS
 
 DEFAULT_MIN_CONSISTENCY = 0.6  # `caikit judge --min-consistency` default, used when gate.json names none
 FEW_PAIRS = 10  # below this many pairs an interval is called rough, and a good result only amber
@@ -242,6 +243,10 @@ def _effect(row: dict[str, Any], judge_spec: str) -> Finding | None:
         interval, null = interval_of(row.get("interval_change")), 0.0
         change = after - before if is_num(after) and is_num(before) else None
     topic = metric[:1].upper() + metric[1:] if not win_rate else quantity[:1].upper() + quantity[1:]
+    if is_num(n) and 0 < n < MIN_PAIRS:  # whatever the row says (an older eval judged 8 pairs "beyond noise")
+        return Finding(topic, "warn", f"Too few pairs to tell whether {quantity} changed.", "TOO FEW PAIRS",
+                       f"{n} pair{'s' if n != 1 else ''}: at least {MIN_PAIRS} are needed before an interval says "
+                       "whether a change is beyond noise.")
     if beyond is None or interval is None or change is None:
         return Finding(topic, "warn", f"The change in {quantity} was not measured.", "NOT MEASURED",
                        f"{row.get('verdict', '')}.")
@@ -257,9 +262,6 @@ def _effect(row: dict[str, Any], judge_spec: str) -> Finding | None:
     level, badge, opening = EFFECT_WORDS.get((role, True, direction) if beyond else (role, False),
                                              ("none", "CHANGED", "{Q} changed beyond noise"))
     ends = f"which {'excludes' if beyond else 'includes'} {null:g}."
-    if is_num(n) and n < FEW_PAIRS:  # a percentile bootstrap of a handful of pairs has few distinct values
-        ends += f" With only {n} pairs the interval is rough."
-        level = "warn" if level == "good" else level
     return Finding(topic, level, opening.format(q=quantity, Q=quantity[:1].upper() + quantity[1:]) + ":", badge,
                    f"{figures}, {ends}")
 
@@ -310,10 +312,34 @@ def effect_findings(layout: Layout, judge: Finding | None = None) -> list[Findin
 
 # ---------------------------------------------------------------- the verdict
 
+WEAK_GATES = {"failed": "failed its quality gate", "allowed-weak": "failed its quality gate and was let through "
+              "with --allow-weak-judge", "fell-back-to-revision": "failed its quality gate (the run fell back to "
+              "revision-over-initial labels)"}
+
+
+def training_data_finding(layout: Layout) -> Finding | None:
+    """A trainer's data.json: sources labelled by a judge whose quality gate said it is weak (train/data.py
+    records each judge run's gate status there)."""
+    weak, total = [], 0
+    for stage in layout.stages.values():
+        data = read_json(stage.path / "data.json") if stage.path.is_dir() else {}
+        sources = data.get("sources") if isinstance(data.get("sources"), list) else []
+        total += sum(s["used"] for s in sources if isinstance(s, dict) and is_num(s.get("used")))
+        weak += [(stage.name, s) for s in sources if isinstance(s, dict) and s.get("judge_gate") in WEAK_GATES]
+    if not weak:
+        return None
+    used = sum(s["used"] for _, s in weak if is_num(s.get("used")))
+    facts = "; ".join(f"{s.get('used', '?')} from {s.get('path', '?')}: the judge {WEAK_GATES[s['judge_gate']]} "
+                      f"(gate.json status '{s['judge_gate']}')" for _, s in weak)
+    return Finding("Training data", "bad", f"{used} of the {total} training examples were labelled by a judge that "
+                   "failed its quality gate: what the model learnt from them is the weak judge's preference.",
+                   "WEAK JUDGE'S LABELS", facts + ".")
+
+
 def findings(layout: Layout) -> list[Finding]:
     judge = judge_finding(layout)
-    found = [judge, reward_finding(layout), *effect_findings(layout, judge), monitors_finding(layout),
-             depth_finding(layout),
+    found = [judge, reward_finding(layout), training_data_finding(layout), *effect_findings(layout, judge),
+             monitors_finding(layout), depth_finding(layout),
              counts_finding(layout)]
     return [f for f in found if f is not None]
 
@@ -334,6 +360,8 @@ def _summary(found: list[Finding]) -> tuple[str, str]:
                        f"({', '.join(bad)}), in red below.")
     if unsure:
         return "warn", f"No red flags. To note, in amber below: {', '.join(unsure)}."
+    if not any(f.level == "good" for f in found):
+        return "warn", "Nothing here could be checked: see below for what is missing."
     return "good", "Every check below passed."
 
 

@@ -1,8 +1,8 @@
 """The judge's verdict in a free-text answer: which option, (A) or (B), it finally chose.
 
 Reasoning may quote a response -- and a response may hold an injected line such as "The answer is: (A)".
-So quoted text (double quotes, curly quotes, single-quoted spans, backticks, `>` block quotes) is set
-aside first, and of the answer statements left the last one counts: the judge's own final verdict.
+So quoted text (double quotes, curly quotes, guillemets as in French, German and Russian -- «», »«, ‹›, „“ --,
+single-quoted spans, backticks, `>` block quotes) is set aside first, and of the answer statements left the last one counts: the judge's own final verdict.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def _letter(match: re.Match) -> str:
 
 
 _QUOTED = re.compile(r'"[^"\n]{0,400}"|\u201c[^\u201d]{0,400}\u201d|\u2018[^\u2019]{0,400}\u2019|`[^`]{0,400}`'
+                     # guillemets, both ways round (French/Russian «», German »«), single ‹› / ›‹, and German „“ / ‚‘
+                     r"|\u00ab[^\u00bb]{0,400}\u00bb|\u00bb[^\u00ab]{0,400}\u00ab|\u2039[^\u203a]{0,400}\u203a"
+                     r"|\u203a[^\u2039]{0,400}\u2039|\u201e[^\u201c\u201d]{0,400}[\u201c\u201d]"
+                     r"|\u201a[^\u2018\u2019]{0,400}[\u2018\u2019]"
                      r"|(?<![\w'])'[^'\n]{1,300}'(?![\w'])|^[ \t]*>[^\n]*", re.M)
 
 

@@ -4,11 +4,13 @@ A checkpoint lives in `out_dir/checkpoint/`: model.safetensors (the trainable we
 in full fine-tuning, just the adapters with LoRA, since frozen weights come back from --model),
 optimizer.pt and scheduler.pt (tensors and plain containers only, so they load with
 `torch.load(weights_only=True)`), rng.pt, and trainer_state.json `{"step": int, "extra": {...}}`.
-It is written to a temporary folder and swapped in, so a crash mid-save leaves the previous one.
+It is written to a temporary folder and swapped in, so a crash mid-save leaves the previous one; a failed save
+(a full disk) removes the temporary folder and says which file it could not write, in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -32,6 +34,29 @@ def is_peft_model(model) -> bool:
     return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
 
 
+@contextlib.contextmanager
+def writing_model_files(path: str | Path):
+    """Model files written inside: a failed write becomes one line naming `path` (exit 2). safetensors raises
+    its own SafetensorError and torch.save a RuntimeError on a full disk, neither an OSError with a file name."""
+    from caikit.errors import UserError
+    from caikit.store import naming
+
+    try:
+        with naming(path):
+            yield
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- SafetensorError is no subclass of anything more specific
+        if not (isinstance(e, RuntimeError) or type(e).__name__ == "SafetensorError"):
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        where = Path(path)
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        raise UserError(f"cannot write {path}: {reason} ({free / 2**20:.0f} MiB free on its disk)") from None
+
+
 def save_pretrained(model, tokenizer, cfg: Any, out_dir: str | Path, state_dict: dict | None = None):
     """safetensors weights + tokenizer + resolved config.yaml in `out_dir`; returns the saved model.
 
@@ -44,9 +69,10 @@ def save_pretrained(model, tokenizer, cfg: Any, out_dir: str | Path, state_dict:
     model = unwrap(model)
     if is_peft_model(model) and state_dict is None:
         model = model.merge_and_unload()
-    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+    with writing_model_files(out_dir):
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
     if cfg is not None:
         save_config(cfg, out_dir / "config.yaml")
     return model
@@ -62,16 +88,23 @@ def save_checkpoint(out_dir: str | Path, step: int, model, optimizer, scheduler,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     trainable = {name: p.detach().contiguous() for name, p in unwrap(model).named_parameters() if p.requires_grad}
-    save_file(trainable, str(tmp / "model.safetensors"))  # named_parameters lists tied weights once
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if scheduler is not None:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": int(step), "extra": extra or {}}, indent=1),
-                                            encoding="utf-8")
+    state = json.dumps({"step": int(step), "extra": extra or {}}, indent=1)
+    writes = [("model.safetensors", lambda f: save_file(trainable, str(f))),  # named_parameters lists tied weights once
+              ("optimizer.pt", lambda f: torch.save(optimizer.state_dict(), f)),
+              ("scheduler.pt", None if scheduler is None else lambda f: torch.save(scheduler.state_dict(), f)),
+              ("rng.pt", lambda f: torch.save(rng, f)),
+              ("trainer_state.json", lambda f: f.write_text(state, encoding="utf-8"))]
+    try:
+        for name, write in writes:
+            if write is not None:
+                with writing_model_files(final / name):  # named as where it goes: the temporary is removed
+                    write(tmp / name)
+    except BaseException:  # a full disk: no stray checkpoint.tmp/, the previous checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = out_dir / (CHECKPOINT_DIR + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -63,14 +63,23 @@ OBJECTIVES: dict[str, Objective] = {
                                                                   p.ref_rejected, cfg.beta, eps)),
     "cdpo": Objective(True, True, lambda p, cfg, eps: dpo_loss(p.chosen, p.rejected, p.ref_chosen,
                                                                p.ref_rejected, cfg.beta, eps)),
-    "ipo": Objective(True, False, lambda p, cfg, eps: ipo_loss(p.chosen, p.rejected, p.ref_chosen,
-                                                               p.ref_rejected, cfg.beta)),
+    "ipo": Objective(True, False, lambda p, cfg, eps: ipo_loss(*ipo_logps(p, cfg.ipo_normalise), cfg.beta)),
     "orpo": Objective(False, False, lambda p, cfg, eps: orpo_loss(p.chosen / p.chosen_tokens,
                                                                   p.rejected / p.rejected_tokens, cfg.orpo_lambda)),
     "simpo": Objective(False, False, lambda p, cfg, eps: simpo_loss(p.chosen / p.chosen_tokens,
                                                                     p.rejected / p.rejected_tokens, cfg.beta,
                                                                     cfg.simpo_gamma)),
 }
+
+
+def ipo_logps(p: PairLogps, normalise: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """IPO's four log-probs: summed over the response tokens (`sum`, h as Azar et al. 2023 define it on sequence
+    likelihoods) or divided by each response's token count first (`length`, as TRL's DPOTrainer does for IPO).
+    The target margin 1/(2β) is then per sequence or per token: the same β means very different strengths."""
+    if normalise == "length":
+        return (p.chosen / p.chosen_tokens, p.rejected / p.rejected_tokens, p.ref_chosen / p.chosen_tokens,
+                p.ref_rejected / p.rejected_tokens)
+    return p.chosen, p.rejected, p.ref_chosen, p.ref_rejected
 
 
 @dataclass
@@ -93,6 +102,11 @@ class DPOConfig(CommonTrainConfig):
                                             "wins where people agree, else the pair is dropped) | drop | keep; "
                                             "counted in data.json and metrics.jsonl",
                               metadata={"choices": ["human", "drop", "keep"]})
+    ipo_normalise: str = option("sum", help="IPO's log-ratios: sum (over the response tokens, as in Azar et al. "
+                                            "2023; the default) | length (divided by each response's token count "
+                                            "first, as TRL's DPOTrainer does): the target margin 1/(2β) is then "
+                                            "per token, so the same β pulls far harder",
+                                metadata={"choices": ["sum", "length"]})
     simpo_gamma: float = option(0.5, low=0, help="γ: SimPO's target margin between the chosen and rejected rewards")
     orpo_lambda: float = option(0.1, low=0, help="λ: weight of ORPO's odds-ratio term beside the chosen response's NLL")
     ref_model: str = option("", help="reference model (default: --model, the policy at step 0); "
@@ -120,6 +134,10 @@ class DPOConfig(CommonTrainConfig):
             raise UserError(f"--ref-model is not used by --loss {self.loss} (it needs no reference model)")
         if self.orpo_lambda < 0:
             raise UserError("--orpo-lambda must be >= 0")
+        if self.ipo_normalise not in ("sum", "length"):
+            raise UserError(f"--ipo-normalise must be sum or length, got {self.ipo_normalise!r}")
+        if self.ipo_normalise != "sum" and self.loss != "ipo":
+            raise UserError(f"--ipo-normalise applies to --loss ipo, not {self.loss}")
 
 
 def pair_logps(model, batch: dict, pad_token_id: int, ref: dict | None, split: str,
@@ -222,6 +240,8 @@ def train(cfg: DPOConfig) -> str:
     session = start_session(cfg, COMMAND, accelerator, model, "CAUSAL_LM", len(train_examples), cfg.loss,
                             data_summary)
     model, how = session.model, session.how
+    if cfg.loss == "ipo":  # which IPO was trained travels with its curves (the same β means another margin)
+        session.metrics.first_row["ipo_normalise"] = cfg.ipo_normalise
     stream = micro_batches(train_examples, cfg, lambda m: collate_preferences(m, pad_id), session.step,
                            accelerator.process_index, accelerator.num_processes)
     while session.step < session.total_steps:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -74,9 +75,13 @@ def add_sums(total: dict[str, float], part: dict[str, float]) -> dict[str, float
     return {k: total.get(k, 0.0) + v for k, v in part.items()}
 
 
-def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig, how: ForwardOptions):
+def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig, how: ForwardOptions,
+             gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
     """Policy log-probs of a collated batch (forwards run as `how` says), the reference point and the KTO losses.
 
+    `gather`: every process's rows of a (B,) tensor (accelerate's gather), so that z_ref is the estimate over the
+    global batch, as TRL's KTOTrainer gathers it: one process's few mismatched pairs give a noisier z_ref, and
+    each process would then train against a different reference point.
     Returns (losses (B,), rewards (B,), policy_logps (B,), z_ref scalar)."""
     from caikit.train.logprobs import sequence_logps
     from caikit.train.losses import kto_loss, kto_reference_point
@@ -87,7 +92,7 @@ def kto_step(model, batch: dict, ref: dict, split: str, cfg: KTOConfig, how: For
     with torch.no_grad():  # z_ref carries no gradient (Ethayarajh et al. 2024, §4.1)
         policy_kl = sequence_logps(model, batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels_mask"],
                                    how=how)
-    z_ref = kto_reference_point(policy_kl, ref[f"{split}_kl"][idx].to(device))
+    z_ref = kto_reference_point(gather(policy_kl), gather(ref[f"{split}_kl"][idx].to(device)))
     losses, rewards = kto_loss(policy_logps, ref[f"{split}_completion"][idx].to(device), batch["label"], z_ref,
                                cfg.beta, cfg.lambda_d, cfg.lambda_u)
     return losses, rewards, policy_logps, z_ref
@@ -170,7 +175,7 @@ def train(cfg: KTOConfig) -> str:
         for _ in range(cfg.grad_accum):
             batch = to_device(next(stream), accelerator.device)
             with session.accumulate():
-                losses, rewards, logps, z_ref = kto_step(model, batch, ref, "train", cfg, how)
+                losses, rewards, logps, z_ref = kto_step(model, batch, ref, "train", cfg, how, accelerator.gather)
                 session.apply(losses.mean())
             # metrics over the global batch: every process's examples (accelerate's gather; itself with one process)
             everyone = [accelerator.gather(t.detach()) for t in (losses, rewards, logps, batch["label"].float())]

@@ -76,11 +76,17 @@ def guard_output(cfg, command: str):
     multi-process launch only), so a second trainer cannot write into it at the same time. Returns the lock."""
     import os
 
-    from caikit.rundir import lock_directory
+    from caikit.rundir import RunDir, lock_directory
+    from caikit.store import read_json
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a directory: choose another --out", path=str(out))
+    stage = (read_json(out / RunDir.RUN) or {}) if out.is_dir() else {}
+    if stage:  # a generate / judge / eval directory: its config.yaml and records are not a trainer's to replace
+        what = stage.get("stage", "caikit") if isinstance(stage, dict) else "caikit"
+        raise UserError(f"holds a caikit '{what}' run (run.json); a trainer would overwrite its config.yaml: "
+                        "choose another --out", path=str(out))
     finished = out.is_dir() and ((out / "config.json").exists() or (out / "checkpoint").exists())
     if finished and not (cfg.resume or getattr(cfg, "overwrite", False)):
         raise UserError("holds a trained model or checkpoints: pass --resume to continue from its checkpoint, or "

@@ -69,13 +69,13 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
     from transformers import AutoModelForCausalLM
 
     from caikit.generation import push_weights
-    from caikit.train.losses import gae, kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
+    from caikit.train.losses import kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss
     from caikit.train.loop import (finish, last_used_lr, load_pretrained, make_accelerator, make_optimizer,
                                    make_scheduler, note, prepare_model)
     from caikit.train.rewards import compute_rewards, detail_means
     from caikit.train.rl import RLRun, load_reference, timing_metrics
     from caikit.train.rollout import (PolicyWithValueHead, apply_missing_eos_penalty, decode_responses,
-                                      disable_dropout, generate_responses, left_pad, per_token_rewards,
+                                      disable_dropout, generate_responses, left_pad, per_token_rewards, ppo_advantages,
                                       prompt_indices, reference_logprobs, response_forward, rollout_attention_mask,
                                       rollout_engine, rollout_stats, update_steps)
 
@@ -141,10 +141,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | Callable | None = None, check: C
         kl = kl_per_token(logprobs, ref_lp, cfg.kl_estimator) * mask  # (B, R)
         kl_coef = kl_ctl.value
         rewards, non_score_reward = per_token_rewards(scores, kl, rmask, kl_coef)
-        if cfg.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
-        advantages = whiten(advantages, mask)
+        advantages, returns = ppo_advantages(rewards, values, mask, cfg.gamma, cfg.gae_lambda, cfg.whiten_rewards)
         rollout_seconds = time.perf_counter() - started
 
         # 3. PPO updates: ppo_epochs × mini_batches optimizer steps, grad_accum micro-batches each

@@ -175,6 +175,22 @@ def per_token_rewards(scores: Tensor, kl: Tensor, response_mask: Tensor, kl_coef
     return rewards, non_score_reward
 
 
+def ppo_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, gae_lambda: float,
+                   whiten_rewards: bool = False) -> tuple[Tensor, Tensor]:
+    """(advantages, returns), both (B, R), from per-token rewards and the rollout's values (B, R).
+
+    GAE (Schulman et al. 2016, eq. 16) gives the returns the value head learns; the advantages are then
+    whitened over the response tokens of the whole batch (mean 0, variance 1: "The N implementation details
+    of RLHF with PPO", §advantage whitening), so the policy step's size does not follow the reward's scale.
+    `whiten_rewards`: scale the rewards first (no mean shift: a shift would change what is optimised)."""
+    from caikit.train.losses import gae, whiten
+
+    if whiten_rewards:
+        rewards = whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, values, mask, gamma, gae_lambda)
+    return whiten(advantages, mask), returns
+
+
 def apply_missing_eos_penalty(scores: Tensor, has_eos: Tensor, penalty: float) -> Tensor:
     """Subtract `penalty` from the score of every response that never emitted EOS (B,) -> (B,)."""
     return scores - penalty * (~has_eos).to(scores.dtype)
