@@ -25,7 +25,7 @@ from caikit.config import option
 from caikit.errors import MultiError, UserError
 
 TOP_KEYS = ("name", "version", "description", "source", "license", "principles", "few_shot", "judge_few_shot")
-PRINCIPLE_KEYS = ("id", "critique", "revision", "judge", "weight", "tags")
+PRINCIPLE_KEYS = ("id", "critique", "revision", "judge", "weight", "tags", "judge_weight")
 FEW_SHOT_KEYS = ("prompt", "response", "rounds")
 ROUND_KEYS = ("critique_request", "critique", "revision_request", "revision")
 JUDGE_FEW_SHOT_KEYS = ("prompt", "chosen", "rejected")
@@ -47,6 +47,10 @@ class Principle:
     judge: str | None = None  # comparison instruction, e.g. "Please choose the response that ..."
     weight: float = 1.0  # relative sampling weight
     tags: list[str] = field(default_factory=list)
+    # the principle's share of the judge's verdict (e.g. fitted by `caikit constitution fit`); None: `weight`.
+    # The judge draws principles in proportion to it and, when every principle judges every pair, averages
+    # their verdicts with it; 0 turns the principle off in the judge (its critique, if any, still runs).
+    judge_weight: float | None = None
 
     @property
     def has_critique(self) -> bool:
@@ -55,6 +59,11 @@ class Principle:
     @property
     def has_judge(self) -> bool:
         return self.judge is not None
+
+    @property
+    def judge_share(self) -> float:
+        """The weight the judge gives this principle: `judge_weight` where set, else `weight`."""
+        return self.weight if self.judge_weight is None else self.judge_weight
 
 
 @dataclass
@@ -101,7 +110,8 @@ class Constitution:
 
     @property
     def judge_principles(self) -> list[Principle]:
-        return [p for p in self.principles if p.has_judge]
+        """The principles the judge applies (a judge instruction, and a judge share above 0)."""
+        return [p for p in self.principles if p.has_judge and p.judge_share > 0]
 
     def get(self, principle_id: str) -> Principle:
         for p in self.principles:
@@ -124,17 +134,22 @@ class Constitution:
         pool = self.critique_principles if kind == "critique" else self.judge_principles
         if not pool and k:
             raise UserError(f"constitution '{self.name}' has no {kind} principles")
+        share = (lambda p: p.weight) if kind == "critique" else (lambda p: p.judge_share)
         if not distinct:
-            return rng.choices(pool, weights=[p.weight for p in pool], k=k)
+            return rng.choices(pool, weights=[share(p) for p in pool], k=k)
         if k > len(pool):
             raise UserError(f"constitution '{self.name}' has {len(pool)} {kind} principles; "
                             f"cannot draw {k} distinct ones")
-        return weighted_sample(rng, pool, k)
+        return weighted_sample(rng, pool, k, share)
 
     def to_dict(self) -> dict[str, Any]:
-        """The content of the file (no path), with defaults filled in."""
+        """The content of the file (no path), with defaults filled in (an unset judge_weight left out, so
+        the hash of a constitution without one is what it always was)."""
         data = asdict(self)
         data.pop("path")
+        for principle in data["principles"]:
+            if principle["judge_weight"] is None:
+                del principle["judge_weight"]
         return data
 
     @cached_property
@@ -147,11 +162,12 @@ class Constitution:
 # --- locating files --------------------------------------------------------------------------------
 
 
-def weighted_sample(rng: random.Random, pool: list[Principle], k: int) -> list[Principle]:
-    """`k` distinct principles of `pool`, each draw proportional to `weight` among those left."""
+def weighted_sample(rng: random.Random, pool: list[Principle], k: int, share=lambda p: p.weight) -> list[Principle]:
+    """`k` distinct principles of `pool`, each draw proportional to `share(p)` (default `weight`) among those
+    left."""
     remaining, drawn = list(pool), []
     for _ in range(min(k, len(pool))):
-        index = rng.choices(range(len(remaining)), weights=[p.weight for p in remaining])[0]
+        index = rng.choices(range(len(remaining)), weights=[share(p) for p in remaining])[0]
         drawn.append(remaining.pop(index))
     return drawn
 
@@ -342,6 +358,18 @@ class _Reader:
                 ok = False
             else:
                 weight = float(value)
+        judge_weight, judge_weight_node = None, fields.get("judge_weight")
+        if judge_weight_node is not None:
+            value = _number(judge_weight_node)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                self.problem(judge_weight_node, f"{where}: 'judge_weight' must be a number >= 0, got "
+                                                f"{_kind(judge_weight_node)}")
+                ok = False
+            elif "judge" not in fields:
+                self.problem(judge_weight_node, f"{where}: 'judge_weight' is for principles with a 'judge' instruction")
+                ok = False
+            else:
+                judge_weight = float(value)
         tags, tags_node = [], fields.get("tags")
         if tags_node is not None:
             if not isinstance(tags_node, SequenceNode) or any(
@@ -352,7 +380,7 @@ class _Reader:
                 tags = [t.value.strip() for t in tags_node.value]
         if not ok:
             return None
-        return Principle(id=id_node.value.strip(), weight=weight, tags=tags, **texts)
+        return Principle(id=id_node.value.strip(), weight=weight, tags=tags, judge_weight=judge_weight, **texts)
 
     def few_shot(self, node: Node, position: int) -> FewShotExample | None:
         where = f"few_shot #{position}"
@@ -419,6 +447,9 @@ class _Reader:
         elif node is not None:
             seen: dict[str, int] = {}
             principles = self.items(fields, "principles", lambda item, i: self.principle(item, i, seen))
+        judged = [p for p in principles if p is not None and p.has_judge]
+        if judged and not any(p.judge_share > 0 for p in judged):
+            self.problem(node, "every judge principle has judge_weight 0: the judge would have nothing to apply")
         few_shot = self.items(fields, "few_shot", self.few_shot)
         judge_few_shot = self.items(fields, "judge_few_shot", self.judge_example)
         if self.problems:
