@@ -25,7 +25,8 @@ from caikit.config import option
 from caikit.errors import MultiError, UserError
 
 TOP_KEYS = ("name", "version", "description", "source", "license", "principles", "few_shot", "judge_few_shot")
-PRINCIPLE_KEYS = ("id", "critique", "revision", "judge", "weight", "tags", "judge_weight")
+PRINCIPLE_KEYS = ("id", "critique", "revision", "judge", "weight", "tags", "judge_weight", "cases")
+CASE_KEYS = ("prompt", "better", "worse", "flag")  # judge case: prompt/better/worse; critique case: prompt/flag
 FEW_SHOT_KEYS = ("prompt", "response", "rounds")
 ROUND_KEYS = ("critique_request", "critique", "revision_request", "revision")
 JUDGE_FEW_SHOT_KEYS = ("prompt", "chosen", "rejected")
@@ -35,6 +36,22 @@ STR_TAG = "tag:yaml.org,2002:str"
 NULL_TAG = "tag:yaml.org,2002:null"
 INT_TAG = "tag:yaml.org,2002:int"
 NUMBER_TAGS = (INT_TAG, "tag:yaml.org,2002:float")
+
+
+@dataclass
+class Case:
+    """A test case `caikit constitution test` runs. A judge case: the principle should prefer `better` over
+    `worse` as replies to `prompt`. A critique case: the principle's critique should find a problem in `flag`."""
+
+    prompt: list[dict[str, str]]
+    better: str | None = None
+    worse: str | None = None
+    flag: str | None = None
+    line: int = field(default=0, compare=False)  # where it starts in the file (for FILE:LINE in reports)
+
+    @property
+    def kind(self) -> str:
+        return "critique" if self.flag is not None else "judge"
 
 
 @dataclass
@@ -51,6 +68,15 @@ class Principle:
     # The judge draws principles in proportion to it and, when every principle judges every pair, averages
     # their verdicts with it; 0 turns the principle off in the judge (its critique, if any, still runs).
     judge_weight: float | None = None
+    cases: list[Case] = field(default_factory=list)  # what `caikit constitution test` runs; not in the hash
+
+    @property
+    def judge_cases(self) -> list[Case]:
+        return [c for c in self.cases if c.kind == "judge"]
+
+    @property
+    def critique_cases(self) -> list[Case]:
+        return [c for c in self.cases if c.kind == "critique"]
 
     @property
     def has_critique(self) -> bool:
@@ -143,19 +169,25 @@ class Constitution:
         return weighted_sample(rng, pool, k, share)
 
     def to_dict(self) -> dict[str, Any]:
-        """The content of the file (no path), with defaults filled in (an unset judge_weight left out, so
-        the hash of a constitution without one is what it always was)."""
+        """The content of the file (no path, no line numbers), with defaults filled in (an unset judge_weight left
+        out, so the hash of a constitution without one is what it always was)."""
         data = asdict(self)
         data.pop("path")
         for principle in data["principles"]:
             if principle["judge_weight"] is None:
                 del principle["judge_weight"]
+            for case in principle["cases"]:
+                case.pop("line")
         return data
 
     @cached_property
     def hash(self) -> str:
-        """sha256 of the canonical JSON content: comments and YAML layout do not change it."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        """sha256 of the canonical JSON content: comments and YAML layout do not change it, and neither do the
+        test cases (they change no judgment or trace, so editing them keeps every run directory's identity)."""
+        data = self.to_dict()
+        for principle in data["principles"]:
+            principle.pop("cases")
+        canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -378,9 +410,53 @@ class _Reader:
                 ok = False
             else:
                 tags = [t.value.strip() for t in tags_node.value]
-        if not ok:
+        cases = self.cases(fields["cases"], where, present) if "cases" in fields else []
+        if not ok or cases is None:
             return None
-        return Principle(id=id_node.value.strip(), weight=weight, tags=tags, judge_weight=judge_weight, **texts)
+        return Principle(id=id_node.value.strip(), weight=weight, tags=tags, judge_weight=judge_weight, cases=cases, **texts)
+
+    def cases(self, node: Node, where: str, present: list[str]) -> list[Case] | None:
+        """A principle's test cases: each a judge case (prompt, better, worse) for a principle with 'judge', or
+        a critique case (prompt, flag) for one with 'critique'."""
+        if not isinstance(node, SequenceNode) or not node.value:
+            self.problem(node, f"{where}: 'cases' must be a non-empty list of {{prompt, better, worse}} or "
+                               "{prompt, flag}")
+            return None
+        cases: list[Case] | None = []
+        for i, item in enumerate(node.value, 1):
+            at = f"{where}: case {i}"
+            fields = self.mapping(item, CASE_KEYS, at, required=("prompt",))
+            if fields is None or "prompt" not in fields:
+                cases = None
+                continue
+            judge_keys = [k for k in ("better", "worse") if k in fields]
+            if "flag" in fields and judge_keys:
+                self.problem(item, f"{at}: give 'better' and 'worse' (a judge case) or 'flag' (a critique case), "
+                                   "not both")
+                cases = None
+                continue
+            if "flag" not in fields and len(judge_keys) < 2:
+                missing = "'better' and 'worse'" if not judge_keys else f"'{({'better', 'worse'} - set(judge_keys)).pop()}'"
+                self.problem(item, f"{at} has no {missing} (or 'flag' for a critique case)")
+                cases = None
+                continue
+            kind = "critique" if "flag" in fields else "judge"
+            if kind not in present:
+                self.problem(item, f"{at} is a {kind} case, but the principle has no '{kind}'")
+                cases = None
+                continue
+            prompt = self.messages(fields["prompt"], at)
+            answers = self.texts(fields, ("flag",) if kind == "critique" else ("better", "worse"), at)
+            if prompt is None or answers is None:
+                cases = None
+                continue
+            if kind == "judge" and answers["better"] == answers["worse"]:
+                self.problem(fields["worse"], f"{at}: 'better' and 'worse' are the same text")
+                cases = None
+                continue
+            if cases is not None:
+                cases.append(Case(prompt=prompt, line=item.start_mark.line + 1, **answers))
+        return cases
 
     def few_shot(self, node: Node, position: int) -> FewShotExample | None:
         where = f"few_shot #{position}"

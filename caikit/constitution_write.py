@@ -32,13 +32,22 @@ def number(value: float) -> str:
     return f"{value:.4g}" if value else "0"
 
 
+def clean(value: Any) -> Any:
+    """`value` without the None, empty-text and empty-list entries of its mappings, at any depth."""
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items() if v not in (None, "", [])}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
 def dump_constitution(data: dict[str, Any], *, header: list[str] = (), notes: dict[str, list[str]] | None = None
                       ) -> str:
     """YAML for `data` (the keys of a constitution file; principles as dicts, None and empty values left out),
     `header` comment lines on top and `notes[id]` comment lines above each principle."""
     notes = notes or {}
-    def dump(part: dict[str, Any]) -> list[str]:
-        part = {k: v for k, v in part.items() if v not in (None, "", [])}
+    def dump(part: Any) -> list[str]:
+        part = clean(part)
         return yaml.safe_dump(part, sort_keys=False, allow_unicode=True, width=110).splitlines() if part else []
 
     out = comment_lines(list(header), 0)
@@ -46,8 +55,7 @@ def dump_constitution(data: dict[str, Any], *, header: list[str] = (), notes: di
     out.append("principles:")
     for principle in data["principles"]:
         out += comment_lines(notes.get(principle["id"], []), 2)
-        out += ["  " + line for line in yaml.safe_dump([{k: v for k, v in principle.items() if v not in (None, "", [])}],
-                                                       sort_keys=False, allow_unicode=True, width=110).splitlines()]
+        out += ["  " + line for line in dump([principle])]
     out += dump({k: data[k] for k in AFTER_PRINCIPLES if k in data})
     return "\n".join(out) + "\n"
 
