@@ -191,7 +191,9 @@ async def judge_pair(ask: Ask, setup: JudgeSetup, pair: Pair, key: str, run_id: 
                               "position_consistent": position_consistent(first, swapped)})
     # Principles drawn in proportion to their judge share are averaged plainly; when every principle judges
     # the pair, the share weights the average instead (what `caikit constitution fit` fits).
-    share = {p.id: p.judge_share if len(principles) == len(setup.principles) else 1.0 for p in principles}
+    share = {p.id: p.judge_share for p in principles}
+    if len(principles) < len(setup.principles) or not any(share.values()):  # (one principle alone: its share is 0)
+        share = dict.fromkeys(share, 1.0)
     p_a_first = weighted_mean([(x["p_a_first"], share[x["principle_id"]]) for x in per_principle])
     p_a_swapped = weighted_mean([(x["p_a_swapped"], share[x["principle_id"]]) for x in per_principle])
     return Judgment(id=key, run_id=run_id, pair_id=pair.id, prompt=pair.prompt, response_a=pair.response_a,
