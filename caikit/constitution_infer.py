@@ -11,8 +11,9 @@ every pair); this module holds what sits between and after them, with no model c
    preferred response.
 3. `SCORE`: net support = (agrees - disagrees) / pairs: the share of the pairs the principle explains, less
    the share it contradicts. A principle that rarely takes a side scores near 0 however accurate it is when
-   it does; one that takes the wrong side scores below 0. Candidates are kept best first, score > 0 only, and
-   one that agrees with an already kept principle on >= REDUNDANT of the pairs both decide is left out as a
+   it does; one that takes the wrong side scores below 0. Candidates are kept best first, only those whose
+   sides are the preferred ones more often than chance (the 95 % Wilson interval of that share above 50 %,
+   on at least MIN_DECIDED pairs), and one that agrees with an already kept principle on >= REDUNDANT of the pairs both decide is left out as a
    rewording of it.
 """
 
@@ -170,6 +171,8 @@ def select(ids: list[str], side: dict[str, list[int | None]], max_principles: in
         same = next((k for k in kept if (overlap(side[pid], side[k]) or 0) >= REDUNDANT), None)
         if s.score <= 0:
             dropped[pid] = "net support <= 0: it contradicts as often as it explains, or takes no side"
+        elif s.verdict() != "supported":
+            dropped[pid] = "its side is not the preferred one clearly more often than chance (95 % interval)"
         elif same is not None:
             dropped[pid] = f"a rewording of {same}: same side on >= {REDUNDANT:.0%} of the pairs both decide"
         elif len(kept) >= max_principles:

@@ -29,6 +29,8 @@ COMMANDS = [
     Command("constitution fit", "caikit.commands.constitution_tools", "FitConfig", "run_fit",
             "fit the judge's principle weights to human labels (cross-validated); writes a new constitution",
             ("constitution",)),
+    Command("constitution infer", "caikit.commands.infer_constitution", "InferConfig", "run_infer",
+            "the principles that explain a set of preference pairs (an inverse constitution)"),
     Command("probe", "caikit.commands.probe", "ProbeConfig", "run_probe",
             "what a server supports: models, n, log-probs, system messages, slots, speed"),
     Command("generate", "caikit.commands.generate", "GenerateConfig", "run_generate",
