@@ -166,6 +166,13 @@ def table_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def judge_name(opts) -> str:
+    """PROVIDER:MODEL[@URL] of the judge, the URL without credentials (reports are shared)."""
+    from caikit.secrets import public_url
+
+    return f"{opts.backend}:{opts.model_name()}" + (f"@{public_url(opts.base_url)}" if opts.base_url else "")
+
+
 def verdict_text(rows: list[dict[str, Any]], relations: list[dict[str, Any]]) -> str:
     failing = [r["id"] for r in rows if r["fails"]]
     cannot = [r["id"] for r in rows if r["cannot_apply"] and not r["fails"]]
@@ -207,7 +214,7 @@ def run_test(cfg: TestConfig) -> int:
     total = len(matrix.cells) + len(flag_rows)
     failing = [r["id"] for r in rows if r["fails"]]
     report = {"kind": "constitution-test", "constitution": constitution.name, "constitution_hash": constitution.hash,
-              "constitution_path": str(constitution.path), "judge": cfg.judge or f"{jcfg.backend}:{jcfg.model_name()}",
+              "constitution_path": str(constitution.path), "judge": judge_name(jcfg),
               "method": matrix.method, "min_accuracy": cfg.min_accuracy,
               "pairs": {"cases": len(refs), "extra": len(pairs) - len(refs)}, "judgments": counts,
               "critique_checks": {s: sum(f["status"] == s for f in flag_rows) for s in ("ok", "unreadable", "failed",
