@@ -63,7 +63,7 @@ def human_sides(judgments: Iterable[dict[str, Any]], labelled: Iterable[Any]) ->
 
 def principle_table(judgments: list[dict[str, Any]], human: Iterable[tuple[dict[str, Any], str]] = ()
                     ) -> list[dict[str, Any]]:
-    """One row per principle id (in order of first appearance): see the module docstring. `human`: (judgment,
+    """One row per principle id (sorted): see the module docstring. `human`: (judgment,
     side people preferred) pairs, from `human_sides` or the gate's calibration judgments (side 'a')."""
     rows: dict[str, dict[str, Any]] = {}
 
@@ -88,7 +88,7 @@ def principle_table(judgments: list[dict[str, Any]], human: Iterable[tuple[dict[
             choice = pick(e["p_a"])
             row(e["principle_id"])["human"].append(0.5 if choice is None else float(choice.lower() == side))
     table = []
-    for pid, r in rows.items():
+    for pid, r in sorted(rows.items()):
         table.append({"principle_id": pid, "pairs": r["pairs"],
                       "position_consistency": _rate(sum(r["consistent"]), len(r["consistent"])),
                       "decided": _rate(sum(r["decided"]), len(r["decided"])), "with_others": r["with_others"],
