@@ -21,6 +21,8 @@ The call (kept stable; other commands build on it):
                 run.json live there; a caller may add its own report.json beside them)
     stage       the RunDir stage name (a directory holds one stage: another stage there is refused)
     demos       judge demonstrations (constitution.JudgeExample) prepended per cfg.few_shot (0: none)
+    also        optional `async (jr: judge_run.JudgeRun) -> Any`, awaited after the cells with the same run
+                directory, runner and backend (a local model is loaded once); its result is `matrix.also`
 
     -> Matrix: matrix.cell(pair_id, principle_id) -> Cell(p_a_first, p_a_swapped, p_a, status), where
        p_* = P(response_a is better) in that order / averaged, and status is "ok" (both orders read),
@@ -38,7 +40,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from caikit.errors import UserError
 from caikit.estimate import confirm_cost, dry_ask
@@ -86,6 +88,7 @@ class Matrix:
     cells: dict[tuple[str, str], Cell]
     method: str
     usage: dict[str, Any]
+    also: Any = None  # what the `also` hook returned
 
     def cell(self, pair_id: str, principle_id: str) -> Cell:
         return self.cells[(pair_id, principle_id)]
@@ -146,7 +149,7 @@ def cell_setups(base: JudgeSetup, principles: list, demos: list) -> dict[str, Ju
 
 
 def judge_matrix(cfg, pairs: list[Pair], principles: list, out: str | Path, *, stage: str = "principle-matrix",
-                 demos: list | tuple = ()) -> Matrix:
+                 demos: list | tuple = (), also: Callable[[Any], Awaitable[Any]] | None = None) -> Matrix:
     """Judge every (pair, principle) cell not judged yet in `out`, both orders; see the module docstring."""
     _check(pairs, principles)
     cfg = dataclasses.replace(cfg, principles=1, swap=True)
@@ -155,17 +158,19 @@ def judge_matrix(cfg, pairs: list[Pair], principles: list, out: str | Path, *, s
                     constitution=_Principles(list(principles), demos))
     setups = cell_setups(jr.setup, principles, [] if jr.setup.method.cot else demos)
     items = [_Item(pair, p, setups[p.id]) for pair in pairs for p in principles]
+    extra: list[Any] = [None]
     try:
-        asyncio.run(_run(jr, cfg, items, str(out)))
+        asyncio.run(_run(jr, cfg, items, str(out), also, extra))
     finally:
         try:
             matrix = _collect(jr, pairs, principles, items)
         finally:
             jr.close()
+    matrix.also = extra[0]
     return matrix
 
 
-async def _run(jr, cfg, items: list[_Item], out: str) -> None:
+async def _run(jr, cfg, items: list[_Item], out: str, also, extra: list[Any]) -> None:
     judgments, failures = jr.run.jsonl(RunDir.JUDGMENTS), jr.run.jsonl(RunDir.FAILURE_LOG)
     try:
         todo, done = pending(items, _Item.key, judgments)
@@ -185,6 +190,8 @@ async def _run(jr, cfg, items: list[_Item], out: str) -> None:
                                                                jr.run.run_id),
                             records=judgments, failures=failures, stage="judge", run_id=jr.run.run_id,
                             concurrency=concurrency, meter=jr.meter, desc=jr.stage)
+        if also is not None:
+            extra[0] = await also(jr)
     finally:
         judgments.close()
         failures.close()

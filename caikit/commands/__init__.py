@@ -26,6 +26,12 @@ COMMANDS = [
     Command("init", "caikit.scaffold", "InitConfig", "init", "write a starter constitution, prompts and run config"),
     Command("constitution validate", "caikit.constitution", "ValidateConfig", "validate_command",
             "check constitution YAML files; one FILE:LINE line per problem", ("files",)),
+    Command("constitution test", "caikit.commands.constitution_test", "TestConfig", "run_test",
+            "run a constitution's cases through a judge: per-principle accuracy, consistency, redundant and "
+            "conflicting principles", ("constitution",)),
+    Command("constitution stats", "caikit.commands.principle_stats", "StatsConfig", "run_stats",
+            "per-principle table of a judge run: pairs judged, consistency, decisiveness, agreement with people",
+            ("run_dir",)),
     Command("constitution fit", "caikit.commands.constitution_tools", "FitConfig", "run_fit",
             "fit the judge's principle weights to human labels (cross-validated); writes a new constitution",
             ("constitution",)),

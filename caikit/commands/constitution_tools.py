@@ -19,34 +19,23 @@ import dataclasses
 import random
 from typing import Any
 
-from caikit.backends.registry import BackendOptions, parse_spec
+from caikit.commands.constitution_test import JudgeSpecOptions
 from caikit.config import option
 from caikit.errors import UserError
 from caikit.records import idempotency_key
 from caikit.rundir import RunDir, note
-from caikit.stages.judge import JudgeOptions, Pair, pair_id
+from caikit.stages.judge import Pair, pair_id
 
 MIN_LABELLED = 10  # fewer labelled pairs than this cannot be split into folds worth fitting on
 
 
 @dataclasses.dataclass
-class ConstitutionJudgeOptions(JudgeOptions, BackendOptions):
-    """The judge a constitution command asks: --judge SPEC, or --backend / --model / --base-url."""
+class ConstitutionJudgeOptions(JudgeSpecOptions):
+    """The judge options of `constitution test` (--judge SPEC), and what fit, infer and diff add to them."""
 
-    judge: str = option("", help="the judge as PROVIDER[:MODEL][@BASE_URL] (e.g. local:smollm2, openai:gpt-4o-mini, "
-                                 "openai:MODEL@http://host:8000/v1); empty: --backend / --model / --base-url")
     limit: int = option(0, low=0, help="use only the first N distinct pairs (0: all)")
     max_failure_rate: float = option(0.5, low=0, high=1, help="exit 1 when more than this share of the judgments "
                                                               "failed (rerun to retry them)")
-
-    def validate(self) -> None:
-        if self.judge:
-            parse_spec(self.judge)
-        BackendOptions.validate(self.judge_options())
-
-    def judge_options(self):
-        """These options with the backend --judge names."""
-        return self.with_spec(self.judge) if self.judge else self
 
     def judge_label(self) -> str:
         """provider:model of the judge, without any URL (which may carry a key)."""

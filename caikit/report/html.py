@@ -24,6 +24,7 @@ from caikit.errors import UserError
 from caikit.store import write_text_atomic
 from caikit.report.charts import curves
 from caikit.report.iterations import iterations_part
+from caikit.report.principles import constitution_test_part, judge_principles_part
 from caikit.report.markup import Raw, cards, col, fmt, messages, missing, table, text
 from caikit.report.sources import (TRAINERS, Layout, detect_layout, interval_of, is_num, read_json, read_text,
                                    reward_heldout, scan_jsonl)
@@ -307,6 +308,7 @@ SECTIONS = [
     ("training", "Training", (_training,)),
     ("iterations", "Online DPO iterations", (iterations_part,)),
     ("eval", "Evaluation: before vs after", (_eval,)),
+    ("principles", "Constitution principles", (constitution_test_part, judge_principles_part)),
     ("examples", "Critique and revision examples", (_traces, _pairs)),
     ("config", "Configuration", (_config,)),
 ]

@@ -23,7 +23,7 @@ from typing import Any
 # Display order only (what the directory says comes first): stages found as sub-directories are listed so.
 DISPLAY_ORDER = ("generate", "judge", "eval-judge", "sft", "reward", "dpo", "ppo", "online_dpo", "grpo", "kto", "eval")
 TRAINERS = ("sft", "reward", "dpo", "ppo", "grpo", "kto")
-RECORD_STAGES = ("generate", "judge", "eval-judge", "eval", "online_dpo")  # stages whose run.json names them
+RECORD_STAGES = ("generate", "judge", "eval-judge", "eval", "online_dpo", "constitution-test")  # stages whose run.json names them
 REWARD_SUMMARY = "eval.json"  # held-out accuracy a reward trainer writes beside its model (train/reward.py)
 
 
@@ -145,7 +145,7 @@ def _stage_status(name: str, path: Path) -> Stage:
     if name == "online_dpo":  # caikit train online-dpo: its figures are the result
         rows = read_json(path / "iterations.json").get("iterations")
         return Stage(name, path, "done") if rows else Stage(name, path, "incomplete", detail="no iterations.json")
-    if name in ("eval", "eval-judge"):
+    if name in ("eval", "eval-judge", "constitution-test"):
         report = read_json(path / "report.json")
         if not report:
             return Stage(name, path, "incomplete", detail="no report.json")
