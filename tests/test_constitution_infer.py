@@ -12,6 +12,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from caikit.cli import main
@@ -149,3 +150,66 @@ def test_infer_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{bad}:2:" in err
+
+
+# --- constitution diff ----------------------------------------------------------------------------------------
+
+
+def test_diff_by_hand():
+    from caikit.commands.constitution_diff import diff_verdicts
+
+    # two principles; A = only the first, B = only the second; pair 0 they agree, pair 1 they part
+    p = np.array([[0.9, 0.8], [0.9, 0.2]])
+    got = diff_verdicts(p, np.array([1.0, 0.0]), np.array([0.0, 1.0]))
+    assert got["differ"].tolist() == [False, True]
+    assert np.allclose(got["contributions"].sum(axis=1), got["v_a"] - got["v_b"])  # exact attribution
+    assert np.allclose(got["drive"], [0.4 / 0.7, 0.3 / 0.7]) and got["drive"].sum() == pytest.approx(1.0)
+
+
+DIFF_A = "name: a\nprinciples:\n  - {id: common, judge: COMMON choose either.}\n" \
+         "  - {id: brevity, judge: Choose the shorter response.}\n"
+DIFF_B = DIFF_A.replace("name: a", "name: b") + "  - {id: coin, judge: COIN choose by a coin.}\n"
+
+
+def diff_judge(req) -> dict[str, float]:
+    """COMMON takes no side, 'shorter' 0.8 for the shorter response, COIN 0.99 for a seeded coin's pick."""
+    text = req.last_user_message
+    blocks = dict(BLOCK.findall(text))
+    a, b = blocks["a"].strip(), blocks["b"].strip()
+    if "COIN" in text:
+        first = min(a, b)
+        p = 0.99 if (draw(first, max(a, b)) < 0.5) == (a == first) else 0.01
+    elif "shorter" in text:
+        p = 0.8 if len(a) < len(b) else 0.2
+    else:
+        p = 0.5
+    return {"A": math.log(p), " B": math.log(1 - p)}
+
+
+def test_diff_names_the_principle_that_drives_the_difference(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    synthetic_pairs(pairs, n=30)
+    (tmp_path / "a.yaml").write_text(DIFF_A)
+    (tmp_path / "b.yaml").write_text(DIFF_B)
+    out = tmp_path / "diff"
+    with FakeAPIServer(logprobs=diff_judge) as server:
+        argv = ["constitution", "diff", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--pairs", str(pairs),
+                "--judge", f"openai:fake-model@{server.openai_base_url}", "--out", str(out), "--no-progress"]
+        assert main(argv) == 0
+        assert len(server.log) == 30 * 3 * 2  # the two shared principles are judged once
+    report = json.loads((out / "report.json").read_text())
+    drive = {d["principle"]: d["drive"] for d in report["drivers"]}
+    assert report["drivers"][0]["principle"] == "B:coin" and drive["common"] == 0.0
+    assert drive["B:coin"] > 0.6 and drive["brevity"] > 0
+    assert 5 < report["differ"] < 25  # B follows the coin where it disagrees with brevity
+    assert report["a"]["agreement_with_pairs"] == 1.0 and report["b"]["agreement_with_pairs"] < 1.0
+    assert report["most_different"] and all(s["driven_by"] == "B:coin" for s in report["most_different"])
+    printed = capsys.readouterr().out
+    assert "verdicts differ on" in printed and "B:coin" in printed
+
+
+def test_diff_bad_input(tmp_path, capsys):
+    assert main(["constitution", "diff", "hhh", "--pairs", "p.jsonl"]) == 2
+    assert "give two constitutions" in capsys.readouterr().err
+    assert main(["constitution", "diff", "hhh", "anthropic-cai"]) == 2
+    assert "--pairs FILE is required" in capsys.readouterr().err
