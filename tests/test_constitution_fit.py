@@ -96,7 +96,7 @@ def test_fit_command_weights_the_planted_principle(tmp_path, capsys):
     out = tmp_path / "fit"
     with FakeAPIServer(logprobs=planted_judge(chosen)) as server:
         argv = ["constitution", "fit", str(tmp_path / "c.yaml"), "--labels", str(labels), "--judge",
-                f"openai:fake-model@{server.openai_base_url}", "--out", str(out), "--no-progress"]
+                f"openai:fake-model@{server.openai_base_url}", "--out", str(out), "--no-progress", "--limit", "0"]
         assert main(argv) == 0
         assert len(server.log) == 40 * 2 * 2  # pairs x judge principles x orders
         assert main(argv) == 0  # resumed: nothing asked again

@@ -113,7 +113,7 @@ def test_infer_recovers_the_planted_preference(tmp_path, capsys):
     with FakeAPIServer(proposer, logprobs=judge) as server:
         argv = ["constitution", "infer", "--pairs", str(pairs), "--judge",
                 f"openai:fake-model@{server.openai_base_url}", "--out", str(out), "--compare", str(written),
-                "--no-progress"]
+                "--no-progress", "--limit", "0"]
         assert main(argv) == 0
         asked = len(server.log)
         assert main(argv) == 0  # resumed: only the failed proposals asked again (1 + 2 resamples each)
@@ -194,7 +194,8 @@ def test_diff_names_the_principle_that_drives_the_difference(tmp_path, capsys):
     out = tmp_path / "diff"
     with FakeAPIServer(logprobs=diff_judge) as server:
         argv = ["constitution", "diff", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--pairs", str(pairs),
-                "--judge", f"openai:fake-model@{server.openai_base_url}", "--out", str(out), "--no-progress"]
+                "--judge", f"openai:fake-model@{server.openai_base_url}", "--out", str(out), "--no-progress",
+                "--limit", "0"]
         assert main(argv) == 0
         assert len(server.log) == 30 * 3 * 2  # the two shared principles are judged once
     report = json.loads((out / "report.json").read_text())

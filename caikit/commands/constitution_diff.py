@@ -40,6 +40,8 @@ class DiffConfig(ConstitutionJudgeOptions):
                                       metadata={"cli": False})
     pairs: str = option("", help="the pairs both judge: caikit label rows, prompt/chosen/rejected, hh-rlhf "
                                  "transcripts (any file the row reader reads)")
+    limit: int = option(32, low=0, help="use only the first N distinct pairs (0: all); each costs (distinct judge "
+                                        "principles of A and B) x 2 judgments")
     show: int = option(5, low=0, high=1000, help="pairs where the verdicts differ most, shown and kept in the report")
     out: str = option("outputs/constitution-diff", help="output directory: report.json and the judge's run files")
 

@@ -33,7 +33,6 @@ MIN_LABELLED = 10  # fewer labelled pairs than this cannot be split into folds w
 class ConstitutionJudgeOptions(JudgeSpecOptions):
     """The judge options of `constitution test` (--judge SPEC), and what fit, infer and diff add to them."""
 
-    limit: int = option(0, low=0, help="use only the first N distinct pairs (0: all)")
     max_failure_rate: float = option(0.5, low=0, high=1, help="exit 1 when more than this share of the judgments "
                                                               "failed (rerun to retry them)")
 
@@ -69,11 +68,13 @@ def read_preferences(path: str, limit: int = 0, seed: int = 0) -> Preferences:
     pairs: list[Pair] = []
     index: dict[str, int] = {}
     choices: list[tuple[int, bool]] = []
+    beyond: set[str] = set()
     for row in loaded.items:
         chosen, rejected = text_of(row.chosen), text_of(row.rejected)
         key = idempotency_key("preference-pair", row.prompt, sorted([chosen, rejected]))
         if key not in index:
             if limit and len(pairs) >= limit:
+                beyond.add(key)
                 continue
             a_first = random.Random(f"{seed}:{key}").random() < 0.5
             a, b = (chosen, rejected) if a_first else (rejected, chosen)
@@ -81,7 +82,11 @@ def read_preferences(path: str, limit: int = 0, seed: int = 0) -> Preferences:
             pairs.append(Pair(pair_id(key[-16:], 0, 1), row.prompt, a, b))
         i = index[key]
         choices.append((i, pairs[i].response_a == chosen))
-    return Preferences(pairs, choices, loaded.summary())
+    if beyond:
+        note("constitution", f"{path}: the first {len(pairs)} of {len(pairs) + len(beyond)} distinct pairs used "
+                             "(--limit; 0 uses all)")
+    return Preferences(pairs, choices, {**loaded.summary(), "distinct_pairs": len(pairs) + len(beyond),
+                                        "pairs_used": len(pairs)})
 
 
 # --- fit ---------------------------------------------------------------------------------------------
@@ -93,6 +98,9 @@ class FitConfig(ConstitutionJudgeOptions):
                                         "bundled name such as hhh)")
     labels: str = option("", help="human preference labels: caikit label rows, prompt/chosen/rejected rows, hh-rlhf "
                                   "chosen/rejected transcripts (any file the row reader reads)")
+    limit: int = option(32, low=0, help="use only the first N distinct labelled pairs (0: all); each costs "
+                                        "principles x 2 judgments (32 x 3 principles: about 3 min on the embedded "
+                                        "model on 2 CPU cores)")
     folds: int = option(5, low=2, high=50, help="cross-validation folds (the penalty is chosen by CV, and the "
                                                 "held-out agreement is nested CV)")
     out: str = option("outputs/constitution-fit", help="output directory: constitution.yaml, report.json and the "

@@ -35,8 +35,10 @@ PROPOSALS = "proposals"  # DIR/proposals: the run directory of the propose stage
 class InferConfig(ConstitutionJudgeOptions):
     pairs: str = option("", help="preference pairs to explain: caikit label rows, prompt/chosen/rejected rows (human "
                                  "or AI-judged), hh-rlhf transcripts (any file the row reader reads)")
+    limit: int = option(24, low=0, help="use only the first N distinct pairs (0: all); each costs a proposal and "
+                                        "--max-candidates x 2 judgments")
     max_principles: int = option(5, low=1, high=100, help="principles kept in the inferred constitution")
-    max_candidates: int = option(8, low=1, high=200, help="candidate clusters tested as judge principles on every pair "
+    max_candidates: int = option(4, low=1, high=200, help="candidate clusters tested as judge principles on every pair "
                                                           "(the largest first): the cost is candidates x pairs x 2")
     min_proposals: int = option(2, low=1, high=100_000, help="a candidate cluster is tested only when at least this "
                                                              "many pairs proposed it")
