@@ -144,3 +144,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err.replace(str(bad), "BAD"), err
     assert not (tmp_path / "o" / "constitution.yaml").exists()
+
+
+def test_the_judge_pools_every_principle_with_its_judge_weight(tmp_path):
+    """Asked under every principle, the judge's p_a is the judge_weight-weighted mean (what fit fitted); drawn
+    one at a time, principles come in proportion to judge_weight, and judge_weight 0 never judges."""
+    import asyncio
+
+    from caikit.stages.base import Reply
+    from caikit.stages.judge import JudgeOptions, JudgeSetup, Pair, judge_pair
+
+    (tmp_path / "w.yaml").write_text("name: w\nprinciples:\n"
+                                     "  - {id: for-a, judge: YES always A., judge_weight: 3}\n"
+                                     "  - {id: for-b, judge: NO always B., judge_weight: 1, weight: 5}\n"
+                                     "  - {id: silent, judge: OFF., judge_weight: 0}\n")
+    constitution = load_constitution(tmp_path / "w.yaml")
+    assert [p.id for p in constitution.judge_principles] == ["for-a", "for-b"]
+
+    async def ask(requests):  # YES puts 0.9 on the shown (A), NO 0.1
+        return [Reply([r.accept({"A": math.log(0.9 if "YES" in r.messages[-1]["content"] else 0.1),
+                                 "B": math.log(0.1 if "YES" in r.messages[-1]["content"] else 0.9)}, 0)])
+                for r in requests]
+
+    pair = Pair("g#0-1", [{"role": "user", "content": "hi"}], "one", "two")
+    every = JudgeSetup.make(JudgeOptions(principles=2), "logprob", constitution, {}, {})
+    judged = asyncio.run(judge_pair(ask, every, pair, every.key(pair), "r"))
+    # in the first order YES gives response a 0.9 and NO 0.1: the pooled value is their judge_weight mean, 3 : 1
+    assert judged.p_a_first == pytest.approx((3 * 0.9 + 1 * 0.1) / 4)
+    one = JudgeSetup.make(JudgeOptions(principles=1), "logprob", constitution, {}, {})
+    drawn = [one.draw(str(i))[0][0].id for i in range(400)]
+    assert 0.65 < drawn.count("for-a") / 400 < 0.85 and "silent" not in drawn  # 3 : 1, not the sampling weight 5

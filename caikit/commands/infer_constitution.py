@@ -158,7 +158,8 @@ def run_infer(cfg: InferConfig) -> int:
         report["verdict"] = (f"no candidate principle was proposed by at least {cfg.min_proposals} pairs "
                              f"({len(candidates)} proposals, {len(clusters)} distinct): nothing to test")
         run.write_json(RunDir.REPORT, report)
-        note("constitution infer", report["verdict"] + ": exit 1")
+        print(format_infer({**report, "candidates": []}))
+        note("constitution infer", "no constitution.yaml written: exit 1")
         return 1
     matrix = judge_matrix(cfg.judge_options(), pairs, principles + list(theirs_as.values()), cfg.out,
                           stage="constitution-infer")
@@ -215,7 +216,11 @@ def interval_text(interval: list[float] | None) -> str:
 def format_infer(report: dict[str, Any]) -> str:
     from caikit.constitution_infer import percent
 
-    lines = [f"{'candidate':<28} {'proposed':>8} {'decides':>8} {'agrees':>7} {'score':>6}  kept"]
+    got = report["proposals"]
+    lines = [f"proposals: {got['proposed']} of {got['pairs']} pairs gave a readable principle ({got['unreadable']} "
+             f"unreadable, {got['failed'] - got['unreadable']} failed requests); {report['clusters_total']} distinct "
+             f"after clustering, {len(report['candidates'])} tested",
+             f"{'candidate':<28} {'proposed':>8} {'decides':>8} {'agrees':>7} {'score':>6}  kept"]
     for r in report["candidates"]:
         lines.append(f"{r['id'][:28]:<28} {r['proposed_by']:>8} {percent(r['decisiveness']):>8} "
                      f"{percent(r['accuracy']):>7} {r['score']:>+6.2f}  {'yes' if r['kept'] else 'no'}")
