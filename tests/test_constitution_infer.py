@@ -134,7 +134,7 @@ def test_infer_recovers_the_planted_preference(tmp_path, capsys):
     text = (out / "constitution.yaml").read_text()
     assert "its side is the preferred one on 100% of those" in text and "net support +1.00" in text
     printed = capsys.readouterr().out
-    assert "compare detail: contradicted" in printed and "1 principles explain the pairs: shorter" in printed
+    assert "compare detail: contradicted" in printed and "1 principle explains the pairs: shorter" in printed
     assert all(KEY not in p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
 
 

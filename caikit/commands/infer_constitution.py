@@ -193,7 +193,8 @@ def run_infer(cfg: InferConfig) -> int:
                   f"tested as judge instructions with {cfg.judge_label()} ({matrix.method}, both orders).",
                   f"Score: {SCORE}.", ""]
         write_valid(run.file("constitution.yaml"), dump_constitution(data, header=header, notes=notes))
-        report["verdict"] = f"{len(kept)} principles explain the pairs: {', '.join(kept)}"
+        report["verdict"] = (f"{len(kept)} principle{'s explain' if len(kept) > 1 else ' explains'} the pairs: "
+                             f"{', '.join(kept)}")
     elif kept:
         report["verdict"] = f"{failed:.0%} of the judgments failed (--max-failure-rate {cfg.max_failure_rate:.0%})"
     else:
