@@ -174,3 +174,23 @@ def test_the_judge_pools_every_principle_with_its_judge_weight(tmp_path):
     one = JudgeSetup.make(JudgeOptions(principles=1), "logprob", constitution, {}, {})
     drawn = [one.draw(str(i))[0][0].id for i in range(400)]
     assert 0.65 < drawn.count("for-a") / 400 < 0.85 and "silent" not in drawn  # 3 : 1, not the sampling weight 5
+
+
+def test_the_writer_replaces_a_judge_weight_and_rewrites_flow_style(tmp_path):
+    from caikit.constitution_write import with_judge_weights, write_valid
+
+    block = tmp_path / "block.yaml"
+    block.write_text("name: b\nprinciples:\n  - id: a\n    judge: pick a  # keep me\n    judge_weight: 0.5\n"
+                     "  - id: c\n    judge: pick c\n")
+    text = with_judge_weights(block, {"a": 2.0, "c": 0.25}, notes={"c": ["why c"]})
+    assert text.count("judge_weight") == 2 and "# keep me" in text and "  # why c\n  - id: c" in text
+    write_valid(tmp_path / "out.yaml", text)
+    assert {p.id: p.judge_weight for p in load_constitution(tmp_path / "out.yaml").principles} == {"a": 2.0, "c": 0.25}
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("name: f\nprinciples:\n  - {id: a, judge: pick a}\n  - {id: c, judge: pick c}\n")
+    write_valid(tmp_path / "flow-out.yaml", with_judge_weights(flow, {"a": 0.0, "c": 1.0}, header=["fitted"]))
+    assert [(p.id, p.judge_weight) for p in load_constitution(tmp_path / "flow-out.yaml").principles] == \
+        [("a", 0.0), ("c", 1.0)]
+    with pytest.raises(Exception, match="would not be valid"):  # every judge_weight 0: refused, nothing written
+        write_valid(tmp_path / "bad.yaml", with_judge_weights(flow, {"a": 0.0, "c": 0.0}))
+    assert not (tmp_path / "bad.yaml").exists()
