@@ -191,7 +191,8 @@ def run_fit(cfg: FitConfig) -> int:
         write_valid(run.file("constitution.yaml"), with_judge_weights(constitution.path, dict(zip(ids, result.weights)),
                                                                       header=header, notes=notes))
     else:
-        report["verdict"] = "no principle helps predict the people's choices: every fitted weight is 0"
+        report["verdict"] = ("no principle helps predict the people's choices (every fitted weight is 0): on these "
+                             "pairs the judge is too weak to tell, or the principles go against what people chose")
     report["constitution_written"] = written
     run.write_json(RunDir.REPORT, report)
     print(format_table(ids, result, before))
