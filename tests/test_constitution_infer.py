@@ -80,7 +80,8 @@ def test_parse_principle_by_hand():
     assert parse_principle("**Select the response that** is shorter.") == "Select the response that is shorter."
     assert parse_principle("Rule: choose the answer which avoids medical claims. Because ...") == \
         "Select the response that avoids medical claims."
-    for bad in ["Response A is better.", "Select the response that wins.", "Select the response that is (A)."]:
+    for bad in ["Response A is better.", "Select the response that wins.", "Select the response that is (A).",
+                "Select the response that would also decide other conversations."]:  # an echo of the question
         with pytest.raises(ParseError):
             parse_principle(bad)
 

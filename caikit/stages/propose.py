@@ -29,6 +29,15 @@ _RULE = re.compile(r"\b(?:select|choose|prefer|pick)\s+the\s+(?:response|answer|
                    r"(?P<rest>[^\n]+)", re.I)
 
 
+# Small models echo the question ("Select the response that would also decide other conversations"): a rule
+# whose longer words mostly come from the request itself says nothing about the pair.
+ECHO_SHARE = 0.6
+_QUESTION_WORDS = frozenset(w for w in re.findall(r"[a-z]+", render("propose_principle", conversation="",
+                                                                    response_a="", response_b="",
+                                                                    preferred="A").split("A reviewer")[-1].lower())
+                            if len(w) > 3) - {"response", "preferred"}
+
+
 @dataclass(frozen=True)
 class Preference:
     """One preference to explain: `chosen` beat `rejected` as the reply to `prompt`."""
@@ -66,6 +75,9 @@ def parse_principle(completion, attempt: int = 0) -> str:
         raise ParseError(f"a rule of {len(words)} words (expected {MIN_WORDS} to {MAX_WORDS})", text)
     if re.search(r"\b(?:response|option)\s+[ab]\b|\([ab]\)", rest, re.I):
         raise ParseError("the rule names a response of this pair, not a general rule", text)
+    said = [w for w in re.findall(r"[a-z]+", rest.lower()) if len(w) > 3]
+    if said and sum(w in _QUESTION_WORDS for w in said) / len(said) >= ECHO_SHARE:
+        raise ParseError("the rule repeats the question instead of stating a preference", text)
     return f"{PREFIX} {rest}."
 
 
