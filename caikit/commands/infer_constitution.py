@@ -220,8 +220,9 @@ def format_infer(report: dict[str, Any]) -> str:
     got = report["proposals"]
     lines = [f"proposals: {got['proposed']} of {got['pairs']} pairs gave a readable principle ({got['unreadable']} "
              f"unreadable, {got['failed'] - got['unreadable']} failed requests); {report['clusters_total']} distinct "
-             f"after clustering, {len(report['candidates'])} tested",
-             f"{'candidate':<28} {'proposed':>8} {'decides':>8} {'agrees':>7} {'score':>6}  kept"]
+             f"after clustering, {len(report['candidates'])} tested"]
+    if report["candidates"]:
+        lines.append(f"{'candidate':<28} {'proposed':>8} {'decides':>8} {'agrees':>7} {'score':>6}  kept")
     for r in report["candidates"]:
         lines.append(f"{r['id'][:28]:<28} {r['proposed_by']:>8} {percent(r['decisiveness']):>8} "
                      f"{percent(r['accuracy']):>7} {r['score']:>+6.2f}  {'yes' if r['kept'] else 'no'}")
