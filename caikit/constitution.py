@@ -26,7 +26,8 @@ from caikit.errors import MultiError, UserError
 
 TOP_KEYS = ("name", "version", "description", "source", "license", "principles", "few_shot", "judge_few_shot",
             "categories")  # categories: caikit/categories.py
-PRINCIPLE_KEYS = ("id", "critique", "revision", "judge", "weight", "tags")
+PRINCIPLE_KEYS = ("id", "critique", "revision", "judge", "weight", "tags", "judge_weight", "cases")
+CASE_KEYS = ("prompt", "better", "worse", "flag")  # judge case: prompt/better/worse; critique case: prompt/flag
 FEW_SHOT_KEYS = ("prompt", "response", "rounds")
 ROUND_KEYS = ("critique_request", "critique", "revision_request", "revision")
 JUDGE_FEW_SHOT_KEYS = ("prompt", "chosen", "rejected")
@@ -39,6 +40,22 @@ NUMBER_TAGS = (INT_TAG, "tag:yaml.org,2002:float")
 
 
 @dataclass
+class Case:
+    """A test case `caikit constitution test` runs. A judge case: the principle should prefer `better` over
+    `worse` as replies to `prompt`. A critique case: the principle's critique should find a problem in `flag`."""
+
+    prompt: list[dict[str, str]]
+    better: str | None = None
+    worse: str | None = None
+    flag: str | None = None
+    line: int = field(default=0, compare=False)  # where it starts in the file (for FILE:LINE in reports)
+
+    @property
+    def kind(self) -> str:
+        return "critique" if self.flag is not None else "judge"
+
+
+@dataclass
 class Principle:
     """One principle. `critique`+`revision` serve the SL-CAI stages, `judge` the preference stage."""
 
@@ -48,6 +65,19 @@ class Principle:
     judge: str | None = None  # comparison instruction, e.g. "Please choose the response that ..."
     weight: float = 1.0  # relative sampling weight
     tags: list[str] = field(default_factory=list)
+    # the principle's share of the judge's verdict (e.g. fitted by `caikit constitution fit`); None: `weight`.
+    # The judge draws principles in proportion to it and, when every principle judges every pair, averages
+    # their verdicts with it; 0 turns the principle off in the judge (its critique, if any, still runs).
+    judge_weight: float | None = None
+    cases: list[Case] = field(default_factory=list)  # what `caikit constitution test` runs; not in the hash
+
+    @property
+    def judge_cases(self) -> list[Case]:
+        return [c for c in self.cases if c.kind == "judge"]
+
+    @property
+    def critique_cases(self) -> list[Case]:
+        return [c for c in self.cases if c.kind == "critique"]
 
     @property
     def has_critique(self) -> bool:
@@ -56,6 +86,11 @@ class Principle:
     @property
     def has_judge(self) -> bool:
         return self.judge is not None
+
+    @property
+    def judge_share(self) -> float:
+        """The weight the judge gives this principle: `judge_weight` where set, else `weight`."""
+        return self.weight if self.judge_weight is None else self.judge_weight
 
 
 @dataclass
@@ -103,7 +138,8 @@ class Constitution:
 
     @property
     def judge_principles(self) -> list[Principle]:
-        return [p for p in self.principles if p.has_judge]
+        """The principles the judge applies (a judge instruction, and a judge share above 0)."""
+        return [p for p in self.principles if p.has_judge and p.judge_share > 0]
 
     def get(self, principle_id: str) -> Principle:
         for p in self.principles:
@@ -126,37 +162,49 @@ class Constitution:
         pool = self.critique_principles if kind == "critique" else self.judge_principles
         if not pool and k:
             raise UserError(f"constitution '{self.name}' has no {kind} principles")
+        share = (lambda p: p.weight) if kind == "critique" else (lambda p: p.judge_share)
         if not distinct:
-            return rng.choices(pool, weights=[p.weight for p in pool], k=k)
+            return rng.choices(pool, weights=[share(p) for p in pool], k=k)
         if k > len(pool):
             raise UserError(f"constitution '{self.name}' has {len(pool)} {kind} principles; "
                             f"cannot draw {k} distinct ones")
-        return weighted_sample(rng, pool, k)
+        return weighted_sample(rng, pool, k, share)
 
     def to_dict(self) -> dict[str, Any]:
-        """The content of the file (no path), with defaults filled in."""
+        """The content of the file (no path, no line numbers), with defaults filled in (an unset judge_weight left
+        out, so the hash of a constitution without one is what it always was)."""
         data = asdict(self)
         data.pop("path")
         if not data["categories"]:  # a constitution without guards reads as before
             data.pop("categories")
+        for principle in data["principles"]:
+            if principle["judge_weight"] is None:
+                del principle["judge_weight"]
+            for case in principle["cases"]:
+                case.pop("line")
         return data
 
     @cached_property
     def hash(self) -> str:
-        """sha256 of the canonical JSON content: comments and YAML layout do not change it."""
-        content = {k: v for k, v in self.to_dict().items() if k != "categories"}  # guards' own: categories_hash
-        canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        """sha256 of the canonical JSON content: comments and YAML layout do not change it, and neither do the
+        test cases (they change no judgment or trace, so editing them keeps every run directory's identity) or
+        the guards' categories (those have their own categories_hash)."""
+        data = {k: v for k, v in self.to_dict().items() if k != "categories"}
+        for principle in data["principles"]:
+            principle.pop("cases")
+        canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 # --- locating files --------------------------------------------------------------------------------
 
 
-def weighted_sample(rng: random.Random, pool: list[Principle], k: int) -> list[Principle]:
-    """`k` distinct principles of `pool`, each draw proportional to `weight` among those left."""
+def weighted_sample(rng: random.Random, pool: list[Principle], k: int, share=lambda p: p.weight) -> list[Principle]:
+    """`k` distinct principles of `pool`, each draw proportional to `share(p)` (default `weight`) among those
+    left."""
     remaining, drawn = list(pool), []
     for _ in range(min(k, len(pool))):
-        index = rng.choices(range(len(remaining)), weights=[p.weight for p in remaining])[0]
+        index = rng.choices(range(len(remaining)), weights=[share(p) for p in remaining])[0]
         drawn.append(remaining.pop(index))
     return drawn
 
@@ -351,6 +399,18 @@ class _Reader:
                 ok = False
             else:
                 weight = float(value)
+        judge_weight, judge_weight_node = None, fields.get("judge_weight")
+        if judge_weight_node is not None:
+            value = _number(judge_weight_node)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                self.problem(judge_weight_node, f"{where}: 'judge_weight' must be a number >= 0, got "
+                                                f"{_kind(judge_weight_node)}")
+                ok = False
+            elif "judge" not in fields:
+                self.problem(judge_weight_node, f"{where}: 'judge_weight' is for principles with a 'judge' instruction")
+                ok = False
+            else:
+                judge_weight = float(value)
         tags, tags_node = [], fields.get("tags")
         if tags_node is not None:
             if not isinstance(tags_node, SequenceNode) or any(
@@ -359,9 +419,53 @@ class _Reader:
                 ok = False
             else:
                 tags = [t.value.strip() for t in tags_node.value]
-        if not ok:
+        cases = self.cases(fields["cases"], where, present) if "cases" in fields else []
+        if not ok or cases is None:
             return None
-        return Principle(id=id_node.value.strip(), weight=weight, tags=tags, **texts)
+        return Principle(id=id_node.value.strip(), weight=weight, tags=tags, judge_weight=judge_weight, cases=cases, **texts)
+
+    def cases(self, node: Node, where: str, present: list[str]) -> list[Case] | None:
+        """A principle's test cases: each a judge case (prompt, better, worse) for a principle with 'judge', or
+        a critique case (prompt, flag) for one with 'critique'."""
+        if not isinstance(node, SequenceNode) or not node.value:
+            self.problem(node, f"{where}: 'cases' must be a non-empty list of {{prompt, better, worse}} or "
+                               "{prompt, flag}")
+            return None
+        cases: list[Case] | None = []
+        for i, item in enumerate(node.value, 1):
+            at = f"{where}: case {i}"
+            fields = self.mapping(item, CASE_KEYS, at, required=("prompt",))
+            if fields is None or "prompt" not in fields:
+                cases = None
+                continue
+            judge_keys = [k for k in ("better", "worse") if k in fields]
+            if "flag" in fields and judge_keys:
+                self.problem(item, f"{at}: give 'better' and 'worse' (a judge case) or 'flag' (a critique case), "
+                                   "not both")
+                cases = None
+                continue
+            if "flag" not in fields and len(judge_keys) < 2:
+                missing = "'better' and 'worse'" if not judge_keys else f"'{({'better', 'worse'} - set(judge_keys)).pop()}'"
+                self.problem(item, f"{at} has no {missing} (or 'flag' for a critique case)")
+                cases = None
+                continue
+            kind = "critique" if "flag" in fields else "judge"
+            if kind not in present:
+                self.problem(item, f"{at} is a {kind} case, but the principle has no '{kind}'")
+                cases = None
+                continue
+            prompt = self.messages(fields["prompt"], at)
+            answers = self.texts(fields, ("flag",) if kind == "critique" else ("better", "worse"), at)
+            if prompt is None or answers is None:
+                cases = None
+                continue
+            if kind == "judge" and answers["better"] == answers["worse"]:
+                self.problem(fields["worse"], f"{at}: 'better' and 'worse' are the same text")
+                cases = None
+                continue
+            if cases is not None:
+                cases.append(Case(prompt=prompt, line=item.start_mark.line + 1, **answers))
+        return cases
 
     def few_shot(self, node: Node, position: int) -> FewShotExample | None:
         where = f"few_shot #{position}"
@@ -428,6 +532,9 @@ class _Reader:
         elif node is not None:
             seen: dict[str, int] = {}
             principles = self.items(fields, "principles", lambda item, i: self.principle(item, i, seen))
+        judged = [p for p in principles if p is not None and p.has_judge]
+        if judged and not any(p.judge_share > 0 for p in judged):
+            self.problem(node, "every judge principle has judge_weight 0: the judge would have nothing to apply")
         few_shot = self.items(fields, "few_shot", self.few_shot)
         judge_few_shot = self.items(fields, "judge_few_shot", self.judge_example)
         from caikit.categories import read_categories

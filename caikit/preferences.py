@@ -160,12 +160,16 @@ def planned_order(judgments: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def preference_stats(source: str, identity: dict[str, Any], judgments: list[dict[str, Any]], preferences: list,
                      counts: dict[str, int], *, pairs: int, failures: int, min_margin: float,
-                     skipped: dict[str, Any]) -> dict[str, Any]:
-    """stats.json of a judge run (and of a merged one)."""
+                     skipped: dict[str, Any], human: list[tuple[dict[str, Any], str]] = ()) -> dict[str, Any]:
+    """stats.json of a judge run (and of a merged one). `human`: (judgment, side people preferred), for each
+    principle's agreement with people (caikit/principle_stats.py)."""
+    from caikit.principle_stats import principle_table
+
     stats = {"source": source, "method": identity.get("method"), "swap": identity.get("swap"),
              "principles": identity.get("principles"), "pairs": pairs, **judge_stats(judgments),
              "failures": failures, "preferences": len(preferences),
              **{k: v for k, v in counts.items() if k != "chosen_first"}, "min_margin": min_margin, "skipped": skipped}
+    stats["per_principle"] = principle_table(judgments, human)
     if source == SOURCES["revision"]:
         stats["revision_preferred_rate"] = counts["chosen_first"] / len(preferences) if preferences else None
     return stats

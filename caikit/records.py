@@ -128,6 +128,19 @@ class Judgment(Record):
 
 
 @dataclass
+class FlagCheck(Record):
+    """A critique test case (`caikit constitution test`): would the principle's critique find a problem in
+    `response`? p_yes = P(the judge answers Yes), from option log-probs or one parsed answer."""
+
+    principle_id: str = ""
+    prompt: Messages = field(default_factory=list)
+    response: str = ""
+    p_yes: float = 0.5
+    method: str = "logprob"  # logprob | parsed
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class PreferencePair(Record):
     """TRL / alignment-handbook conversational preference row, with the judge's soft label.
 

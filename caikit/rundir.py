@@ -100,6 +100,8 @@ class RunDir:
     PROBE = "probe.json"
     MERGE = "merge.json"
     REPORT = "report.json"
+    FLAG_CHECKS = "flag_checks.jsonl"  # constitution test: critique cases, asked as yes/no questions
+    PRINCIPLE_STATS = "principle_stats.json"
     ANSWERS = "answers.jsonl"
     SAMPLES = "samples.jsonl"
     STATE = "state.json"

@@ -119,6 +119,13 @@ def mean(values: Iterable[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None  # exact sum: the same whatever the order
 
 
+def weighted_mean(values: Iterable[tuple[float | None, float]]) -> float | None:
+    """Sum(w * v) / Sum(w) over the (value, weight) pairs whose value is not None; None when no weight is left."""
+    kept = [(v, w) for v, w in values if v is not None]
+    total = sum(w for _, w in kept)
+    return math.fsum(v * w for v, w in kept) / math.fsum(w for _, w in kept) if total > 0 else None
+
+
 def win_scores(comparisons: Iterable[tuple[int, int, float]], n: int) -> list[float | None]:
     """Mean win probability of each of `n` responses over its comparisons.
 

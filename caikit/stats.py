@@ -44,6 +44,21 @@ def cohens_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
     return (observed - expected) / (1.0 - expected)
 
 
+def binomial_upper_tail(k: int, n: int, p: float = 0.5) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the one-sided exact binomial test's p-value for k successes or more
+    (summed in log space, so n in the thousands neither overflows nor underflows)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0 or p >= 1.0:
+        return float(p >= 1.0)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+             + (n - i) * math.log1p(-p) for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
+
+
 def bootstrap_interval(values: Sequence[float], statistic: Callable[[Sequence[float]], float] | None = None, *,
                        resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
     """Percentile bootstrap interval of `statistic` (default: the mean) over `values` (Efron & Tibshirani 1993,

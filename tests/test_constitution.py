@@ -105,7 +105,7 @@ def test_unknown_bundled_name_and_principle():
      ["2: top level: unknown key 'colour' (known: name, version, description, source, license, principles, "
       "few_shot, judge_few_shot, categories)"]),
     ("name: x\nprinciples:\n  - id: a\n    judge: j\n    wieght: 2\n",
-     ["5: principle 'a': unknown key 'wieght' (known: id, critique, revision, judge, weight, tags)"]),
+     ["5: principle 'a': unknown key 'wieght' (known: id, critique, revision, judge, weight, tags, judge_weight, cases)"]),
     ("# header\n\nprinciples:\n  - {id: a, judge: j}\n", ["3: missing 'name'"]),
     ("name: x\n", ["1: missing 'principles'"]),
     ("name: x\nprinciples: []\n", ["2: 'principles' is empty: a constitution needs at least one principle"]),

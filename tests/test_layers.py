@@ -20,7 +20,8 @@ FOUNDATION = ("caikit.errors", "caikit.records", "caikit.config", "caikit.secret
               "caikit.rundir", "caikit.shard", "caikit.soft_labels", "caikit.stats", "caikit.constitution",
               "caikit.rows", "caikit.prompts", "caikit.metrics", "caikit.plots", "caikit.diversity", "caikit.models",
               "caikit.generation", "caikit.vllm_engine", "caikit.random_init", "caikit.categories",
-              "caikit.lazy_imports", "caikit.progress", "caikit.trackers")
+              "caikit.lazy_imports", "caikit.progress", "caikit.trackers", "caikit.constitution_fit",
+              "caikit.constitution_infer", "caikit.constitution_write")
 RUNNER = ("caikit.runner", "caikit.estimate", "caikit.preferences", "caikit.judge_run", "caikit.gate",
           "caikit.sft_data")
 LAYERS = {"foundation": 0, "backends": 1, "testing": 1, "stages": 2, "runner": 3, "top": 4}

@@ -312,7 +312,33 @@ def preference_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, s
         counts.insert(0, ("prompts that failed in the generate run", facts.source_run.stats.get("failures")))
     return [("Dataset summary", summary), ("Dataset structure", structure), ("Soft labels: p_chosen", soft_labels(dataset)),
             ("How it was made", table(judge_rows(facts) + made_with(facts, dataset))),
-            ("Judge quality", table(quality_rows(facts))), ("Counts", table(counts))]
+            ("Judge quality", table(quality_rows(facts))), ("Judge principles", principle_rows(stats)),
+            ("Counts", table(counts))]
+
+
+def principle_rows(stats: dict[str, Any]) -> str:
+    """The per-principle table of stats.json (caikit/principle_stats.py) as Markdown."""
+    rows = stats.get("per_principle")
+    if not rows:
+        return f"Per-principle figures: {NOT_MEASURED} (a judge run from before they were recorded)."
+
+    def rate(value: dict[str, Any] | None) -> str:
+        if not value or value.get("rate") is None:
+            return NOT_MEASURED
+        lo, hi = value.get("interval") or (None, None)
+        return percent(value["rate"]) + (f" ({percent(lo)}-{percent(hi)})" if lo is not None else "") + \
+            f" of {value.get('n')}"
+
+    lines = ["Each principle's own verdicts (`caikit constitution stats` recomputes this table): how many pairs it "
+             "judged, how often both orders agreed, how often its pick was the judgment's (on how many pairs it "
+             "shared the decision with other principles), and how often it picked what people picked (95 % "
+             "intervals).", "",
+             "| principle | pairs | position consistency | decided the pair | shared with others | agreement with "
+             "people |", "|---|---|---|---|---|---|"]
+    lines += [f"| {cell(r.get('principle_id'))} | {shown(r.get('pairs'))} | {rate(r.get('position_consistency'))} | "
+              f"{rate(r.get('decided'))} | {shown(r.get('with_others'))} | "
+              f"{rate(r.get('human_agreement')) if r.get('human_agreement') else 'no human labels'} |" for r in rows]
+    return "\n".join(lines)
 
 
 def licence(source: PromptSource) -> str:

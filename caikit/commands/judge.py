@@ -185,7 +185,7 @@ def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, A
     write_jsonl_atomic(run.file(RunDir.PREFERENCES), (p.to_dict() for p in preferences))
     stats = preference_stats(source, run.identity, judgments, preferences, counts, pairs=len(pairs),
                              failures=len(outstanding) + len(sample_failures), min_margin=cfg.min_margin,
-                             skipped=skipped)
+                             skipped=skipped, human=calibration_sides(run))
     stats["gate"] = gate
     stats |= extra_stats or {}
     if sample_failures:
@@ -198,6 +198,11 @@ def finalize_judge(cfg: JudgeConfig, jr, pairs: list[Pair], skipped: dict[str, A
         usage["policy"] = policy_meter.summary()
     run.write_json(RunDir.USAGE, usage)
     return stats
+
+
+def calibration_sides(run: RunDir) -> list[tuple[dict[str, Any], str]]:
+    """The gate's human-labelled judgments, each with the side people preferred (response_a, as judged)."""
+    return [(j, "a") for j in latest_by_id(run.sub(RunDir.CALIBRATION).jsonl(RunDir.JUDGMENTS).iter()).values()]
 
 
 def revision_preferences(pairs: list[Pair], run_id: str, provenance: dict[str, Any]):

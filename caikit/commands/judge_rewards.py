@@ -151,7 +151,7 @@ class RubricJudgeReward(JudgeReward):
         method = resolve_method(opts, self.cached.supports_logprobs, self.cached.name)
         self.logprobs = method == "logprob"  # vote / cot: one answer at temperature 0, parsed
         self.principles = self.constitution.judge_principles
-        self.total_weight = sum(p.weight for p in self.principles)
+        self.total_weight = sum(p.judge_share for p in self.principles)
         if self.total_weight <= 0:
             raise UserError("the judge principles' weights sum to 0: nothing to combine",
                             path=str(self.constitution.path))
@@ -174,7 +174,7 @@ class RubricJudgeReward(JudgeReward):
                 if p_yes is None:  # unanswered: undecided
                     p_yes, misses = 0.5, misses + 1
                 details[f"rubric_{p.id}"].append(p_yes)
-                total += p.weight * p_yes
+                total += p.judge_share * p_yes
             scores.append(total / self.total_weight)
             failed.append(misses / len(self.principles))
         return RewardBatch(scores, {**details, "judge_failed": failed})

@@ -25,6 +25,7 @@ from caikit.report.charts import curves, svg_tradeoff_chart
 from caikit.report.depth import depth_part
 from caikit.report.iterations import iterations_part
 from caikit.report.markup import Raw, cards, col, fmt, messages, missing, table, text
+from caikit.report.principles import constitution_test_part, judge_principles_part
 from caikit.report.sources import (
     TRAINERS,
     Layout,
@@ -326,6 +327,7 @@ SECTIONS = [
     ("training", "Training", (_training,)),
     ("iterations", "Online DPO iterations", (iterations_part,)),
     ("eval", "Evaluation: before vs after", (_eval,)),
+    ("principles", "Constitution principles", (constitution_test_part, judge_principles_part)),
     ("depth", "Depth: how deep did the alignment go?", (depth_part,)),
     ("examples", "Critique and revision examples", (_traces, _pairs)),
     ("config", "Configuration", (_config,)),

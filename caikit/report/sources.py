@@ -24,7 +24,8 @@ from typing import Any
 DISPLAY_ORDER = ("generate", "judge", "eval-judge", "sft", "reward", "dpo", "ppo", "online_dpo", "grpo", "kto", "eval",
                  "depth")
 TRAINERS = ("sft", "reward", "dpo", "ppo", "grpo", "kto")
-RECORD_STAGES = ("generate", "judge", "eval-judge", "eval", "online_dpo", "depth")  # stages whose run.json names them
+RECORD_STAGES = ("generate", "judge", "eval-judge", "eval", "online_dpo", "depth",
+                 "constitution-test")  # stages whose run.json names them
 REWARD_SUMMARY = "eval.json"  # held-out accuracy a reward trainer writes beside its model (train/reward.py)
 
 
@@ -149,7 +150,7 @@ def _stage_status(name: str, path: Path) -> Stage:
     if name == "depth":  # caikit depth: depth.json is the result
         done = (path / "depth.json").is_file()
         return Stage(name, path, "done") if done else Stage(name, path, "incomplete", detail="no depth.json")
-    if name in ("eval", "eval-judge"):
+    if name in ("eval", "eval-judge", "constitution-test"):
         report = read_json(path / "report.json")
         if not report:
             return Stage(name, path, "incomplete", detail="no report.json")

@@ -29,7 +29,7 @@ from caikit.config import option
 from caikit.constitution import weighted_sample
 from caikit.errors import UserError
 from caikit.records import Judgment, Messages, idempotency_key
-from caikit.soft_labels import mean, position_consistent, swap_average
+from caikit.soft_labels import position_consistent, swap_average, weighted_mean
 from caikit.stages.base import Ask, ParseError, render, with_system
 from caikit.stages.judge_methods import METHODS
 from caikit.stages.untrusted import escape_untrusted
@@ -159,7 +159,7 @@ class JudgeSetup:
         """The principles and orders pair `key` is judged under (seeded by the pair, not the order of work)."""
         rng = random.Random(int(idempotency_key("judge-seed", self.opts.seed, key)[-8:], 16))
         k = min(self.opts.principles, len(self.principles))
-        picked = weighted_sample(rng, self.principles, k)
+        picked = weighted_sample(rng, self.principles, k, lambda p: p.judge_share)
         return picked, ORDERS if self.opts.swap else (ORDERS[rng.random() < 0.5],)
 
 
@@ -190,11 +190,18 @@ async def judge_pair(ask: Ask, setup: JudgeSetup, pair: Pair, key: str, run_id: 
         per_principle.append({"principle_id": principle.id, "p_a_first": first, "p_a_swapped": swapped,
                               "p_a": swap_average(first, swapped),
                               "position_consistent": position_consistent(first, swapped)})
-    p_a_first = mean(x["p_a_first"] for x in per_principle if x["p_a_first"] is not None)
-    p_a_swapped = mean(x["p_a_swapped"] for x in per_principle if x["p_a_swapped"] is not None)
+    # Principles drawn in proportion to their judge share are averaged plainly; when every principle judges
+    # the pair, the share weights the average instead (what `caikit constitution fit` fits).
+    share = {p.id: p.judge_share for p in principles}
+    if len(principles) < len(setup.principles) or not any(share.values()):  # (one principle alone: its share is 0)
+        share = dict.fromkeys(share, 1.0)
+    p_a_first = weighted_mean([(x["p_a_first"], share[x["principle_id"]]) for x in per_principle])
+    p_a_swapped = weighted_mean([(x["p_a_swapped"], share[x["principle_id"]]) for x in per_principle])
     return Judgment(id=key, run_id=run_id, pair_id=pair.id, prompt=pair.prompt, response_a=pair.response_a,
                     response_b=pair.response_b, principle_ids=[p.id for p in principles], p_a_first=p_a_first,
-                    p_a_swapped=p_a_swapped, p_a=mean(x["p_a"] for x in per_principle), per_principle=per_principle,
-                    method=setup.method.name, position_consistent=position_consistent(p_a_first, p_a_swapped),
+                    p_a_swapped=p_a_swapped, p_a=weighted_mean([(x["p_a"], share[x["principle_id"]])
+                                                                for x in per_principle]),
+                    per_principle=per_principle, method=setup.method.name,
+                    position_consistent=position_consistent(p_a_first, p_a_swapped),
                     cut_responses=list(pair.cut),
                     raw=list(results), backend=setup.backend)

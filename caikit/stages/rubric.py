@@ -38,10 +38,11 @@ class RubricItem:
     response: str
     principle_id: str
     instruction: str
+    template: str = "rubric"  # the question's wording (critique_flag: does a critique request find a problem?)
 
 
 def build_prompt(item: RubricItem, system_prompt: str = "") -> Messages:
-    question = render("rubric", conversation=escape_untrusted(render_conversation(item.prompt)),
+    question = render(item.template, conversation=escape_untrusted(render_conversation(item.prompt)),
                       response=escape_untrusted(item.response.strip()), instruction=item.instruction.strip())
     return with_system([{"role": "user", "content": question}], system_prompt)
 

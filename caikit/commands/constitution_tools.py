@@ -1,0 +1,204 @@
+"""`caikit constitution fit C --labels L --judge SPEC --out DIR`: fit the judge's principle weights to human labels.
+
+Every labelled pair is judged under every judge principle of C separately, both orders
+(caikit/principle_matrix.py: resumable, nothing paid twice, estimate and --max-cost before sending); a
+regularised logistic model of the person's choice on the principles' probabilities is fitted and
+cross-validated (caikit/constitution_fit.py); DIR/constitution.yaml is C with each principle's fitted
+`judge_weight` and its figures as comments (valid for `caikit constitution validate`); DIR/report.json and
+a printed table give each principle's weight, its agreement with the people on its own, and the ensemble's
+held-out agreement before and after fitting. The judge applies the fitted weights when every principle judges
+every pair (`caikit judge --constitution DIR/constitution.yaml --principles N`, N = the number of principles).
+
+Also here, for `fit`, `infer` and `diff`: the judge options (--judge SPEC) and the reading of preference
+pairs from any file the row reader reads (`caikit label` rows, prompt/chosen/rejected, hh-rlhf transcripts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+from caikit.commands.constitution_test import JudgeSpecOptions
+from caikit.config import option
+from caikit.errors import UserError
+from caikit.records import idempotency_key
+from caikit.rundir import RunDir, note
+from caikit.stages.judge import Pair, pair_id
+
+MIN_LABELLED = 10  # fewer labelled pairs than this cannot be split into folds worth fitting on
+
+
+@dataclasses.dataclass
+class ConstitutionJudgeOptions(JudgeSpecOptions):
+    """The judge options of `constitution test` (--judge SPEC), and what fit, infer and diff add to them."""
+
+    max_failure_rate: float = option(0.5, low=0, high=1, help="exit 1 when more than this share of the judgments "
+                                                              "failed (rerun to retry them)")
+
+    def judge_label(self) -> str:
+        """provider:model of the judge, without any URL (which may carry a key)."""
+        opts = self.judge_options()
+        return f"{opts.backend}:{opts.model_name()}"
+
+
+@dataclasses.dataclass
+class Preferences:
+    """Preference pairs read for a constitution command. Each distinct pair is judged once, its responses on a
+    side drawn by a seeded coin (so response_a is not always the preferred one, and labellers who disagree
+    share one judgment); `choices` holds one (pair index, chose response_a) per person's label."""
+
+    pairs: list[Pair]
+    choices: list[tuple[int, bool]]
+    source: dict[str, Any]
+
+    def preferred_a(self) -> list[bool | None]:
+        """Per pair, the majority's side: True for response_a, None for a tie between labellers."""
+        votes = [0] * len(self.pairs)
+        for i, chose_a in self.choices:
+            votes[i] += 1 if chose_a else -1
+        return [None if v == 0 else v > 0 for v in votes]
+
+
+def read_preferences(path: str, limit: int = 0, seed: int = 0) -> Preferences:
+    """Preferences from `path` (see caikit.rows.read_pairs for the layouts); the first `limit` distinct pairs."""
+    from caikit.rows import read_pairs, text_of
+
+    loaded = read_pairs(path)
+    pairs: list[Pair] = []
+    index: dict[str, int] = {}
+    choices: list[tuple[int, bool]] = []
+    beyond: set[str] = set()
+    for row in loaded.items:
+        chosen, rejected = text_of(row.chosen), text_of(row.rejected)
+        key = idempotency_key("preference-pair", row.prompt, sorted([chosen, rejected]))
+        if key not in index:
+            if limit and len(pairs) >= limit:
+                beyond.add(key)
+                continue
+            a_first = random.Random(f"{seed}:{key}").random() < 0.5
+            a, b = (chosen, rejected) if a_first else (rejected, chosen)
+            index[key] = len(pairs)
+            pairs.append(Pair(pair_id(key[-16:], 0, 1), row.prompt, a, b))
+        i = index[key]
+        choices.append((i, pairs[i].response_a == chosen))
+    if beyond:
+        note("constitution", f"{path}: the first {len(pairs)} of {len(pairs) + len(beyond)} distinct pairs used "
+                             "(--limit; 0 uses all)")
+    return Preferences(pairs, choices, {**loaded.summary(), "distinct_pairs": len(pairs) + len(beyond),
+                                        "pairs_used": len(pairs)})
+
+
+# --- fit ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FitConfig(ConstitutionJudgeOptions):
+    constitution: str = option("", help="the constitution whose judge principles are weighted (a YAML file or a "
+                                        "bundled name such as hhh)")
+    labels: str = option("", help="human preference labels: caikit label rows, prompt/chosen/rejected rows, hh-rlhf "
+                                  "chosen/rejected transcripts (any file the row reader reads)")
+    limit: int = option(32, low=0, help="use only the first N distinct labelled pairs (0: all); each costs "
+                                        "principles x 2 judgments (32 x 3 principles: about 3 min on the embedded "
+                                        "model on 2 CPU cores)")
+    folds: int = option(5, low=2, high=50, help="cross-validation folds (the penalty is chosen by CV, and the "
+                                                "held-out agreement is nested CV)")
+    out: str = option("outputs/constitution-fit", help="output directory: constitution.yaml, report.json and the "
+                                                       "judge's run files")
+
+    def validate(self) -> None:
+        if not self.constitution:
+            raise UserError("give the constitution to fit: caikit constitution fit C --labels L --judge SPEC")
+        if not self.labels:
+            raise UserError("--labels FILE is required (caikit label rows or any labelled pairs file)")
+        ConstitutionJudgeOptions.validate(self)
+
+
+def cell_probability(cell) -> tuple[float, bool]:
+    """(P(a better), read?) of a principle_matrix Cell; an unread cell counts as no evidence (0.5)."""
+    return (cell.p_a, True) if cell.readable and cell.p_a is not None else (0.5, False)
+
+
+def failure_share(matrix) -> float:
+    counts = matrix.counts()
+    total = sum(counts.values())
+    return (total - counts["ok"]) / total if total else 0.0
+
+
+def run_fit(cfg: FitConfig) -> int:
+    import numpy as np
+
+    from caikit.constitution import load_constitution
+    from caikit.constitution_fit import fit_weights, format_table
+    from caikit.constitution_write import with_judge_weights, write_valid
+    from caikit.principle_matrix import judge_matrix
+
+    constitution = load_constitution(cfg.constitution)
+    principles = [p for p in constitution.principles if p.has_judge]  # judge_weight 0 too: a refit may revive it
+    if not principles:
+        raise UserError("has no judge principles to weight", path=str(constitution.path))
+    prefs = read_preferences(cfg.labels, cfg.limit, cfg.seed)
+    if len(prefs.choices) < MIN_LABELLED:
+        raise UserError(f"{len(prefs.choices)} labelled pairs: at least {MIN_LABELLED} are needed to fit and "
+                        "cross-validate weights", path=cfg.labels)
+    matrix = judge_matrix(cfg.judge_options(), prefs.pairs, principles, cfg.out, stage="constitution-fit",
+                          demos=constitution.judge_few_shot)
+    ids = [p.id for p in principles]
+    read = [[cell_probability(matrix.cell(pair.id, pid)) for pid in ids] for pair in prefs.pairs]
+    usable = [(i, chose_a) for i, chose_a in prefs.choices if any(ok for _, ok in read[i])]
+    p = np.array([[value for value, _ in read[i]] for i, _ in usable]).reshape(len(usable), len(ids))
+    y = np.array([1.0 if chose_a else 0.0 for _, chose_a in usable])
+    failed = failure_share(matrix)
+    report: dict[str, Any] = {"constitution": constitution.name, "constitution_path": str(constitution.path),
+                              "constitution_hash": constitution.hash, "labels": prefs.source,
+                              "judge": cfg.judge_label(), "method": matrix.method, "pairs": len(prefs.pairs),
+                              "labels_used": len(usable), "labels_left_out": len(prefs.choices) - len(usable),
+                              "judgments": matrix.counts(), "failure_share": round(failed, 4), "usage": matrix.usage}
+    run = RunDir(cfg.out)
+    if failed > cfg.max_failure_rate or len(usable) < MIN_LABELLED:
+        report["verdict"] = (f"{failed:.0%} of the judgments failed (--max-failure-rate {cfg.max_failure_rate:.0%}): "
+                             "no weights fitted; rerun to retry them")
+        run.write_json(RunDir.REPORT, report)
+        note("constitution fit", report["verdict"] + ": exit 1")
+        return 1
+    before = [p.judge_share for p in principles]
+    result = fit_weights(p, y, np.array(before), folds=cfg.folds, seed=cfg.seed)
+    after_low = result.interval(result.after)[0]
+    if after_low <= 0.5:
+        verdict = (f"the judge is too weak to tell on these pairs: the fitted ensemble agrees with the people on "
+                   f"{result.after:.1%} of held-out pairs, an interval that includes chance (50 %); the weights "
+                   "below are not evidence of what people prefer")
+    else:
+        verdict = (f"fitted: held-out agreement with the people {result.after:.1%} (before {result.before:.1%})")
+    rows = [{"id": pid, "weight_before": before[j], "judge_weight": result.weights[j],
+             "coefficient": round(result.raw_weights[j], 5), "solo_agreement": round(result.solo[j], 4),
+             "solo_interval": result.interval(result.solo[j]), "about_zero": j in result.zero,
+             "unread": sum(not read[i][j][1] for i, _ in usable)} for j, pid in enumerate(ids)]
+    report |= {"verdict": verdict, "penalty": result.lam, "cv_log_loss": result.cv_log_loss, "folds": result.folds,
+               "before": {"agreement": round(result.before, 4), "interval": result.interval(result.before)},
+               "after": {"agreement": round(result.after, 4), "interval": result.interval(result.after)},
+               "principles": rows, "about_zero": [ids[j] for j in result.zero],
+               "apply_with": f"--principles {len(ids)} (every principle judges every pair, averaged by judge_weight)"}
+    written = any(w > 0 for w in result.weights)
+    if written:
+        header = [f"judge_weight fitted by `caikit constitution fit` to {len(usable)} human labels ({cfg.labels}),",
+                  f"judge {cfg.judge_label()} ({matrix.method}); held-out agreement with the people: before "
+                  f"{result.before:.1%}, after {result.after:.1%} ({result.folds}-fold).",
+                  f"Apply it with --principles {len(ids)}: every principle judges every pair.", ""]
+        notes = {row["id"]: [f"judge_weight {row['judge_weight']:.3g} (was {row['weight_before']:.3g}); alone it "
+                             f"agrees with the people on {row['solo_agreement']:.0%} of {len(usable)} pairs"
+                             + ("; weight about 0" if row["about_zero"] else "")] for row in rows}
+        write_valid(run.file("constitution.yaml"), with_judge_weights(constitution.path, dict(zip(ids, result.weights)),
+                                                                      header=header, notes=notes))
+    else:
+        report["verdict"] = ("no principle helps predict the people's choices (every fitted weight is 0): on these "
+                             "pairs the judge is too weak to tell, or the principles go against what people chose")
+    report["constitution_written"] = written
+    run.write_json(RunDir.REPORT, report)
+    print(format_table(ids, result, before))
+    print(report["verdict"])
+    if not written:
+        note("constitution fit", "no constitution.yaml written: exit 1")
+        return 1
+    note("constitution fit", f"-> {cfg.out}/constitution.yaml, {cfg.out}/report.json")
+    return 0
