@@ -194,6 +194,7 @@ def run_test(cfg: TestConfig) -> int:
     constitution = load_constitution(cfg.constitution)
     judge_principles = constitution.judge_principles
     pairs, refs = case_pairs(constitution, cfg.seed)
+    case_pair_count = len(pairs)
     flags = critique_cases(constitution)
     if not pairs and not flags:
         raise UserError("has no cases to test: give principles `cases:` (see docs/constitution.md)",
@@ -216,7 +217,7 @@ def run_test(cfg: TestConfig) -> int:
     report = {"kind": "constitution-test", "constitution": constitution.name, "constitution_hash": constitution.hash,
               "constitution_path": str(constitution.path), "judge": judge_name(jcfg),
               "method": matrix.method, "min_accuracy": cfg.min_accuracy,
-              "pairs": {"cases": len(refs), "extra": len(pairs) - len(refs)}, "judgments": counts,
+              "pairs": {"cases": case_pair_count, "extra": len(pairs) - case_pair_count}, "judgments": counts,
               "critique_checks": {s: sum(f["status"] == s for f in flag_rows) for s in ("ok", "unreadable", "failed",
                                                                                         "missing")},
               "principles": rows, "relations": relations,
