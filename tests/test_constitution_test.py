@@ -148,10 +148,15 @@ def test_redundant_conflicting_distinct_and_a_failing_principle(server, key_file
 
 def test_passing_constitution_exits_0_and_the_report_shows_it(server, key_file, tmp_path):
     constitution = write_constitution(tmp_path / "c.yaml", alpha_right=True)
+    extra = tmp_path / "pairs.jsonl"  # labelled pairs join the shared sample through the row reader
+    extra.write_text("".join(json.dumps({"prompt": f"Extra {i}?", "chosen": replies(100 + i)[0],
+                                         "rejected": replies(100 + i)[1]}) + "\n" for i in range(6)))
     out = tmp_path / "out"
-    assert main(args(server, constitution, out, key_file)) == 0
+    assert main(args(server, constitution, out, key_file, "--pairs", str(extra))) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["failing"] == [] and report["status"] == "passed"
+    assert report["pairs"] == {"cases": 16, "extra": 6}
+    assert relation(report, "longer-1", "longer-2")["shared"] == 22
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "Constitution principles" in page and "longer-1 and longer-2" in page and "redundant" in page
