@@ -39,6 +39,9 @@ class JudgeSpecOptions(JudgeOptions, BackendOptions):
 
     judge: str = option("", help="the judge as PROVIDER[:MODEL][@BASE_URL] (e.g. local:smollm2, openai:gpt-4o-mini, "
                                  "openai:MODEL@http://host:8000/v1); empty: --backend / --model / --base-url")
+    # one principle per judgment, both orders, always (caikit/principle_matrix.py): not options here
+    swap: bool = option(True, help="both orders (always)", metadata={"cli": False})
+    principles: int = option(1, low=1, high=1, help="principles per judgment (always 1)", metadata={"cli": False})
 
     def validate(self) -> None:
         if self.judge:
