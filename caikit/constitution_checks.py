@@ -148,7 +148,8 @@ def principle_relations(matrix, principle_ids: list[str], *, redundant_at: float
     """Every two principles' agreement on the pairs both gave a verdict on. `redundant`: agreement >=
     `redundant_at` on at least `min_shared` pairs. `conflicting`: the disagreements are more than a coin gives,
     p = P(X >= disagreements), X ~ Binomial(n, 1/2), below alpha / (number of principle pairs) (Bonferroni)."""
-    verdicts = {pid: [verdict(c) for c in matrix.column(pid)] for pid in principle_ids}
+    verdicts = {pid: [None if (c := matrix.get(p.id, pid)) is None else verdict(c) for p in matrix.pairs]
+                for pid in principle_ids}
     tests = max(1, len(principle_ids) * (len(principle_ids) - 1) // 2)
     out = []
     for i, first in enumerate(principle_ids):

@@ -232,3 +232,14 @@ def test_kill_9_then_resume_pays_nothing_twice(server, key_file, tmp_path):
     assert main(args(server, constitution, out, key_file)) == 3
     assert not [r for r in server.log if r.status == 200]
     assert_no_key(out, reference)
+
+
+def test_shared_pairs_judges_a_sample_besides_each_principles_own_cases(server, key_file, tmp_path):
+    constitution = write_constitution(tmp_path / "c.yaml", alpha_right=True)
+    out = tmp_path / "out"
+    assert main(args(server, constitution, out, key_file, "--shared-pairs", "6", "--min-shared", "3")) == 0
+    report = json.loads((out / "report.json").read_text())
+    # 6 pairs judged by all 4 principles, and the 10 case pairs outside the sample by their own principle only
+    assert report["judgments"]["ok"] == 4 * 6 + 10
+    assert all(r["judge_cases"]["n"] == 4 for r in report["principles"] if r["judge_cases"])
+    assert relation(report, "longer-1", "longer-2")["shared"] == 6 and report["redundant"] == [["longer-1", "longer-2"]]

@@ -58,6 +58,10 @@ class TestConfig(JudgeSpecOptions):
     pairs: str = option("", help="labelled pairs added to the shared sample for redundancy and conflict (any file "
                                  "the row reader reads: prompt/chosen/rejected, hh-rlhf, caikit label rows)")
     pairs_limit: int = option(64, low=1, high=100_000, help="at most this many of --pairs (the first ones)")
+    shared_pairs: int = option(0, low=0, high=1_000_000, help="every principle judges this many pairs (a seeded "
+                                                              "sample of the cases and --pairs) besides its own "
+                                                              "cases; 0: every pair (the fewer, the cheaper, and the "
+                                                              "weaker the redundancy and conflict tests)")
     min_accuracy: float = option(0.6, low=0, high=1, help="a principle fails when fewer than this share of its cases "
                                                           "are right (an unreadable answer counts as wrong)")
     redundant_agreement: float = option(0.9, above=0.5, high=1, help="two principles are redundant when their "
@@ -83,6 +87,18 @@ class FlagItem:
     @property
     def id(self) -> str:
         return f"{self.principle.id} case {self.index}"
+
+
+def outside_sample(pairs: list, refs: list, shared: int, seed: int):
+    """--shared-pairs N: the `skip` of judge_matrix that leaves each principle its own cases and a seeded sample
+    of N pairs every principle judges (None: every principle judges every pair)."""
+    if not shared or shared >= len(pairs):
+        return None
+    import random
+
+    sample = {p.id for p in random.Random(seed).sample(pairs, shared)}
+    own = {(pair_id, ref.principle_id) for pair_id, ref in refs}
+    return lambda pair, principle: pair.id not in sample and (pair.id, principle.id) not in own
 
 
 def critique_cases(constitution) -> list[FlagItem]:
@@ -206,7 +222,8 @@ def run_test(cfg: TestConfig) -> int:
         pairs += oriented_pairs(load_labelled_pairs(cfg.pairs, limit=cfg.pairs_limit), cfg.seed)
     jcfg = cfg.judge_options()
     matrix = judge_matrix(jcfg, pairs, judge_principles, cfg.out, stage="constitution-test",
-                          demos=constitution.judge_few_shot, also=flag_checker(flags) if flags else None)
+                          demos=constitution.judge_few_shot, also=flag_checker(flags) if flags else None,
+                          skip=outside_sample(pairs, refs, cfg.shared_pairs, cfg.seed))
     flag_rows = matrix.also or []
     outcomes = case_outcomes(matrix, refs) + flag_outcomes(flag_rows)
     rows = principle_rows(constitution.principles, matrix, outcomes, min_accuracy=cfg.min_accuracy)
