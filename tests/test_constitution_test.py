@@ -243,3 +243,13 @@ def test_shared_pairs_judges_a_sample_besides_each_principles_own_cases(server, 
     assert report["judgments"]["ok"] == 4 * 6 + 10
     assert all(r["judge_cases"]["n"] == 4 for r in report["principles"] if r["judge_cases"])
     assert relation(report, "longer-1", "longer-2")["shared"] == 6 and report["redundant"] == [["longer-1", "longer-2"]]
+
+
+@pytest.mark.unit
+def test_binomial_tail_by_hand():
+    from caikit.stats import binomial_upper_tail
+
+    assert binomial_upper_tail(8, 10) == pytest.approx((45 + 10 + 1) / 1024)  # C(10,8) + C(10,9) + C(10,10)
+    assert binomial_upper_tail(0, 5) == 1.0 and binomial_upper_tail(6, 5) == 0.0
+    assert binomial_upper_tail(3, 3, 0.2) == pytest.approx(0.008)
+    assert 0 < binomial_upper_tail(600, 1000) < 1e-9  # large n neither overflows nor underflows to 0
