@@ -128,7 +128,10 @@ def principle_rows(principles: list, matrix, outcomes: list[dict[str, Any]], *, 
                  and row[f"{kind}_cases"]["rate"] < min_accuracy]
         cannot = []
         consistency = row["position_consistency"]
-        if consistency and consistency["n"] and consistency["interval"][0] <= 0.5:
+        # at chance: the interval reaches 0.5 -- judged by the point estimate alone on fewer than 10 pairs, where
+        # even a perfect record's interval does
+        if consistency and consistency["n"] and (consistency["rate"] <= 0.5 or consistency["n"] >= 10
+                                                 and consistency["interval"][0] <= 0.5):
             cannot.append(f"position consistency {consistency['rate']:.0%} is not above chance "
                           f"(95 % interval reaches {consistency['interval'][0]:.0%})")
         cases = row["judge_cases"]
