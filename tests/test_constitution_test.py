@@ -253,3 +253,25 @@ def test_binomial_tail_by_hand():
     assert binomial_upper_tail(0, 5) == 1.0 and binomial_upper_tail(6, 5) == 0.0
     assert binomial_upper_tail(3, 3, 0.2) == pytest.approx(0.008)
     assert 0 < binomial_upper_tail(600, 1000) < 1e-9  # large n neither overflows nor underflows to 0
+
+
+@pytest.mark.unit
+def test_a_principle_that_picks_by_position_cannot_be_applied():
+    from caikit.constitution import Principle
+    from caikit.constitution_checks import principle_relations, principle_rows
+    from caikit.principle_matrix import Cell, Matrix
+    from caikit.stages.judge import Pair
+
+    pairs = [Pair(f"p{i}#0-1", [{"role": "user", "content": "q"}], f"a{i}", f"b{i}") for i in range(12)]
+    cells = {}
+    for p in pairs:  # `steady` prefers response_a in both orders; `first` always says (A): 0.9 then 1 - 0.9
+        cells[(p.id, "steady")] = Cell(p.id, "steady", "ok", 0.8, 0.8, 0.8)
+        cells[(p.id, "first")] = Cell(p.id, "first", "ok", 0.9, 0.1, 0.5)
+    matrix = Matrix(pairs, ["steady", "first"], cells, "logprob", {})
+    rows = {r["id"]: r for r in principle_rows([Principle("steady", judge="j"), Principle("first", judge="k")],
+                                               matrix, [], min_accuracy=0.6)}
+    assert rows["steady"]["cannot_apply"] == [] and rows["steady"]["status"] == "no cases"
+    assert rows["first"]["position_consistency"]["rate"] == 0.0 and rows["first"]["mean_confidence"] == 0.0
+    assert rows["first"]["status"] == "cannot be applied" and "position consistency 0%" in rows["first"]["cannot_apply"][0]
+    (rel,) = principle_relations(matrix, ["steady", "first"])
+    assert rel["shared"] == 0 and not rel["redundant"] and not rel["conflicting"]  # no verdicts: nothing to compare
