@@ -9,7 +9,7 @@ still to judge, and failures are counted like any judge run's.
 The call (kept stable; other commands build on it):
 
     from caikit.principle_matrix import judge_matrix
-    matrix = judge_matrix(cfg, pairs, principles, out, stage="constitution-test", demos=())
+    matrix = judge_matrix(cfg, pairs, principles, out, stage="constitution-test", demos=(), also=None, skip=None)
 
     cfg         a config that is both JudgeOptions and BackendOptions (backend/model/base_url already set,
                 e.g. `cfg.with_spec(cfg.judge)`); `principles` and `swap` are ignored (1 principle per
