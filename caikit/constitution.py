@@ -445,7 +445,8 @@ class _Reader:
                 cases = None
                 continue
             if "flag" not in fields and len(judge_keys) < 2:
-                missing = "'better' and 'worse'" if not judge_keys else f"'{({'better', 'worse'} - set(judge_keys)).pop()}'"
+                other = "worse" if judge_keys == ["better"] else "better"
+                missing = "'better' and 'worse'" if not judge_keys else f"'{other}'"
                 self.problem(item, f"{at} has no {missing} (or 'flag' for a critique case)")
                 cases = None
                 continue

@@ -35,20 +35,23 @@ class CaseRef:
     better_is_a: bool
 
 
-def case_pairs(constitution, seed: int = 0) -> tuple[list[Pair], dict[str, CaseRef]]:
-    """Every judge case as a Pair (id `case:<principle>:<i>#0-1`) and what each pair id refers to."""
-    pairs, refs = [], {}
+def case_pairs(constitution, seed: int = 0) -> tuple[list[Pair], list[tuple[str, CaseRef]]]:
+    """Every distinct judge case as a Pair (id `case:<principle>:<i>#0-1`, named after its first use), and each
+    case of each principle as (pair id, CaseRef): a case two principles share is one pair of the shared sample."""
+    pairs: dict[str, Pair] = {}
+    refs = []
     for principle in constitution.principles:
         for i, case in enumerate(principle.cases, 1):
             if case.kind != "judge":
                 continue
-            pid = f"case:{principle.id}:{i}#0-1"
-            coin = random.Random(int(idempotency_key("case-side", seed, case.prompt, case.better)[-8:], 16))
+            text = idempotency_key("case", case.prompt, case.better, case.worse)
+            coin = random.Random(int(idempotency_key("case-side", seed, text)[-8:], 16))
             better_is_a = coin.random() < 0.5
-            a, b = (case.better, case.worse) if better_is_a else (case.worse, case.better)
-            pairs.append(Pair(pid, case.prompt, a, b))
-            refs[pid] = CaseRef(principle.id, i, case.line, better_is_a)
-    return pairs, refs
+            if text not in pairs:
+                a, b = (case.better, case.worse) if better_is_a else (case.worse, case.better)
+                pairs[text] = Pair(f"case:{principle.id}:{i}#0-1", case.prompt, a, b)
+            refs.append((pairs[text].id, CaseRef(principle.id, i, case.line, better_is_a)))
+    return list(pairs.values()), refs
 
 
 def oriented_pairs(rows: list, seed: int = 0) -> list[Pair]:
@@ -72,10 +75,10 @@ def _rate(successes: float, n: int) -> dict[str, Any]:
     return {"n": n, "rate": successes / n if n else None, "interval": list(interval) if interval else None}
 
 
-def case_outcomes(matrix, refs: dict[str, CaseRef]) -> list[dict[str, Any]]:
+def case_outcomes(matrix, refs: list[tuple[str, CaseRef]]) -> list[dict[str, Any]]:
     """One row per judge case, judged by its own principle: p(better), right (1 / 0.5 for a tie / 0), status."""
     rows = []
-    for pid, ref in refs.items():
+    for pid, ref in refs:
         cell = matrix.cell(pid, ref.principle_id)
         p_better = None if cell.p_a is None else (cell.p_a if ref.better_is_a else 1.0 - cell.p_a)
         right = None if p_better is None else 1.0 if p_better > 0.5 else 0.5 if p_better == 0.5 else 0.0
@@ -125,7 +128,10 @@ def principle_rows(principles: list, matrix, outcomes: list[dict[str, Any]], *, 
                  and row[f"{kind}_cases"]["rate"] < min_accuracy]
         cannot = []
         consistency = row["position_consistency"]
-        if consistency and consistency["n"] and consistency["interval"][0] <= 0.5:
+        # at chance: the interval reaches 0.5 -- judged by the point estimate alone on fewer than 10 pairs, where
+        # even a perfect record's interval does
+        if consistency and consistency["n"] and (consistency["rate"] <= 0.5 or consistency["n"] >= 10
+                                                 and consistency["interval"][0] <= 0.5):
             cannot.append(f"position consistency {consistency['rate']:.0%} is not above chance "
                           f"(95 % interval reaches {consistency['interval'][0]:.0%})")
         cases = row["judge_cases"]
@@ -145,7 +151,8 @@ def principle_relations(matrix, principle_ids: list[str], *, redundant_at: float
     """Every two principles' agreement on the pairs both gave a verdict on. `redundant`: agreement >=
     `redundant_at` on at least `min_shared` pairs. `conflicting`: the disagreements are more than a coin gives,
     p = P(X >= disagreements), X ~ Binomial(n, 1/2), below alpha / (number of principle pairs) (Bonferroni)."""
-    verdicts = {pid: [verdict(c) for c in matrix.column(pid)] for pid in principle_ids}
+    verdicts = {pid: [None if (c := matrix.get(p.id, pid)) is None else verdict(c) for p in matrix.pairs]
+                for pid in principle_ids}
     tests = max(1, len(principle_ids) * (len(principle_ids) - 1) // 2)
     out = []
     for i, first in enumerate(principle_ids):

@@ -9,7 +9,7 @@ still to judge, and failures are counted like any judge run's.
 The call (kept stable; other commands build on it):
 
     from caikit.principle_matrix import judge_matrix
-    matrix = judge_matrix(cfg, pairs, principles, out, stage="constitution-test", demos=())
+    matrix = judge_matrix(cfg, pairs, principles, out, stage="constitution-test", demos=(), also=None, skip=None)
 
     cfg         a config that is both JudgeOptions and BackendOptions (backend/model/base_url already set,
                 e.g. `cfg.with_spec(cfg.judge)`); `principles` and `swap` are ignored (1 principle per
@@ -23,6 +23,8 @@ The call (kept stable; other commands build on it):
     demos       judge demonstrations (constitution.JudgeExample) prepended per cfg.few_shot (0: none)
     also        optional `async (jr: judge_run.JudgeRun) -> Any`, awaited after the cells with the same run
                 directory, runner and backend (a local model is loaded once); its result is `matrix.also`
+    skip        optional `(pair, principle) -> bool`: cells not to judge; they are absent from `matrix.cells`
+                (`matrix.get` gives None, `matrix.column` leaves them out). None: the full matrix
 
     -> Matrix: matrix.cell(pair_id, principle_id) -> Cell(p_a_first, p_a_swapped, p_a, status), where
        p_* = P(response_a is better) in that order / averaged, and status is "ok" (both orders read),
@@ -93,9 +95,13 @@ class Matrix:
     def cell(self, pair_id: str, principle_id: str) -> Cell:
         return self.cells[(pair_id, principle_id)]
 
+    def get(self, pair_id: str, principle_id: str) -> Cell | None:
+        """The cell, or None where `skip` left it out."""
+        return self.cells.get((pair_id, principle_id))
+
     def column(self, principle_id: str) -> list[Cell]:
-        """One principle's cells, in the order of `pairs`."""
-        return [self.cells[(p.id, principle_id)] for p in self.pairs]
+        """One principle's cells, in the order of `pairs` (cells left out by `skip` are not there)."""
+        return [self.cells[(p.id, principle_id)] for p in self.pairs if (p.id, principle_id) in self.cells]
 
     def counts(self) -> dict[str, int]:
         return {s: sum(c.status == s for c in self.cells.values()) for s in STATUSES}
@@ -149,7 +155,8 @@ def cell_setups(base: JudgeSetup, principles: list, demos: list) -> dict[str, Ju
 
 
 def judge_matrix(cfg, pairs: list[Pair], principles: list, out: str | Path, *, stage: str = "principle-matrix",
-                 demos: list | tuple = (), also: Callable[[Any], Awaitable[Any]] | None = None) -> Matrix:
+                 demos: list | tuple = (), also: Callable[[Any], Awaitable[Any]] | None = None,
+                 skip: Callable[[Pair, Any], bool] | None = None) -> Matrix:
     """Judge every (pair, principle) cell not judged yet in `out`, both orders; see the module docstring."""
     _check(pairs, principles)
     cfg = dataclasses.replace(cfg, principles=1, swap=True)
@@ -157,7 +164,7 @@ def judge_matrix(cfg, pairs: list[Pair], principles: list, out: str | Path, *, s
     jr = open_judge(cfg, str(out), stage, {"kind": "principle-matrix"},
                     constitution=_Principles(list(principles), demos))
     setups = cell_setups(jr.setup, principles, [] if jr.setup.method.cot else demos)
-    items = [_Item(pair, p, setups[p.id]) for pair in pairs for p in principles]
+    items = [_Item(pair, p, setups[p.id]) for pair in pairs for p in principles if skip is None or not skip(pair, p)]
     extra: list[Any] = [None]
     try:
         asyncio.run(_run(jr, cfg, items, str(out), also, extra))

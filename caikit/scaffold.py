@@ -39,6 +39,9 @@ def init(cfg: InitConfig) -> int:
         "# Edit constitution.yaml and prompts.jsonl, then: caikit run caikit.yaml\n"
         + yaml.safe_dump(run, sort_keys=False), encoding="utf-8")
     print(f"wrote {out / 'constitution.yaml'}, {out / 'prompts.jsonl'}, {out / 'caikit.yaml'}\n"
-          f"next: caikit constitution validate {out / 'constitution.yaml'} && caikit run {out / 'caikit.yaml'}",
+          f"next: caikit constitution validate {out / 'constitution.yaml'}\n"
+          f"      caikit constitution test {out / 'constitution.yaml'} --judge local:smollm2 "
+          f"--out {out / 'outputs' / 'constitution-test'}   (runs its cases: edit them with the principles)\n"
+          f"      caikit run {out / 'caikit.yaml'}",
           file=sys.stderr)
     return 0

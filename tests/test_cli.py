@@ -76,6 +76,11 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path):
     assert r.returncode == 0, r.stderr
     assert {p.name for p in tmp_path.iterdir()} >= {"constitution.yaml", "prompts.jsonl", "caikit.yaml"}
     assert run_cli("constitution", "validate", str(tmp_path / "constitution.yaml")).returncode == 0
+    from caikit.constitution import load_constitution
+
+    starter = load_constitution(tmp_path / "constitution.yaml")  # every principle comes with cases to test it by
+    assert all(p.judge_cases and p.critique_cases for p in starter.principles)
+    assert "caikit constitution test" in r.stderr
     again = run_cli("init", "--out", str(tmp_path))
     assert again.returncode == 2 and "--force" in again.stderr
     assert run_cli("init", "--out", str(tmp_path), "--force").returncode == 0

@@ -148,10 +148,15 @@ def test_redundant_conflicting_distinct_and_a_failing_principle(server, key_file
 
 def test_passing_constitution_exits_0_and_the_report_shows_it(server, key_file, tmp_path):
     constitution = write_constitution(tmp_path / "c.yaml", alpha_right=True)
+    extra = tmp_path / "pairs.jsonl"  # labelled pairs join the shared sample through the row reader
+    extra.write_text("".join(json.dumps({"prompt": f"Extra {i}?", "chosen": replies(100 + i)[0],
+                                         "rejected": replies(100 + i)[1]}) + "\n" for i in range(6)))
     out = tmp_path / "out"
-    assert main(args(server, constitution, out, key_file)) == 0
+    assert main(args(server, constitution, out, key_file, "--pairs", str(extra))) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["failing"] == [] and report["status"] == "passed"
+    assert report["pairs"] == {"cases": 16, "extra": 6}
+    assert relation(report, "longer-1", "longer-2")["shared"] == 22
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "Constitution principles" in page and "longer-1 and longer-2" in page and "redundant" in page
@@ -227,3 +232,46 @@ def test_kill_9_then_resume_pays_nothing_twice(server, key_file, tmp_path):
     assert main(args(server, constitution, out, key_file)) == 3
     assert not [r for r in server.log if r.status == 200]
     assert_no_key(out, reference)
+
+
+def test_shared_pairs_judges_a_sample_besides_each_principles_own_cases(server, key_file, tmp_path):
+    constitution = write_constitution(tmp_path / "c.yaml", alpha_right=True)
+    out = tmp_path / "out"
+    assert main(args(server, constitution, out, key_file, "--shared-pairs", "6", "--min-shared", "3")) == 0
+    report = json.loads((out / "report.json").read_text())
+    # 6 pairs judged by all 4 principles, and the 10 case pairs outside the sample by their own principle only
+    assert report["judgments"]["ok"] == 4 * 6 + 10
+    assert all(r["judge_cases"]["n"] == 4 for r in report["principles"] if r["judge_cases"])
+    assert relation(report, "longer-1", "longer-2")["shared"] == 6 and report["redundant"] == [["longer-1", "longer-2"]]
+
+
+@pytest.mark.unit
+def test_binomial_tail_by_hand():
+    from caikit.stats import binomial_upper_tail
+
+    assert binomial_upper_tail(8, 10) == pytest.approx((45 + 10 + 1) / 1024)  # C(10,8) + C(10,9) + C(10,10)
+    assert binomial_upper_tail(0, 5) == 1.0 and binomial_upper_tail(6, 5) == 0.0
+    assert binomial_upper_tail(3, 3, 0.2) == pytest.approx(0.008)
+    assert 0 < binomial_upper_tail(600, 1000) < 1e-9  # large n neither overflows nor underflows to 0
+
+
+@pytest.mark.unit
+def test_a_principle_that_picks_by_position_cannot_be_applied():
+    from caikit.constitution import Principle
+    from caikit.constitution_checks import principle_relations, principle_rows
+    from caikit.principle_matrix import Cell, Matrix
+    from caikit.stages.judge import Pair
+
+    pairs = [Pair(f"p{i}#0-1", [{"role": "user", "content": "q"}], f"a{i}", f"b{i}") for i in range(12)]
+    cells = {}
+    for p in pairs:  # `steady` prefers response_a in both orders; `first` always says (A): 0.9 then 1 - 0.9
+        cells[(p.id, "steady")] = Cell(p.id, "steady", "ok", 0.8, 0.8, 0.8)
+        cells[(p.id, "first")] = Cell(p.id, "first", "ok", 0.9, 0.1, 0.5)
+    matrix = Matrix(pairs, ["steady", "first"], cells, "logprob", {})
+    rows = {r["id"]: r for r in principle_rows([Principle("steady", judge="j"), Principle("first", judge="k")],
+                                               matrix, [], min_accuracy=0.6)}
+    assert rows["steady"]["cannot_apply"] == [] and rows["steady"]["status"] == "no cases"
+    assert rows["first"]["position_consistency"]["rate"] == 0.0 and rows["first"]["mean_confidence"] == 0.0
+    assert rows["first"]["status"] == "cannot be applied" and "position consistency 0%" in rows["first"]["cannot_apply"][0]
+    (rel,) = principle_relations(matrix, ["steady", "first"])
+    assert rel["shared"] == 0 and not rel["redundant"] and not rel["conflicting"]  # no verdicts: nothing to compare

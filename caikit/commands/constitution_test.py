@@ -39,6 +39,9 @@ class JudgeSpecOptions(JudgeOptions, BackendOptions):
 
     judge: str = option("", help="the judge as PROVIDER[:MODEL][@BASE_URL] (e.g. local:smollm2, openai:gpt-4o-mini, "
                                  "openai:MODEL@http://host:8000/v1); empty: --backend / --model / --base-url")
+    # one principle per judgment, both orders, always (caikit/principle_matrix.py): not options here
+    swap: bool = option(True, help="both orders (always)", metadata={"cli": False})
+    principles: int = option(1, low=1, high=1, help="principles per judgment (always 1)", metadata={"cli": False})
 
     def validate(self) -> None:
         if self.judge:
@@ -55,6 +58,10 @@ class TestConfig(JudgeSpecOptions):
     pairs: str = option("", help="labelled pairs added to the shared sample for redundancy and conflict (any file "
                                  "the row reader reads: prompt/chosen/rejected, hh-rlhf, caikit label rows)")
     pairs_limit: int = option(64, low=1, high=100_000, help="at most this many of --pairs (the first ones)")
+    shared_pairs: int = option(0, low=0, high=1_000_000, help="every principle judges this many pairs (a seeded "
+                                                              "sample of the cases and --pairs) besides its own "
+                                                              "cases; 0: every pair (the fewer, the cheaper, and the "
+                                                              "weaker the redundancy and conflict tests)")
     min_accuracy: float = option(0.6, low=0, high=1, help="a principle fails when fewer than this share of its cases "
                                                           "are right (an unreadable answer counts as wrong)")
     redundant_agreement: float = option(0.9, above=0.5, high=1, help="two principles are redundant when their "
@@ -80,6 +87,18 @@ class FlagItem:
     @property
     def id(self) -> str:
         return f"{self.principle.id} case {self.index}"
+
+
+def outside_sample(pairs: list, refs: list, shared: int, seed: int):
+    """--shared-pairs N: the `skip` of judge_matrix that leaves each principle its own cases and a seeded sample
+    of N pairs every principle judges (None: every principle judges every pair)."""
+    if not shared or shared >= len(pairs):
+        return None
+    import random
+
+    sample = {p.id for p in random.Random(seed).sample(pairs, shared)}
+    own = {(pair_id, ref.principle_id) for pair_id, ref in refs}
+    return lambda pair, principle: pair.id not in sample and (pair.id, principle.id) not in own
 
 
 def critique_cases(constitution) -> list[FlagItem]:
@@ -194,6 +213,7 @@ def run_test(cfg: TestConfig) -> int:
     constitution = load_constitution(cfg.constitution)
     judge_principles = constitution.judge_principles
     pairs, refs = case_pairs(constitution, cfg.seed)
+    case_pair_count = len(pairs)
     flags = critique_cases(constitution)
     if not pairs and not flags:
         raise UserError("has no cases to test: give principles `cases:` (see docs/constitution.md)",
@@ -202,7 +222,8 @@ def run_test(cfg: TestConfig) -> int:
         pairs += oriented_pairs(load_labelled_pairs(cfg.pairs, limit=cfg.pairs_limit), cfg.seed)
     jcfg = cfg.judge_options()
     matrix = judge_matrix(jcfg, pairs, judge_principles, cfg.out, stage="constitution-test",
-                          demos=constitution.judge_few_shot, also=flag_checker(flags) if flags else None)
+                          demos=constitution.judge_few_shot, also=flag_checker(flags) if flags else None,
+                          skip=outside_sample(pairs, refs, cfg.shared_pairs, cfg.seed))
     flag_rows = matrix.also or []
     outcomes = case_outcomes(matrix, refs) + flag_outcomes(flag_rows)
     rows = principle_rows(constitution.principles, matrix, outcomes, min_accuracy=cfg.min_accuracy)
@@ -216,7 +237,7 @@ def run_test(cfg: TestConfig) -> int:
     report = {"kind": "constitution-test", "constitution": constitution.name, "constitution_hash": constitution.hash,
               "constitution_path": str(constitution.path), "judge": judge_name(jcfg),
               "method": matrix.method, "min_accuracy": cfg.min_accuracy,
-              "pairs": {"cases": len(refs), "extra": len(pairs) - len(refs)}, "judgments": counts,
+              "pairs": {"cases": case_pair_count, "extra": len(pairs) - case_pair_count}, "judgments": counts,
               "critique_checks": {s: sum(f["status"] == s for f in flag_rows) for s in ("ok", "unreadable", "failed",
                                                                                         "missing")},
               "principles": rows, "relations": relations,

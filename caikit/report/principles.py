@@ -34,9 +34,9 @@ def judge_principles_part(layout: Layout, max_examples: int) -> str:
         return ""
     source = "principle_stats.json" if saved.get("principles") else "stats.json"
     out = [f'<h3>Judge principles</h3><p class="sub">Each principle\'s own verdicts in this judge run '
-           f"({escape(layout.rel('judge', source))}): pairs it judged, how often both orders agreed, how often its pick "
-           "was the judgment's (with one principle per pair that is every pair), and how often it picked what people "
-           "picked, where human choices are known.</p>"]
+           f"({escape(layout.rel('judge', source))}): pairs it judged, how often both orders agreed, how often its "
+           "pick was the judgment's (with one principle per pair that is every pair), and how often it picked what "
+           "people picked, where human choices are known.</p>"]
     out.append(table(["principle", "pairs", "position consistency", "decided the pair", "shared with others",
                       "agreement with people"],
                      [[r.get("principle_id"), r.get("pairs"), _rate(r.get("position_consistency")),
@@ -68,7 +68,7 @@ def constitution_test_part(layout: Layout, max_examples: int) -> str:
                       "unreadable", "verdict"],
                      [[r.get("id"), _cases(r.get("judge_cases")), _cases(r.get("critique_cases")),
                        _rate(r.get("position_consistency")), r.get("mean_confidence"), r.get("unreadable_share"),
-                       "; ".join([str(r.get("status"))] + list(r.get("fails") or []) + list(r.get("cannot_apply") or []))]
+                       "; ".join([str(r.get("status")), *(r.get("fails") or []), *(r.get("cannot_apply") or [])])]
                       for r in rows], [1, 2, 3, 4, 5]))
     relations = [r for r in report.get("relations") or [] if isinstance(r, dict) and (r.get("redundant")
                                                                                       or r.get("conflicting"))]
