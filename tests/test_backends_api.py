@@ -1,4 +1,5 @@
-"""OpenAI / Anthropic backends through the real SDKs against the loopback fake: retries, limits, cost, keys."""
+"""OpenAI / Anthropic backends against the loopback fake: retries, limits, cost, keys -- every test on both
+transports (`--http-client aiohttp`, caikit's own wire over aiohttp, and `sdk`, the providers' SDK clients)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def answer(messages, seed=None, index=0) -> str:
     digest = hashlib.sha256(json.dumps([messages, seed, index], sort_keys=True, ensure_ascii=False).encode())
     last_user = [m["content"] for m in messages if m["role"] == "user"][-1]
     return f"Answer {digest.hexdigest()[:8]} to: {last_user[:40]}"
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "sdk"])
+def transport(request, monkeypatch):
+    """Backends made without an explicit http_client take this one."""
+    monkeypatch.setattr("caikit.backends.http_client.DEFAULT", request.param)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
