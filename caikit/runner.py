@@ -26,6 +26,7 @@ from tqdm import tqdm
 from caikit.backends.base import BackendError, Completion
 from caikit.backends.cache import CachingBackend, ItemLedger, UsageMeter, current_item
 from caikit.errors import UserError
+from caikit.index import RecordIndex
 from caikit.records import Failure, Record
 from caikit.rundir import RunDir
 from caikit.stages.base import ParseError, Reply, Request
@@ -243,10 +244,12 @@ def _takes(accept: Callable[[Any, int], Any], attempt: int = 0) -> Callable[[Any
 
 
 def pending(items: list[Any], key_of: Callable[[Any], str], records: JsonlFile) -> tuple[list[tuple[Any, str]], int]:
-    """(item, key) pairs not yet in `records`, and how many were already done."""
-    done = set(latest_by_id(records.iter()))
+    """(item, key) pairs not yet in `records`, and how many were already done: asked of the records' on-disk
+    index (caught up with the file first), so a finished run of any size resumes without reading a record."""
+    index = records.indexed(RecordIndex)
     keyed = [(item, key_of(item)) for item in items]
-    todo = [(item, key) for item, key in keyed if key not in done]
+    missing = set(index.missing(key for _, key in keyed))
+    todo = [(item, key) for item, key in keyed if key in missing]
     return todo, len(keyed) - len(todo)
 
 

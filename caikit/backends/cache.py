@@ -28,6 +28,7 @@ from typing import Any, Callable
 from caikit.backends.base import Backend, BackendError, Completion, Message, Usage
 from caikit.backends.limits import estimate_tokens
 from caikit.errors import UserError
+from caikit.index import RequestIndex
 from caikit.records import canonical_json, idempotency_key
 from caikit.store import JsonlFile
 
@@ -105,26 +106,18 @@ class CachingBackend(Backend):
         self.log = log
         self.meter = meter or UsageMeter(inner.model)
         self.max_cost = max_cost  # USD for the whole run directory; None: no limit
-        self._done: dict[str, dict[str, Any]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._reserved: dict[str, float] = {}  # worst-case USD of each request in flight
         self._reserved_total = 0.0  # their sum, kept as they come and go (batch mode has every request in flight)
         self._over_budget: float | None = None  # once set (the worst case that did not fit), no new request starts
-        self._by_item: dict[str, Usage] = {}  # item id -> usage of every row made for it
-        for row in log.iter():
-            self._remember(row)
-
-    def _remember(self, row: dict[str, Any]) -> None:
-        usage = Usage.from_dict(row.get("usage"))
-        self.meter.add(usage)
-        if row.get("item"):
-            self._by_item.setdefault(row["item"], Usage()).add(usage)
-        if row.get("final", True):
-            self._done[row["key"]] = row
+        # Where each final answer is and what each item used live in the log's on-disk index (caikit.index),
+        # not in memory: a million-prompt log costs a few bytes of RAM, and a rerun reads no row it does not replay
+        self.index = log.indexed(RequestIndex)
+        self.meter.add(Usage.from_dict(self.index.usage()))
 
     def usage_of(self, item_id: str) -> Usage:
         """Everything the request log holds for `item_id`: its share of usage.json."""
-        return Usage().add(self._by_item.get(item_id, Usage()))
+        return Usage.from_dict(self.index.usage(item_id))
 
     def _key(self, kind: str, payload: dict[str, Any]) -> str:
         return idempotency_key(kind, self.inner.describe().get("model"), canonical_json(payload))
@@ -133,9 +126,10 @@ class CachingBackend(Backend):
         """Run `call` at most once per key with a final answer, also across concurrent identical requests.
 
         `worst_case` = (prompt tokens, completion tokens) the request may bill, for --max-cost."""
-        if key in self._done:
+        where = self.index.final(key)
+        if where is not None:
             self.meter.cached_requests += 1
-            return self._done[key]
+            return self.log.read_at(*where)
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
         if self.max_cost is not None:
@@ -154,8 +148,8 @@ class CachingBackend(Backend):
             if ledger is not None:
                 row["item"] = ledger.item_id
                 ledger.attempts += Usage.from_dict(row.get("usage")).requests or 1
-            self.log.append(row)  # persisted before anyone uses the answer
-            self._remember(row)
+            self.log.append(row)  # persisted (and indexed) before anyone uses the answer
+            self.meter.add(Usage.from_dict(row.get("usage")))
             fut.set_result(row)
             return row
         except BaseException as e:
