@@ -25,7 +25,7 @@ from caikit.backends.limits import RateLimiter, estimate_tokens
 from caikit.backends.retry import RetryPolicy, call_with_retries, describe_api_error, retry_after_of_error
 from caikit.errors import UserError
 
-ANTHROPIC_VERSION = "2023-06-01"  # the API version header, where the SDK does not say which it sends
+ANTHROPIC_VERSION = "2023-06-01"  # the Messages API version header (--http-client aiohttp)
 MAX_CACHE_BREAKPOINTS = 4  # the API's limit per request
 # Prompt caching: Anthropic caches up to each `cache_control` breakpoint, from a per-model minimum
 # (shorter marked prefixes are simply not cached).
@@ -137,8 +137,7 @@ class AnthropicBackend(APIBackend):
 
     def make_lean_client(self) -> AiohttpClient:
         base = self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
-        version = getattr(getattr(self._sdk, "_constants", None), "ANTHROPIC_API_VERSION", ANTHROPIC_VERSION)
-        return AiohttpClient(base, {"x-api-key": self._api_key, "anthropic-version": version}, self.timeout)
+        return AiohttpClient(base, {"x-api-key": self._api_key, "anthropic-version": ANTHROPIC_VERSION}, self.timeout)
 
     async def _send(self, params: dict[str, Any]):
         if self.http_client != "aiohttp":

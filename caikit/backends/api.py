@@ -99,14 +99,15 @@ RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 
 
 class APIBackend(Backend):
-    """A provider reached through its SDK. Subclasses give `import_sdk` and `make_client`."""
+    """A provider reached over HTTP: through caikit's aiohttp client or the provider's SDK (--http-client).
+    Subclasses give `import_sdk`, `make_client` (the SDK's) and `make_lean_client` (aiohttp)."""
 
     def __init__(self, model: str, *, base_url: str | None, api_key_env: str, timeout: float,
                  retry: RetryPolicy | None, limiter: RateLimiter | None, api_key_file: str | None = None,
                  http_client: str | None = None):
         super().__init__(model)
         api_key = load_api_key(api_key_env, api_key_file, self.name)
-        self._sdk = self.import_sdk()
+        self._sdk_module = None  # imported when first needed: --http-client aiohttp sends without it
         self._api_key = api_key
         self.base_url = base_url or None
         self.timeout = timeout
@@ -119,6 +120,10 @@ class APIBackend(Backend):
         self.http_client = http_client or default_http_client()  # "aiohttp" | "sdk": see http_client.py
         if self.http_client not in HTTP_CLIENTS:
             raise UserError(f"--http-client must be one of {' | '.join(HTTP_CLIENTS)}, got {self.http_client!r}")
+        if self.http_client == "sdk":
+            self._sdk_module = self.import_sdk()  # a missing SDK fails here, before any work
+        else:
+            import aiohttp  # noqa: F401 - imported now, not inside the first request's timing
 
     @classmethod
     def from_options(cls, opts, *, in_flight: int) -> "APIBackend":
@@ -152,15 +157,23 @@ class APIBackend(Backend):
     def import_sdk() -> Any:
         raise NotImplementedError
 
+    @property
+    def _sdk(self) -> Any:
+        if self._sdk_module is None:
+            self._sdk_module = self.import_sdk()
+        return self._sdk_module
+
     def is_retryable(self, exc: BaseException) -> bool:
         """408/409/429 and every 5xx (Anthropic's 529 "overloaded" included), connection errors and
         timeouts, and bodies that do not parse or validate. Both SDKs name these errors alike."""
-        sdk = self._sdk
-        if isinstance(exc, (sdk.APIStatusError, lean.APIStatusError)):
+        if isinstance(exc, lean.APIStatusError):
             return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
-        if isinstance(exc, (sdk.APIConnectionError, lean.APIConnectionError, sdk.APIResponseValidationError,
-                            MalformedResponse,
-                            json.JSONDecodeError)):  # APITimeoutError is an APIConnectionError
+        if isinstance(exc, (lean.APIConnectionError, MalformedResponse, json.JSONDecodeError)):
+            return True  # APITimeoutError is an APIConnectionError
+        sdk = self._sdk
+        if isinstance(exc, sdk.APIStatusError):
+            return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError)):
             return True
         try:
             import pydantic
