@@ -59,7 +59,8 @@ class JsonlIndex:
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
                 db.execute("PRAGMA journal_mode=WAL")  # readers (worker processes) never wait for the writer
                 db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_META + ";" + self.SCHEMA)
+                if self.writer:  # a reader (a worker process) never writes: the lock holder made the tables
+                    db.executescript(_META + ";" + self.SCHEMA)
                 db.execute("SELECT count(*) FROM meta").fetchone()
                 return db
             except sqlite3.DatabaseError:

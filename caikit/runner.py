@@ -111,7 +111,8 @@ def run_then_close(work: Awaitable[T], *backends: Any) -> T:
     return asyncio.run(main())
 
 
-def open_backend(run: RunDir, backend, opts, *, log_name: str = RunDir.REQUESTS) -> tuple[CachingBackend, UsageMeter]:
+def open_backend(run: RunDir, backend, opts, *, log_name: str = RunDir.REQUESTS,
+                 log: JsonlFile | None = None) -> tuple[CachingBackend, UsageMeter]:
     """`backend` dressed for a run directory: through the batch API when `opts.batch_api`, every completed
     request logged in `run/log_name` (a rerun re-requests nothing final), tokens and cost metered, spending
     capped by `opts.max_cost`."""
@@ -124,7 +125,8 @@ def open_backend(run: RunDir, backend, opts, *, log_name: str = RunDir.REQUESTS)
     prices = getattr(opts, "prices", "")
     meter = UsageMeter(backend.model, price_overrides=load_price_overrides(prices) if prices else None,
                        batch=bool(getattr(opts, "batch_api", False)))
-    cached = CachingBackend(backend, run.jsonl(log_name), meter, max_cost=getattr(opts, "max_cost", 0.0) or None)
+    cached = CachingBackend(backend, log if log is not None else run.jsonl(log_name), meter,
+                            max_cost=getattr(opts, "max_cost", 0.0) or None)
     return cached, meter
 
 
