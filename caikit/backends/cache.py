@@ -113,6 +113,7 @@ class CachingBackend(Backend):
         # Where each final answer is and what each item used live in the log's on-disk index (caikit.index),
         # not in memory: a million-prompt log costs a few bytes of RAM, and a rerun reads no row it does not replay
         self.index = log.indexed(RequestIndex)
+        self._model_name = inner.describe().get("model")  # in every request's key; asked once, not per request
         self.meter.add(Usage.from_dict(self.index.usage()))
 
     def usage_of(self, item_id: str) -> Usage:
@@ -120,7 +121,7 @@ class CachingBackend(Backend):
         return Usage.from_dict(self.index.usage(item_id))
 
     def _key(self, kind: str, payload: dict[str, Any]) -> str:
-        return idempotency_key(kind, self.inner.describe().get("model"), canonical_json(payload))
+        return idempotency_key(kind, self._model_name, canonical_json(payload))
 
     async def _once(self, key: str, call, worst_case: tuple[int, int] = (0, 0)):
         """Run `call` at most once per key with a final answer, also across concurrent identical requests.
