@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -296,3 +297,14 @@ def test_the_request_index_sums_usage_per_item_and_keeps_the_first_final_answer(
     assert log.read_at(*index.final("a"))["usage"]["prompt_tokens"] == 7  # the final row, not the unusable one
     assert index.final("c") is None
     log.close()
+
+
+@pytest.mark.unit
+def test_probe_suggests_workers_from_the_servers_capacity():
+    from caikit.backends.probe import REQUESTS_PER_PROCESS, suggest_workers
+
+    assert suggest_workers(16, 0.2, cores=8) == 1  # 80 requests/s: one process is plenty
+    # a server answering 256 at once in 0.1 s takes 2,560 requests/s: three processes' worth at 1,000 each
+    assert suggest_workers(256, 0.1, cores=8) == math.ceil(2560 / REQUESTS_PER_PROCESS)
+    assert suggest_workers(4096, 0.05, cores=4) == 4  # never more than the cores
+    assert suggest_workers(None, 0.2) == suggest_workers(8, None) == 1  # capacity unknown
