@@ -157,6 +157,8 @@ class JsonlIndex:
             if not self._in_txn:
                 self._begin()
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('indexed_bytes', ?)", (self._end,))
+            if self._end:  # the file exists now (an index made before its first line knew no inode)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('inode', ?)", (os.stat(self.jsonl.path).st_ino,))
             self.db.execute("COMMIT")
             self._in_txn = False
             self._last_commit = time.monotonic()

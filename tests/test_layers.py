@@ -19,9 +19,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "caikit"
 FOUNDATION = ("caikit.errors", "caikit.records", "caikit.config", "caikit.secrets", "caikit.store",
               "caikit.rundir", "caikit.shard", "caikit.soft_labels", "caikit.stats", "caikit.constitution",
               "caikit.rows", "caikit.prompts", "caikit.metrics", "caikit.plots", "caikit.diversity", "caikit.models",
-              "caikit.generation", "caikit.vllm_engine", "caikit.random_init")
+              "caikit.generation", "caikit.vllm_engine", "caikit.random_init", "caikit.index")
 RUNNER = ("caikit.runner", "caikit.estimate", "caikit.preferences", "caikit.judge_run", "caikit.gate",
-          "caikit.sft_data")
+          "caikit.sft_data", "caikit.workers")
 LAYERS = {"foundation": 0, "backends": 1, "testing": 1, "stages": 2, "runner": 3, "top": 4}
 # what each top-level family may not import (beside one another, not above)
 SIDEWAYS = {

@@ -275,6 +275,8 @@ def test_a_finished_run_resumes_from_the_index_without_reading_a_record(tmp_path
         real_iter, real_read_at = JsonlFile.iter, JsonlFile.read_at
         monkeypatch.setattr(JsonlFile, "iter", lambda self: read.append(self.path.name) or real_iter(self))
         monkeypatch.setattr(JsonlFile, "read_at", lambda self, *a: read.append(self.path.name) or real_read_at(self, *a))
+        for cls in (RecordIndex, RequestIndex):  # nor is any index rebuilt from its file
+            monkeypatch.setattr(cls, "add", lambda self, row, *a: read.append(self.jsonl.path.name))
         server.reset_log()
         assert cli_main(generate_args(out, prompts, server)) == 0
         assert len(server.log) == 0
@@ -282,6 +284,20 @@ def test_a_finished_run_resumes_from_the_index_without_reading_a_record(tmp_path
     assert {name: (out / name).read_bytes() for name in before} == before
     usage = json.loads((out / "usage.json").read_text())
     assert usage["requests"] == 24 and usage["traces"] == 8
+
+
+@pytest.mark.unit
+def test_an_index_made_before_its_file_existed_is_not_rebuilt(tmp_path, monkeypatch):
+    log = JsonlFile(tmp_path / "requests.jsonl")
+    log.indexed(RequestIndex)  # a fresh run: the index comes first
+    for i in range(3):
+        log.append({"key": f"k{i}", "usage": {"requests": 1}})
+    log.close()
+    indexed = []
+    real_add = RequestIndex.add
+    monkeypatch.setattr(RequestIndex, "add", lambda self, *a: indexed.append(a) or real_add(self, *a))
+    again = JsonlFile(log.path).indexed(RequestIndex)
+    assert indexed == [] and again.usage()["requests"] == 3  # read from the index, no line read again
 
 
 @pytest.mark.unit
