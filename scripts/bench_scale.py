@@ -205,8 +205,9 @@ def main() -> None:
                       + f"  {one['seconds'] / w['seconds']:.2f}x 1 process", flush=True)
             again = caikit_generate(url, prompts, Path(tmp) / f"run-{n}", args.concurrency,
                                     http_client=args.http_client)
-            print(f"  resume of the finished run: {again['seconds']:.2f} s wall ({again['seconds'] / n * 1e5:.2f} s "
-                  f"per 100,000 prompts, start-up included), peak RSS {again['rss_mb']:.0f} MB", flush=True)
+            print(f"  resume of the finished run: {again['seconds']:.2f} s wall, {again['cpu']:.2f} s CPU "
+                  f"({again['seconds'] / n * 1e5:.2f} s wall per 100,000 prompts, start-up included), "
+                  f"peak RSS {again['rss_mb']:.0f} MB", flush=True)
     if len(peaks) >= 2:
         (n0, m0), (n1, m1) = sorted(peaks.items())[0], sorted(peaks.items())[-1]
         per = (m1 - m0) * 1024 * 1024 / (n1 - n0)
