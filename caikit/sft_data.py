@@ -60,12 +60,13 @@ def _signature(trace_log, failure_log, prompt_order, *flags) -> str:
 
 def _rebuild(run: RunDir, prompt_order, trace_log, traces, failure_log, failures, *, keep_truncated, keep_degenerate,
              extra_stats) -> dict[str, int]:
+    # (position in the prompt file, offset, length): three ints a trace, sorted like the prompt file
     order = {pid: i for i, pid in enumerate(prompt_order)}
-    entries = sorted(traces.entries(), key=lambda e: order.get(e[3], len(order)))
+    entries = sorted((order.get(label, len(order)), offset, length) for _, offset, length, label in traces.entries())
     del order
 
     def sft_rows():
-        for _, offset, length, _ in entries:
+        for _, offset, length in entries:
             trace = trace_log.read_at(offset, length)
             if usable_for_sft(trace, keep_truncated=keep_truncated, keep_degenerate=keep_degenerate):
                 yield SFTExample.from_trace(Trace.from_dict(trace)).to_dict()
