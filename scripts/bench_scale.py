@@ -25,7 +25,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import resource
 import subprocess
 import sys
 import tempfile
