@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 Messages = list[dict[str, str]]
@@ -25,6 +25,26 @@ def idempotency_key(stage: str, *parts: Any) -> str:
     return f"{stage}-{digest[:24]}"
 
 
+def plain(value: Any) -> Any:
+    """dataclasses.asdict without its deep copy of every leaf (which cost more CPU than sending the request):
+    dataclasses become dicts, lists and dicts are rebuilt, strings and numbers are shared."""
+    names = _FIELD_NAMES.get(type(value))
+    if names is None and hasattr(value, "__dataclass_fields__") and not isinstance(value, type):
+        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in fields(value))
+    if names is not None:
+        return {name: plain(getattr(value, name)) for name in names}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return type(value)(plain(v) for v in value) if type(value) is tuple else value
+    return value
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -36,7 +56,7 @@ class Record:
     created_at: str = field(default_factory=now_iso)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):

@@ -128,7 +128,7 @@ class RunDir:
             from caikit import __version__
 
             write_json_atomic(run.file(cls.RUN), {"stage": stage, "identity": identity, "shard": shard,
-                                                  "caikit_version": __version__})
+                                                  "caikit_version": __version__, **transport_of(cfg)})
         except BaseException:
             lock.release()
             raise
@@ -164,6 +164,14 @@ class RunDir:
     def sub(self, name: str) -> "RunDir":
         """A directory inside this one (e.g. the gate's calibration judgments), under the same lock."""
         return RunDir(self.path / name, stage=self.stage, identity=self.identity)
+
+
+def transport_of(cfg: Any) -> dict[str, Any]:
+    """How an API backend's requests travel (--http-client), for run.json; nothing for an in-process model."""
+    provider = getattr(cfg, "provider", None)
+    if not getattr(cfg, "http_client", "") or provider is None or provider().in_process:
+        return {}
+    return {"http_client": cfg.http_client}
 
 
 def run_id_of(identity: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 from caikit.backends.base import BackendError, Completion
 from caikit.backends.cache import CachingBackend, ItemLedger, UsageMeter, current_item
 from caikit.errors import UserError
+from caikit.index import RecordIndex
 from caikit.progress import Progress, count_request
 from caikit.records import Failure, Record
 from caikit.rundir import RunDir, note
@@ -101,7 +102,8 @@ def run_then_close(work: Awaitable[T], *backends: Any) -> T:
     return asyncio.run(main())
 
 
-def open_backend(run: RunDir, backend, opts, *, log_name: str = RunDir.REQUESTS) -> tuple[CachingBackend, UsageMeter]:
+def open_backend(run: RunDir, backend, opts, *, log_name: str = RunDir.REQUESTS,
+                 log: JsonlFile | None = None) -> tuple[CachingBackend, UsageMeter]:
     """`backend` dressed for a run directory: through the batch API when `opts.batch_api`, every completed
     request logged in `run/log_name` (a rerun re-requests nothing final), tokens and cost metered, spending
     capped by `opts.max_cost`."""
@@ -114,7 +116,8 @@ def open_backend(run: RunDir, backend, opts, *, log_name: str = RunDir.REQUESTS)
     prices = getattr(opts, "prices", "")
     meter = UsageMeter(backend.model, price_overrides=load_price_overrides(prices) if prices else None,
                        batch=bool(getattr(opts, "batch_api", False)))
-    cached = CachingBackend(backend, run.jsonl(log_name), meter, max_cost=getattr(opts, "max_cost", 0.0) or None)
+    cached = CachingBackend(backend, log if log is not None else run.jsonl(log_name), meter,
+                            max_cost=getattr(opts, "max_cost", 0.0) or None)
     return cached, meter
 
 
@@ -276,10 +279,12 @@ def exit_status(command: str, *, made: int, made_what: str, failures: int, attem
 
 
 def pending(items: list[Any], key_of: Callable[[Any], str], records: JsonlFile) -> tuple[list[tuple[Any, str]], int]:
-    """(item, key) pairs not yet in `records`, and how many were already done."""
-    done = set(latest_by_id(records.iter()))
+    """(item, key) pairs not yet in `records`, and how many were already done: asked of the records' on-disk
+    index (caught up with the file first), so a finished run of any size resumes without reading a record."""
+    index = records.indexed(RecordIndex)
     keyed = [(item, key_of(item)) for item in items]
-    todo = [(item, key) for item, key in keyed if key not in done]
+    missing = set(index.missing(key for _, key in keyed))
+    todo = [(item, key) for item, key in keyed if key in missing]
     return todo, len(keyed) - len(todo)
 
 

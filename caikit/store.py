@@ -41,6 +41,15 @@ class JsonlFile:
         self._lock = threading.Lock()
         self._fh = None
         self._last_sync = 0.0
+        self._end = 0  # the file's size while we append to it: the next line's offset
+        self._reader = None
+        self.index = None  # an index.JsonlIndex told of every line appended (see indexed())
+
+    def indexed(self, index_class) -> "JsonlFile":
+        """Keep an index of this file (caikit.index), caught up now and told of every append."""
+        if self.index is None:
+            self.index = index_class(self)
+        return self.index
 
     def repair(self) -> int:
         """Drop a torn (unterminated or unparseable) last line left by a crash. Returns bytes dropped."""
@@ -87,15 +96,20 @@ class JsonlFile:
             yield row
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one line, or raise OSError (a full disk) leaving the file as it was before this call: the
-        handle is unbuffered, so a failed write leaves nothing pending in a buffer, and the torn tail a
-        partial write may leave is cut off before the next line (`repair`)."""
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        """Write one line, or raise OSError (a full disk) leaving the file as it was before this call."""
+        self.append_line((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"), record)
+
+    def append_line(self, line: bytes, record: dict[str, Any]) -> None:
+        """Append `line` (`record` serialised, ending in a newline), then tell the index. On OSError (a full
+        disk) the file is left as it was before this call: the handle is unbuffered, so a failed write leaves
+        nothing pending in a buffer, and the torn tail a partial write may leave is cut off (`repair`)."""
         with self._lock, naming(self.path):
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.repair()
                 self._fh = open(self.path, "ab", buffering=0)
+                self._end = self._fh.seek(0, os.SEEK_END)
+            offset = self._end
             try:
                 view = memoryview(line)
                 while view:
@@ -108,10 +122,28 @@ class JsonlFile:
                 except OSError:
                     pass  # (then the next append repairs it before writing)
                 raise
+            self._end += len(line)
+            if self.index is not None:
+                self.index.appended(record, offset, len(line))
             now = time.monotonic()
             if now - self._last_sync >= self.fsync_interval:
                 os.fsync(self._fh.fileno())
                 self._last_sync = now
+
+    def read_at(self, offset: int, length: int) -> dict[str, Any]:
+        """The row whose line starts at byte `offset` (an index's pointer)."""
+        with self._lock:
+            if self._reader is None:
+                self._reader = open(self.path, "rb")
+            self._reader.seek(offset)
+            raw = self._reader.read(length)
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise UserError(f"no JSON object at byte {offset} (the file changed under its index?)", path=str(self.path))
+        return row
 
     def close(self) -> None:
         with self._lock, naming(self.path):
@@ -121,6 +153,12 @@ class JsonlFile:
                 finally:
                     self._fh.close()
                     self._fh = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        if self.index is not None:
+            self.index.close()
+            self.index = None
 
 
 def temporary_path(path: Path) -> Path:

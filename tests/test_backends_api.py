@@ -1,4 +1,5 @@
-"""OpenAI / Anthropic backends through the real SDKs against the loopback fake: retries, limits, cost, keys."""
+"""OpenAI / Anthropic backends against the loopback fake: retries, limits, cost, keys -- every test on both
+transports (`--http-client aiohttp`, caikit's own wire over aiohttp, and `sdk`, the providers' SDK clients)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,13 @@ def clock(monkeypatch) -> VirtualClock:
     monkeypatch.setattr(limits, "time", types.SimpleNamespace(monotonic=lambda: virtual.now))
     monkeypatch.setattr(limits, "asyncio", types.SimpleNamespace(**{**vars(asyncio), "sleep": virtual.sleep}))
     return virtual
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "sdk"])
+def transport(request, monkeypatch):
+    """Backends made without an explicit http_client take this one."""
+    monkeypatch.setattr("caikit.backends.http_client.DEFAULT", request.param)
+    return request.param
 
 
 @pytest.fixture(autouse=True)

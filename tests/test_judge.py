@@ -210,7 +210,7 @@ def test_logprob_judge_end_to_end_swap_margin_ties_and_resume(tmp_path):
         assert usage["requests"] == requests and usage["prompt_tokens"] > 0
         for name in ("config.yaml", "run.json", "failures.jsonl", "requests.jsonl"):
             assert (out / name).exists()
-        assert all(KEY not in p.read_text() for p in out.iterdir())
+        assert all(KEY.encode() not in p.read_bytes() for p in out.iterdir() if p.is_file())
 
         # rerun: nothing requested again; a higher --min-margin only re-derives preferences
         cfg.min_margin = 0.35

@@ -21,9 +21,9 @@ FOUNDATION = ("caikit.errors", "caikit.records", "caikit.config", "caikit.secret
               "caikit.rows", "caikit.prompts", "caikit.metrics", "caikit.plots", "caikit.diversity", "caikit.models",
               "caikit.generation", "caikit.vllm_engine", "caikit.random_init", "caikit.categories",
               "caikit.lazy_imports", "caikit.progress", "caikit.trackers", "caikit.constitution_fit",
-              "caikit.constitution_infer", "caikit.constitution_write", "caikit.principle_stats")
+              "caikit.constitution_infer", "caikit.constitution_write", "caikit.principle_stats", "caikit.index")
 RUNNER = ("caikit.runner", "caikit.estimate", "caikit.preferences", "caikit.judge_run", "caikit.gate",
-          "caikit.sft_data", "caikit.principle_matrix", "caikit.constitution_checks")
+          "caikit.sft_data", "caikit.principle_matrix", "caikit.constitution_checks", "caikit.workers")
 LAYERS = {"foundation": 0, "backends": 1, "testing": 1, "stages": 2, "runner": 3, "top": 4}
 # what each top-level family may not import (beside one another, not above)
 SIDEWAYS = {

@@ -11,6 +11,7 @@ and writes beside (not inside) `input_tokens`.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from typing import Any
 
@@ -19,10 +20,12 @@ from caikit.backends.base import (BackendError, Completion, LogprobsUnsupported,
                                   check_answer_size,
                                   is_text, prefix_ends, token_count)
 from caikit.backends.cost import Price, lookup_model
+from caikit.backends.http_client import AiohttpClient
 from caikit.backends.limits import RateLimiter, estimate_tokens
 from caikit.backends.retry import RetryPolicy, call_with_retries, describe_api_error, retry_after_of_error
 from caikit.errors import UserError
 
+ANTHROPIC_VERSION = "2023-06-01"  # the Messages API version header (--http-client aiohttp)
 MAX_CACHE_BREAKPOINTS = 4  # the API's limit per request
 # Prompt caching: Anthropic caches up to each `cache_control` breakpoint, from a per-model minimum
 # (shorter marked prefixes are simply not cached).
@@ -118,9 +121,9 @@ class AnthropicBackend(APIBackend):
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "ANTHROPIC_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy | None = None, limiter: RateLimiter | None = None,
-                 api_key_file: str | None = None):
+                 api_key_file: str | None = None, http_client: str | None = None):
         super().__init__(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, retry=retry,
-                         limiter=limiter, api_key_file=api_key_file)
+                         limiter=limiter, api_key_file=api_key_file, http_client=http_client)
         self.send_temperature = accepts_temperature(model)
     import_sdk = staticmethod(_import_sdk)
 
@@ -133,6 +136,16 @@ class AnthropicBackend(APIBackend):
         base_url, query = split_base_url(self.base_url)  # ?api-version=...: sent with every request
         return self._sdk.AsyncAnthropic(api_key=self._api_key, base_url=base_url, default_query=query,
                                         timeout=self.timeout, max_retries=0)
+
+    def make_lean_client(self) -> AiohttpClient:
+        base = self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+        return AiohttpClient(base, {"x-api-key": self._api_key, "anthropic-version": ANTHROPIC_VERSION}, self.timeout)
+
+    async def _send(self, params: dict[str, Any]):
+        if self.http_client != "aiohttp":
+            return await self._client().messages.create(**params)
+        body = {k: v for k, v in params.items() if k != "extra_body"}  # merged into the body, as the SDK does
+        return await self._client().post_json("/v1/messages", {**body, **params.get("extra_body", {})})
 
 
     @staticmethod
@@ -154,7 +167,7 @@ class AnthropicBackend(APIBackend):
             nonlocal admission
             async with self.limiter.slot(estimated) as admission:
                 self.check_not_refused()
-                message = await self._client().messages.create(**params)
+                message = await self._send(params)
             check_message(message, max_tokens=params.get("max_tokens"))
             return message
 

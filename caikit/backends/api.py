@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from caikit.backends import http_client as lean
 from caikit.backends.base import Backend, BackendError, MalformedResponse, Usage
+from caikit.backends.http_client import HTTP_CLIENTS, default_http_client
 from caikit.backends.limits import RateLimiter
 from caikit.backends.retry import RetryPolicy
 from caikit.secrets import public_url
@@ -114,13 +116,15 @@ RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 
 
 class APIBackend(Backend):
-    """A provider reached through its SDK. Subclasses give `import_sdk` and `make_client`."""
+    """A provider reached over HTTP: through caikit's aiohttp client or the provider's SDK (--http-client).
+    Subclasses give `import_sdk`, `make_client` (the SDK's) and `make_lean_client` (aiohttp)."""
 
     def __init__(self, model: str, *, base_url: str | None, api_key_env: str, timeout: float,
-                 retry: RetryPolicy | None, limiter: RateLimiter | None, api_key_file: str | None = None):
+                 retry: RetryPolicy | None, limiter: RateLimiter | None, api_key_file: str | None = None,
+                 http_client: str | None = None):
         super().__init__(model)
         api_key = load_api_key(api_key_env, api_key_file, self.name)
-        self._sdk = self.import_sdk()
+        self._sdk_module = None  # imported when first needed: --http-client aiohttp sends without it
         self._api_key = api_key
         self.base_url = base_url or None
         self.timeout = timeout
@@ -128,9 +132,15 @@ class APIBackend(Backend):
         self.limiter = limiter or RateLimiter(16)
         self.last_usage: Usage | None = None  # of the latest option_logprobs call (read by CachingBackend)
         self.total_usage = Usage()  # every request this backend sent
-        self._client_obj = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._clients: dict[str, tuple[Any, asyncio.AbstractEventLoop]] = {}  # kind -> (client, its loop)
         self.refused: BackendError | None = None  # the provider refused the run itself: send nothing more
+        self.http_client = http_client or default_http_client()  # "aiohttp" | "sdk": see http_client.py
+        if self.http_client not in HTTP_CLIENTS:
+            raise UserError(f"--http-client must be one of {' | '.join(HTTP_CLIENTS)}, got {self.http_client!r}")
+        if self.http_client == "sdk":
+            self._sdk_module = self.import_sdk()  # a missing SDK fails here, before any work
+        else:
+            import aiohttp  # noqa: F401 - imported now, not inside the first request's timing
 
     @classmethod
     def from_options(cls, opts, *, in_flight: int) -> "APIBackend":
@@ -138,7 +148,7 @@ class APIBackend(Backend):
                    retry=RetryPolicy(max_attempts=opts.max_retries),
                    limiter=RateLimiter(in_flight, rpm=opts.rpm or None, tpm=opts.tpm or None,
                                        abandoned_hold=opts.timeout),
-                   api_key_file=opts.api_key_file or None)
+                   api_key_file=opts.api_key_file or None, http_client=getattr(opts, "http_client", "") or None)
 
     def refuse_if_fatal(self, error: BackendError) -> None:
         """Remember a failure that stops the whole run (401, 403, 404, a 400 no request gets past)."""
@@ -164,14 +174,23 @@ class APIBackend(Backend):
     def import_sdk() -> Any:
         raise NotImplementedError
 
+    @property
+    def _sdk(self) -> Any:
+        if self._sdk_module is None:
+            self._sdk_module = self.import_sdk()
+        return self._sdk_module
+
     def is_retryable(self, exc: BaseException) -> bool:
         """408/409/429 and every 5xx (Anthropic's 529 "overloaded" included), connection errors and
         timeouts, and bodies that do not parse or validate. Both SDKs name these errors alike."""
+        if isinstance(exc, lean.APIStatusError):
+            return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+        if isinstance(exc, (lean.APIConnectionError, MalformedResponse, json.JSONDecodeError)):
+            return True  # APITimeoutError is an APIConnectionError
         sdk = self._sdk
         if isinstance(exc, sdk.APIStatusError):
             return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
-        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError, MalformedResponse,
-                            json.JSONDecodeError)):  # APITimeoutError is an APIConnectionError
+        if isinstance(exc, (sdk.APIConnectionError, sdk.APIResponseValidationError)):
             return True
         try:
             import pydantic
@@ -180,20 +199,34 @@ class APIBackend(Backend):
         return isinstance(exc, pydantic.ValidationError)
 
     def make_client(self) -> Any:
+        """The SDK's async client (--http-client sdk)."""
+        raise NotImplementedError
+
+    def make_lean_client(self) -> lean.AiohttpClient:
+        """The aiohttp client (--http-client aiohttp): base URL and auth headers as the SDK would send them."""
         raise NotImplementedError
 
     def _client(self):
-        # The SDK's connection pool belongs to one event loop; a later asyncio.run() gets a new client.
+        """The client requests go through (--http-client): one per event loop, as a connection pool belongs to
+        one; a later asyncio.run() gets a new one."""
+        return self.sdk_client() if self.http_client == "sdk" else self._per_loop("lean", self.make_lean_client)
+
+    def sdk_client(self):
+        """The SDK's client, whatever --http-client says: the batch APIs (files, jobs) go through it."""
+        return self._per_loop("sdk", self.make_client)
+
+    def _per_loop(self, kind: str, make):
         loop = asyncio.get_running_loop()
-        if self._client_obj is None or self._client_loop is not loop:
-            self._client_obj = self.make_client()
-            self._client_loop = loop
-        return self._client_obj
+        held = self._clients.get(kind)
+        if held is None or held[1] is not loop:
+            self._clients[kind] = held = (make(), loop)
+        return held[0]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "base_url": public_url(self.base_url)}
 
     async def aclose(self) -> None:
-        client, self._client_obj = self._client_obj, None
-        if client is not None and self._client_loop is asyncio.get_running_loop():
-            await client.close()
+        clients, self._clients = self._clients, {}
+        for client, loop in clients.values():
+            if loop is asyncio.get_running_loop():
+                await client.close()

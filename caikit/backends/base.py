@@ -8,7 +8,7 @@ soft labels. API backends are async and concurrent; the local backend batches co
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from typing import Any
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
@@ -62,7 +62,9 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens,
+                "requests": self.requests}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Usage":

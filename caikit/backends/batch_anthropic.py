@@ -67,7 +67,7 @@ class AnthropicBatches:
     async def submit(self, items: list[tuple[str, dict[str, Any]]], *, nonce: str = "", since: float = 0.0) -> str:
         """Create one batch of the requests; returns its id. `nonce` is recorded by the caller only: the
         API has nowhere to put it. A create retried is one the server answered with an error."""
-        client = self.inner._client()
+        client = self.inner.sdk_client()
         requests = [{"custom_id": cid, "params": body} for cid, body in items]
         sdk = self.inner._sdk
 
@@ -85,7 +85,7 @@ class AnthropicBatches:
         return batch.id
 
     async def poll(self, job_id: str) -> JobState:
-        client = self.inner._client()
+        client = self.inner.sdk_client()
         batch = await self.call(lambda: client.messages.batches.retrieve(job_id))
         counts = batch.request_counts.model_dump() if batch.request_counts is not None else {}
         return JobState(job_id, batch.processing_status == "ended", batch.processing_status, counts, batch)
@@ -95,7 +95,7 @@ class AnthropicBatches:
 
     async def _download(self, state: JobState) -> dict[str, RowResult]:
         # a cut-off line raises JSONDecodeError mid-stream: the whole download is retried by self.call
-        decoder = await self.inner._client().messages.batches.results(state.job_id)
+        decoder = await self.inner.sdk_client().messages.batches.results(state.job_id)
         out = {}
         try:
             async for item in decoder:

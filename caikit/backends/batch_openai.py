@@ -72,7 +72,7 @@ class OpenAIBatches:
         """Upload the requests as one JSONL file and start a batch on it tagged with `nonce`; returns the
         batch id. A create is retried only after a lookup of the nonce found no batch (see `find`)."""
         data = b"".join(self.line(cid, body) for cid, body in items)
-        client = self.inner._client()
+        client = self.inner.sdk_client()
         file = await self.call(lambda: client.files.create(file=("caikit-batch.jsonl", data, "application/jsonl"),
                                                            purpose="batch"))
         sent = False
@@ -111,7 +111,7 @@ class OpenAIBatches:
         """The id of the batch created with metadata caikit_submission == nonce, or None: looks through
         the recent batches (newest first) back to `since` - LOOKUP_MARGIN, LOOKUP_PAGES pages at most.
         Each page is retried; a page that cannot be had raises BackendError."""
-        client = self.inner._client()
+        client = self.inner.sdk_client()
         after: str | None = None
         oldest = since - LOOKUP_MARGIN
         for _ in range(LOOKUP_PAGES):
@@ -131,7 +131,7 @@ class OpenAIBatches:
         return await client.batches.list(**kwargs)
 
     async def poll(self, job_id: str) -> JobState:
-        client = self.inner._client()
+        client = self.inner.sdk_client()
         batch = await self.call(lambda: client.batches.retrieve(job_id))
         counts = batch.request_counts.model_dump() if batch.request_counts is not None else {}
         return JobState(job_id, batch.status in TERMINAL, batch.status, counts, batch)
@@ -145,7 +145,7 @@ class OpenAIBatches:
                 if isinstance(line, dict) and isinstance(line.get("custom_id"), str)}
 
     async def _download(self, batch) -> list[dict[str, Any]]:
-        client = self.inner._client()
+        client = self.inner.sdk_client()
         lines: list[dict[str, Any]] = []
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:

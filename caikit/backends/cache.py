@@ -33,6 +33,7 @@ from typing import Any, Callable
 from caikit.backends.base import Backend, BackendError, Completion, Message, Usage
 from caikit.backends.limits import estimate_tokens
 from caikit.errors import UserError
+from caikit.index import RequestIndex
 from caikit.records import canonical_json, idempotency_key
 from caikit.store import JsonlFile
 
@@ -114,39 +115,33 @@ class CachingBackend(Backend):
         self.log = log
         self.meter = meter or UsageMeter(inner.model)
         self.max_cost = max_cost  # USD for the whole run directory; None: no limit
-        self._done: dict[str, dict[str, Any]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._reserved: dict[str, float] = {}  # worst-case USD of each request in flight
         self._reserved_total = 0.0  # their sum, kept as they come and go (batch mode has every request in flight)
         self._over_budget: float | None = None  # once set (the worst case that did not fit), no new request starts
-        self._by_item: dict[str, Usage] = {}  # item id -> usage of every row made for it
         self._unlogged: list[dict[str, Any]] = []  # answers received that the log has not taken yet (full disk)
         self._write_error: OSError | None = None  # the first failed write: no request starts after it
-        for row in log.iter():
-            self._remember(row)
-
-    def _remember(self, row: dict[str, Any]) -> None:
-        usage = Usage.from_dict(row.get("usage"))
-        self.meter.add(usage)
-        if row.get("item"):
-            self._by_item.setdefault(row["item"], Usage()).add(usage)
-        if row.get("final", True):
-            self._done[row["key"]] = row
+        # Where each final answer is and what each item used live in the log's on-disk index (caikit.index),
+        # not in memory: a million-prompt log costs a few bytes of RAM, and a rerun reads no row it does not replay
+        self.index = log.indexed(RequestIndex)
+        self._model_name = inner.describe().get("model")  # in every request's key; asked once, not per request
+        self.meter.add(Usage.from_dict(self.index.usage()))
 
     def usage_of(self, item_id: str) -> Usage:
         """Everything the request log holds for `item_id`: its share of usage.json."""
-        return Usage().add(self._by_item.get(item_id, Usage()))
+        return Usage.from_dict(self.index.usage(item_id))
 
     def _key(self, kind: str, payload: dict[str, Any]) -> str:
-        return idempotency_key(kind, self.inner.describe().get("model"), canonical_json(payload))
+        return idempotency_key(kind, self._model_name, canonical_json(payload))
 
     async def _once(self, key: str, call, worst_case: tuple[int, int] = (0, 0)):
         """Run `call` at most once per key with a final answer, also across concurrent identical requests.
 
         `worst_case` = (prompt tokens, completion tokens) the request may bill, for --max-cost."""
-        if key in self._done:
+        where = self.index.final(key)
+        if where is not None:
             self.meter.cached_requests += 1
-            return self._done[key]
+            return self.log.read_at(*where)
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
         if self._write_error is not None:
@@ -191,7 +186,7 @@ class CachingBackend(Backend):
             except OSError as e:
                 self._write_error = self._write_error or e
                 return False
-            self._remember(self._unlogged.pop(0))
+            self.meter.add(Usage.from_dict(self._unlogged.pop(0).get("usage")))  # (the log's index took the row)
         return True
 
     def stop_sending(self, error: OSError) -> None:

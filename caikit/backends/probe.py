@@ -10,6 +10,7 @@ Seven questions, a few tiny requests each:
   slots           how many requests it serves at once: llama.cpp says so (GET /props, total_slots);
                   elsewhere a short ramp of 1, 2, 4, 8, 16 concurrent requests finds where waiting begins
   speed           completion tokens per second, and the latency, of one short request
+and from the last two, how many --workers processes it takes to keep the server busy (`suggested_workers`).
 
 The run uses the answers: `--concurrency auto` becomes `slots`, the judge's `--method auto` picks logprob
 only where log-probs come back, and the estimate counts n requests per sample where `n` is ignored.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +32,9 @@ from caikit.records import now_iso
 from caikit.secrets import public_url
 
 RAMP = (1, 2, 4, 8, 16)
+# Requests/s one caikit process sends before its own core is the limit: 1 / its client CPU per request
+# (scripts/bench_scale.py, docs/performance.md: ~1 ms per request with persistence, retries and the limiter).
+REQUESTS_PER_PROCESS = 1000.0
 WAITING = 1.6  # a level whose wall time is this many times one request's: the server made requests wait
 SYSTEM_WORD = "BANANA"
 
@@ -148,7 +153,19 @@ def probe_server(base_url: str, model: str, api_key: str | None = None, *, timeo
             "system_message": "followed" if SYSTEM_WORD.lower() in said.lower() else "not followed",
             "slots": slots, "slots_from": slots_from if slots else None,
             "tokens_per_second": round(tokens / seconds, 1) if tokens and seconds > 0 else None,
-            "latency_s": round(seconds, 3), "probed_at": now_iso()}
+            "latency_s": round(seconds, 3), "suggested_workers": suggest_workers(slots, seconds),
+            "probed_at": now_iso()}
+
+
+def suggest_workers(slots: int | None, latency_s: float | None, cores: int | None = None) -> int:
+    """--workers for this server: its measured capacity (requests at once / the latency of one request, in
+    requests/s) over what one caikit process sends, at most one per core."""
+    import os
+
+    if not slots or not latency_s or latency_s <= 0:
+        return 1
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(cores, math.ceil(slots / latency_s / REQUESTS_PER_PROCESS)))
 
 
 def format_probe(p: dict[str, Any]) -> str:
@@ -166,4 +183,6 @@ def format_probe(p: dict[str, Any]) -> str:
         f"  system message        {p['system_message']}",
         f"  requests at once      {p['slots'] or 'unknown'}" + (f" ({p['slots_from']})" if p["slots_from"] else ""),
         f"  speed                 {p['tokens_per_second'] or '?'} tokens/s, {p['latency_s']:.2f} s for a short "
-        "request"])
+        "request",
+        f"  worker processes      {p.get('suggested_workers', 1)} (--workers: one caikit process sends about "
+        f"{REQUESTS_PER_PROCESS:,.0f} requests/s)"])

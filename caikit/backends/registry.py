@@ -107,6 +107,10 @@ class BackendOptions:
                                               "all the run directory has spent (usage.json): rerun with a higher "
                                               "--max-cost to go on")
     yes: bool = option(False, help="don't ask for confirmation when the estimated cost exceeds --max-cost")
+    http_client: str = option("aiohttp", help="how API requests travel: aiohttp = the JSON wire over one aiohttp "
+                                              "session (fast at hundreds of requests in flight) | sdk = the "
+                                              "provider's SDK transport (httpx); recorded in run.json",
+                              metadata={"choices": ["aiohttp", "sdk"]})
 
     def validate(self) -> None:
         parse_concurrency(self.concurrency)

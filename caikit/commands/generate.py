@@ -61,6 +61,9 @@ class GenerateConfig(BackendOptions):
                                  "an output guard the final revisions; counted in stats.json and the dataset card")
     guard_action: str = option("flag", help="what happens to what the guard flags: flag (counted, kept) | drop "
                                             "(counted, left out)", metadata={"choices": ["flag", "drop"]})
+    workers: int = option(1, low=1, high=256, help="worker processes sending requests (online APIs), sharing --out: "
+                                                   "one process tops out at about a core's worth of requests; "
+                                                   "`caikit probe` suggests a number for a server")
 
 
 def load_inputs(cfg: GenerateConfig):
@@ -99,6 +102,9 @@ def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer:
 
 
 def run_generate(cfg: GenerateConfig) -> int:
+    from caikit.workers import check_workers
+
+    check_workers(cfg.workers, cfg)
     constitution, prompts, prompt_set = load_inputs(cfg)
     from caikit.classifier.screen import screen_prompts
 
@@ -132,18 +138,83 @@ def run_generate(cfg: GenerateConfig) -> int:
             concurrency = backend.batch_size  # a batch's worth of prompts keeps the model busy
         else:
             concurrency = cfg.requests_in_flight(probe) * cfg.prefetch
+        died = False
         try:
-            run_then_close(runner.run(todo, lambda row, key: build_trace(runner.ask, setup, row, key),
-                                      records=traces, failures=failures, stage="generate", run_id=run.run_id,
-                                      concurrency=concurrency, meter=meter,
-                                      per_item={"answer": 1, "critique": cfg.rounds, "revise": cfg.rounds}), cached)
+            if cfg.workers > 1 and len(todo) > 1:
+                died = run_workers(cfg, run, todo, probe, cached, meter, traces, failures)
+            else:
+                run_then_close(runner.run(todo, lambda row, key: build_trace(runner.ask, setup, row, key),
+                                          records=traces, failures=failures, stage="generate", run_id=run.run_id,
+                                          concurrency=concurrency, meter=meter,
+                                          per_item={"answer": 1, "critique": cfg.rounds, "revise": cfg.rounds}),
+                               cached)
         finally:
             traces.close()
             failures.close()
             counts = finalize_generate(run, [row.id for row in prompts], keep_truncated=cfg.keep_truncated,
                                        keep_degenerate=cfg.keep_degenerate, meter=meter, screen=screen,
                                        extra_stats={"planned_prompts": prompt_set["planned"]})
-    return report_generate(cfg, counts, meter)
+    code = report_generate(cfg, counts, meter)
+    return max(code, 1) if died else code
+
+
+def run_workers(cfg: GenerateConfig, run: RunDir, todo, probe, cached, meter, traces, failures) -> bool:
+    """`todo` over --workers processes (caikit.workers); this process writes what they send. True when a worker
+    died (its unfinished prompts are left for the next run)."""
+    import asyncio
+    import sys
+
+    from tqdm import tqdm
+
+    from caikit.runner import RunStopped
+    from caikit.workers import collect, report_died, spawn, split_in_flight, stop_all
+
+    n = min(cfg.workers, len(todo))
+    share = split_in_flight(cfg.requests_in_flight(probe), n)
+    worker_cfg = dataclasses.replace(cfg, concurrency=str(share), progress=False)
+    note("generate", f"{n} worker processes, {share} requests in flight each")
+    started = spawn(generate_worker, lambda i: (worker_cfg, probe, str(run.path), run.run_id, todo[i::n]), n)
+    bar = tqdm(total=len(todo), desc="generate", unit="it", dynamic_ncols=True, disable=not cfg.progress,
+               file=sys.stderr, smoothing=0.1)
+    try:
+        totals = asyncio.run(collect(started, {"record": traces, "failure": failures}, cached.log, meter=meter,
+                                     bar=bar))
+    finally:
+        stop_all(started)
+        bar.close()
+        cached.log.close()
+    if totals.stopped:
+        raise RunStopped(f"the provider refused the run: {totals.stopped} (finished work is kept)")
+    report_died(totals, "generate")
+    return bool(totals.died)
+
+
+def generate_worker(cfg: GenerateConfig, probe, run_path: str, run_id: str, todo, sock) -> None:
+    """One worker process of `run_workers`: the chains of `todo`, its rows sent to the lock holder."""
+    from caikit.backends.registry import make_backend
+    from caikit.constitution import load_constitution
+    from caikit.workers import Channel, RemoteJsonl, worker_error
+
+    channel = Channel(sock)
+    try:
+        constitution = load_constitution(cfg.constitution)
+        backend = make_backend(cfg, probe=probe)
+        if probe:
+            backend.adopt_probe(probe, cfg.requests_in_flight(probe))
+        run = RunDir(run_path)
+        requests = RemoteJsonl(run.file(RunDir.REQUESTS), "request", channel)
+        cached, meter = open_backend(run, backend, cfg, log=requests)
+        setup = TraceSetup.make(cfg, constitution, run_id, cached.describe())
+        runner = Runner(cached, parse_retries=cfg.parse_retries, progress=False)
+        run_then_close(runner.run(todo, lambda row, key: build_trace(runner.ask, setup, row, key),
+                                  records=RemoteJsonl(run.file(RunDir.TRACES), "record", channel),
+                                  failures=RemoteJsonl(run.file(RunDir.FAILURE_LOG), "failure", channel),
+                                  stage="generate", run_id=run_id, concurrency=cfg.requests_in_flight(probe) * cfg.prefetch,
+                                  meter=meter), cached)
+    except UserError as e:  # a refused key, an unknown model: the lock holder stops everyone
+        worker_error(channel, e)
+    channel.send({"kind": "finished"})
+    sock.close()
 
 
 def report_generate(cfg: GenerateConfig, counts: dict[str, int], meter) -> int:

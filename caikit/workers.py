@@ -1,0 +1,172 @@
+"""`--workers N`: one stage over N worker processes that share one run directory.
+
+One process cannot send more than about a core's worth of requests; a vLLM node takes more. The command's
+own process keeps the run directory's lock and is the only writer of its files; it splits the prompts still
+to do among N spawned workers (every N-th one each) and gives each worker 1/N of the requests in flight.
+A worker runs the stage as one process would (the same Runner, CachingBackend, retries and limiter), but
+its file writes -- request-log rows, records, failure rows -- travel over a socket to the lock holder, which
+appends them to the JSONL files and their indexes in the order they were sent. A worker reads finished
+answers (replayed on a rerun) from the files and the index directly (SQLite readers never wait for the
+writer).
+
+Why nothing is lost or paid twice: a record is sent after the request rows it was built from, on the same
+ordered stream, so the files never hold a record whose requests are missing; a row still in a socket when
+a process dies is a request the rerun sends again, as a request in flight at a kill -9 of one process is.
+The lock holder recomputes each record's usage from the request index it keeps, so a record's usage is
+exactly its rows', as in one process. A worker that dies leaves its unfinished prompts for the next run;
+the others finish theirs, the derived files are written, and the command exits 1 (rerun to finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from caikit.errors import UserError
+from caikit.store import JsonlFile
+
+STREAM_LIMIT = 1 << 28  # the longest message (one record) a worker may send
+
+
+@dataclass
+class WorkerTotals:
+    done: int = 0
+    failed: int = 0
+    died: list[str] = dataclasses.field(default_factory=list)  # one line per worker that ended without saying so
+    stopped: str | None = None  # a run-stopping error a worker hit (the first)
+
+
+class RemoteJsonl(JsonlFile):
+    """A worker's view of one of the run's JSONL files: reads are local, appends go to the lock holder."""
+
+    def __init__(self, path, kind: str, channel: "Channel"):
+        super().__init__(path)
+        self.kind, self.channel = kind, channel
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.channel.send({"kind": self.kind, "row": record})
+
+    def indexed(self, index_class):
+        if self.index is None:
+            self.index = index_class(self, writer=False)  # the lock holder keeps it caught up
+        return self.index
+
+
+class Channel:
+    """Newline-delimited JSON over a blocking socket (a worker's side): one sendall per message, in order."""
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(True)
+        self.sock = sock
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall((json.dumps(message, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def split_in_flight(total: int, workers: int) -> int:
+    """Each worker's share of the requests in flight."""
+    return max(1, math.ceil(total / workers))
+
+
+def spawn(target, args_of, n: int):
+    """Start `n` processes running target(*args_of(i), sock) (spawned: a fresh interpreter, no inherited
+    threads or event loop); returns [(process, the lock holder's end of its socket)]."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    started = []
+    for i in range(n):
+        ours, theirs = socket.socketpair()
+        proc = ctx.Process(target=target, args=(*args_of(i), theirs), daemon=True, name=f"caikit-worker-{i + 1}")
+        proc.start()
+        theirs.close()
+        started.append((proc, ours))
+    return started
+
+
+async def collect(started, files: dict[str, JsonlFile], requests: JsonlFile, *, meter=None, bar=None) -> WorkerTotals:
+    """The lock holder's side: append every worker's rows to `files` (by kind: "request", "record",
+    "failure") until every worker has said it is done or has died."""
+    from caikit.backends.base import Usage
+    from caikit.index import RequestIndex
+
+    request_index = requests.indexed(RequestIndex)
+    totals = WorkerTotals()
+
+    async def one(i: int, proc, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+        finished = False
+        try:
+            while line := await reader.readline():
+                if not line.endswith(b"\n"):
+                    break  # cut off mid-message by a dying worker: not a row
+                message = json.loads(line)
+                kind = message.get("kind")
+                if kind == "request":
+                    row = message["row"]
+                    requests.append(row)
+                    if meter is not None:
+                        meter.add(Usage.from_dict(row.get("usage")))
+                elif kind in ("record", "failure"):
+                    row = message["row"]
+                    if "usage" in row:  # its request rows came first on this stream: the index has them all
+                        row["usage"] = Usage.from_dict(request_index.usage(row["id"])).to_dict()
+                    files[kind].append(row)
+                    setattr(totals, "done" if kind == "record" else "failed",
+                            getattr(totals, "done" if kind == "record" else "failed") + 1)
+                    if bar is not None:
+                        bar.update(1)
+                elif kind == "stopped":
+                    totals.stopped = totals.stopped or message["error"]
+                elif kind == "finished":
+                    finished = True
+        finally:
+            writer.close()
+        if not finished:
+            await asyncio.get_running_loop().run_in_executor(None, proc.join, 30)
+            totals.died.append(f"worker {i + 1} ended without finishing (exit {proc.exitcode})")
+
+    await asyncio.gather(*(one(i, proc, sock) for i, (proc, sock) in enumerate(started)))
+    for proc, _ in started:
+        proc.join(timeout=30)
+    return totals
+
+
+def stop_all(started) -> None:
+    for proc, sock in started:
+        if proc.is_alive():
+            proc.terminate()
+        sock.close()
+    for proc, _ in started:
+        proc.join(timeout=10)
+
+
+def report_died(totals: WorkerTotals, command: str) -> None:
+    for line in totals.died:
+        print(f"caikit {command}: {line}: its unfinished prompts are left for the next run (rerun the same "
+              "command)", file=sys.stderr, flush=True)
+
+
+def worker_error(channel: Channel, error: BaseException) -> None:
+    """Tell the lock holder the run was stopped (a refused key, --max-cost): it stops the other workers."""
+    channel.send({"kind": "stopped", "error": str(error).splitlines()[0] if str(error) else type(error).__name__})
+
+
+def check_workers(workers: int, cfg) -> None:
+    """--workers N needs an online API backend: the local model and the batch API batch by themselves."""
+    if workers <= 1:
+        return
+    if cfg.provider().in_process:
+        raise UserError("--workers runs API requests in several processes; a local model batches in one "
+                        "(use --batch-size)")
+    if cfg.batch_api:
+        raise UserError("--workers and --batch-api: a batch job needs no client processes; drop --workers")
+    if cfg.max_cost:
+        raise UserError("--workers with --max-cost: the budget is kept by one process; drop one of them")
