@@ -226,6 +226,10 @@ class RecordIndex(JsonlIndex):
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('finalized', ?)", (signature,))
             self.commit()
 
+    def labels(self) -> list[str | None]:
+        """Every distinct prompt id of the latest rows."""
+        return [label for (label,) in self.db.execute("SELECT DISTINCT label FROM rows")]
+
     def entries(self) -> Iterator[tuple[str, int, int, str | None]]:
         """(id, offset, length, label) of every latest row, in file order."""
         yield from self.db.execute("SELECT id, offset, length, label FROM rows ORDER BY offset")

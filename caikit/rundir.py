@@ -195,15 +195,31 @@ def check_identity(path: str | Path, stage: str, identity: dict[str, Any]) -> No
                         "use a new --out directory", path=str(path))
 
 
-def check_members(path: str | Path, allowed: set[str], files: tuple[str, ...], field: str, *, what: str) -> None:
+def check_members(path: str | Path, allowed: set[str], files: tuple[str, ...], field: str, *, what: str,
+                  locked: bool = True) -> None:
     """Refuse a run directory whose records (`files`, by `field`) name items outside `allowed`: the items a
     run is over belong to it as much as its settings do (a generate run's prompt set: another prompt file
-    would mix two sets in one directory)."""
+    would mix two sets in one directory).
+
+    A file's prompt ids are read from its on-disk index (caikit.index keeps each record's `prompt_id`), so a
+    finished run of any size is checked without reading a record. Before the run's lock is held
+    (`locked=False`: the early check, before a server is probed) an index is only read, never written, and a
+    file without one yet is read row by row."""
+    from caikit.index import RecordIndex, index_path
+
     foreign: set[str] = set()
     for name in files:
-        for row in JsonlFile(Path(path) / name).iter():
-            if row.get(field) not in allowed:
-                foreign.add(str(row.get(field)))
+        log = JsonlFile(Path(path) / name)
+        if not log.path.exists():
+            continue
+        if field != "prompt_id" or (not locked and not index_path(log.path).exists()):
+            foreign |= {str(row.get(field)) for row in log.iter() if row.get(field) not in allowed}
+            continue
+        index = RecordIndex(log, writer=locked)
+        try:
+            foreign |= {str(label) for label in index.labels() if label not in allowed}
+        finally:
+            index.close()
     if foreign:
         raise UserError(f"holds records of {len(foreign)} {what} (another prompt set); use a new --out directory",
                         path=str(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -164,6 +165,26 @@ class JsonlFile:
 def temporary_path(path: Path) -> Path:
     """Where to write `path` before renaming it into place: one name per process, since two may write one file."""
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def clear_stale_temporaries(out: Path) -> None:
+    """Remove the hidden copies (`.OUT.merging-PID`, `.OUT.old-PID`) left by merges that were killed (caikit
+    merge): a merge of many rows leaves a copy as large as its output. Ours, under the lock, and those of live
+    processes stay."""
+    for stale in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = stale.name[len(out.name) + 2:].rpartition("-")
+        if kind in ("merging", "old") and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

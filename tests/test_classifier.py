@@ -379,7 +379,8 @@ def test_eval_reports_the_harm_rate_by_an_output_guard(output_guard, tiny_model_
     from caikit.commands.eval import EvalConfig, run_eval
     from caikit.testing.fake_api import FakeAPIServer
 
-    with FakeAPIServer() as server:
+    # a judge that puts its probability on A (a judge that answers nothing readable makes eval exit 1)
+    with FakeAPIServer(logprobs=lambda request: {"A": -0.1, "B": -2.4}) as server:
         cfg = EvalConfig(model=tiny_model_dir, before=tiny_model_dir, judge=f"openai:fake-judge@{server.openai_base_url}",
                          limit=2, max_tokens=6, out=str(tmp_path / "eval"), progress=False, harm_guard=output_guard)
         import os

@@ -122,7 +122,7 @@ def load_guard(path: str | Path, device: str = "cpu") -> Guard:
         raise UserError(f"not a guard directory (no {GUARD_FILE}; make one with `caikit classifier train`)",
                         path=str(path))
     config = json.loads((path / GUARD_FILE).read_text(encoding="utf-8"))
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).to(device).eval()
     tokenizer = load_tokenizer(str(path), padding_side="right")
     return Guard(model, tokenizer, config, device)
 

@@ -114,7 +114,7 @@ def run_generate(cfg: GenerateConfig) -> int:
     # another shard or the same file with prompts added resume it; a file without the prompts already done is
     # another set (checked before a server is probed, and again under the lock)
     check_identity(cfg.out, "generate", key_identity)
-    check_members(cfg.out, prompt_set["ids"], (RunDir.TRACES, RunDir.FAILURE_LOG), "prompt_id",
+    check_members(cfg.out, prompt_set["ids"], (RunDir.TRACES, RunDir.FAILURE_LOG), "prompt_id", locked=False,
                   what=f"prompts that --prompts {cfg.prompts or 'the bundled red-team sample'} does not hold")
     # a missing API key fails here, before anything is written; a self-hosted server is probed (or its probe
     # read back from the run directory) and the run fits itself to what it found

@@ -39,15 +39,30 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-
+from caikit.commands.merge_counts import (
+    missing_facts,
+    missing_items,
+    planned_total,
+    sum_summaries,
+)
 from caikit.config import load_yaml, option, save_config
 from caikit.errors import UserError
-from caikit.preferences import SOURCES, build_preferences, planned_order, preference_stats
+from caikit.preferences import (
+    SOURCES,
+    build_preferences,
+    planned_order,
+    preference_stats,
+)
 from caikit.rundir import RunDir, lock_directory, run_id_of
 from caikit.sft_data import finalize_generate
-from caikit.commands.merge_counts import missing_facts, missing_items, planned_total, sum_summaries
 from caikit.shard import missing_shards, parse_shard
-from caikit.store import JsonlFile, read_json, write_json_atomic, write_jsonl_atomic
+from caikit.store import (
+    JsonlFile,
+    clear_stale_temporaries,
+    read_json,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 STAGES = ("generate", "judge")
 RECORD_FILES = {"generate": RunDir.TRACES, "judge": RunDir.JUDGMENTS}
@@ -324,25 +339,6 @@ def install(tmp: Path, out: Path, runs: list[ShardRun]) -> None:
     out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
-
-
-def clear_stale_temporaries(out: Path) -> None:
-    """Remove the hidden copies (`.OUT.merging-PID`, `.OUT.old-PID`) left by merges that were killed: a merge
-    of many rows leaves a copy as large as its output. Ours, under the lock, and those of live processes stay."""
-    for stale in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = stale.name[len(out.name) + 2:].rpartition("-")
-        if kind in ("merging", "old") and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 def run_merge(cfg: MergeConfig) -> int:

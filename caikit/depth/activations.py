@@ -47,7 +47,7 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str | None = None, base
                         path=spec) from None
     check_safetensors(Path(spec).expanduser())
     model = load_causal_lm(base or base_name, dtype=dtype, device=device)
-    model = PeftModel.from_pretrained(model, str(Path(spec).expanduser())).merge_and_unload()
+    model = PeftModel.from_pretrained(model, str(Path(spec).expanduser()), use_safetensors=True).merge_and_unload()
     return model.to(device).eval()
 
 
