@@ -49,7 +49,7 @@ def categories_hash(categories: list[Category]) -> str:
 def read_category(reader: Any, node: Any, position: int, seen: dict[str, int]) -> Category | None:
     """One `categories:` item from its YAML node; problems go to `reader` (caikit.constitution._Reader, which
     also lends its node helpers, so this module does not import the constitution's)."""
-    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+    from yaml.nodes import MappingNode, ScalarNode
 
     STR_TAG, _kind, _one_line = reader.STR_TAG, reader.kind_of, reader.one_line
 
@@ -83,12 +83,9 @@ def read_category(reader: Any, node: Any, position: int, seen: dict[str, int]) -
     examples: list[str] = []
     examples_node = fields.get("examples")
     if examples_node is not None:
-        if not isinstance(examples_node, SequenceNode) or any(
-                not isinstance(e, ScalarNode) or e.tag != STR_TAG or not e.value.strip() for e in examples_node.value):
-            reader.problem(examples_node, f"{where}: 'examples' must be a list of non-empty texts")
-            ok = False
-        else:
-            examples = [e.value.strip() for e in examples_node.value]
+        examples = reader.text_list(examples_node, f"{where}: 'examples' must be a list of non-empty texts")
+        ok = ok and examples is not None
+        examples = examples or []
     if not ok or kind is None or description is None:
         return None
     return Category(id=id_node.value.strip(), kind=kind, description=description, examples=examples)

@@ -361,6 +361,14 @@ class _Reader:
             return None
         return messages
 
+    def text_list(self, node, message: str) -> list[str] | None:
+        """A YAML list of non-empty texts, stripped; None, with `message` as the problem, for anything else."""
+        if not isinstance(node, SequenceNode) or any(
+                not isinstance(t, ScalarNode) or t.tag != STR_TAG or not t.value.strip() for t in node.value):
+            self.problem(node, message)
+            return None
+        return [t.value.strip() for t in node.value]
+
     def principle(self, node: Node, position: int, seen: dict[str, int]) -> Principle | None:
         # Name the principle by its id in every message when it has a usable one.
         pairs = node.value if isinstance(node, MappingNode) else []  # a scalar's value is its text
@@ -413,12 +421,9 @@ class _Reader:
                 judge_weight = float(value)
         tags, tags_node = [], fields.get("tags")
         if tags_node is not None:
-            if not isinstance(tags_node, SequenceNode) or any(
-                    not isinstance(t, ScalarNode) or t.tag != STR_TAG or not t.value.strip() for t in tags_node.value):
-                self.problem(tags_node, f"{where}: 'tags' must be a list of names, e.g. [harmless]")
-                ok = False
-            else:
-                tags = [t.value.strip() for t in tags_node.value]
+            tags = self.text_list(tags_node, f"{where}: 'tags' must be a list of names, e.g. [harmless]")
+            ok = ok and tags is not None
+            tags = tags or []
         cases = self.cases(fields["cases"], where, present) if "cases" in fields else []
         if not ok or cases is None:
             return None
