@@ -21,7 +21,7 @@ from typing import Any
 
 from caikit.records import idempotency_key
 from caikit.soft_labels import mean, pick
-from caikit.stages.judge import Pair
+from caikit.stages.judge import Pair, pair_id
 from caikit.stats import binomial_upper_tail, wilson_interval
 
 
@@ -54,15 +54,52 @@ def case_pairs(constitution, seed: int = 0) -> tuple[list[Pair], list[tuple[str,
     return list(pairs.values()), refs
 
 
-def oriented_pairs(rows: list, seed: int = 0) -> list[Pair]:
-    """Labelled pairs (prompts.LabelledPair: id, messages, chosen, rejected) as judge pairs, the chosen reply on
-    a seeded side: the extra shared sample for redundancy and conflict."""
-    pairs = []
-    for row in rows:
-        coin = random.Random(int(idempotency_key("pair-side", seed, row.id)[-8:], 16))
-        a, b = (row.chosen, row.rejected) if coin.random() < 0.5 else (row.rejected, row.chosen)
-        pairs.append(Pair(f"pairs:{row.id}#0-1", row.messages, a, b))
-    return pairs
+@dataclass
+class Preferences:
+    """Preference pairs read for a constitution command. Each distinct pair is judged once, its responses on a
+    side drawn by a seeded coin (so response_a is not always the preferred one, and labellers who disagree
+    share one judgment); `choices` holds one (pair index, chose response_a) per person's label."""
+
+    pairs: list[Pair]
+    choices: list[tuple[int, bool]]
+    source: dict[str, Any]
+
+    def preferred_a(self) -> list[bool | None]:
+        """Per pair, the majority's side: True for response_a, None for a tie between labellers."""
+        votes = [0] * len(self.pairs)
+        for i, chose_a in self.choices:
+            votes[i] += 1 if chose_a else -1
+        return [None if v == 0 else v > 0 for v in votes]
+
+
+def read_preferences(path: str, limit: int = 0, seed: int = 0) -> Preferences:
+    """Preferences from `path` (see caikit.rows.read_pairs for the layouts); the first `limit` distinct pairs."""
+    from caikit.rows import read_pairs, text_of
+    from caikit.rundir import note
+
+    loaded = read_pairs(path)
+    pairs: list[Pair] = []
+    index: dict[str, int] = {}
+    choices: list[tuple[int, bool]] = []
+    beyond: set[str] = set()
+    for row in loaded.items:
+        chosen, rejected = text_of(row.chosen), text_of(row.rejected)
+        key = idempotency_key("preference-pair", row.prompt, sorted([chosen, rejected]))
+        if key not in index:
+            if limit and len(pairs) >= limit:
+                beyond.add(key)
+                continue
+            a_first = random.Random(f"{seed}:{key}").random() < 0.5
+            a, b = (chosen, rejected) if a_first else (rejected, chosen)
+            index[key] = len(pairs)
+            pairs.append(Pair(pair_id(key[-16:], 0, 1), row.prompt, a, b))
+        i = index[key]
+        choices.append((i, pairs[i].response_a == chosen))
+    if beyond:
+        note("constitution", f"{path}: the first {len(pairs)} of {len(pairs) + len(beyond)} distinct pairs used "
+                             "(--limit; 0 uses all)")
+    return Preferences(pairs, choices, {**loaded.summary(), "distinct_pairs": len(pairs) + len(beyond),
+                                        "pairs_used": len(pairs)})
 
 
 def verdict(cell) -> str | None:

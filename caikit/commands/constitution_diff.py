@@ -27,8 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from caikit.commands.constitution_tools import ConstitutionJudgeOptions, cell_probability, failure_share, read_preferences
+from caikit.commands.constitution_tools import (
+    ConstitutionJudgeOptions,
+    cell_probability,
+    failure_share,
+)
 from caikit.config import option
+from caikit.constitution_checks import read_preferences
 from caikit.errors import UserError
 from caikit.rundir import RunDir, note
 from caikit.stats import wilson_interval

@@ -21,8 +21,14 @@ from typing import Any
 
 from caikit.backends.registry import BackendOptions, parse_spec
 from caikit.config import option
-from caikit.constitution_checks import (case_outcomes, case_pairs, flag_outcomes, oriented_pairs, principle_relations,
-                                        principle_rows)
+from caikit.constitution_checks import (
+    case_outcomes,
+    case_pairs,
+    flag_outcomes,
+    principle_relations,
+    principle_rows,
+    read_preferences,
+)
 from caikit.errors import UserError
 from caikit.gate import QualityGateFailed
 from caikit.records import FlagCheck, idempotency_key
@@ -57,7 +63,8 @@ class JudgeSpecOptions(JudgeOptions, BackendOptions):
 class TestConfig(JudgeSpecOptions):
     pairs: str = option("", help="labelled pairs added to the shared sample for redundancy and conflict (any file "
                                  "the row reader reads: prompt/chosen/rejected, hh-rlhf, caikit label rows)")
-    pairs_limit: int = option(64, low=1, high=100_000, help="at most this many of --pairs (the first ones)")
+    pairs_limit: int = option(64, low=1, high=100_000,
+                              help="at most this many distinct pairs of --pairs (the first ones)")
     shared_pairs: int = option(0, low=0, high=1_000_000, help="every principle judges this many pairs (a seeded "
                                                               "sample of the cases and --pairs) besides its own "
                                                               "cases; 0: every pair (the fewer, the cheaper, and the "
@@ -208,7 +215,6 @@ def verdict_text(rows: list[dict[str, Any]], relations: list[dict[str, Any]]) ->
 def run_test(cfg: TestConfig) -> int:
     from caikit.constitution import load_constitution
     from caikit.principle_matrix import judge_matrix
-    from caikit.prompts import load_labelled_pairs
 
     constitution = load_constitution(cfg.constitution)
     judge_principles = constitution.judge_principles
@@ -219,7 +225,7 @@ def run_test(cfg: TestConfig) -> int:
         raise UserError("has no cases to test: give principles `cases:` (see docs/constitution.md)",
                         path=str(constitution.path))
     if cfg.pairs:
-        pairs += oriented_pairs(load_labelled_pairs(cfg.pairs, limit=cfg.pairs_limit), cfg.seed)
+        pairs += read_preferences(cfg.pairs, cfg.pairs_limit, cfg.seed).pairs
     jcfg = cfg.judge_options()
     matrix = judge_matrix(jcfg, pairs, judge_principles, cfg.out, stage="constitution-test",
                           demos=constitution.judge_few_shot, also=flag_checker(flags) if flags else None,

@@ -16,15 +16,13 @@ pairs from any file the row reader reads (`caikit label` rows, prompt/chosen/rej
 from __future__ import annotations
 
 import dataclasses
-import random
 from typing import Any
 
 from caikit.commands.constitution_test import JudgeSpecOptions
 from caikit.config import option
+from caikit.constitution_checks import read_preferences
 from caikit.errors import UserError
-from caikit.records import idempotency_key
 from caikit.rundir import RunDir, note
-from caikit.stages.judge import Pair, pair_id
 
 MIN_LABELLED = 10  # fewer labelled pairs than this cannot be split into folds worth fitting on
 
@@ -40,53 +38,6 @@ class ConstitutionJudgeOptions(JudgeSpecOptions):
         """provider:model of the judge, without any URL (which may carry a key)."""
         opts = self.judge_options()
         return f"{opts.backend}:{opts.model_name()}"
-
-
-@dataclasses.dataclass
-class Preferences:
-    """Preference pairs read for a constitution command. Each distinct pair is judged once, its responses on a
-    side drawn by a seeded coin (so response_a is not always the preferred one, and labellers who disagree
-    share one judgment); `choices` holds one (pair index, chose response_a) per person's label."""
-
-    pairs: list[Pair]
-    choices: list[tuple[int, bool]]
-    source: dict[str, Any]
-
-    def preferred_a(self) -> list[bool | None]:
-        """Per pair, the majority's side: True for response_a, None for a tie between labellers."""
-        votes = [0] * len(self.pairs)
-        for i, chose_a in self.choices:
-            votes[i] += 1 if chose_a else -1
-        return [None if v == 0 else v > 0 for v in votes]
-
-
-def read_preferences(path: str, limit: int = 0, seed: int = 0) -> Preferences:
-    """Preferences from `path` (see caikit.rows.read_pairs for the layouts); the first `limit` distinct pairs."""
-    from caikit.rows import read_pairs, text_of
-
-    loaded = read_pairs(path)
-    pairs: list[Pair] = []
-    index: dict[str, int] = {}
-    choices: list[tuple[int, bool]] = []
-    beyond: set[str] = set()
-    for row in loaded.items:
-        chosen, rejected = text_of(row.chosen), text_of(row.rejected)
-        key = idempotency_key("preference-pair", row.prompt, sorted([chosen, rejected]))
-        if key not in index:
-            if limit and len(pairs) >= limit:
-                beyond.add(key)
-                continue
-            a_first = random.Random(f"{seed}:{key}").random() < 0.5
-            a, b = (chosen, rejected) if a_first else (rejected, chosen)
-            index[key] = len(pairs)
-            pairs.append(Pair(pair_id(key[-16:], 0, 1), row.prompt, a, b))
-        i = index[key]
-        choices.append((i, pairs[i].response_a == chosen))
-    if beyond:
-        note("constitution", f"{path}: the first {len(pairs)} of {len(pairs) + len(beyond)} distinct pairs used "
-                             "(--limit; 0 uses all)")
-    return Preferences(pairs, choices, {**loaded.summary(), "distinct_pairs": len(pairs) + len(beyond),
-                                        "pairs_used": len(pairs)})
 
 
 # --- fit ---------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from caikit.commands.constitution_tools import ConstitutionJudgeOptions, failure_share, read_preferences
+from caikit.commands.constitution_tools import ConstitutionJudgeOptions, failure_share
 from caikit.config import option
+from caikit.constitution_checks import read_preferences
 from caikit.errors import UserError
 from caikit.records import Record, idempotency_key
 from caikit.rundir import RunDir, note
@@ -126,7 +127,15 @@ def propose_all(cfg: InferConfig, prefs: list) -> tuple[list[tuple[str, str]], d
 
 def run_infer(cfg: InferConfig) -> int:
     from caikit.constitution import Principle, load_constitution
-    from caikit.constitution_infer import SCORE, cluster, percent, select, sides, slug, support_of
+    from caikit.constitution_infer import (
+        SCORE,
+        cluster,
+        percent,
+        select,
+        sides,
+        slug,
+        support_of,
+    )
     from caikit.constitution_write import dump_constitution, write_valid
     from caikit.principle_matrix import judge_matrix
     from caikit.stages.propose import Preference
