@@ -120,7 +120,7 @@ def test_harm_rows_count_compliance_and_over_refusal_per_side():
 def test_the_regex_detector_reports_its_measurement():
     d = regex_detector()
     assert d.flags([[]], ["I won't help with that."]) == [True]
-    assert "recall 0.840" in d.describe()
+    assert "recall 0.875" in d.describe()
 
 
 @pytest.mark.loopback

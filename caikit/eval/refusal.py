@@ -45,7 +45,7 @@ OPENING_CHARS = 300
 # mistralinstruct (900 completions, 425 refusals). Printed beside every refusal rate the detector produces.
 MEASURED = {
     "detector": "regex", "on": "900 held-out XSTest completions labelled by people (llama2orig, mistralinstruct)",
-    "accuracy": 0.910, "recall": 0.840, "precision": 0.965,
+    "accuracy": 0.923, "recall": 0.875, "precision": 0.959,
     "command": "python scripts/bench_refusal.py --xstest DIR --split heldout",
 }
 
