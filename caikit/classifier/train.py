@@ -34,8 +34,10 @@ BUNDLED = "bundled"
 @dataclasses.dataclass
 class ClassifierTrainConfig:
     data: list[str] = option([], help="labelled rows (prompt or messages, optional response, label, category, "
-                                      "source_id): files or directories through the row reader; `bundled`: the "
-                                      "bundled suites (caikit/data/suites, 1,042 human-written requests)")
+                                      "source_id): files or directories through the row reader (a `caikit "
+                                      "classifier data` directory: data.jsonl, or output_data.jsonl for --target "
+                                      "output); `bundled`: the bundled suites (caikit/data/suites, 1,042 "
+                                      "human-written requests)")
     extra_train: list[str] = option([], help="more labelled rows for the training split only (e.g. `caikit "
                                              "classifier data` output): never validated or tested on; rows near a "
                                              "validation or test row are dropped")
@@ -82,12 +84,26 @@ def category_family(category: str) -> str:
             "privacy_fictional": "privacy"}.get(family, family)
 
 
-def read_rows(data: list[str]) -> list:
+def guard_data_file(given: str, target: str) -> Path:
+    """A `caikit classifier data` directory gives the rows of the guard being trained: data.jsonl (input) or
+    output_data.jsonl (output, from --responses); any other path is read as it is."""
+    from caikit.classifier.responses import OUTPUT_DATA
+
+    path = Path(given)
+    if target != "output" or not (path / "data.jsonl").is_file() and not (path / OUTPUT_DATA).is_file():
+        return path
+    if not (path / OUTPUT_DATA).is_file():
+        raise UserError(f"no {OUTPUT_DATA}: an output guard trains on replies (`caikit classifier data "
+                        "--responses N`)", path=given)
+    return path / OUTPUT_DATA
+
+
+def read_rows(data: list[str], target: str = "input") -> list:
     from caikit.rows import read_guard_rows
 
     rows = []
     for given in data:
-        for path in (bundled_paths() if given == BUNDLED else [Path(given)]):
+        for path in (bundled_paths() if given == BUNDLED else [guard_data_file(given, target)]):
             rows += read_guard_rows(path).items
     for row in rows:
         row.category = category_family(row.category) or "uncategorised"
@@ -153,7 +169,7 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
     started = time.perf_counter()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     constitution = load_constitution(cfg.constitution)
-    rows = read_rows(cfg.data)
+    rows = read_rows(cfg.data, cfg.target)
     if cfg.target == "output":
         missing = [r for r in rows if r.response is None]
         if missing:
@@ -170,7 +186,7 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
     extra_added = 0
     if cfg.extra_train:
         held = split["validation"] + split["test"]
-        extra = [r for r in read_rows(cfg.extra_train) if r.category not in split["held_out_categories"]]
+        extra = [r for r in read_rows(cfg.extra_train, cfg.target) if r.category not in split["held_out_categories"]]
         kept, _ = drop_near_duplicates(held + extra, row_text, cfg.dedup)
         extra_ids = {id(r) for r in extra}
         survivors = [r for r in kept if id(r) in extra_ids]

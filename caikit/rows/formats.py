@@ -27,9 +27,9 @@ TEXT_TYPES = (".jsonl", ".ndjson", ".json", ".csv")
 # What a caikit run directory holds for each view, in the order tried.
 RUN_FILES = {"prompts": ("sft.jsonl", "traces.jsonl", "preferences.jsonl", "labels.jsonl"),
              "pairs": ("preferences.jsonl", "labels.jsonl"), "examples": ("sft.jsonl",),
-             "scored": ("sft.jsonl",), "thumbs": ("thumbs.jsonl",)}
+             "scored": ("sft.jsonl",), "thumbs": ("thumbs.jsonl",), "guard": ("data.jsonl",)}
 EXPORT_DIRS = {"prompts": ("sft", "preferences"), "pairs": ("preferences",), "examples": ("sft",),
-               "scored": ("sft",), "thumbs": ()}
+               "scored": ("sft",), "thumbs": (), "guard": ()}
 
 
 @dataclass(frozen=True)
