@@ -152,7 +152,8 @@ def run_classify(cfg: ClassifyConfig) -> int:
         items = load_prompts(path)
         prompts, responses, ids = [i.messages for i in items], None, [i.id for i in items]
     scores = guard.score(prompts, responses, batch_size=cfg.batch_size)
-    lines = [json.dumps({"id": i, "score": round(s, 6), "flagged": s >= guard.threshold}) for i, s in zip(ids, scores)]
+    # the score as computed (not rounded): a rounded 0.99959996 would read 0.9996 >= threshold beside flagged false
+    lines = [json.dumps({"id": i, "score": float(s), "flagged": bool(s >= guard.threshold)}) for i, s in zip(ids, scores)]
     text = "\n".join(lines) + ("\n" if lines else "")
     if cfg.out == "-":
         sys.stdout.write(text)
