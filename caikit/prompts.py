@@ -20,7 +20,7 @@ __all__ = ["FORMATS", "LabelledPair", "PromptRow", "bundled_benign_prompts_path"
 Messages = list[dict[str, str]]
 
 
-@dataclass
+@dataclass(slots=True)  # no per-row __dict__: a million prompts are held while they run
 class PromptRow:
     id: str  # the file's `id` column, else a hash of the messages (stable across runs and files)
     messages: Messages  # the conversation so far, ending with a user turn

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 Messages = list[dict[str, str]]
 
@@ -23,6 +23,18 @@ def idempotency_key(stage: str, *parts: Any) -> str:
     """hash(stage, prompt, principle, params, seed) -> 24 hex chars."""
     digest = hashlib.sha256(canonical_json([stage, *parts]).encode("utf-8")).hexdigest()
     return f"{stage}-{digest[:24]}"
+
+
+def keyed_on(stage: str, shared: list[Any], part_of) -> Callable[[Any], str]:
+    """key(item) == idempotency_key(stage, part_of(item), *shared), with `shared` serialised once."""
+    head = canonical_json([stage])[:-1] + ","
+    tail = ("," + canonical_json(shared)[1:]) if shared else "]"
+
+    def key(item: Any) -> str:
+        text = head + canonical_json(part_of(item)) + tail
+        return f"{stage}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:24]}"
+
+    return key
 
 
 def plain(value: Any) -> Any:

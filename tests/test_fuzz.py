@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -150,7 +151,7 @@ def check_prompt_file(path: Path) -> None:
             assert isinstance(row.id, str) and row.messages and row.messages[-1]["role"] == "user"
             assert all(isinstance(m["content"], str) and m["role"] in ("system", "user", "assistant")
                        for m in row.messages)
-            json.dumps(row.__dict__, ensure_ascii=False).encode("utf-8")  # writable as a record
+            json.dumps(dataclasses.asdict(row), ensure_ascii=False).encode("utf-8")  # writable as a record
 
 
 @settings(FUZZ, max_examples=400)

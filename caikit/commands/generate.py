@@ -27,7 +27,7 @@ from caikit.store import read_json
 from caikit.runner import Runner, exit_status, open_backend, pending, run_then_close
 from caikit.sft_data import finalize_generate
 from caikit.shard import select_shard
-from caikit.stages.trace import TraceSetup, build_trace, identity, trace_key
+from caikit.stages.trace import TraceSetup, build_trace, identity, trace_keys
 
 
 @dataclasses.dataclass
@@ -125,7 +125,7 @@ def run_generate(cfg: GenerateConfig) -> int:
         if probe:
             run.write_json(RunDir.PROBE, probe)
         traces, failures = run.jsonl(RunDir.TRACES), run.jsonl(RunDir.FAILURE_LOG)
-        todo, done = pending(prompts, lambda row: trace_key(row, cfg, constitution.hash), traces)
+        todo, done = pending(prompts, trace_keys(cfg, constitution.hash), traces)
         if not cfg.provider().in_process:
             confirm_cost(price(cfg, constitution, [row for row, _ in todo], fill=0.6, honours_n=backend.honours_n), cfg)
         cached, meter = open_backend(run, backend, cfg)

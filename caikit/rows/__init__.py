@@ -28,7 +28,7 @@ __all__ = ["FORMATS", "Loaded", "Pair", "Place", "Prompt", "Example", "Scored", 
            "read_scored", "read_thumbs", "text_of", "pairs_from", "examples_from"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Prompt:
     id: str
     messages: Messages  # the conversation so far, ending with a user turn

@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,11 +29,12 @@ TEXT_TYPES = (".jsonl", ".ndjson", ".json", ".csv")
 RUN_FILES = {"prompts": ("sft.jsonl", "traces.jsonl", "preferences.jsonl", "labels.jsonl"),
              "pairs": ("preferences.jsonl", "labels.jsonl"), "examples": ("sft.jsonl",),
              "scored": ("sft.jsonl",), "thumbs": ("thumbs.jsonl",), "guard": ("data.jsonl",)}
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 EXPORT_DIRS = {"prompts": ("sft", "preferences"), "pairs": ("preferences",), "examples": ("sft",),
                "scored": ("sft",), "thumbs": (), "guard": ()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per row read
 class Place:
     """Where a row is: `path:line` for line-based text, `path: item N` / `path: row N` otherwise."""
 
@@ -81,6 +83,8 @@ def loads(text: str) -> Any:
         raise _JSONError("nested too deeply") from None
     except ValueError as e:
         raise _JSONError(str(e).split(":")[0]) from None
+    if "\\u" not in text or not _SURROGATE_ESCAPE.search(text):
+        return value  # (a lone surrogate can only come from an escape: the text itself was decoded as UTF-8)
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

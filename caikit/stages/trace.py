@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from caikit.records import Messages, Trace, idempotency_key
+from caikit.records import Messages, Trace, idempotency_key, keyed_on
 from caikit.stages import answer, critique, revise
 from caikit.progress import phase
 from caikit.stages.base import Ask
@@ -65,6 +65,12 @@ def identity(cfg, constitution_hash: str) -> dict[str, Any]:
 
 def trace_key(row, cfg, constitution_hash: str) -> str:
     return idempotency_key("trace", row.messages, constitution_hash, identity(cfg, constitution_hash))
+
+
+def trace_keys(cfg, constitution_hash: str):
+    """`trace_key` for many rows: the same keys, with the part every prompt shares (the constitution's hash and
+    the settings) serialised once instead of once per prompt (a million-prompt resume computes a million keys)."""
+    return keyed_on("trace", [constitution_hash, identity(cfg, constitution_hash)], lambda row: row.messages)
 
 
 def start(setup: TraceSetup, row, key: str) -> TraceState:
