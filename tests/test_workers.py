@@ -191,8 +191,9 @@ def test_a_refused_key_in_one_worker_stops_every_worker(tmp_path, capsys):
     def reject(request):  # pair 0's requests meet a 401; pair 0 is the first worker's
         return (401, "Incorrect API key provided") if "GOOD 0" in request.last_user_message else None
 
-    def latency(request):  # the other worker's pairs would take 30 s: it is stopped long before
-        return 0.0 if "GOOD 0" in request.last_user_message else 30.0
+    def latency(request):  # the other worker's pairs would take 30 s: it is stopped long before (the probe's
+        text = request.last_user_message  # own requests show no pair and are answered at once)
+        return 30.0 if "GOOD" in text and "GOOD 0" not in text else 0.0
 
     with FakeAPIServer(logprobs=favour_good, reject=reject, latency=latency) as server:
         code = cli_main(judge_args(out, gen, server, calibrate=0, concurrency=4, workers=2))
