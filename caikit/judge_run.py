@@ -2,15 +2,17 @@
 
 `open_judge` validates the constitution, makes the backend (a missing key fails before anything is
 written), resolves the method, opens the RunDir with the judge's identity and dresses the backend with the
-run's request log; `judge_pairs` runs every pair not yet judged through the runner; `planned` reads back
-the stored judgments of a pair list, in its order, and the failures still outstanding; `price_judge`
-prices pairs with the stage's own plans.
+run's request log; `judge_pairs` runs every pair not yet judged through the runner, in this process or over
+--workers processes (the quality gate's pairs are always judged in this one, before any worker starts, so
+the gate reads a whole sample); `planned` reads back the stored judgments of a pair list, in its order, and
+the failures still outstanding; `price_judge` prices pairs with the stage's own plans.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from typing import Any
 
 from caikit.backends.cache import CachingBackend, UsageMeter
@@ -22,6 +24,7 @@ from caikit.rundir import RunDir, note
 from caikit.runner import Outcome, Runner, open_backend, outstanding_failures, pending
 from caikit.stages.judge import JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
 from caikit.store import latest_by_id, read_json
+from caikit.workers import StageJob, run_over_workers
 
 # JudgeOptions fields that do not change what a judgment says
 NOT_IDENTITY = ("constitution", "progress", "parse_retries")
@@ -38,6 +41,8 @@ class JudgeRun:
     runner: Runner
     stage: str
     constitution: Any
+    probe: dict[str, Any] | None = None  # what `caikit probe` found at a self-hosted server (workers reuse it)
+    died: bool = False  # a --workers process ended without finishing: its pairs are left for the next run
 
     def close(self) -> None:
         self.run.close()
@@ -81,7 +86,7 @@ def open_judge(cfg, out: str, stage: str, extra_identity: dict[str, Any], *, con
     except BaseException:
         run.close()
         raise
-    return JudgeRun(run, setup, cached, meter, runner, stage, constitution)
+    return JudgeRun(run, setup, cached, meter, runner, stage, constitution, probe)
 
 
 async def confirm_judge_cost(jr: JudgeRun, pairs: list[Pair]) -> None:
@@ -97,9 +102,10 @@ async def confirm_judge_cost(jr: JudgeRun, pairs: list[Pair]) -> None:
 
 
 async def judge_pairs(jr: JudgeRun, pairs: list[Pair], *, concurrency: int, confirm: bool = True,
-                      where: RunDir | None = None, what: str = "pairs") -> Outcome:
+                      where: RunDir | None = None, what: str = "pairs", workers: int = 1) -> Outcome:
     """Judge every pair not yet in judgments.jsonl (of `where`, default the run directory); each result or
-    failure row is stored as it completes."""
+    failure row is stored as it completes. `workers` > 1: over that many processes (caikit.workers), this
+    one writing what they send."""
     where = where or jr.run
     judgments, failures = where.jsonl(RunDir.JUDGMENTS), where.jsonl(RunDir.FAILURE_LOG)
     todo, done = pending(pairs, jr.setup.key, judgments)
@@ -112,15 +118,31 @@ async def judge_pairs(jr: JudgeRun, pairs: list[Pair], *, concurrency: int, conf
     if getattr(jr.setup.opts, "batch_api", False):  # every pair in flight at once: each round is one batch
         concurrency = max(1, len(todo))
     try:
-        outcome = await jr.runner.run(todo, lambda pair, key: judge_pair(jr.runner.ask, jr.setup, pair, key,
-                                                                         jr.run.run_id),
-                                      records=judgments, failures=failures, stage="judge", run_id=jr.run.run_id,
-                                      concurrency=concurrency, meter=jr.meter, desc=jr.stage)
+        if workers > 1 and len(todo) > 1:
+            job = StageJob(opts=jr.setup.opts, probe=jr.probe, run_path=str(jr.run.path), run_id=jr.run.run_id,
+                           stage="judge", records=str(judgments.path), failures=str(failures.path),
+                           build=functools.partial(judgment_of, jr.setup, jr.run.run_id),
+                           parse_retries=jr.runner.parse_retries)
+            totals = await run_over_workers(jr.stage, job, todo, workers, concurrency, records=judgments,
+                                            failures=failures, requests=jr.cached.log, meter=jr.meter,
+                                            progress=jr.runner.progress)
+            jr.died = jr.died or bool(totals.died)
+            outcome = Outcome(done=totals.done, failed=totals.failed, skipped=0)
+        else:
+            outcome = await jr.runner.run(todo, lambda pair, key: judgment_of(jr.setup, jr.run.run_id, jr.runner.ask,
+                                                                              pair, key),
+                                          records=judgments, failures=failures, stage="judge", run_id=jr.run.run_id,
+                                          concurrency=concurrency, meter=jr.meter, desc=jr.stage)
     finally:
         judgments.close()
         failures.close()
     outcome.skipped = done
     return outcome
+
+
+def judgment_of(setup: JudgeSetup, run_id: str, ask, pair: Pair, key: str):
+    """One pair's judgment: the runner's build, here or in a worker process (picklable, unlike a lambda)."""
+    return judge_pair(ask, setup, pair, key, run_id)
 
 
 def planned(jr: JudgeRun, pairs: list[Pair], where: RunDir | None = None
@@ -182,5 +204,6 @@ async def judge_with_gate(jr: JudgeRun, cfg, pairs: list[Pair], *, human_are_pai
     """The gate first (when on), then every pair, unless the gate said the judge is not worth the rest."""
     gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(), human_are_pairs=human_are_pairs)
     if gate is None or gate["status"] in GOES_ON:
-        await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
+        await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None,
+                          workers=getattr(cfg, "workers", 1))
     return gate

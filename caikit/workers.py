@@ -1,4 +1,4 @@
-"""`--workers N`: one stage over N worker processes that share one run directory.
+"""`--workers N`: one stage over N worker processes that share one run directory (generate, judge, eval judge, eval).
 
 One process cannot send more than about a core's worth of requests; a vLLM node takes more. The command's
 own process keeps the run directory's lock and is the only writer of its files; it splits the prompts still
@@ -14,7 +14,13 @@ ordered stream, so the files never hold a record whose requests are missing; a r
 a process dies is a request the rerun sends again, as a request in flight at a kill -9 of one process is.
 The lock holder recomputes each record's usage from the request index it keeps, so a record's usage is
 exactly its rows', as in one process. A worker that dies leaves its unfinished prompts for the next run;
-the others finish theirs, the derived files are written, and the command exits 1 (rerun to finish).
+the others finish theirs, the derived files are written, and the command exits 1 (rerun to finish). A worker
+that hits a run-stopping error (a refused key) says so; the lock holder stops the others and the command exits 2.
+
+A command hands `run_over_workers` its items still to do and a `StageJob`: what each worker needs to run the
+stage (its backend options, the record files, and `build(ask, item, key)`, a module-level function or a
+partial of one, so that it travels to a spawned process). Everything computed over the whole run -- pending
+items, the cost estimate, a judge's quality gate, statistics, cards -- stays in the lock holder.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import math
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from caikit.errors import UserError
 from caikit.store import JsonlFile
@@ -125,6 +131,9 @@ async def collect(started, files: dict[str, JsonlFile], requests: JsonlFile, *, 
                         bar.update(1)
                 elif kind == "stopped":
                     totals.stopped = totals.stopped or message["error"]
+                    for other, _ in started:  # the others would only meet the same refusal: stop them now
+                        if other is not proc and other.is_alive():
+                            other.terminate()
                 elif kind == "finished":
                     finished = True
         finally:
@@ -170,3 +179,90 @@ def check_workers(workers: int, cfg) -> None:
         raise UserError("--workers and --batch-api: a batch job needs no client processes; drop --workers")
     if cfg.max_cost:
         raise UserError("--workers with --max-cost: the budget is kept by one process; drop one of them")
+
+
+@dataclass
+class StageJob:
+    """What one worker needs to run its share of a stage (pickled into each spawned process)."""
+
+    opts: Any  # the BackendOptions its backend is made from; run_over_workers sets its share of --concurrency
+    probe: dict[str, Any] | None  # the lock holder's probe of a self-hosted server (None: not probed)
+    run_path: str
+    run_id: str
+    stage: str  # what its failure rows say
+    records: str  # the record file and the failure log it appends to (through the lock holder)
+    failures: str
+    build: Callable  # build(ask, item, key) -> record
+    parse_retries: int = 2
+    item_label: Callable[[Any], str] | None = None  # a failure row's prompt_id (default: item.id)
+    concurrency: int = 1  # items in flight: set by run_over_workers
+
+
+def split_todo(todo: list[tuple[Any, str]], n: int) -> list[list[tuple[Any, str]]]:
+    """Up to n shares of `todo`, every n-th distinct key each: items of one key (the same prompt twice) go to
+    one worker, whose request log asks once, as one process does."""
+    slot: dict[str, int] = {}
+    shares: list[list[tuple[Any, str]]] = [[] for _ in range(n)]
+    for item, key in todo:
+        shares[slot.setdefault(key, len(slot) % n)].append((item, key))
+    return [share for share in shares if share]
+
+
+async def run_over_workers(command: str, job: StageJob, todo: list[tuple[Any, str]], workers: int, in_flight: int,
+                           *, records: JsonlFile, failures: JsonlFile, requests: JsonlFile, meter=None,
+                           progress: bool = True, prefetch: int = 1) -> WorkerTotals:
+    """`todo` over `workers` processes running `job`, `in_flight` requests in flight among them (`prefetch`
+    items per request); this process appends what they send to `records`, `failures` and `requests`.
+    A run-stopping error of a worker raises RunStopped; a worker that died is reported (totals.died)."""
+    from tqdm import tqdm
+
+    from caikit.index import RequestIndex
+    from caikit.rundir import note
+    from caikit.runner import RunStopped
+
+    shares = split_todo(todo, workers)
+    share = split_in_flight(in_flight, len(shares))
+    job = dataclasses.replace(job, opts=dataclasses.replace(job.opts, concurrency=str(share)),
+                              concurrency=share * prefetch)
+    note(command, f"{len(shares)} worker processes, {share} requests in flight each")
+    requests.indexed(RequestIndex).commit()  # every answer logged so far is there for the workers to replay
+    started = spawn(stage_worker, lambda i: (job, shares[i]), len(shares))
+    bar = tqdm(total=len(todo), desc=command, unit="it", dynamic_ncols=True, disable=not progress, file=sys.stderr,
+               smoothing=0.1)
+    try:
+        totals = await collect(started, {"record": records, "failure": failures}, requests, meter=meter, bar=bar)
+    finally:
+        stop_all(started)
+        bar.close()
+    if totals.stopped:
+        said = totals.stopped
+        raise RunStopped(said if said.startswith("the provider refused the run") else
+                         f"the provider refused the run: {said} (finished work is kept)")
+    report_died(totals, command)
+    return totals
+
+
+def stage_worker(job: StageJob, todo: list[tuple[Any, str]], sock: socket.socket) -> None:
+    """One worker process: `todo` through the stage as one process runs it, its rows sent to the lock holder."""
+    from caikit.backends.registry import make_backend
+    from caikit.rundir import RunDir
+    from caikit.runner import Runner, open_backend, run_then_close
+
+    channel = Channel(sock)
+    try:
+        backend = make_backend(job.opts, probe=job.probe)
+        if job.probe:
+            backend.adopt_probe(job.probe, job.opts.requests_in_flight(job.probe))
+        run = RunDir(job.run_path)
+        cached, meter = open_backend(run, backend, job.opts,
+                                     log=RemoteJsonl(run.file(RunDir.REQUESTS), "request", channel))
+        runner = Runner(cached, parse_retries=job.parse_retries, progress=False)
+        label = {"item_label": job.item_label} if job.item_label is not None else {}
+        run_then_close(runner.run(todo, lambda item, key: job.build(runner.ask, item, key),
+                                  records=RemoteJsonl(job.records, "record", channel),
+                                  failures=RemoteJsonl(job.failures, "failure", channel), stage=job.stage,
+                                  run_id=job.run_id, concurrency=job.concurrency, meter=meter, **label), cached)
+    except UserError as e:  # a refused key, an unknown model: the lock holder stops everyone
+        worker_error(channel, e)
+    channel.send({"kind": "finished"})
+    sock.close()

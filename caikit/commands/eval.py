@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ from caikit.runner import Runner, open_backend, pending
 from caikit.stages.judge import METHODS, JudgeOptions, JudgeSetup, Pair, judge_pair, resolve_method
 from caikit.store import latest_by_id, write_jsonl_atomic
 from caikit.train.monitors import before_after_warnings
+from caikit.workers import StageJob, run_over_workers
 
 
 @dataclasses.dataclass
@@ -97,6 +99,8 @@ class EvalConfig:
     out: str = option("outputs/eval", help="output directory")
     seed: int = option(0, low=0, high=2**32 - 1, help="seed for sampling answers and drawing judge principles")
     progress: bool = option(True, help="show a progress bar while judging")
+    workers: int = option(1, low=1, high=256, help="worker processes sending the judge's requests (an online API "
+                                                   "--judge), sharing --out; the models answer in this process")
 
     @property
     def trained(self) -> str:
@@ -129,10 +133,11 @@ def judge_principles(constitution, kind: str) -> list:
     return [p for p in pool if JUDGE_TAG[kind] in p.tags] or pool
 
 
-def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, run: RunDir) -> tuple[dict[str, Any], int]:
+def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, run: RunDir) -> tuple[dict[str, Any], int, bool]:
     """Fill pair["judge_p_after"] with P(after better) from the judge stage (both orders, `--principles`
     sampled per pair from the kind's tagged principles). Returns (judge description, pairs that could not
-    be judged). Judgments and judge requests are stored in the run directory and reused on rerun."""
+    be judged, whether a --workers process died). Judgments and judge requests are stored in the run directory
+    and reused on rerun."""
     opts = cfg.judge_options()
     backend = make_backend(opts)
     cached, meter = open_backend(run, backend, opts)
@@ -152,13 +157,25 @@ def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, run: RunDir) -
     judgments, failures = run.jsonl(RunDir.JUDGMENTS), run.jsonl(RunDir.FAILURE_LOG)
     todo, _ = pending(items, lambda item: setups[item[0]["kind"]].key(item[1]), judgments)
 
+    died = False
+
     async def main() -> None:
+        nonlocal died
         try:
-            await runner.run(todo, lambda item, key: judge_pair(runner.ask, setups[item[0]["kind"]], item[1], key,
-                                                                run.run_id),
-                             records=judgments, failures=failures, stage="eval-judge", run_id=run.run_id,
-                             concurrency=cfg.batch_size if opts.provider().in_process else opts.requests_in_flight(),
-                             meter=meter, desc="eval judge", item_label=lambda item: item[0]["kind"])
+            if cfg.workers > 1 and len(todo) > 1:
+                job = StageJob(opts=opts, probe=None, run_path=str(run.path), run_id=run.run_id, stage="eval-judge",
+                               records=str(judgments.path), failures=str(failures.path),
+                               build=functools.partial(eval_judgment, setups, run.run_id),
+                               parse_retries=runner.parse_retries, item_label=pair_kind)
+                totals = await run_over_workers("eval", job, todo, cfg.workers, opts.requests_in_flight(),
+                                                records=judgments, failures=failures, requests=cached.log,
+                                                meter=meter, progress=cfg.progress)
+                died = bool(totals.died)
+            else:
+                await runner.run(todo, lambda item, key: eval_judgment(setups, run.run_id, runner.ask, item, key),
+                                 records=judgments, failures=failures, stage="eval-judge", run_id=run.run_id,
+                                 concurrency=cfg.batch_size if opts.provider().in_process else opts.requests_in_flight(),
+                                 meter=meter, desc="eval judge", item_label=pair_kind)
         finally:
             judgments.close()
             failures.close()
@@ -176,7 +193,16 @@ def run_judging(cfg: EvalConfig, pairs: list[dict], constitution, run: RunDir) -
                    "principles_per_pair": setups["red-team"].opts.principles, "constitution": constitution.name,
                    "harmless_principles": [p.id for p in pools["red-team"]],
                    "helpful_principles": [p.id for p in pools["benign"]], "usage": meter.summary()}
-    return description, failed
+    return description, failed, died
+
+
+def eval_judgment(setups: dict[str, JudgeSetup], run_id: str, ask, item, key: str):
+    """One (sample, pair)'s judgment under its kind's setup: the runner's build, here or in a worker process."""
+    return judge_pair(ask, setups[item[0]["kind"]], item[1], key, run_id)
+
+
+def pair_kind(item) -> str:
+    return item[0]["kind"]
 
 
 def make_detector(cfg: EvalConfig, run: RunDir):
@@ -235,7 +261,9 @@ def user_text(messages) -> str:
 
 def run_eval(cfg: EvalConfig) -> int:
     from caikit.constitution import load_constitution
+    from caikit.workers import check_workers
 
+    check_workers(cfg.workers, cfg.judge_options())
     check_model(cfg.trained, "--model")
     check_model(cfg.before, "--before")
     if cfg.reward_model and not (Path(cfg.reward_model) / "config.json").exists():
@@ -269,7 +297,7 @@ def run_eval(cfg: EvalConfig) -> int:
         kl = kl_estimate(cfg, [(p["prompt"], p["after"], p["after_ended"]) for p in pairs], device)
         rewards = reward_scores(cfg, pairs, device) if cfg.reward_model else None
         seconds["kl_and_reward"] = time.time() - start - seconds["answers"]
-        judge, failed = run_judging(cfg, pairs, constitution, run)
+        judge, failed, died = run_judging(cfg, pairs, constitution, run)
         seconds["judge"] = time.time() - start - sum(seconds.values())
         note("eval", "seconds " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
@@ -305,4 +333,4 @@ def run_eval(cfg: EvalConfig) -> int:
     if pairs and not counts["judged_pairs"]:
         note("eval", "nothing usable came out (0 pairs judged): exit 1")
         return 1
-    return 0
+    return 1 if died else 0  # a worker died: its pairs are left for the rerun

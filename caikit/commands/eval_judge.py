@@ -32,6 +32,9 @@ class AgreementConfig(GateOptions, JudgeOptions, BackendOptions):
     out: str = option("outputs/eval-judge", help="output directory")
     limit: int = option(0, low=0, help="use only the first N pairs (0: all)")
     bins: int = option(10, low=1, high=100, help="confidence bins of the calibration table and reliability diagram")
+    workers: int = option(1, low=1, high=256, help="worker processes sending judge requests (online APIs), sharing "
+                                                   "--out; the gate's calibration pairs are sent by the command's "
+                                                   "own process")
 
     def validate(self) -> None:
         BackendOptions.validate(self)
@@ -69,6 +72,9 @@ def label_pairs(rows: list[dict], limit: int | None) -> list[Pair]:
 
 
 def run_agreement(cfg: AgreementConfig) -> int:
+    from caikit.workers import check_workers
+
+    check_workers(cfg.workers, cfg)
     labels = label_rows(cfg.pairs)
     pairs = label_pairs(labels, cfg.limit or None) if labels is not None else human_pairs(cfg.pairs, cfg.limit or None)
     if labels is not None and cfg.calibration_pairs:
@@ -83,7 +89,8 @@ def run_agreement(cfg: AgreementConfig) -> int:
             gate = await run_gate(jr, cfg, pairs, concurrency=jr.cached.inner_limit(), human_are_pairs=labels is None)
             # measuring the judge is this command's purpose: every pair is judged whatever the gate found, and
             # the gate's verdict is the exit code once report.json is written
-            await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None)
+            await judge_pairs(jr, pairs, concurrency=jr.cached.inner_limit(), confirm=gate is None,
+                              workers=cfg.workers)
         finally:
             await jr.cached.aclose()
 
@@ -125,4 +132,4 @@ def run_agreement(cfg: AgreementConfig) -> int:
     note("eval judge", f"-> {cfg.out}/report.json, {cfg.out}/calibration.png")
     if gate is not None and gate["status"] == "failed":  # the report is whole; the exit code carries the verdict
         raise QualityGateFailed(gate["verdict"])
-    return 0
+    return 1 if jr.died else 0  # a worker died: its pairs are left for the rerun (report.json says how many)

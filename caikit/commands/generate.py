@@ -141,7 +141,7 @@ def run_generate(cfg: GenerateConfig) -> int:
         died = False
         try:
             if cfg.workers > 1 and len(todo) > 1:
-                died = run_workers(cfg, run, todo, probe, cached, meter, traces, failures)
+                died = run_workers(cfg, run, todo, probe, cached, meter, setup, traces, failures)
             else:
                 run_then_close(runner.run(todo, lambda row, key: build_trace(runner.ask, setup, row, key),
                                           records=traces, failures=failures, stage="generate", run_id=run.run_id,
@@ -158,63 +158,25 @@ def run_generate(cfg: GenerateConfig) -> int:
     return max(code, 1) if died else code
 
 
-def run_workers(cfg: GenerateConfig, run: RunDir, todo, probe, cached, meter, traces, failures) -> bool:
+def run_workers(cfg: GenerateConfig, run: RunDir, todo, probe, cached, meter, setup, traces, failures) -> bool:
     """`todo` over --workers processes (caikit.workers); this process writes what they send. True when a worker
     died (its unfinished prompts are left for the next run)."""
-    import asyncio
-    import sys
+    import functools
 
-    from tqdm import tqdm
+    from caikit.workers import StageJob, run_over_workers
 
-    from caikit.runner import RunStopped
-    from caikit.workers import collect, report_died, spawn, split_in_flight, stop_all
-
-    n = min(cfg.workers, len(todo))
-    share = split_in_flight(cfg.requests_in_flight(probe), n)
-    worker_cfg = dataclasses.replace(cfg, concurrency=str(share), progress=False)
-    note("generate", f"{n} worker processes, {share} requests in flight each")
-    started = spawn(generate_worker, lambda i: (worker_cfg, probe, str(run.path), run.run_id, todo[i::n]), n)
-    bar = tqdm(total=len(todo), desc="generate", unit="it", dynamic_ncols=True, disable=not cfg.progress,
-               file=sys.stderr, smoothing=0.1)
-    try:
-        totals = asyncio.run(collect(started, {"record": traces, "failure": failures}, cached.log, meter=meter,
-                                     bar=bar))
-    finally:
-        stop_all(started)
-        bar.close()
-        cached.log.close()
-    if totals.stopped:
-        raise RunStopped(f"the provider refused the run: {totals.stopped} (finished work is kept)")
-    report_died(totals, "generate")
+    job = StageJob(opts=cfg, probe=probe, run_path=str(run.path), run_id=run.run_id, stage="generate",
+                   records=str(traces.path), failures=str(failures.path), build=functools.partial(chain_of, setup),
+                   parse_retries=cfg.parse_retries)
+    totals = run_then_close(run_over_workers("generate", job, todo, cfg.workers, cfg.requests_in_flight(probe),
+                                             records=traces, failures=failures, requests=cached.log, meter=meter,
+                                             progress=cfg.progress, prefetch=cfg.prefetch), cached)
     return bool(totals.died)
 
 
-def generate_worker(cfg: GenerateConfig, probe, run_path: str, run_id: str, todo, sock) -> None:
-    """One worker process of `run_workers`: the chains of `todo`, its rows sent to the lock holder."""
-    from caikit.backends.registry import make_backend
-    from caikit.constitution import load_constitution
-    from caikit.workers import Channel, RemoteJsonl, worker_error
-
-    channel = Channel(sock)
-    try:
-        constitution = load_constitution(cfg.constitution)
-        backend = make_backend(cfg, probe=probe)
-        if probe:
-            backend.adopt_probe(probe, cfg.requests_in_flight(probe))
-        run = RunDir(run_path)
-        requests = RemoteJsonl(run.file(RunDir.REQUESTS), "request", channel)
-        cached, meter = open_backend(run, backend, cfg, log=requests)
-        setup = TraceSetup.make(cfg, constitution, run_id, cached.describe())
-        runner = Runner(cached, parse_retries=cfg.parse_retries, progress=False)
-        run_then_close(runner.run(todo, lambda row, key: build_trace(runner.ask, setup, row, key),
-                                  records=RemoteJsonl(run.file(RunDir.TRACES), "record", channel),
-                                  failures=RemoteJsonl(run.file(RunDir.FAILURE_LOG), "failure", channel),
-                                  stage="generate", run_id=run_id, concurrency=cfg.requests_in_flight(probe) * cfg.prefetch,
-                                  meter=meter), cached)
-    except UserError as e:  # a refused key, an unknown model: the lock holder stops everyone
-        worker_error(channel, e)
-    channel.send({"kind": "finished"})
-    sock.close()
+def chain_of(setup: TraceSetup, ask, row, key: str):
+    """A worker's build: one prompt's chain (picklable, unlike a lambda)."""
+    return build_trace(ask, setup, row, key)
 
 
 def report_generate(cfg: GenerateConfig, counts: dict[str, int], meter) -> int:

@@ -57,6 +57,9 @@ class JudgeConfig(GateOptions, JudgeOptions, BackendOptions):
     max_failure_rate: float = option(0.5, low=0, high=1, help="exit 1 when more than this share of the pairs failed")
     shard: str = option("", help="i/n: judge shard i of n (split by prompt / trace id hash), so n machines can "
                                  "share one run; combine with caikit merge")
+    workers: int = option(1, low=1, high=256, help="worker processes sending judge requests (online APIs), sharing "
+                                                   "--out; the gate's calibration pairs and the policy's samples "
+                                                   "are sent by the command's own process")
     out: str = option("outputs/judge", help="run directory")
 
     def validate(self) -> None:
@@ -115,7 +118,9 @@ def sample_failures(cfg: JudgeConfig, run: RunDir, prompts) -> list[dict[str, An
 
 def run_judge(cfg: JudgeConfig) -> int:
     from caikit.prompts import bundled_prompts_path, load_prompts
+    from caikit.workers import check_workers
 
+    check_workers(cfg.workers, cfg)
     extra: dict[str, Any] = {"pairs": cfg.pairs}
     prompts, pairs, skipped, sizes = [], [], {}, {}
     if cfg.pairs == "samples":
@@ -230,7 +235,8 @@ def report_judge(cfg: JudgeConfig, stats: dict[str, Any], jr) -> int:
                   f"${jr.meter.cost_usd:.4f} -> {cfg.out}/preferences.jsonl")
     # a prompt whose sampling failed made no pair at all: it counts once among the items tried, so a dead
     # policy server reads 100 % failed, not failures / 0 pairs
-    return exit_status("judge", made=stats["judged"], made_what="pairs judged", failures=stats["failures"],
+    code = exit_status("judge", made=stats["judged"], made_what="pairs judged", failures=stats["failures"],
                        attempted=stats["pairs"] + stats.get("sample_failures", 0), what="pairs (and prompts sampled)"
                        if stats.get("sample_failures") else "pairs", max_failure_rate=cfg.max_failure_rate,
                        failures_file=f"{cfg.out}/failures.jsonl")
+    return max(code, 1) if jr.died else code  # a worker died: its pairs are left for the rerun
