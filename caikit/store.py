@@ -56,22 +56,23 @@ class JsonlFile:
         """Drop a torn (unterminated or unparseable) last line left by a crash. Returns bytes dropped."""
         if not self.path.exists():
             return 0
-        with open(self.path, "rb+") as fh:
-            data = fh.read()
-            if not data:
+        with open(self.path, "rb+") as fh:  # only the tail is read: a finished run's log may be gigabytes
+            size = end = fh.seek(0, os.SEEK_END)
+            if not size:
                 return 0
-            end = len(data)
-            if not data.endswith(b"\n"):
-                end = data.rfind(b"\n") + 1  # 0 when the only line is torn
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":
+                end = _rfind_newline(fh, size) + 1  # 0 when the only line is torn
             else:
-                last_start = data.rfind(b"\n", 0, end - 1) + 1
+                last_start = _rfind_newline(fh, size - 1) + 1
+                fh.seek(last_start)
                 try:
-                    json.loads(data[last_start:end])
+                    json.loads(fh.read(size - last_start))
                 except ValueError:
                     end = last_start
-            if end < len(data):
+            if end < size:
                 fh.truncate(end)
-            return len(data) - end
+            return size - end
 
     def read(self) -> list[dict[str, Any]]:
         return list(self.iter())
@@ -160,6 +161,18 @@ class JsonlFile:
         if self.index is not None:
             self.index.close()
             self.index = None
+
+
+def _rfind_newline(fh, before: int, block: int = 1 << 16) -> int:
+    """The offset of the last b"\\n" before byte `before` of `fh`, or -1: read backwards a block at a time."""
+    while before > 0:
+        start = max(0, before - block)
+        fh.seek(start)
+        at = fh.read(before - start).rfind(b"\n")
+        if at >= 0:
+            return start + at
+        before = start
+    return -1
 
 
 def temporary_path(path: Path) -> Path:

@@ -58,7 +58,7 @@ class Source:
 
     given: str
     file: str
-    rows: list[tuple[Place, Any]] = field(default_factory=list)
+    rows: list[tuple[Place, Any]] | JsonLines = field(default_factory=list)  # iterate; len() after
     columns: list[str] | None = None  # tabular formats (CSV, parquet, datasets): the header
     split: str | None = None
 
@@ -172,6 +172,11 @@ def _file(label: str, path: Path, noun: str) -> Source:
         return _parquet(label, path)
     if suffix not in TEXT_TYPES:
         raise UserError(f"unsupported file type '{path.name}' (use {FORMATS})", path=label)
+    if suffix in (".jsonl", ".ndjson"):
+        lines = JsonLines(label, path, gz)
+        if lines.blank():
+            raise UserError(f"empty file: no {noun}", path=label)
+        return Source(label, label, lines)
     try:
         raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
         text = raw.decode("utf-8-sig")  # a byte order mark is not data
@@ -196,6 +201,47 @@ def _file(label: str, path: Path, noun: str) -> Source:
                                 path=label)
             return Source(label, label, [(Place(label, line=1), data)])
     return Source(label, label, list(_json_lines(label, text)))
+
+
+class JsonLines:
+    """The rows of a JSON Lines file (gzipped or not), parsed as the file is read: a million prompts are never in
+    memory as text and as rows at once. Iterable more than once (each pass reads the file); len() counts rows."""
+
+    def __init__(self, label: str, path: Path, gz: bool):
+        self.label, self.path, self.gz = label, path, gz
+        self._count: int | None = None
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        try:
+            with (gzip.open(self.path, "rb") if self.gz else open(self.path, "rb")) as fh:
+                for number, raw in enumerate(fh, 1):  # split at b"\n" only: JSON may hold U+2028
+                    try:
+                        yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is not data
+                    except UnicodeDecodeError:
+                        raise UserError("not UTF-8 text", path=self.label, line=number) from None
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise UserError(f"cannot read {'gzip' if self.gz else 'file'}: {e}", path=self.label) from None
+
+    def blank(self) -> bool:
+        return not any(line.strip() for _, line in self._lines())
+
+    def __iter__(self) -> Iterator[tuple[Place, Any]]:
+        count = 0
+        for number, line in self._lines():
+            if line.strip():
+                try:
+                    row = loads(line)
+                except _JSONError as e:
+                    raise UserError(f"invalid JSON: {e}", path=self.label, line=number) from None
+                count += 1
+                yield Place(self.label, line=number), row
+        self._count = count
+
+    def __len__(self) -> int:
+        if self._count is None:
+            for _ in self:
+                pass
+        return self._count or 0
 
 
 def _json_lines(label: str, text: str) -> Iterator[tuple[Place, Any]]:
