@@ -57,6 +57,7 @@ class Estimate:
     token_counter: str
     honours_n: bool = True
     policy: Estimate | None = None  # judge --pairs samples: the policy's sampling, sent online
+    sampled: int = 0  # items priced when fewer than `items` (SAMPLE_ABOVE): the totals are scaled from them
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,7 +69,8 @@ class Estimate:
                else ""))
         return (f"{self.requests:,} requests, {self.prompt_tokens:,} prompt tokens ({self.cacheable_prompt_tokens:,} "
                 f"cacheable), {self.completion_tokens:,} completion tokens expected (max "
-                f"{self.max_completion_tokens:,}): {money}")
+                f"{self.max_completion_tokens:,}): {money}"
+                + (f" (scaled from {self.sampled:,} of the {self.items:,} items)" if self.sampled else ""))
 
 
 @dataclass
@@ -113,6 +115,15 @@ class DryAsk:
         values = [request.accept(c, 0) if request.accept else c.text for c in completions]
         return Reply(values, completions)
 
+    def scale(self, factor: float) -> None:
+        """Totals of `factor` times the items priced so far (a sample of them: `sample_of`)."""
+        self.requests = round(self.requests * factor)
+        self.prompt_tokens = round(self.prompt_tokens * factor)
+        self.completion_tokens *= factor
+        self.max_completion_tokens = round(self.max_completion_tokens * factor)
+        for counts in self.prefix_uses.values():
+            counts[0] = round(counts[0] * factor)
+
     def finish(self, stage: str, backend: str, model: str, items: int, prices: str = "") -> Estimate:
         from caikit.backends.cost import cached_prefix_tokens
 
@@ -149,6 +160,17 @@ def _constant_prefix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if marks:
         return messages[: marks[-1] + 1]
     return messages[:1] if messages and messages[0].get("role") == "system" else []
+
+
+SAMPLE_ABOVE, SAMPLE_SIZE = 2_000, 1_000
+
+
+def sample_of(items: list) -> list:
+    """What to price: every item up to SAMPLE_ABOVE, else SAMPLE_SIZE spread evenly over them (pricing a
+    million prompts' chains one by one would take minutes before the first request)."""
+    if len(items) <= SAMPLE_ABOVE:
+        return items
+    return [items[i * len(items) // SAMPLE_SIZE] for i in range(SAMPLE_SIZE)]
 
 
 def dry_ask(model: str, *, fill: float = DEFAULT_FILL, honours_n: bool = True, tokenizer: str = "auto") -> DryAsk:

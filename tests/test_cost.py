@@ -205,6 +205,25 @@ def test_estimate_generate_by_hand(tmp_path, tiny, capsys):
                          str(prompts), "--limit", "1")["requests"] == 3
 
 
+def test_a_large_prompt_set_is_priced_from_an_even_sample_and_scaled(tmp_path, tiny, capsys, monkeypatch):
+    """Above estimate.SAMPLE_ABOVE prompts, 1,000 spread over the set are priced and the totals scaled: the
+    requests exactly (every prompt's chain sends the same number), the tokens close to pricing every prompt."""
+    import caikit.estimate as estimate
+
+    texts = [f"Question {i}: " + "why " * (i % 37) for i in range(2_500)]  # lengths vary along the file
+    prompts = write_prompts(tmp_path / "p.jsonl", texts)
+    args = ("generate", "--backend", "openai", "--constitution", str(tiny), "--prompts", str(prompts),
+            "--few-shot", "0", "--max-tokens", "100")
+    sampled = estimate_json(capsys, *args)
+    monkeypatch.setattr(estimate, "SAMPLE_ABOVE", 10_000)
+    full = estimate_json(capsys, *args)
+    assert full["sampled"] == 0 and sampled["sampled"] == 1_000 and sampled["items"] == full["items"] == 2_500
+    assert sampled["requests"] == full["requests"] == 3 * 2_500
+    assert sampled["prompt_tokens"] == pytest.approx(full["prompt_tokens"], rel=0.01)
+    assert sampled["completion_tokens"] == full["completion_tokens"]
+    assert sampled["cost_usd"] == pytest.approx(full["cost_usd"], rel=0.01)
+
+
 def test_estimate_judge_by_hand_and_caching_where_it_applies(tmp_path, capsys):
     constitution = tmp_path / "judges.yaml"
     constitution.write_text("name: judges\nversion: 1\nprinciples:\n"

@@ -21,7 +21,7 @@ import dataclasses
 from caikit.backends.registry import BackendOptions, probed_backend
 from caikit.config import option
 from caikit.errors import UserError
-from caikit.estimate import confirm_cost, dry_ask
+from caikit.estimate import confirm_cost, dry_ask, sample_of
 from caikit.rundir import RunDir, check_identity, check_members, note
 from caikit.store import read_json
 from caikit.runner import Runner, exit_status, open_backend, pending, run_then_close
@@ -93,12 +93,18 @@ def price(cfg: GenerateConfig, constitution, prompts, *, fill: float, tokenizer:
                   honours_n=cls.honours_n if honours_n is None else honours_n)
     setup = TraceSetup.make(cfg, constitution, run_id="estimate", backend={})
 
+    priced = sample_of(prompts)
+
     async def all_chains() -> None:
-        for row in prompts:
+        for row in priced:
             await build_trace(ask, setup, row, "estimate")
 
     asyncio.run(all_chains())
-    return ask.finish("generate", cfg.backend, cfg.model_name(), len(prompts), cfg.prices)
+    if len(priced) < len(prompts):
+        ask.scale(len(prompts) / len(priced))
+    estimate = ask.finish("generate", cfg.backend, cfg.model_name(), len(prompts), cfg.prices)
+    estimate.sampled = len(priced) if len(priced) < len(prompts) else 0
+    return estimate
 
 
 def run_generate(cfg: GenerateConfig) -> int:
