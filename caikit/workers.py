@@ -105,15 +105,21 @@ async def collect(started, files: dict[str, JsonlFile], requests: JsonlFile, *, 
     request_index = requests.indexed(RequestIndex)
     totals = WorkerTotals()
 
+    async def messages(reader: asyncio.StreamReader):
+        """Whole lines as they come, many per read (a readline per row cost the lock holder a loop turn a row);
+        a tail without its newline at the end is a message cut off by a dying worker: not a row."""
+        pending = b""
+        while chunk := await reader.read(1 << 20):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                yield json.loads(line)
+
     async def one(i: int, proc, sock: socket.socket) -> None:
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
         finished = False
         try:
-            while line := await reader.readline():
-                if not line.endswith(b"\n"):
-                    break  # cut off mid-message by a dying worker: not a row
-                message = json.loads(line)
+            async for message in messages(reader):
                 kind = message.get("kind")
                 if kind == "request":
                     row = message["row"]
