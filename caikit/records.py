@@ -15,8 +15,11 @@ from typing import Any, Callable
 Messages = list[dict[str, str]]
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))  # made once, not per call
+
+
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL.encode(obj)
 
 
 def idempotency_key(stage: str, *parts: Any) -> str:

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator
 
 from caikit.errors import UserError
 
+LINE = json.JSONEncoder(ensure_ascii=False)  # json.dumps(row, ensure_ascii=False) without a new encoder a row
+
 
 @contextlib.contextmanager
 def naming(path: str | Path) -> Iterator[None]:
@@ -99,7 +101,7 @@ class JsonlFile:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one line, or raise OSError (a full disk) leaving the file as it was before this call."""
-        self.append_line((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"), record)
+        self.append_line((LINE.encode(record) + "\n").encode("utf-8"), record)
 
     def append_line(self, line: bytes, record: dict[str, Any]) -> None:
         """Append `line` (`record` serialised, ending in a newline), then tell the index. On OSError (a full
@@ -209,7 +211,7 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     try:
         with naming(path), open(tmp, "w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(LINE.encode(row) + "\n")
                 n += 1
             fh.flush()
             os.fsync(fh.fileno())

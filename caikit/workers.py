@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from caikit.errors import UserError
-from caikit.store import JsonlFile
+from caikit.store import LINE, JsonlFile
 
 STREAM_LIMIT = 1 << 28  # the longest message (one record) a worker may send
 
@@ -72,7 +72,7 @@ class Channel:
         self.sock = sock
 
     def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall((json.dumps(message, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.sock.sendall((LINE.encode(message) + "\n").encode("utf-8"))
 
 
 def split_in_flight(total: int, workers: int) -> int:

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 HTTP_CLIENTS = ("aiohttp", "sdk")
 DEFAULT = "aiohttp"  # measured faster (scripts/bench_scale.py) and passes the backend suites on both
+_BODY = json.JSONEncoder(ensure_ascii=False)  # a request body as json.dumps(body, ensure_ascii=False) writes it
 
 
 def default_http_client() -> str:
@@ -115,7 +116,7 @@ class AiohttpClient:
         import aiohttp
 
         session = self._session_here()
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        data = _BODY.encode(body).encode("utf-8")
         try:
             async with session.post(self.base_url + path, data=data, params=self.query) as response:
                 raw = await response.read()
