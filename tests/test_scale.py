@@ -278,12 +278,45 @@ def test_a_finished_run_resumes_from_the_index_without_reading_a_record(tmp_path
         for cls in (RecordIndex, RequestIndex):  # nor is any index rebuilt from its file
             monkeypatch.setattr(cls, "add", lambda self, row, *a: read.append(self.jsonl.path.name))
         server.reset_log()
+        (out / ".finished.json").unlink()  # the index path, not the finished run's shortcut (tested below)
         assert cli_main(generate_args(out, prompts, server)) == 0
         assert len(server.log) == 0
     assert not [name for name in read if name in ("traces.jsonl", "requests.jsonl", "failures.log.jsonl")], read
     assert {name: (out / name).read_bytes() for name in before} == before
     usage = json.loads((out / "usage.json").read_text())
     assert usage["requests"] == 24 and usage["traces"] == 8
+
+
+def test_a_finished_run_with_the_same_inputs_is_not_parsed_again_and_any_change_resumes_it(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import caikit.commands.generate as generate
+
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 6)
+    out = tmp_path / "run"
+    loads = []
+    real_load = generate.load_inputs
+    monkeypatch.setattr(generate, "load_inputs", lambda cfg: loads.append(1) or real_load(cfg))
+    with FakeAPIServer() as server:
+        assert cli_main(generate_args(out, prompts, server)) == 0 and len(loads) == 1
+        before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        capsys.readouterr()
+        server.reset_log()
+        assert cli_main(generate_args(out, prompts, server)) == 0
+        assert len(loads) == 1 and len(server.log) == 0  # neither parsed nor sent: the same inputs, finished
+        said = capsys.readouterr().err
+        assert "6 prompts, 6 already done, 0 to go" in said and "6/6 traces, 0 failures, 6 SFT examples" in said
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+        # another option, a prompt added, a derived file gone: each is a real resume
+        assert cli_main(generate_args(out, prompts, server, max_failure_rate=0.2)) == 0 and len(loads) == 2
+        with prompts.open("a") as fh:
+            fh.write(json.dumps({"prompt": "one more: how do I bake bread?"}) + "\n")
+        assert cli_main(generate_args(out, prompts, server)) == 0 and len(loads) == 3
+        assert len(server.log) == 3  # the new prompt's chain, and nothing else
+        (out / "sft.jsonl").unlink()
+        assert cli_main(generate_args(out, prompts, server)) == 0 and len(loads) == 4
+        assert len(read_jsonl(out / "sft.jsonl")) == 7
+        assert cli_main(generate_args(out, prompts, server)) == 0 and len(loads) == 4
 
 
 @pytest.mark.unit
