@@ -142,9 +142,14 @@ def already_finished(cfg: GenerateConfig) -> bool:
     from caikit.constitution import load_constitution
 
     marker = read_json(f"{cfg.out}/{FINISHED}")
-    if not isinstance(marker, dict) or marker.get("digest") != finished_inputs(cfg, load_constitution(cfg.constitution).hash):
+    if not isinstance(marker, dict):
         return False
-    stats, usage = read_json(f"{cfg.out}/{RunDir.STATS}") or {}, read_json(f"{cfg.out}/{RunDir.USAGE}") or {}
+    if marker.get("digest") != finished_inputs(cfg, load_constitution(cfg.constitution).hash):
+        return False
+    stats, usage = read_json(f"{cfg.out}/{RunDir.STATS}"), read_json(f"{cfg.out}/{RunDir.USAGE}")
+    if not isinstance(stats, dict) or not isinstance(usage, dict) or not all(
+            isinstance(stats.get(k), int) for k in ("prompts", "traces", "failures", "sft_examples")):
+        return False  # (their sizes are in the digest; this is only for a file rewritten to the same size)
     note("generate", f"{stats['prompts']} prompts, {stats['prompts']} already done, 0 to go -> {cfg.out} (unchanged "
                      "since the run finished)")
     note("generate", f"{stats['traces']}/{stats['prompts']} traces, {stats['failures']} failures, "
