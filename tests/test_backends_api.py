@@ -535,6 +535,14 @@ def test_a_429_burst_lowers_peak_in_flight_then_it_recovers(provider):
     assert limiter.stats["cuts"] == 1 and limiter.cap == 8
 
 
+async def arrived(server: FakeAPIServer, n: int, timeout: float = 30.0) -> None:
+    """Wait until the server has logged `n` requests (on arrival): an order that a fixed sleep only hopes for."""
+    deadline = time.monotonic() + timeout
+    while len(server.log) < n:
+        assert time.monotonic() < deadline, f"only {len(server.log)} of {n} requests arrived"
+        await asyncio.sleep(0.002)
+
+
 def test_repeated_429s_pause_every_new_request_not_just_the_retried_ones():
     with FakeAPIServer(latency=0.3) as server:
         limiter = RateLimiter(concurrency=4)
@@ -544,7 +552,7 @@ def test_repeated_429s_pause_every_new_request_not_just_the_retried_ones():
             await b.generate(USER)  # the SDK client and its connections are up
             server.set_faults(FaultPlan(script=["429"] * 3, retry_after="0.4"))
             first = [asyncio.ensure_future(b.generate([{"role": "user", "content": f"first{i}"}])) for i in range(3)]
-            await asyncio.sleep(0.03)  # they arrive first: they get the 429s
+            await arrived(server, 1 + 3)  # they arrive first (the script's 429s are theirs), however busy the machine
             rest = [asyncio.ensure_future(b.generate([{"role": "user", "content": f"q{i}"}])) for i in range(6)]
             return await asyncio.gather(*first, *rest)
 
@@ -571,7 +579,7 @@ def test_a_lone_429_delays_only_its_own_retry():
             await b.generate(USER)
             server.set_faults(FaultPlan(script=["429"], retry_after="0.4"))
             first = asyncio.ensure_future(b.generate([{"role": "user", "content": "first"}]))
-            await asyncio.sleep(0.03)
+            await arrived(server, 1 + 1)
             rest = [asyncio.ensure_future(b.generate([{"role": "user", "content": f"q{i}"}])) for i in range(6)]
             return await asyncio.gather(first, *rest)
 
