@@ -125,14 +125,8 @@ def assemble(cfg: ClassifierDataConfig, constitution, records: dict, file_rows: 
     for row in rows:
         row["prompt"] = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user",
                                                                                 "content": row["prompt"]}]
-
-    class View:  # what drop_near_duplicates reads
-        def __init__(self, row):
-            self.row, self.label = row, row["label"]
-
-    kept, dropped = drop_near_duplicates([View(r) for r in rows],
-                                         lambda v: " ".join(m["content"] for m in v.row["prompt"]), cfg.dedup)
-    rows = [v.row for v in kept]
+    rows, dropped = drop_near_duplicates(rows, lambda r: " ".join(m["content"] for m in r["prompt"]), cfg.dedup,
+                                         label_of=lambda r: r["label"])
     counts = {"rows": len(rows), "near_duplicates_dropped": dropped,
               "by_source": _count(rows, "source"), "by_augmentation": _count(rows, "augmentation"),
               "by_category": _count(rows, "category"), "harmful": sum(r["label"] for r in rows),

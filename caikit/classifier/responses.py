@@ -57,15 +57,10 @@ def output_rows(records: list[dict], file_rows: list, dedup: float) -> tuple[lis
               "category": r.category, "source_id": r.source_id, "source": "file", "stop_reason": None}
              for r in file_rows if r.response is not None]
 
-    class View:  # what drop_near_duplicates reads
-        def __init__(self, row):
-            self.row, self.label = row, row["label"]
+    def text(row) -> str:
+        return " ".join(m["content"] for m in row["prompt"]) + " " + row["response"]
 
-    def text(view) -> str:
-        return " ".join(m["content"] for m in view.row["prompt"]) + " " + view.row["response"]
-
-    kept, dropped = drop_near_duplicates([View(r) for r in rows], text, dedup)
-    rows = [v.row for v in kept]
+    rows, dropped = drop_near_duplicates(rows, text, dedup, label_of=lambda r: r["label"])
     by_kind: dict = {}
     for r in rows:
         cell = by_kind.setdefault(r["response_kind"], {"rows": 0, "harmful": 0})

@@ -25,16 +25,18 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def drop_near_duplicates(rows: list, text_of, threshold: float = 0.8) -> tuple[list, int]:
+def drop_near_duplicates(rows: list, text_of, threshold: float = 0.8,
+                         label_of=lambda row: getattr(row, "label", None)) -> tuple[list, int]:
     """Rows whose word-3-gram Jaccard similarity with an earlier kept row of the same label is >= `threshold`
     are dropped (Broder 1997, resemblance of shingle sets). Returns (kept, dropped). Quadratic within a label
-    over rows sharing a shingle; fine for the tens of thousands of rows a guard trains on."""
+    over rows sharing a shingle; fine for the tens of thousands of rows a guard trains on. `label_of` reads a
+    row's label (an attribute by default; `row["label"]` for the dict rows `caikit classifier data` writes)."""
     kept, dropped = [], 0
     index: dict[tuple, list[int]] = defaultdict(list)  # (label, shingle) -> kept row positions
     sets: list[set] = []
     for row in rows:
         s = shingles(text_of(row))
-        label = getattr(row, "label", None)
+        label = label_of(row)
         candidates = {j for sh in s for j in index[(label, sh)]}
         if any(jaccard(s, sets[j]) >= threshold for j in candidates):
             dropped += 1
