@@ -198,22 +198,24 @@ class RecordIndex(JsonlIndex):
     def __contains__(self, key: str) -> bool:
         return self.db.execute("SELECT 1 FROM rows WHERE id = ?", (key,)).fetchone() is not None
 
-    def missing(self, keys: Iterable[str], chunk: int = 500) -> Iterator[str]:
-        """Those of `keys` with no row, in their order (asked in chunks: one query per 500 keys)."""
-        batch: list[str] = []
-        for key in keys:
-            batch.append(key)
+    def missing(self, items: Iterable[Any], key_of=lambda key: key, chunk: int = 500) -> Iterator[Any]:
+        """Those of `items` (keys, or anything `key_of` gives the key of) with no row, in their order: asked in
+        chunks, one query per 500, so no more than a chunk is held however many items stream through."""
+        batch: list[Any] = []
+        for item in items:
+            batch.append(item)
             if len(batch) >= chunk:
-                yield from self._missing(batch)
+                yield from self._missing(batch, key_of)
                 batch = []
-        yield from self._missing(batch)
+        yield from self._missing(batch, key_of)
 
-    def _missing(self, batch: list[str]) -> list[str]:
+    def _missing(self, batch: list[Any], key_of) -> list[Any]:
         if not batch:
             return []
-        marks = ",".join("?" * len(batch))
-        found = {k for (k,) in self.db.execute(f"SELECT id FROM rows WHERE id IN ({marks})", batch)}
-        return [k for k in batch if k not in found]
+        keys = [key_of(item) for item in batch]
+        marks = ",".join("?" * len(keys))
+        found = {k for (k,) in self.db.execute(f"SELECT id FROM rows WHERE id IN ({marks})", keys)}
+        return [item for item, key in zip(batch, keys) if key not in found]
 
     def finalized(self) -> str | None:
         """What the derived files were last built from (see sft_data.finalize_generate), if recorded."""

@@ -304,21 +304,15 @@ def pending(items: list[Any], key_of: Callable[[Any], str], records: JsonlFile) 
     """(item, key) pairs not yet in `records`, and how many were already done: asked of the records' on-disk
     index (caught up with the file first), so a finished run of any size resumes without reading a record."""
     index = records.indexed(RecordIndex)
-    todo: list[tuple[Any, str]] = []
     seen = 0
-    batch: list[tuple[Any, str]] = []
 
-    def ask() -> None:  # 500 keys a query; only the missing ones are kept
-        missing = set(index.missing([key for _, key in batch]))
-        todo.extend(pair for pair in batch if pair[1] in missing)
-        batch.clear()
+    def keyed():  # streamed: only the missing (item, key) pairs are kept
+        nonlocal seen
+        for item in items:
+            seen += 1
+            yield item, key_of(item)
 
-    for item in items:
-        batch.append((item, key_of(item)))
-        seen += 1
-        if len(batch) >= 500:
-            ask()
-    ask()
+    todo = list(index.missing(keyed(), key_of=lambda pair: pair[1]))
     return todo, seen - len(todo)
 
 
