@@ -320,6 +320,17 @@ def test_a_finished_run_with_the_same_inputs_is_not_parsed_again_and_any_change_
 
 
 @pytest.mark.unit
+def test_keys_with_a_shared_tail_are_the_keys_older_run_directories_hold():
+    from caikit.records import idempotency_key, keyed_on
+
+    shared = ["hash", {"rounds": 1, "temperature": 0.7, "é": [1.5, None, True]}]
+    key = keyed_on("trace", shared, lambda messages: messages)
+    for messages in ([{"role": "user", "content": "hi \u2028 é \"quoted\""}], [], "text"):
+        assert key(messages) == idempotency_key("trace", messages, *shared)
+    assert keyed_on("seed", [], lambda x: x)(7) == idempotency_key("seed", 7)
+
+
+@pytest.mark.unit
 def test_an_index_made_before_its_file_existed_is_not_rebuilt(tmp_path, monkeypatch):
     log = JsonlFile(tmp_path / "requests.jsonl")
     log.indexed(RequestIndex)  # a fresh run: the index comes first

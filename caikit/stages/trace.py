@@ -63,13 +63,10 @@ def identity(cfg, constitution_hash: str) -> dict[str, Any]:
     return {k: values[k] for k in IDENTITY_FIELDS}
 
 
-def trace_key(row, cfg, constitution_hash: str) -> str:
-    return idempotency_key("trace", row.messages, constitution_hash, identity(cfg, constitution_hash))
-
-
 def trace_keys(cfg, constitution_hash: str):
-    """`trace_key` for many rows: the same keys, with the part every prompt shares (the constitution's hash and
-    the settings) serialised once instead of once per prompt (a million-prompt resume computes a million keys)."""
+    """A trace's key, idempotency_key("trace", row.messages, constitution_hash, identity(cfg, constitution_hash)),
+    as a function of the row: the part every prompt shares (the constitution's hash and the settings) is
+    serialised once instead of once per prompt (a million-prompt resume computes a million keys)."""
     return keyed_on("trace", [constitution_hash, identity(cfg, constitution_hash)], lambda row: row.messages)
 
 
