@@ -16,7 +16,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,7 +200,7 @@ def _file(label: str, path: Path, noun: str) -> Source:
                 raise UserError(f"expected a JSON list or JSON Lines of objects, got {type(data).__name__}",
                                 path=label)
             return Source(label, label, [(Place(label, line=1), data)])
-    return Source(label, label, list(_json_lines(label, text)))
+    return Source(label, label, list(_json_lines(label, enumerate(text.split("\n"), 1))))  # not splitlines: U+2028
 
 
 class JsonLines:
@@ -227,14 +227,8 @@ class JsonLines:
 
     def __iter__(self) -> Iterator[tuple[Place, Any]]:
         count = 0
-        for number, line in self._lines():
-            if line.strip():
-                try:
-                    row = loads(line)
-                except _JSONError as e:
-                    raise UserError(f"invalid JSON: {e}", path=self.label, line=number) from None
-                count += 1
-                yield Place(self.label, line=number), row
+        for count, placed in enumerate(_json_lines(self.label, self._lines()), 1):
+            yield placed
         self._count = count
 
     def __len__(self) -> int:
@@ -244,8 +238,9 @@ class JsonLines:
         return self._count or 0
 
 
-def _json_lines(label: str, text: str) -> Iterator[tuple[Place, Any]]:
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON may hold U+2028
+def _json_lines(label: str, lines: Iterable[tuple[int, str]]) -> Iterator[tuple[Place, Any]]:
+    """The rows of numbered JSON Lines; blank lines are skipped, an invalid one is an error naming its line."""
+    for number, line in lines:
         if line.strip():
             try:
                 yield Place(label, line=number), loads(line)
