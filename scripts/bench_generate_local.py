@@ -109,7 +109,7 @@ def plain_rows(model_dir, ids, mask, args, device, dtype, tokenizer):
             return sum(len(cut_continuation(row, [eos], pad)) for row in out.tolist())
 
         rows[name] = timed(run, args.repeats)
-    del model
+    model = None  # (not del: run() closes over it) frees the weights
     free_memory()
     return rows
 
@@ -144,9 +144,9 @@ def rollout_rows(model_dir, ids, mask, args, device, tokenizer):
             return int(rmask.sum())
 
         rows[name] = timed(run, args.repeats)
-        del engine
+        engine = None
         free_memory()
-    del policy, lm
+    policy = lm = None
     free_memory()
     return rows
 
@@ -167,7 +167,7 @@ def backend_row(model_dir, conversations, args, engine: str, batch: int):
         return sum(a[0].usage.completion_tokens for a in asyncio.run(all_at_once()))
 
     row = timed(run, args.repeats)
-    del backend
+    backend = None
     free_memory()
     return row
 

@@ -452,14 +452,16 @@ def test_a_backend_survives_a_second_event_loop():
 # -- adaptive limits: AIMD on 429s, Retry-After for everyone, buckets held ---------------------------
 
 def limiter_in_flight(limiter: RateLimiter) -> list[tuple[int, int]]:
-    """(the cap generation, requests in flight) as `limiter` lets each request in, itself included."""
-    admitted, acquire = [], limiter._acquire
+    """(the cap generation, requests in flight) as `limiter` gives each request its place, itself included:
+    counted at the admission itself, not when the admitted coroutine next runs (a cut may come in between)."""
+    admitted, admit = [], limiter._admit
 
-    async def counted() -> None:
-        await acquire()
-        admitted.append((limiter.generation, limiter._in_flight))
+    def counted() -> int:
+        generation = admit()
+        admitted.append((generation, limiter._in_flight))
+        return generation
 
-    limiter._acquire = counted
+    limiter._admit = counted
     return admitted
 
 
@@ -505,6 +507,23 @@ def test_aimd_halves_the_cap_on_repeated_429s_once_per_burst_and_adds_one_per_wi
             for _ in range(3):
                 limiter.record_rate_limit(Admission(limiter.generation))
         assert limiter.cap == 1
+
+    asyncio.run(main())
+
+
+def test_a_request_let_in_before_a_cut_keeps_the_generation_it_was_let_in_under():
+    limiter = RateLimiter(concurrency=1)
+
+    async def main():
+        async with limiter.slot() as first:
+            waiting = asyncio.ensure_future(limiter.slot().__aenter__())
+            await asyncio.sleep(0)  # it queues for the one place
+        # the place passed to the waiter when `first` left; a cut comes before the waiter next runs
+        for _ in range(3):
+            limiter.record_rate_limit(first)
+        assert limiter.generation == 1
+        second = await waiting
+        assert second.generation == 0  # its 429 would be news of the cut already made, not a new one
 
     asyncio.run(main())
 

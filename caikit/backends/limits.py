@@ -117,7 +117,7 @@ class RateLimiter:
     @contextlib.asynccontextmanager
     async def slot(self, estimated_tokens: int = 0) -> AsyncIterator[Admission]:
         bucket_lock = self._bind()
-        await self._acquire()
+        generation = await self._acquire()
         try:
             async with bucket_lock:  # first come, first served on the buckets
                 if self.requests is not None:
@@ -126,22 +126,22 @@ class RateLimiter:
                     await self.tokens.take(estimated_tokens)
             while (pause := self.paused_until - time.monotonic()) > 0:  # a pause that began meanwhile
                 await asyncio.sleep(pause)
-            admission = Admission(self.generation)
+            admission = Admission(generation)  # the cap it was let in under: a cut since is news of its 429
             yield admission
             self._record_success(admission)  # reached only when the request raised nothing
         finally:
             self._release()
 
-    async def _acquire(self) -> None:
-        """Wait for a place under the cap, first come first served, and outside any pause."""
+    async def _acquire(self) -> int:
+        """Wait for a place under the cap, first come first served, and outside any pause; the cap
+        generation the place was given under."""
         if not self._waiters and self._in_flight < self.cap and time.monotonic() >= self.paused_until:
-            self._in_flight += 1
-            return
+            return self._admit()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._wake()
         try:
-            await waiter  # resolved by _wake, which counted us in
+            return await waiter  # resolved by _wake, which counted us in
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self._release()  # let in just as we were cancelled: pass the place on
@@ -164,8 +164,12 @@ class RateLimiter:
         while self._waiters and self._in_flight < self.cap:
             waiter = self._waiters.popleft()
             if not waiter.done():  # (a cancelled waiter is skipped)
-                self._in_flight += 1
-                waiter.set_result(None)
+                waiter.set_result(self._admit())
+
+    def _admit(self) -> int:
+        """Count one more request in flight, at the moment it gets its place (a waiter resumes later)."""
+        self._in_flight += 1
+        return self.generation
 
     def _end_pause(self) -> None:
         self._timer = None
