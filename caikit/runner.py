@@ -209,9 +209,8 @@ class Runner:
         """Build a record for every (item, key) of `todo`, `concurrency` at a time: the one worker that every
         stage shares. Each record (or failure row) is appended and flushed as it completes."""
         stopped: list[BackendError] = []
-        import_transport = getattr(getattr(self.backend, "inner", None), "import_transport", None)
-        if todo and import_transport is not None:
-            import_transport()
+        if todo and hasattr(self.backend, "prepare_to_send"):
+            self.backend.prepare_to_send()
 
         async def work(entry) -> bool:
             item, key = entry

@@ -296,7 +296,7 @@ def test_a_finished_run_with_the_same_inputs_is_not_parsed_again_and_any_change_
     out = tmp_path / "run"
     loads = []
     real_load = generate.load_inputs
-    monkeypatch.setattr(generate, "load_inputs", lambda cfg: loads.append(1) or real_load(cfg))
+    monkeypatch.setattr(generate, "load_inputs", lambda cfg, *rest: loads.append(1) or real_load(cfg, *rest))
     with FakeAPIServer() as server:
         assert cli_main(generate_args(out, prompts, server)) == 0 and len(loads) == 1
         before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

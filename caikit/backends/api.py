@@ -140,7 +140,7 @@ class APIBackend(Backend):
         if self.http_client == "sdk":
             self._sdk_module = self.import_sdk()  # a missing SDK fails here, before any work
 
-    def import_transport(self) -> None:
+    def prepare_to_send(self) -> None:
         """Import aiohttp before the first request rather than inside its timing; a run with nothing left to
         send (resuming a finished run) never pays the import (a third of a second)."""
         if self.http_client == "aiohttp":

@@ -212,6 +212,10 @@ class Backend(abc.ABC):
         """What goes into records and reports: never secrets."""
         return {"backend": self.name, "model": self.model}
 
+    def prepare_to_send(self) -> None:
+        """Called once before a run's first request, and only when it has requests to send: load what sending
+        needs (an HTTP library) outside the first request's timing."""
+
     async def aclose(self) -> None:
         """Release connections / threads."""
 

@@ -265,6 +265,9 @@ class CachingBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
+    def prepare_to_send(self) -> None:
+        self.inner.prepare_to_send()
+
     def inner_limit(self) -> int:
         """How many requests the provider takes at once: its limiter's ceiling (the local model: its batch)."""
         backend = getattr(self.inner, "inner", self.inner)  # through a BatchBackend

@@ -67,15 +67,15 @@ class GenerateConfig(BackendOptions):
                                                    "`caikit probe` suggests a number for a server")
 
 
-def load_inputs(cfg: GenerateConfig):
+def load_inputs(cfg: GenerateConfig, constitution=None):
     """The constitution, this shard's prompts and the prompt set's facts, validated before anything is
     written or sent. The facts: `ids` (of every prompt in the file, before --limit and --shard: what the run
     directory's traces must belong to) and `planned` (the prompts of the whole set after --limit: what the
-    shards of one run cover together)."""
+    shards of one run cover together). `constitution`: already loaded from cfg.constitution."""
     from caikit.constitution import load_constitution
     from caikit.prompts import bundled_prompts_path, load_prompts
 
-    constitution = load_constitution(cfg.constitution)
+    constitution = constitution or load_constitution(cfg.constitution)
     if not constitution.critique_principles:
         raise UserError("has no critique/revision principles", path=str(constitution.path))
     every = load_prompts(cfg.prompts or bundled_prompts_path())
@@ -137,14 +137,12 @@ def finished_inputs(cfg: GenerateConfig, constitution_hash: str) -> str | None:
                                       __version__], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def already_finished(cfg: GenerateConfig) -> bool:
+def already_finished(cfg: GenerateConfig, constitution) -> bool:
     """A rerun of a finished run with the same inputs: say so as a resume would, from its stats and usage."""
-    from caikit.constitution import load_constitution
-
     marker = read_json(f"{cfg.out}/{FINISHED}")
     if not isinstance(marker, dict):
         return False
-    if marker.get("digest") != finished_inputs(cfg, load_constitution(cfg.constitution).hash):
+    if marker.get("digest") != finished_inputs(cfg, constitution.hash):
         return False
     stats, usage = read_json(f"{cfg.out}/{RunDir.STATS}"), read_json(f"{cfg.out}/{RunDir.USAGE}")
     if not isinstance(stats, dict) or not isinstance(usage, dict) or not all(
@@ -162,9 +160,12 @@ def run_generate(cfg: GenerateConfig) -> int:
     from caikit.workers import check_workers
 
     check_workers(cfg.workers, cfg)
-    if already_finished(cfg):
+    from caikit.constitution import load_constitution
+
+    constitution = load_constitution(cfg.constitution)
+    if already_finished(cfg, constitution):
         return 0
-    constitution, prompts, prompt_set = load_inputs(cfg)
+    constitution, prompts, prompt_set = load_inputs(cfg, constitution)
     from caikit.classifier.screen import screen_prompts
 
     prompts, screen = screen_prompts(cfg, prompts)
