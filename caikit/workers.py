@@ -56,7 +56,7 @@ class RemoteJsonl(JsonlFile):
         self.kind, self.channel = kind, channel
 
     def append(self, record: dict[str, Any]) -> None:
-        self.channel.send({"kind": self.kind, "row": record})
+        self.channel.send(self.kind, record)
 
     def indexed(self, index_class):
         if self.index is None:
@@ -65,14 +65,34 @@ class RemoteJsonl(JsonlFile):
 
 
 class Channel:
-    """Newline-delimited JSON over a blocking socket (a worker's side): one sendall per message, in order."""
+    """A worker's side of its socket: messages `kind<TAB>JSON<NEWLINE>`, in the order sent. A row's JSON is the
+    very line the lock holder appends to its file, so the lock holder parses it (for the index) but does not
+    encode it again. The messages of one turn of the event loop leave together in one sendall at the end of
+    the turn (a sendall a row cost a worker more CPU than anything but JSON); outside an event loop, at once."""
 
     def __init__(self, sock: socket.socket):
         sock.setblocking(True)
         self.sock = sock
+        self._pending: list[bytes] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall((LINE.encode(message) + "\n").encode("utf-8"))
+    def send(self, kind: str, body: dict[str, Any]) -> None:
+        self._pending.append(f"{kind}\t{LINE.encode(body)}\n".encode("utf-8"))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._flush_on is not loop:
+            self._flush_on = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_on = None
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self.sock.sendall(data)
 
 
 def split_in_flight(total: int, workers: int) -> int:
@@ -106,37 +126,38 @@ async def collect(started, files: dict[str, JsonlFile], requests: JsonlFile, *, 
     totals = WorkerTotals()
 
     async def messages(reader: asyncio.StreamReader):
-        """Whole lines as they come, many per read (a readline per row cost the lock holder a loop turn a row);
-        a tail without its newline at the end is a message cut off by a dying worker: not a row."""
+        """(kind, the row's JSON line, the row) as they come, many per read (a readline per row cost the lock
+        holder a loop turn a row); a tail without its newline at the end is a message cut off by a dying
+        worker: not a row."""
         pending = b""
         while chunk := await reader.read(1 << 20):
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                yield json.loads(line)
+                kind, _, body = line.partition(b"\t")
+                yield kind.decode(), body, json.loads(body)
 
     async def one(i: int, proc, sock: socket.socket) -> None:
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
         finished = False
         try:
-            async for message in messages(reader):
-                kind = message.get("kind")
+            async for kind, line, row in messages(reader):
                 if kind == "request":
-                    row = message["row"]
-                    requests.append(row)
+                    requests.append_line(line + b"\n", row)
                     if meter is not None:
                         meter.add(Usage.from_dict(row.get("usage")))
                 elif kind in ("record", "failure"):
-                    row = message["row"]
                     if "usage" in row:  # its request rows came first on this stream: the index has them all
                         row["usage"] = Usage.from_dict(request_index.usage(row["id"])).to_dict()
-                    files[kind].append(row)
+                        files[kind].append(row)
+                    else:
+                        files[kind].append_line(line + b"\n", row)
                     setattr(totals, "done" if kind == "record" else "failed",
                             getattr(totals, "done" if kind == "record" else "failed") + 1)
                     if bar is not None:
                         bar.update(1)
                 elif kind == "stopped":
-                    totals.stopped = totals.stopped or message["error"]
+                    totals.stopped = totals.stopped or row["error"]
                     for other, _ in started:  # the others would only meet the same refusal: stop them now
                         if other is not proc and other.is_alive():
                             other.terminate()
@@ -171,7 +192,7 @@ def report_died(totals: WorkerTotals, command: str) -> None:
 
 def worker_error(channel: Channel, error: BaseException) -> None:
     """Tell the lock holder the run was stopped (a refused key, --max-cost): it stops the other workers."""
-    channel.send({"kind": "stopped", "error": str(error).splitlines()[0] if str(error) else type(error).__name__})
+    channel.send("stopped", {"error": str(error).splitlines()[0] if str(error) else type(error).__name__})
 
 
 def check_workers(workers: int, cfg) -> None:
@@ -270,5 +291,5 @@ def stage_worker(job: StageJob, todo: list[tuple[Any, str]], sock: socket.socket
                                   run_id=job.run_id, concurrency=job.concurrency, meter=meter, **label), cached)
     except UserError as e:  # a refused key, an unknown model: the lock holder stops everyone
         worker_error(channel, e)
-    channel.send({"kind": "finished"})
+    channel.send("finished", {})
     sock.close()
