@@ -105,6 +105,14 @@ def test_replies_comply_and_refuse_with_output_guard_labels(tmp_path, api_key, c
     assert "output-guard rows" in capsys.readouterr().err
     # the input-guard rows are as before: no reply in data.jsonl
     assert all("response" not in r for r in requests_by_id.values())
+    # these rows label replies: an input guard trained on them would learn to flag and to pass the same request
+    capsys.readouterr()
+    guard = tmp_path / "input-guard"
+    assert main(["classifier", "train", "--target", "input", "--data", str(out / "output_data.jsonl"),
+                 "--out", str(guard)]) == 2
+    said = capsys.readouterr().err.strip()
+    assert f"{out / 'output_data.jsonl'}:1" in said and "--target output" in said and len(said.splitlines()) == 1
+    assert not guard.exists()
 
 
 @pytest.mark.loopback

@@ -87,14 +87,13 @@ def run_classifier_eval(cfg: ClassifierEvalConfig) -> int:
         scored_metrics,
     )
     from caikit.classifier.model import load_guard
-    from caikit.classifier.train import _iv, category_family, row_text
+    from caikit.classifier.train import _iv, category_family, check_rows_fit, row_text
     from caikit.rows import read_guard_rows
 
     guard = load_guard(cfg.guard, cfg.device)
     path = cfg.data or str(Path(cfg.guard) / "test_rows.jsonl")
     rows = read_guard_rows(path).items
-    if guard.target == "output" and any(r.response is None for r in rows):
-        raise UserError("an output guard is evaluated on rows with a 'response'", path=path)
+    check_rows_fit(rows, guard.target, path)
     for r in rows:
         r.category = category_family(r.category) or "uncategorised"
     labels = [r.label for r in rows]

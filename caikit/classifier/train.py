@@ -110,6 +110,27 @@ def read_rows(data: list[str], target: str = "input") -> list:
     return rows
 
 
+def check_rows_fit(rows: list, target: str, given: str) -> None:
+    """An output guard's rows each need a response. An input guard sees the request alone, so one request must
+    not carry both labels: that is what rows labelled for their replies look like (output_data.jsonl: the
+    request complied with is harmful, the same request refused is not), and a guard trained on them would be
+    taught to flag and to pass the very same input."""
+    if target == "output":
+        wrong = [r for r in rows if r.response is None]
+        what = f"an output guard needs a 'response' in every row; {len(wrong)} of {len(rows)} have none"
+    else:
+        labels: dict[str, set] = {}
+        for r in rows:
+            labels.setdefault(json.dumps(r.prompt, sort_keys=True), set()).add(r.label)
+        both = {text for text, seen in labels.items() if len(seen) == 2}
+        wrong = [r for r in rows if json.dumps(r.prompt, sort_keys=True) in both]
+        what = (f"{len(both)} requests are labelled both harmful and harmless (here and {len(wrong) - 1} other rows); "
+                "an input guard sees the request alone. Rows labelled for their replies (output_data.jsonl) train "
+                "an output guard: --target output")
+    if wrong:
+        raise wrong[0].place.error(what) if wrong[0].place else UserError(what, path=given)
+
+
 def data_hash(rows: list) -> str:
     digest = hashlib.sha256()
     for r in rows:
@@ -170,11 +191,7 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     constitution = load_constitution(cfg.constitution)
     rows = read_rows(cfg.data, cfg.target)
-    if cfg.target == "output":
-        missing = [r for r in rows if r.response is None]
-        if missing:
-            raise UserError(f"an output guard needs a 'response' in every row; {len(missing)} have none",
-                            path=str(missing[0].place.path) if missing[0].place else None)
+    check_rows_fit(rows, cfg.target, ", ".join(cfg.data))
     rows, dropped = drop_near_duplicates(rows, row_text, cfg.dedup)
     split = heldout_split(rows, test_categories=cfg.test_categories, test_sources=cfg.test_sources,
                           val_sources=cfg.val_sources, seed=cfg.seed)
@@ -186,7 +203,9 @@ def train_guard(cfg: ClassifierTrainConfig) -> int:
     extra_added = 0
     if cfg.extra_train:
         held = split["validation"] + split["test"]
-        extra = [r for r in read_rows(cfg.extra_train, cfg.target) if r.category not in split["held_out_categories"]]
+        extra = read_rows(cfg.extra_train, cfg.target)
+        check_rows_fit(extra, cfg.target, ", ".join(cfg.extra_train))
+        extra = [r for r in extra if r.category not in split["held_out_categories"]]
         kept, _ = drop_near_duplicates(held + extra, row_text, cfg.dedup)
         extra_ids = {id(r) for r in extra}
         survivors = [r for r in kept if id(r) in extra_ids]
