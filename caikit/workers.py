@@ -223,6 +223,7 @@ class StageJob:
     parse_retries: int = 2
     item_label: Callable[[Any], str] | None = None  # a failure row's prompt_id (default: item.id)
     concurrency: int = 1  # items in flight: set by run_over_workers
+    requests_log: str = "requests.jsonl"  # the run directory's request log the backend replays and appends to
 
 
 def split_todo(todo: list[tuple[Any, str]], n: int) -> list[list[tuple[Any, str]]]:
@@ -282,7 +283,7 @@ def stage_worker(job: StageJob, todo: list[tuple[Any, str]], sock: socket.socket
             backend.adopt_probe(job.probe, job.opts.requests_in_flight(job.probe))
         run = RunDir(job.run_path)
         cached, meter = open_backend(run, backend, job.opts,
-                                     log=RemoteJsonl(run.file(RunDir.REQUESTS), "request", channel))
+                                     log=RemoteJsonl(run.file(job.requests_log), "request", channel))
         runner = Runner(cached, parse_retries=job.parse_retries, progress=False)
         label = {"item_label": job.item_label} if job.item_label is not None else {}
         run_then_close(runner.run(todo, lambda item, key: job.build(runner.ask, item, key),

@@ -219,6 +219,89 @@ def test_judge_workers_refused_where_one_process_is_needed(tmp_path, capsys, ext
     assert not out.exists()  # refused before anything was written
 
 
+# -- caikit judge --pairs samples: the policy's samples over the workers too ----------------------------------------
+class Policy:
+    """The policy's 3 samples of a prompt (one GOOD), remembering the prompts it was asked; the judge's text is never
+    read (it answers by log-probs)."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def __call__(self, request) -> str:
+        if request.model == "policy-model" and request.index == 0:
+            self.asked.append(request.last_user_message)
+        return f"{'GOOD' if request.index == 1 else 'bad'} {request.index} for {request.last_user_message}"
+
+
+def samples_args(out: Path, prompts: Path, server: FakeAPIServer, **extra) -> list[str]:
+    args = ["judge", "--pairs", "samples", "--n", "3", "--prompts", str(prompts), "--backend", "openai", "--model",
+            "fake-model", "--base-url", server.openai_base_url, "--policy-backend", "openai", "--policy-model",
+            "policy-model", "--policy-base-url", server.openai_base_url, "--out", str(out), "--no-progress",
+            "--calibrate", "0"]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def assert_each_sample_request_once(out: Path) -> list[dict]:
+    rows = read_jsonl(out / "policy_requests.jsonl")
+    final = [r["key"] for r in rows if r.get("final", True)]
+    assert len(final) == len(set(final)), "a prompt already sampled was paid for again"
+    return rows
+
+
+@pytest.mark.e2e
+def test_policy_samples_over_two_workers_match_one_process(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 12)
+    one, two = tmp_path / "one", tmp_path / "two"
+    policy = Policy()
+    with FakeAPIServer(policy, logprobs=favour_good, latency=0.01) as server:
+        assert cli_main(samples_args(one, prompts, server, concurrency=4)) == 0
+        sent_by_one, asked_by_one = len(server.log), sorted(policy.asked)
+        server.reset_log()
+        policy.asked.clear()
+        capsys.readouterr()
+        assert cli_main(samples_args(two, prompts, server, concurrency=4, workers=2)) == 0
+        assert capsys.readouterr().err.count("2 worker processes") == 2  # sampling, then judging
+        assert len(server.log) == sent_by_one == 12 + 12 * 3 * 2  # samples, then 3 pairs x 2 orders a prompt
+        assert sorted(policy.asked) == asked_by_one and len(set(asked_by_one)) == 12  # each prompt sampled once
+    for name in ("samples.jsonl", "judgments.jsonl", "preferences.jsonl"):
+        assert without_timing(read_jsonl(two / name)) == without_timing(read_jsonl(one / name)), name
+    assert len(assert_each_sample_request_once(two)) == 12
+    assert_usage_is_the_logs(two, read_jsonl(two / "judgments.jsonl"))
+    usage = [json.loads((d / "usage.json").read_text()) for d in (one, two)]
+    assert usage[1]["policy"] == usage[0]["policy"] and usage[1]["policy"]["requests"] == 12
+
+
+@pytest.mark.e2e
+def test_a_sampling_worker_killed_mid_run_loses_nothing_and_pays_nothing_twice(tmp_path):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
+    out = tmp_path / "run"
+
+    def latency(request):  # sampling is slow enough to kill a worker in the middle of it
+        return 0.05 if request.model == "policy-model" else 0.0
+
+    policy = Policy()
+    with FakeAPIServer(policy, logprobs=favour_good, latency=latency) as server:
+        cmd = [sys.executable, "-m", "caikit.cli", *samples_args(out, prompts, server, concurrency=2, workers=2)]
+        kill_a_worker(cmd, out / "samples.jsonl", 4)
+        first = {s["prompt_id"] for s in read_jsonl(out / "samples.jsonl")}
+        assert 4 <= len(first) < 40
+        policy.asked.clear()
+        rerun(cmd)
+    assert policy.asked and not set(policy.asked) & {f"question {p[1:]}" for p in first}  # none sampled again
+    assert_each_sample_request_once(out)
+    samples = read_jsonl(out / "samples.jsonl")
+    assert len({s["prompt_id"] for s in samples}) == len(samples) == 40
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["judged"] == 40 * 3 and len(read_jsonl(out / "preferences.jsonl")) == 40
+
+
 # -- caikit eval judge -----------------------------------------------------------------------------------------
 def write_human_pairs(path: Path, n: int) -> Path:
     path.write_text("".join(json.dumps({"prompt": f"question {i}", "chosen": f"GOOD {i}", "rejected": f"bad {i}"})

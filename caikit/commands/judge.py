@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from typing import Any, Awaitable, Callable
 
 from caikit.backends.registry import BackendOptions, make_backend
@@ -57,9 +58,9 @@ class JudgeConfig(GateOptions, JudgeOptions, BackendOptions):
     max_failure_rate: float = option(0.5, low=0, high=1, help="exit 1 when more than this share of the pairs failed")
     shard: str = option("", help="i/n: judge shard i of n (split by prompt / trace id hash), so n machines can "
                                  "share one run; combine with caikit merge")
-    workers: int = option(1, low=1, high=256, help="worker processes sending judge requests (online APIs), sharing "
-                                                   "--out; the gate's calibration pairs and the policy's samples "
-                                                   "are sent by the command's own process")
+    workers: int = option(1, low=1, high=256, help="worker processes sending judge requests (online APIs), and an "
+                                                   "API policy's samples for --pairs samples, sharing --out; the "
+                                                   "gate's calibration pairs are sent by the command's own process")
     out: str = option("outputs/judge", help="run directory")
 
     def validate(self) -> None:
@@ -81,9 +82,11 @@ def policy_options(cfg: JudgeConfig) -> BackendOptions:
     return cfg.with_spec(spec, what="--policy-backend")
 
 
-async def sample_pairs(cfg: JudgeConfig, run: RunDir, prompts, skipped: dict[str, Any]) -> tuple[list[Pair], Any]:
+async def sample_pairs(cfg: JudgeConfig, run: RunDir, prompts, skipped: dict[str, Any], jr=None
+                       ) -> tuple[list[Pair], Any]:
     """Sample --n responses per prompt from the policy (samples.jsonl; requests in policy_requests.jsonl) and
-    pair them up."""
+    pair them up. With `jr` (the judge run) and --workers N, an API policy samples over N processes too; a
+    worker that died marks `jr`, so the command exits 1 with its prompts left for the rerun."""
     policy_opts = policy_options(cfg)
     cached, meter = open_backend(run, make_backend(policy_opts), dataclasses.replace(policy_opts, max_cost=0.0),
                                  log_name=RunDir.POLICY_REQUESTS)
@@ -91,9 +94,20 @@ async def sample_pairs(cfg: JudgeConfig, run: RunDir, prompts, skipped: dict[str
     records, failures = run.jsonl(RunDir.SAMPLES), run.jsonl(RunDir.FAILURE_LOG)
     todo, _ = pending(prompts, lambda row: sample.key_of(row, cfg), records)
     try:
-        await runner.run(todo, lambda row, key: sample.sample(runner.ask, row, cfg, key, run.run_id),
-                         records=records, failures=failures, stage="sample", run_id=run.run_id,
-                         concurrency=cfg.requests_in_flight(), meter=meter, desc="sample")
+        if jr is not None and cfg.workers > 1 and len(todo) > 1 and not policy_opts.provider().in_process:
+            from caikit.workers import StageJob, run_over_workers
+
+            job = StageJob(opts=policy_opts, probe=None, run_path=str(run.path), run_id=run.run_id, stage="sample",
+                           records=str(records.path), failures=str(failures.path), parse_retries=0,
+                           build=functools.partial(sampled, cfg, run.run_id), requests_log=RunDir.POLICY_REQUESTS)
+            totals = await run_over_workers("judge", job, todo, cfg.workers, cfg.requests_in_flight(),
+                                            records=records, failures=failures, requests=cached.log, meter=meter,
+                                            progress=cfg.progress)
+            jr.died = jr.died or bool(totals.died)
+        else:
+            await runner.run(todo, lambda row, key: sample.sample(runner.ask, row, cfg, key, run.run_id),
+                             records=records, failures=failures, stage="sample", run_id=run.run_id,
+                             concurrency=cfg.requests_in_flight(), meter=meter, desc="sample")
     finally:
         await cached.aclose()
         records.close()
@@ -106,6 +120,11 @@ async def sample_pairs(cfg: JudgeConfig, run: RunDir, prompts, skipped: dict[str
              for row in prompts if len(texts := got[row.id]["texts"] if row.id in got else []) >= 2
              for i, j in round_robin_pairs(len(texts), neighbours)]
     return pairs, meter
+
+
+def sampled(cfg: JudgeConfig, run_id: str, ask, row, key: str):
+    """One prompt's samples: the runner's build in a worker process (picklable, unlike a lambda)."""
+    return sample.sample(ask, row, cfg, key, run_id)
 
 
 def sample_failures(cfg: JudgeConfig, run: RunDir, prompts) -> list[dict[str, Any]]:
@@ -132,7 +151,7 @@ def run_judge(cfg: JudgeConfig) -> int:
         pairs, skipped = revision_pairs(cfg.from_dir, cfg.limit, cfg.shard, keep_truncated=cfg.keep_truncated,
                                         keep_degenerate=cfg.keep_degenerate, sizes=sizes)
     jr = open_judge(cfg, cfg.out, "judge", extra)
-    sampler = (lambda: sample_pairs(cfg, jr.run, prompts, skipped)) if cfg.pairs == "samples" else None
+    sampler = (lambda: sample_pairs(cfg, jr.run, prompts, skipped, jr)) if cfg.pairs == "samples" else None
     stats = judge_gated(cfg, jr, pairs, skipped, prompts=prompts, sampler=sampler, extra_stats=sizes)
     return report_judge(cfg, stats, jr)
 
