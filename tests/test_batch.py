@@ -9,9 +9,6 @@ import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from caikit.cli import main as cli_main
 from caikit.records import Trace
 from caikit.testing import FakeAPIServer, FaultPlan
 from caikit.testing.fake_batch import BatchFaultPlan
+from killing import caikit, kill_9_when
 
 KEY = "sk-test-BATCH-SENTINEL-0123456789abcdef"
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}  # priced, so cost can be compared
@@ -302,15 +300,9 @@ def test_kill_9_while_polling_then_rerun_submits_nothing_twice(tmp_path):
     run = tmp_path / "batch"
     with FakeAPIServer() as server:
         server.batches.hold()  # the first batch stays in progress however often it is polled
-        cmd = [sys.executable, "-m", "caikit.cli", *generate_args(run, prompts, server, "openai", "--rounds", "2",
-                                                                  *POLL)]
-        proc = subprocess.Popen(cmd, env={**os.environ, "OPENAI_API_KEY": KEY}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline and not (server.batches.jobs and server.batches.jobs[0].polls >= 2):
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_9_when(caikit(*generate_args(run, prompts, server, "openai", "--rounds", "2", *POLL)),
+                    lambda: bool(server.batches.jobs) and server.batches.jobs[0].polls >= 2,
+                    env={**os.environ, "OPENAI_API_KEY": KEY})
         (first,) = server.batches.jobs
         assert first.polls >= 2 and len(first.custom_ids) == 8, "killed while polling the first batch"
         assert [e["job_id"] for e in read_jsonl(run / "batches.jsonl") if "job_id" in e][0] == first.id

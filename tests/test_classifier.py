@@ -7,6 +7,7 @@ import pytest
 
 from caikit.categories import categories_hash
 from caikit.constitution import _check, load_constitution
+from killing import caikit, kill_9_when, lines, rerun
 
 pytestmark = pytest.mark.unit
 
@@ -336,32 +337,18 @@ def test_classifier_data_kill_9_then_rerun_loses_nothing_and_pays_nothing_twice(
     import collections
     import json
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from caikit.testing.fake_api import FakeAPIServer
 
     out = tmp_path / "data"
     env = {**os.environ, "OPENAI_API_KEY": KEY}
     with FakeAPIServer(latency=0.05) as server:
-        cmd = [sys.executable, "-m", "caikit.cli", *data_args(out, server, per_category=5, paraphrases=1,
-                                                              concurrency=2)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
+        cmd = caikit(*data_args(out, server, per_category=5, paraphrases=1, concurrency=2))
         records = out / "guard_requests.jsonl"
-        while time.time() < deadline:
-            if records.exists() and records.read_bytes().count(b"\n") >= 6:
-                break
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        before = records.read_bytes().count(b"\n")
-        assert 6 <= before < 55, "killed mid-run"
+        kill_9_when(cmd, lambda: lines(records) >= 6, env=env)
+        assert 6 <= lines(records) < 55, "killed mid-run"
         killed_log = list(server.log)
-        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-        assert rerun.returncode == 0, rerun.stderr
+        rerun(cmd, env=env)
         resumed = collections.Counter(r.key for r in server.log[len(killed_log):] if r.status == 200)
         killed = collections.Counter(r.key for r in killed_log if r.status == 200)
     assert max(resumed.values()) == 1 and max(killed.values()) == 1

@@ -13,6 +13,7 @@ import re
 import pytest
 
 from caikit.testing.wire import FakeRequest
+from killing import caikit, kill_9_when, lines, rerun
 
 KEY = "sk-test-SENTINEL-0123456789abcdefghij"
 COMPLY, REFUSE = "does whatever it is asked", "declines the last user message"  # the two templates' own words
@@ -201,33 +202,19 @@ def test_an_unusable_reply_is_resampled_then_counted_as_a_failure(tmp_path, api_
 @pytest.mark.loopback
 def test_kill_9_in_the_replies_stage_then_rerun_loses_nothing_and_pays_nothing_twice(tmp_path):
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from caikit.testing.fake_api import FakeAPIServer
 
     out = tmp_path / "data"
     env = {**os.environ, "OPENAI_API_KEY": KEY}
     with FakeAPIServer(scripted, latency=0.05) as server:
-        cmd = [sys.executable, "-m", "caikit.cli", *data_args(out, server, per_category=2, responses=1,
-                                                              concurrency=2)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 90
+        cmd = caikit(*data_args(out, server, per_category=2, responses=1, concurrency=2))
         replies, total = out / "guard_responses.jsonl", (22 + hhh_examples()) * 2
-        while time.time() < deadline:
-            if replies.exists() and replies.read_bytes().count(b"\n") >= 10:
-                break
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        before = replies.read_bytes().count(b"\n")
-        assert 10 <= before < total, "killed in the replies stage"
-        assert (out / "guard_requests.jsonl").read_bytes().count(b"\n") == 22
+        kill_9_when(cmd, lambda: lines(replies) >= 10, env=env, timeout=90)
+        assert 10 <= lines(replies) < total, "killed in the replies stage"
+        assert lines(out / "guard_requests.jsonl") == 22
         killed_log = list(server.log)
-        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-        assert rerun.returncode == 0, rerun.stderr
+        rerun(cmd, env=env)
         resumed = collections.Counter(r.key for r in server.log[len(killed_log):] if r.status == 200)
         killed = collections.Counter(r.key for r in killed_log if r.status == 200)
     assert max(resumed.values()) == 1 and max(killed.values()) == 1

@@ -15,10 +15,7 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,7 @@ import pytest
 from caikit.cli import main
 from caikit.store import JsonlFile
 from caikit.testing.fake_api import FakeAPIServer, FakeRequest
+from killing import caikit, kill_9_when
 
 pytestmark = pytest.mark.loopback
 
@@ -201,26 +199,18 @@ def test_kill_9_then_resume_pays_nothing_twice(server, key_file, tmp_path):
     server.latency = 0.02
     out = tmp_path / "killed"
     env = {**os.environ, "OPENAI_API_KEY": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "caikit.cli", *args(server, constitution, out, key_file)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline and sum(r.status == 200 for r in server.log) < 40:
-            time.sleep(0.002)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        kill_9_when(caikit(*args(server, constitution, out, key_file)),
+                    lambda: sum(r.status == 200 for r in server.log) >= 40, env=env)
         persisted = JsonlFile(out / "requests.jsonl").read()
         server.wait_idle(3)
         killed_log = server.log
         assert 0 < len(persisted) < total
         assert not (out / "report.json").exists()
-        resumed = subprocess.run([sys.executable, "-m", "caikit.cli", *args(server, constitution, out, key_file)],
-                                 capture_output=True, env=env, timeout=120)
+        resumed = subprocess.run(caikit(*args(server, constitution, out, key_file)), capture_output=True, env=env,
+                                 timeout=120)
     finally:
         server.latency = 0.0
-        if proc.poll() is None:
-            proc.kill()
     assert resumed.returncode == 3, resumed.stderr.decode()[-2000:]
     asked = [r.key for r in server.log[len(killed_log):] if r.status == 200]
     assert len(asked) == len(set(asked)) == total - len(persisted)  # only what the killed run had not stored

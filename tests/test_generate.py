@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from caikit.cli import main as cli_main
 from caikit.prompts import load_prompts
 from caikit.testing.fake_api import FakeAPIServer, FaultPlan, default_responder
+from killing import caikit, kill_9_when, lines, rerun
 
 KEY = "sk-test-SENTINEL-0123456789abcdefghij"
 
@@ -131,21 +130,12 @@ def test_kill_9_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
     env = {**os.environ, "OPENAI_API_KEY": KEY}
     responder = RecordingResponder()
     with FakeAPIServer(responder, latency=0.05) as server:
-        cmd = [sys.executable, "-m", "caikit.cli", *generate_args(out, prompts, server, concurrency=4, few_shot=0)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            traces = out / "traces.jsonl"
-            if traces.exists() and traces.read_bytes().count(b"\n") >= 8:
-                break
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        cmd = caikit(*generate_args(out, prompts, server, concurrency=4, few_shot=0))
+        kill_9_when(cmd, lambda: lines(out / "traces.jsonl") >= 8, env=env)
         texts_before = {t["prompt"][-1]["content"] for t in read_jsonl(out / "traces.jsonl")}
         assert 8 <= len(texts_before) < 40, "killed mid-run"
         responder.seen.clear()
-        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        assert rerun.returncode == 0, rerun.stderr
+        rerun(cmd, env=env)
     assert responder.seen, "the rerun did the remaining work"
     assert texts_before.isdisjoint(responder.seen), "a completed prompt was requested again"
     traces = read_jsonl(out / "traces.jsonl")
