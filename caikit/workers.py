@@ -26,6 +26,7 @@ items, the cost estimate, a judge's quality gate, statistics, cards -- stays in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -292,5 +293,9 @@ def stage_worker(job: StageJob, todo: list[tuple[Any, str]], sock: socket.socket
                                   run_id=job.run_id, concurrency=job.concurrency, meter=meter, **label), cached)
     except UserError as e:  # a refused key, an unknown model: the lock holder stops everyone
         worker_error(channel, e)
+    except BaseException:
+        with contextlib.suppress(OSError):  # (the lock holder may be gone)
+            channel.flush()  # the rows of the turn the worker failed in are answers paid for: keep them
+        raise
     channel.send("finished", {})
     sock.close()

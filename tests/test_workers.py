@@ -100,6 +100,37 @@ def assert_usage_is_the_logs(out: Path, records: list[dict]) -> None:
     assert json.loads((out / "usage.json").read_text())["requests"] == len(rows)
 
 
+@pytest.mark.unit
+def test_a_workers_rows_leave_in_order_together_after_each_loop_turn_and_at_once_outside_a_loop():
+    import asyncio
+    import socket
+
+    from caikit.workers import Channel
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    channel = Channel(theirs)
+
+    def received() -> bytes:
+        try:
+            return ours.recv(1 << 16)
+        except BlockingIOError:
+            return b""
+
+    async def main():
+        channel.send("request", {"key": "a"})
+        channel.send("record", {"id": "x", "text": "tab\there"})
+        assert received() == b""  # the rows of one turn leave together, after it
+        await asyncio.sleep(0)
+        assert received() == b'request\t{"key": "a"}\nrecord\t{"id": "x", "text": "tab\\there"}\n'
+
+    asyncio.run(main())
+    channel.send("finished", {})  # no loop: at once
+    assert received() == b"finished\t{}\n"
+    ours.close()
+    theirs.close()
+
+
 # -- caikit judge ----------------------------------------------------------------------------------------------
 @pytest.mark.e2e
 def test_judge_over_two_workers_matches_one_process(tmp_path):
