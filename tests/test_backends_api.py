@@ -466,11 +466,6 @@ def limiter_in_flight(limiter: RateLimiter) -> list[tuple[int, int]]:
     return admitted
 
 
-def in_flight_at_arrival(log) -> list[int]:
-    """How many requests the server was serving when each request arrived (itself included)."""
-    return [sum(1 for o in log if o.arrival <= r.arrival < (o.finish or math.inf)) for r in log]
-
-
 def test_aimd_halves_the_cap_on_repeated_429s_once_per_burst_and_adds_one_per_window():
     limiter = RateLimiter(concurrency=16)
 
