@@ -10,8 +10,9 @@ answers (replayed on a rerun) from the files and the index directly (SQLite read
 writer).
 
 Why nothing is lost or paid twice: a record is sent after the request rows it was built from, on the same
-ordered stream, so the files never hold a record whose requests are missing; a row still in a socket when
-a process dies is a request the rerun sends again, as a request in flight at a kill -9 of one process is.
+ordered stream, so the files never hold a record whose requests are missing; a row still in a socket (or in
+the worker's buffer of the current event-loop turn) when a process dies is a request the rerun sends again, as
+a request in flight at a kill -9 of one process is.
 The lock holder recomputes each record's usage from the request index it keeps, so a record's usage is
 exactly its rows', as in one process. A worker that dies leaves its unfinished prompts for the next run;
 the others finish theirs, the derived files are written, and the command exits 1 (rerun to finish). A worker
