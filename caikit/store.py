@@ -80,24 +80,29 @@ class JsonlFile:
         return list(self.iter())
 
     def iter(self) -> Iterator[dict[str, Any]]:
+        """The rows, read a line at a time (a run's log may be gigabytes), of the file as it was when the
+        iteration began: rows appended meanwhile are not read."""
         if not self.path.exists():
             return
         with open(self.path, "rb") as fh:
-            lines = fh.read().split(b"\n")
-        for lineno, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (ValueError, RecursionError):
-                if lineno >= len(lines) - 1:  # torn tail from a crash: not an error
-                    return
-                raise UserError("corrupt JSON line (not the last one; the file was edited?)",
-                                path=str(self.path), line=lineno) from None
-            if not isinstance(row, dict):
-                raise UserError(f"expected a JSON object per line, got {type(row).__name__} (the file was edited?)",
-                                path=str(self.path), line=lineno)
-            yield row
+            end = os.fstat(fh.fileno()).st_size
+            lineno = 0
+            while (left := end - fh.tell()) > 0:
+                raw = fh.readline(left)
+                lineno += 1
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except (ValueError, RecursionError):
+                    if not fh.read(end - fh.tell()).strip():  # torn tail from a crash: not an error
+                        return
+                    raise UserError("corrupt JSON line (not the last one; the file was edited?)",
+                                    path=str(self.path), line=lineno) from None
+                if not isinstance(row, dict):
+                    raise UserError(f"expected a JSON object per line, got {type(row).__name__} (the file was "
+                                    "edited?)", path=str(self.path), line=lineno)
+                yield row
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one line, or raise OSError (a full disk) leaving the file as it was before this call."""

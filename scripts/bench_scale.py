@@ -13,6 +13,7 @@ For each prompt count P (default 4,000 and 40,000):
   resume     `caikit generate` again on the finished run directory (nothing to do)
   indexed    the same without the finished run's `.finished.json`: what a resume after a kill or a changed
              input costs (every prompt parsed, keyed and looked up in the index)
+  export     `caikit export --format parquet` of the run's SFT rows
 and prints requests/s, client CPU per request (user + system, start-up included), peak RSS, and from two prompt
 counts the RSS per prompt beyond the fixed base.
 
@@ -203,6 +204,11 @@ def caikit_generate(url: str, prompts: Path, out: Path, concurrency: int, *, wor
         cmd += ["--workers", str(workers)]
     if http_client:
         cmd += ["--http-client", http_client]
+    return measured(cmd)
+
+
+def measured(cmd: list[str]) -> dict:
+    """Run a caikit command line: wall seconds, CPU seconds (its children included) and peak RSS."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -212,7 +218,7 @@ def caikit_generate(url: str, prompts: Path, out: Path, concurrency: int, *, wor
     proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"caikit generate exited {proc.returncode}:\n{stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd[2:4])} exited {proc.returncode}:\n{stderr[-3000:]}")
     return {"seconds": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
 
 
@@ -272,6 +278,10 @@ def main() -> None:
                                       http_client=args.http_client)
             print(f"  indexed resume (every prompt parsed, keyed and looked up): {indexed['seconds']:.2f} s wall, "
                   f"{indexed['cpu']:.2f} s CPU, peak RSS {indexed['rss_mb']:.0f} MB", flush=True)
+            export = measured([sys.executable, "-m", "caikit.cli", "export", str(Path(tmp) / f"run-{n}"),
+                               "--format", "parquet"])
+            print(f"  caikit export --format parquet of the {n:,} SFT rows: {export['seconds']:.2f} s wall, "
+                  f"peak RSS {export['rss_mb']:.0f} MB", flush=True)
     if len(peaks) >= 2:
         (n0, m0), (n1, m1) = sorted(peaks.items())[0], sorted(peaks.items())[-1]
         per = (m1 - m0) * 1024 * 1024 / (n1 - n0)

@@ -97,6 +97,38 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert "config.yaml: unreadable YAML" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fmt", ["datasets", "parquet", "jsonl"])
+def test_a_bad_row_mid_file_keeps_the_last_export_and_a_changed_file_is_exported_anew(tmp_path, capsys, fmt):
+    from datasets import load_dataset, load_from_disk
+
+    def exported(run):
+        where = run / "export" / "preferences"
+        if fmt == "datasets":
+            return load_from_disk(str(where)).to_list()
+        return load_dataset("parquet" if fmt == "parquet" else "json", split="train",
+                            data_files=str(where / ("train.parquet" if fmt == "parquet" else "train.jsonl"))).to_list()
+
+    run = make_run(tmp_path)
+    assert main(["export", str(run), "--format", fmt]) == 0
+    before = exported(run)
+    good = (run / "preferences.jsonl").read_text().splitlines()
+    (run / "preferences.jsonl").write_text("\n".join([*good[:2], json.dumps({"id": "x", "prompt": PROMPT}),
+                                                     good[2]]) + "\n")
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", fmt]) == 2
+    said = capsys.readouterr().err.strip().splitlines()  # (sft.jsonl, exported first, was fine)
+    assert said[-1].startswith(f"caikit export: error: {run / 'preferences.jsonl'}:3: ") and "chosen" in said[-1]
+    assert not [line for line in said[:-1] if "preferences" in line]
+    assert exported(run) == before  # the last export is whole
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["preferences", "sft"]  # nothing half-written left
+    # the same file name with other rows: exported from the rows, never from a copy cached by an earlier export
+    (run / "preferences.jsonl").write_text("\n".join(good[:2]).replace("that 1.", "that one.") + "\n")
+    assert main(["export", str(run), "--format", fmt]) == 0
+    after = exported(run)
+    assert len(after) == 2 and after[1]["chosen"][0]["content"] == "I can't help with that one."
+    assert "| rows in this dataset | 2 |" in (run / "export" / "preferences" / "README.md").read_text()
+
+
 def test_sft_layouts_and_older_messages_rows(tmp_path, capsys):
     run = make_run(tmp_path)
     assert main(["export", str(run), "--format", "jsonl", "--sft-layout", "messages"]) == 0

@@ -42,6 +42,22 @@ def test_corruption_in_the_middle_is_an_error_with_line(tmp_path):
         JsonlFile(path).read()
 
 
+def test_rows_are_read_a_line_at_a_time_from_the_file_as_it_was_when_reading_began(tmp_path):
+    f = JsonlFile(tmp_path / "a.jsonl")
+    for i in range(3):
+        f.append({"id": f"k{i}"})
+    seen = []
+    for row in f.iter():  # appending while reading: the rows of the file as it was, and no endless loop
+        seen.append(row["id"])
+        f.append({"id": f"more-{row['id']}"})
+    f.close()
+    assert seen == ["k0", "k1", "k2"] and len(f.read()) == 6
+    # blank lines count in the line numbers an error names
+    (tmp_path / "b.jsonl").write_bytes(b'{"id": "a"}\n\n[1]\n{"id": "c"}\n')
+    with pytest.raises(UserError, match=r"b\.jsonl:3: expected a JSON object"):
+        JsonlFile(tmp_path / "b.jsonl").read()
+
+
 def test_atomic_rewrite_leaves_no_tmp(tmp_path):
     n = write_jsonl_atomic(tmp_path / "x.jsonl", ({"id": str(i)} for i in range(5)))
     assert n == 5

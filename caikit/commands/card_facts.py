@@ -147,11 +147,3 @@ def size_category(n: int) -> str:
     return next((label for bound, label in SIZE_CATEGORIES if n < bound), "n>10M")
 
 
-def made_between(records: list[dict[str, Any]]) -> str | None:
-    stamps = sorted(str(r["created_at"]) for r in records if r.get("created_at"))
-    if not stamps:
-        return None
-    first, last = stamps[0][:10], stamps[-1][:10]
-    return first if first == last else f"{first} to {last}"
-
-

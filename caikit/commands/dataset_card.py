@@ -38,11 +38,12 @@ class Exported:
     """The dataset a card describes."""
 
     name: str  # "sft" | "preferences"
-    rows: list[dict[str, Any]]  # as exported
+    count: int  # rows exported
     columns: dict[str, Any]
     layout: str  # "prompt-completion" | "messages" | "preference"
     data_files: str | None  # the file the Hub's `configs` points at (None: a save_to_disk directory)
-    made: str | None = None  # the dates the records were written (made_between)
+    made: str | None = None  # the dates the records were written ("2026-12-01" or "2026-12-01 to 2026-12-07")
+    mean_p_chosen: float | None = None  # over the rows (preferences)
 
 
 def dataset_card(dataset: Exported, facts: RunFacts) -> str:
@@ -53,7 +54,7 @@ def dataset_card(dataset: Exported, facts: RunFacts) -> str:
     if source.language:
         front["language"] = [source.language]
     front["task_categories"] = ["text-generation"]
-    front["size_categories"] = [size_category(len(dataset.rows))]
+    front["size_categories"] = [size_category(dataset.count)]
     front["tags"] = ["caikit", "constitutional-ai"] + (["rlaif", "dpo", "reward-modeling"]
                                                         if dataset.name == "preferences" else ["sft"])
     if dataset.data_files:
@@ -114,7 +115,7 @@ def generation_rows(run: RunFacts, role: str = "") -> list[tuple[str, Any]]:
 def sft_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, str]]:
     stats, identity = facts.stats, facts.identity
     rounds = f" ({identity['rounds']} round(s))" if "rounds" in identity else ""
-    summary = (f"{len(dataset.rows)} examples of supervised learning from Constitutional AI (SL-CAI): a model "
+    summary = (f"{dataset.count} examples of supervised learning from Constitutional AI (SL-CAI): a model "
                "answered each prompt, critiqued its answer under a principle of the constitution "
                f"`{facts.config.get('constitution') or identity.get('constitution') or '?'}` and rewrote it{rounds}; "
                "each row pairs the conversation with the final revision.")
@@ -153,7 +154,7 @@ def sft_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, str]]:
               *missing_rows(stats, "missing_prompts", "prompts"),
               ("revisions cut at --max-tokens (truncated)", fate("truncated", "truncated")),
               ("degenerate revisions (unchanged, the critique again, empty)", degenerate),
-              ("rows in this dataset", len(dataset.rows))]
+              ("rows in this dataset", dataset.count)]
     guard = stats.get("guard") or {}
     if guard:  # caikit generate --guard
         counts.insert(-1, (f"flagged by the guard {guard.get('path')} ({guard.get('target')}, --guard-action "
@@ -262,11 +263,11 @@ def quality_rows(facts: RunFacts) -> list[tuple[str, Any]]:
 
 def soft_labels(dataset: Exported) -> str:
     """mean p_chosen, and epsilon = mean(1 - p_chosen) with where it goes in caikit and in TRL."""
-    mean_p = sum(float(r["p_chosen"]) for r in dataset.rows) / len(dataset.rows)
+    mean_p = dataset.mean_p_chosen
     if mean_p >= 1:
         return "Every pair carries a hard label (`p_chosen` = 1: a human or rule label)."
     eps = f"{1 - mean_p:.3f}"
-    return (f"Over the {len(dataset.rows)} pairs, mean `p_chosen` = {mean_p:.3f}, so "
+    return (f"Over the {dataset.count} pairs, mean `p_chosen` = {mean_p:.3f}, so "
             f"**epsilon = mean(1 - p_chosen) = {eps}**: the share of the labels that one label-smoothing value "
             "stands for.\n\n"
             "- caikit: `caikit train reward --data <this directory>` trains on `p_chosen` as a per-pair soft label "
@@ -285,7 +286,7 @@ def preference_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, s
               if identity.get("pairs", "revision") == "revision" else
               f"{shown(identity.get('n'))} samples per prompt from a policy, the best against the worst by mean "
               "win probability")
-    summary = (f"{len(dataset.rows)} AI-labelled preference pairs (RLAIF): {origin}, compared by an AI judge "
+    summary = (f"{dataset.count} AI-labelled preference pairs (RLAIF): {origin}, compared by an AI judge "
                f"under principles of the constitution `{identity.get('constitution') or '?'}`.")
     warning = GATE_WARNINGS.get((facts.gate or {}).get("status"))
     if warning:
@@ -307,7 +308,7 @@ def preference_sections(dataset: Exported, facts: RunFacts) -> list[tuple[str, s
                   "`cut_at_max_tokens`)", stats["with_cut_side"])] if stats.get("with_cut_side") else []),
               ("ties (p_chosen = 0.5, dropped)", stats.get("ties")),
               (f"dropped below --min-margin {stats.get('min_margin', '')}".strip(), stats.get("dropped_below_min_margin")),
-              ("rows in this dataset", len(dataset.rows))]
+              ("rows in this dataset", dataset.count)]
     if facts.source_run:
         counts.insert(0, ("prompts that failed in the generate run", facts.source_run.stats.get("failures")))
     return [("Dataset summary", summary), ("Dataset structure", structure), ("Soft labels: p_chosen", soft_labels(dataset)),

@@ -14,18 +14,23 @@ p_chosen 1.0, source "human"; ties and skips are counted (on the terminal and in
 
 Each export directory gets a dataset card (README.md, caikit.dataset_card) in the Hugging Face layout: where
 the data came from and how far to trust it. Every export replaces the previous one in one rename.
+
+Rows are streamed: read, converted and written one at a time to a JSON Lines file, from which `datasets`
+builds the Arrow / Parquet output in blocks, so memory does not grow with the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 from caikit.config import option
-from caikit.commands.card_facts import made_between, read_run
+from caikit.commands.card_facts import read_run
 from caikit.commands.dataset_card import Exported, dataset_card
 from caikit.errors import UserError
 from caikit.rows.layouts import RowError, example_of
@@ -76,24 +81,23 @@ def features(columns: dict[str, Any]):
     return Features({name: convert(spec) for name, spec in columns.items()})
 
 
-def rows_for(columns: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def row_for(columns: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """Only the exported columns, in their order; messages reduced to {role, content}. A `messages` column
     is the record's prompt followed by its completion."""
     def clean(value, spec):
         if isinstance(spec, list):
             return [{"role": m["role"], "content": m["content"]} for m in value]
-        return value
+        return float(value) if spec == "float64" else value
 
-    def value(record, name):
+    def value(name):
         return record["prompt"] + record["completion"] if name == "messages" else record[name]
 
-    return [{name: clean(value(r, name), spec) for name, spec in columns.items()} for r in records]
+    return {name: clean(value(name), spec) for name, spec in columns.items()}
 
 
-def sft_records(records: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+def sft_records(records: Iterable[dict[str, Any]], path: Path) -> Iterator[dict[str, Any]]:
     """sft.jsonl rows as prompt + completion, read as `caikit train sft` reads them (caikit.rows): an older
     run's `messages` rows are split at their last assistant turn."""
-    out = []
     for line, record in enumerate(records, 1):
         try:
             prompt, completion = example_of(record)
@@ -101,29 +105,88 @@ def sft_records(records: list[dict[str, Any]], path: Path) -> list[dict[str, Any
             raise UserError(str(e), path=str(path), line=line) from None
         if prompt is None:
             raise UserError("a plain-text row: no conversation to export", path=str(path), line=line)
-        out.append({**record, "prompt": prompt, "completion": completion})
-    return out
+        yield {**record, "prompt": prompt, "completion": completion}
 
 
-def write_dataset(rows: list[dict[str, Any]], columns: dict[str, Any], target: Path, fmt: str, card: str) -> None:
-    """Write rows into `target` via a temporary directory and one rename (the old export stays until then)."""
+@dataclasses.dataclass
+class Written:
+    """What a card says of the rows written: how many, their mean p_chosen, the dates they were made."""
+
+    count: int = 0
+    p_sum: float = 0.0
+    first: str | None = None  # the earliest and latest created_at
+    last: str | None = None
+
+    def add(self, record: dict[str, Any], row: dict[str, Any]) -> None:
+        self.count += 1
+        self.p_sum += row.get("p_chosen", 0.0)
+        stamp = record.get("created_at")
+        if stamp:
+            stamp = str(stamp)
+            self.first = stamp if self.first is None else min(self.first, stamp)
+            self.last = stamp if self.last is None else max(self.last, stamp)
+
+    @property
+    def made(self) -> str | None:
+        if self.first is None:
+            return None
+        first, last = self.first[:10], self.last[:10]
+        return first if first == last else f"{first} to {last}"
+
+    @property
+    def mean_p_chosen(self) -> float | None:
+        return self.p_sum / self.count if self.count else None
+
+
+def write_dataset(records: Iterable[dict[str, Any]], columns: dict[str, Any], target: Path, fmt: str,
+                  card_of: Callable[[Written], str], source: str) -> Written:
+    """Stream `records` into `target` as `columns` in `fmt`, then its card (card_of what was written), via a
+    temporary directory and one rename: the old export stays until then, and stays when a row is bad (a one-line
+    error naming `source` and the row). Nothing is written when there are no rows."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lines = tmp / "train.jsonl" if fmt == "jsonl" else target.with_name(target.name + ".rows.jsonl")
+    written = Written()
+    try:
+        with open(lines, "w", encoding="utf-8") as fh:
+            for line, record in enumerate(records, 1):
+                try:
+                    row = row_for(columns, record)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise UserError(f"row without a valid {e} field", path=source, line=line) from None
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                written.add(record, row)
+        if written.count and fmt != "jsonl":
+            arrow_from_lines(lines, columns, tmp, fmt)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if fmt != "jsonl":
+            lines.unlink(missing_ok=True)
+    if not written.count:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return written
+    (tmp / "README.md").write_text(card_of(written), encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+    return written
+
+
+def arrow_from_lines(lines: Path, columns: dict[str, Any], tmp: Path, fmt: str) -> None:
+    """`datasets` reads the JSON Lines in blocks into an Arrow file of a cache of its own (a fresh one: never a
+    stale copy of an earlier export), then writes the directory (save_to_disk) or the Parquet file from it."""
     from datasets import Dataset, disable_progress_bars
 
     disable_progress_bars()
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset = Dataset.from_list(rows, features=features(columns))
-    if fmt == "datasets":
-        dataset.save_to_disk(str(tmp))
-    else:
-        tmp.mkdir(parents=True)
-        if fmt == "parquet":
-            dataset.to_parquet(str(tmp / "train.parquet"))
+    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".export-cache-") as cache:
+        dataset = Dataset.from_json(str(lines), features=features(columns), cache_dir=cache)
+        if fmt == "datasets":
+            dataset.save_to_disk(str(tmp))
         else:
-            dataset.to_json(str(tmp / "train.jsonl"), lines=True, force_ascii=False)
-    (tmp / "README.md").write_text(card, encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
+            dataset.to_parquet(str(tmp / "train.parquet"))
+        del dataset
 
 
 def export_labels(cfg: ExportConfig, path: Path, labels: list[dict[str, Any]]) -> int:
@@ -135,16 +198,19 @@ def export_labels(cfg: ExportConfig, path: Path, labels: list[dict[str, Any]]) -
     if not pairs:
         raise UserError(f"nothing to export: no pair answered with a preference ({ties} ties, {skips} skips)",
                         path=str(path))
-    rows = rows_for(PREFERENCE_COLUMNS, pairs)
     root = Path(cfg.out) if cfg.out else path.with_name(f"{path.stem}-export")
     data_file = {"datasets": None, "parquet": "train.parquet", "jsonl": "train.jsonl"}[cfg.format]
-    card = dataset_card(Exported("preferences", rows, PREFERENCE_COLUMNS, "preference", data_file,
-                                 made_between(pairs)), read_run(path))
-    card += (f"\n## Human labels\n\nFrom `{path.name}` (`caikit label`): {len(rows)} preference rows, p_chosen 1.0, "
-             f"source `human`. Not exported: {ties} ties and {skips} skips (they state no preference).\n")
-    write_dataset(rows, PREFERENCE_COLUMNS, root / "preferences", cfg.format, card)
-    print(f"caikit export: {len(rows)} rows -> {root / 'preferences'} ({cfg.format}); {ties} ties and {skips} skips "
-          "not exported", file=sys.stderr)
+    facts = read_run(path)
+
+    def card_of(written: Written) -> str:
+        return dataset_card(Exported("preferences", written.count, PREFERENCE_COLUMNS, "preference", data_file,
+                                     written.made, written.mean_p_chosen), facts) + (
+            f"\n## Human labels\n\nFrom `{path.name}` (`caikit label`): {written.count} preference rows, p_chosen "
+            f"1.0, source `human`. Not exported: {ties} ties and {skips} skips (they state no preference).\n")
+
+    written = write_dataset(pairs, PREFERENCE_COLUMNS, root / "preferences", cfg.format, card_of, str(path))
+    print(f"caikit export: {written.count} rows -> {root / 'preferences'} ({cfg.format}); {ties} ties and {skips} "
+          "skips not exported", file=sys.stderr)
     return 0
 
 
@@ -167,8 +233,9 @@ def export_command(cfg: ExportConfig) -> int:
         raise UserError("not a run directory, nor a labels file written by caikit label", path=str(run))
     if not run.is_dir():
         raise UserError("no such run directory", path=str(run))
-    found = {name: JsonlFile(run / file).read() for name, file in SOURCES.items() if (run / file).exists()}
-    if not any(found.values()):
+    found = {name: run / file for name, file in SOURCES.items()
+             if (run / file).exists() and next(JsonlFile(run / file).iter(), None) is not None}
+    if not found:
         raise UserError("nothing to export: no rows in sft.jsonl or preferences.jsonl", path=str(run))
     agreement_path = Path(cfg.agreement) if cfg.agreement else run / "agreement" / "report.json"
     if cfg.agreement and not agreement_path.exists():
@@ -177,18 +244,17 @@ def export_command(cfg: ExportConfig) -> int:
     facts = read_run(run, agreement)
     root = Path(cfg.out) if cfg.out else run / "export"
     data_file = {"datasets": None, "parquet": "train.parquet", "jsonl": "train.jsonl"}[cfg.format]
-    for name, records in found.items():
-        if not records:
-            continue
+    for name, path in found.items():
         columns = SFT_LAYOUTS[cfg.sft_layout] if name == "sft" else PREFERENCE_COLUMNS
+        records = JsonlFile(path).iter()
         if name == "sft":
-            records = sft_records(records, run / SOURCES[name])
-        try:
-            rows = rows_for(columns, records)
-        except (KeyError, TypeError) as e:
-            raise UserError(f"row without a valid {e} field", path=str(run / SOURCES[name])) from None
+            records = sft_records(records, path)
         layout = cfg.sft_layout if name == "sft" else "preference"
-        card = dataset_card(Exported(name, rows, columns, layout, data_file, made_between(records)), facts)
-        write_dataset(rows, columns, root / name, cfg.format, card)
-        print(f"caikit export: {len(rows)} rows -> {root / name} ({cfg.format})", file=sys.stderr)
+
+        def card_of(written: Written, name=name, columns=columns, layout=layout) -> str:
+            return dataset_card(Exported(name, written.count, columns, layout, data_file, written.made,
+                                         written.mean_p_chosen), facts)
+
+        written = write_dataset(records, columns, root / name, cfg.format, card_of, str(path))
+        print(f"caikit export: {written.count} rows -> {root / name} ({cfg.format})", file=sys.stderr)
     return 0
