@@ -13,7 +13,6 @@ For each prompt count P (default 4,000 and 40,000):
   resume     `caikit generate` again on the finished run directory (nothing to do)
   indexed    the same without the finished run's `.finished.json`: what a resume after a kill or a changed
              input costs (every prompt parsed, keyed and looked up in the index)
-  export     `caikit export --format parquet` of the run's SFT rows
 and prints requests/s, client CPU per request (user + system, start-up included), peak RSS, and from two prompt
 counts the RSS per prompt beyond the fixed base.
 
@@ -278,10 +277,6 @@ def main() -> None:
                                       http_client=args.http_client)
             print(f"  indexed resume (every prompt parsed, keyed and looked up): {indexed['seconds']:.2f} s wall, "
                   f"{indexed['cpu']:.2f} s CPU, peak RSS {indexed['rss_mb']:.0f} MB", flush=True)
-            export = measured([sys.executable, "-m", "caikit.cli", "export", str(Path(tmp) / f"run-{n}"),
-                               "--format", "parquet"])
-            print(f"  caikit export --format parquet of the {n:,} SFT rows: {export['seconds']:.2f} s wall, "
-                  f"peak RSS {export['rss_mb']:.0f} MB", flush=True)
     if len(peaks) >= 2:
         (n0, m0), (n1, m1) = sorted(peaks.items())[0], sorted(peaks.items())[-1]
         per = (m1 - m0) * 1024 * 1024 / (n1 - n0)

@@ -1,4 +1,5 @@
-"""scripts/bench_train.py runs anywhere: random-init models from the bundled tokenizer, a CPU smoke mode.
+"""scripts/bench_train.py (random-init models from the bundled tokenizer, a CPU smoke mode) and
+scripts/bench_export.py (a small export) run anywhere.
 
 No timing is asserted (the bench prints figures; tests do not judge them): only that every run ran on the
 same rows and the table and its closing figure line are printed.
@@ -61,3 +62,12 @@ def test_bench_train_smoke_mode_prints_the_table_and_the_figure_last(shared_data
     assert lines[-1].startswith("caikit / TRL non-pad tokens/s: ")
     if has_trl:
         assert lines[-1].startswith("caikit / TRL non-pad tokens/s: reward ") and "memory" in lines[-1]
+
+
+def test_bench_export_prints_a_row_per_format_and_size_and_the_growth_per_row():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_export.py"), "--rows", "30", "60",
+                           "--formats", "jsonl", "parquet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert [(r[0], r[1]) for r in rows] == [("jsonl", "30"), ("parquet", "30"), ("jsonl", "60"), ("parquet", "60")]
+    assert done.stdout.strip().splitlines()[-1].startswith("peak RSS per row beyond the base, parquet: ")
