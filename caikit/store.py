@@ -82,12 +82,17 @@ class JsonlFile:
     def iter(self) -> Iterator[dict[str, Any]]:
         """The rows, read a line at a time (a run's log may be gigabytes), of the file as it was when the
         iteration began: rows appended meanwhile are not read."""
+        for _, _, row in self.iter_placed():
+            yield row
+
+    def iter_placed(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(offset, length, row) of each row, as `iter` reads them: what `read_at` reads a row back from."""
         if not self.path.exists():
             return
         with open(self.path, "rb") as fh:
             end = os.fstat(fh.fileno()).st_size
             lineno = 0
-            while (left := end - fh.tell()) > 0:
+            while (left := end - (offset := fh.tell())) > 0:
                 raw = fh.readline(left)
                 lineno += 1
                 if not raw.strip():
@@ -102,7 +107,7 @@ class JsonlFile:
                 if not isinstance(row, dict):
                     raise UserError(f"expected a JSON object per line, got {type(row).__name__} (the file was "
                                     "edited?)", path=str(self.path), line=lineno)
-                yield row
+                yield offset, len(raw), row
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one line, or raise OSError (a full disk) leaving the file as it was before this call."""

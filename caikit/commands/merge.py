@@ -45,6 +45,8 @@ from caikit.commands.merge_counts import (
     planned_total,
     sum_summaries,
 )
+from caikit.commands import merge_rows
+from caikit.commands.merge_rows import MergedRows
 from caikit.config import load_yaml, option, save_config
 from caikit.errors import UserError
 from caikit.preferences import (
@@ -67,8 +69,6 @@ from caikit.store import (
 STAGES = ("generate", "judge")
 RECORD_FILES = {"generate": RunDir.TRACES, "judge": RunDir.JUDGMENTS}
 REQUEST_LOGS = (RunDir.REQUESTS, RunDir.POLICY_REQUESTS)
-# How a record was made rather than what it says: ignored when two copies of one id are compared.
-VOLATILE_FIELDS = ("created_at", "backend", "usage")
 SHOWN_CONFLICTS = 5  # conflict lines printed; merge.json lists them all
 _NUMBER = (int, float)
 # What the rebuild reads from each record, with its JSON type: anything else is a one-line error.
@@ -116,9 +116,14 @@ class ShardRun:
 
     def rows(self, name: str, key: str = "id") -> Iterator[dict[str, Any]]:
         """Rows of a JSONL file, each checked for `key` and the fields the merge reads from it."""
+        for _, _, row in self.placed_rows(name, key):
+            yield row
+
+    def placed_rows(self, name: str, key: str = "id") -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(offset, length, row) of each row of a JSONL file, the row checked as `rows` checks it."""
         path = self.path / name
         fields, optional = RECORD_FIELDS.get(name, {}), OPTIONAL_FIELDS.get(name, {})
-        for row in JsonlFile(path).iter():
+        for offset, length, row in JsonlFile(path).iter_placed():
             if not isinstance(row, dict) or not isinstance(row.get(key), str):
                 raise UserError(f"a row without a '{key}' (not written by caikit?)", path=str(path))
             checked = {**fields, **{f: kind for f, kind in optional.items() if f in row}}
@@ -130,21 +135,11 @@ class ShardRun:
             if name == RunDir.JUDGMENTS and (not _PAIR_ID.fullmatch(row["pair_id"])
                                               or not all(isinstance(p, str) for p in row["principle_ids"])):
                 raise UserError(f"record {_short(row[key])}: malformed pair_id or principle_ids", path=str(path))
-            yield row
+            yield offset, length, row
 
     def count(self, name: str, field: str) -> int:
         value = self.json(name).get(field)
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-@dataclasses.dataclass
-class MergedRows:
-    """Rows of one file across the inputs: first copy of each id kept, in input order."""
-
-    rows: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    origin: dict[str, Path] = dataclasses.field(default_factory=dict)
-    duplicates: int = 0
-    conflicts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def open_run(path_text: str) -> ShardRun:
@@ -203,29 +198,10 @@ def check_out(out: Path, runs: list[ShardRun]) -> None:
                         path=str(out))
 
 
-def differing_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return sorted(k for k in {*a, *b} if k not in VOLATILE_FIELDS and a.get(k) != b.get(k))
-
-
 def union(runs: list[ShardRun], name: str, *, key: str = "id", compare: bool = False) -> MergedRows:
-    """The rows of `name` over all inputs. Within one input the last row per id wins (a superseded
-    record); across inputs the first input's copy is kept, and with `compare` differing copies are
-    reported as conflicts."""
-    merged = MergedRows()
-    for run in runs:
-        latest: dict[str, dict[str, Any]] = {}
-        for row in run.rows(name, key):
-            latest[row[key]] = row
-        for k, row in latest.items():
-            if k not in merged.rows:
-                merged.rows[k], merged.origin[k] = row, run.path
-                continue
-            merged.duplicates += 1
-            differs = differing_fields(merged.rows[k], row) if compare else []
-            if differs:
-                merged.conflicts.append({"id": k, "kept": str(merged.origin[k]), "dropped": str(run.path),
-                                         "fields": differs})
-    return merged
+    """The rows of `name` over all inputs, as places (caikit.commands.merge_rows)."""
+    return merge_rows.union([(run.path, JsonlFile(run.path / name),
+                              lambda run=run: run.placed_rows(name, key)) for run in runs], key=key, compare=compare)
 
 
 def agreed(runs: list[ShardRun], label: str, value_of) -> Any:
@@ -255,13 +231,16 @@ def write_logs(tmp: Path, runs: list[ShardRun], records: str) -> tuple[MergedRow
     failures = union(runs, RunDir.FAILURE_LOG)
     write_jsonl_atomic(tmp / RunDir.FAILURE_LOG, failures.rows.values())
     if any((r.path / RunDir.SAMPLES).exists() for r in runs):
-        write_jsonl_atomic(tmp / RunDir.SAMPLES, union(runs, RunDir.SAMPLES).rows.values())
+        samples = union(runs, RunDir.SAMPLES)
+        write_jsonl_atomic(tmp / RunDir.SAMPLES, samples.rows.values())
+        samples.close()
     request_duplicates = 0
     for name in REQUEST_LOGS:
         if any((r.path / name).exists() for r in runs):
             requests = union(runs, name, key="key")
             write_jsonl_atomic(tmp / name, requests.rows.values())
             request_duplicates += requests.duplicates
+            requests.close()
     return merged, failures, request_duplicates
 
 
