@@ -22,6 +22,7 @@ import torch
 from caikit.classifier.model import GUARD_FILE, TARGETS, guard_ids
 from caikit.config import option
 from caikit.errors import UserError
+from caikit.records import canonical_json
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -119,11 +120,12 @@ def check_rows_fit(rows: list, target: str, given: str) -> None:
         wrong = [r for r in rows if r.response is None]
         what = f"an output guard needs a 'response' in every row; {len(wrong)} of {len(rows)} have none"
     else:
+        requests = [canonical_json(r.prompt) for r in rows]
         labels: dict[str, set] = {}
-        for r in rows:
-            labels.setdefault(json.dumps(r.prompt, sort_keys=True), set()).add(r.label)
-        both = {text for text, seen in labels.items() if len(seen) == 2}
-        wrong = [r for r in rows if json.dumps(r.prompt, sort_keys=True) in both]
+        for request, r in zip(requests, rows):
+            labels.setdefault(request, set()).add(r.label)
+        both = {request for request, seen in labels.items() if len(seen) == 2}
+        wrong = [r for request, r in zip(requests, rows) if request in both]
         what = (f"{len(both)} requests are labelled both harmful and harmless (here and {len(wrong) - 1} other rows); "
                 "an input guard sees the request alone. Rows labelled for their replies (output_data.jsonl) train "
                 "an output guard: --target output")

@@ -22,7 +22,6 @@ builds the Arrow / Parquet output in blocks, so memory does not grow with the ru
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from caikit.commands.card_facts import read_run
 from caikit.commands.dataset_card import Exported, dataset_card
 from caikit.errors import UserError
 from caikit.rows.layouts import RowError, example_of
-from caikit.store import JsonlFile, read_json
+from caikit.store import LINE, JsonlFile, read_json
 
 FORMATS = ("datasets", "parquet", "jsonl")
 MESSAGES = [{"role": "string", "content": "string"}]
@@ -155,7 +154,7 @@ def write_dataset(records: Iterable[dict[str, Any]], columns: dict[str, Any], ta
                     row = row_for(columns, record)
                 except (KeyError, TypeError, ValueError) as e:
                     raise UserError(f"row without a valid {e} field", path=source, line=line) from None
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(LINE.encode(row) + "\n")
                 written.add(record, row)
         if written.count and fmt != "jsonl":
             arrow_from_lines(lines, columns, tmp, fmt)
