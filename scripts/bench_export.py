@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 REVISION = "A revision of a reasonable length, a few sentences that read like a real answer would. " * 4
 
 
@@ -37,17 +34,10 @@ def write_run(run: Path, n: int) -> int:
 
 def export(run: Path, fmt: str) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one `caikit export` subprocess."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "caikit.cli", "export", str(run), "--format", fmt], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = proc.stderr.read().decode()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"caikit export failed:\n{stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    from bench_scale import measured  # (this script's directory is on sys.path)
+
+    done = measured([sys.executable, "-m", "caikit.cli", "export", str(run), "--format", fmt])
+    return done["seconds"], done["rss_mb"]
 
 
 def main() -> None:

@@ -20,11 +20,17 @@ import pytest
 from caikit.cli import main as cli_main
 from caikit.records import Trace
 from caikit.testing import FakeAPIServer
+from killing import lines, rerun
 
 KEY = "sk-test-WORKERS-SENTINEL-0123456789"
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<response_(a|b)>\n(.*?)\n</response_\1>", re.S)
 TIMING = ("created_at",)  # the fields two runs of the same work may differ in
+
+
+def with_repo() -> dict[str, str]:
+    """This environment (as the test's fixtures left it) with the checkout importable in a subprocess."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture(autouse=True)
@@ -164,13 +170,12 @@ def _workers_of(pid: int) -> list[int]:
 def kill_a_worker(cmd: list[str], records: Path, at_least: int, timeout: float = 240) -> str:
     """Run `cmd` until `records` holds `at_least` rows, kill -9 one of its workers, and return its stderr once it
     ended (exit 1: the other worker finished, the dead one's items are left)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=with_repo(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     workers: list[int] = []
     while time.time() < deadline and proc.poll() is None:
         workers = _workers_of(proc.pid)
-        if workers and records.exists() and records.read_bytes().count(b"\n") >= at_least:
+        if workers and lines(records) >= at_least:
             break
         time.sleep(0.02)
     assert workers, "the run has worker processes"
@@ -179,12 +184,6 @@ def kill_a_worker(cmd: list[str], records: Path, at_least: int, timeout: float =
     assert proc.returncode == 1, stderr
     assert "ended without finishing" in stderr and "left for the next run" in stderr
     return stderr
-
-
-def rerun(cmd: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.e2e
@@ -201,7 +200,7 @@ def test_judge_worker_killed_mid_run_loses_nothing_and_pays_nothing_twice(tmp_pa
         logged = {r["key"] for r in read_jsonl(out / "requests.jsonl") if r.get("final", True)}
         done = {j["response_a"] for j in first}
         recorder.seen.clear()
-        rerun(cmd)
+        rerun(cmd, env=with_repo(), timeout=240)
     assert recorder.seen, "the rerun judged the pairs left"
     asked = {shown for text in recorder.seen for shown in dict(BLOCK.findall(text)).values()}
     assert done.isdisjoint(asked), "a judged pair was requested again"
@@ -324,7 +323,7 @@ def test_a_sampling_worker_killed_mid_run_loses_nothing_and_pays_nothing_twice(t
         first = {s["prompt_id"] for s in read_jsonl(out / "samples.jsonl")}
         assert 4 <= len(first) < 40
         policy.asked.clear()
-        rerun(cmd)
+        rerun(cmd, env=with_repo(), timeout=240)
     assert policy.asked and not set(policy.asked) & {f"question {p[1:]}" for p in first}  # none sampled again
     assert_each_sample_request_once(out)
     samples = read_jsonl(out / "samples.jsonl")
@@ -442,7 +441,7 @@ def test_eval_worker_killed_mid_run_loses_nothing_and_pays_nothing_twice(tmp_pat
         assert 3 <= len(first) < 24
         logged = {r["key"] for r in read_jsonl(out / "requests.jsonl") if r.get("final", True)}
         server.reset_log()
-        rerun(cmd)
+        rerun(cmd, env=with_repo(), timeout=240)
         assert server.log, "the rerun judged the pairs left"
     judgments = read_jsonl(out / "judgments.jsonl")
     assert len({j["id"] for j in judgments}) == len(judgments) == 24
